@@ -1,0 +1,178 @@
+//! What travels between processes over NATS.
+//!
+//! Ids are 64-bit integers inside the system and decimal strings on the
+//! wire (JSON clients cannot hold 64-bit integers exactly).
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::ErrorCode;
+
+/// A send accepted by a gateway (or an internal service), published on the
+/// ingress stream with `Nats-Msg-Id` = [`crate::subjects::dedupe_key`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IngressSend {
+    /// Sender user id.
+    #[serde(with = "id_str")]
+    pub from: i64,
+    /// Sending device id (`svc-<name>` for internal services).
+    pub device: String,
+    /// Client message id, unique per sending device.
+    pub cid: String,
+    /// Conversation id ([`crate::subjects::ConvId`]).
+    pub conv: String,
+    /// Message kind.
+    #[serde(default)]
+    pub kind: MessageKind,
+    /// Message text.
+    pub body: String,
+    /// Core NATS subject on which the sequencer publishes the [`SeqAck`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<String>,
+}
+
+/// The kind of a stored message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// A user's text message.
+    #[default]
+    Text,
+    /// A message written by the system (membership changes and the like).
+    System,
+}
+
+/// A sequenced message, as stored in history and in every member's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// The message id: unique, strictly increasing within the conversation.
+    #[serde(with = "u64_str")]
+    pub id: u64,
+    /// Conversation id.
+    pub conv: String,
+    /// Sender user id.
+    #[serde(with = "id_str")]
+    pub from: i64,
+    /// Sending device.
+    pub device: String,
+    /// Client message id of the send.
+    pub cid: String,
+    /// Message kind.
+    pub kind: MessageKind,
+    /// Message text.
+    pub body: String,
+    /// Unix ms at which the sequencer accepted it.
+    pub ts: u64,
+    /// Ordinal within the conversation, from 1, without gaps.
+    pub n: u64,
+}
+
+/// The result of sequencing one send, stored in the acks bucket and
+/// published to the sender's gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeqAck {
+    /// Dedupe key of the send ([`crate::subjects::dedupe_key`]).
+    pub key: String,
+    /// What became of it.
+    pub result: SeqResult,
+}
+
+/// Outcome of a send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "status")]
+pub enum SeqResult {
+    /// Stored with this id.
+    Ok {
+        /// Message id.
+        #[serde(with = "u64_str")]
+        id: u64,
+        /// Conversation id.
+        conv: String,
+        /// Unix ms of acceptance.
+        ts: u64,
+    },
+    /// Refused by the sequencer.
+    Err {
+        /// Stable error code.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+}
+
+/// A send by a trusted internal service on [`crate::subjects::SERVICE_SEND`]
+/// (request/reply; the reply is a [`ServiceReply`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceSend {
+    /// The service's name (`[A-Za-z0-9_-]`, at most 60 characters); the
+    /// message is sent by the service's user account with device
+    /// `svc-<service>`.
+    pub service: String,
+    /// User id the service speaks as (its service account).
+    #[serde(rename = "as", with = "id_str")]
+    pub as_user: i64,
+    /// Client message id, for dedupe.
+    pub cid: String,
+    /// Recipient, as in a client `send` frame.
+    pub to: crate::wire::Target,
+    /// Message text.
+    pub body: String,
+}
+
+/// The reply to a [`ServiceSend`]: exactly the frame a client would get.
+pub type ServiceReply = crate::wire::ServerFrame;
+
+/// Serde adapter: `u64` as a decimal string.
+pub mod u64_str {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    /// Serializes as a string.
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    /// Deserializes from a string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Serde adapter: `i64` id as a decimal string.
+pub mod id_str {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    /// Serializes as a string.
+    pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    /// Deserializes from a string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_message_ids_are_strings_on_the_wire() {
+        let m = StoredMessage {
+            id: u64::MAX,
+            conv: "dm-1-2".into(),
+            from: 1,
+            device: "d".into(),
+            cid: "c".into(),
+            kind: MessageKind::Text,
+            body: "hi".into(),
+            ts: 5,
+            n: 1,
+        };
+        let v: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["id"], "18446744073709551615");
+        assert_eq!(v["from"], "1");
+        assert_eq!(serde_json::from_value::<StoredMessage>(v).unwrap(), m);
+    }
+}

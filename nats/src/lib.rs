@@ -1,0 +1,19 @@
+//! The gateway–worker contract, with no sockets of its own.
+//!
+//! Everything the gateway and the workers must agree on lives here:
+//!
+//! - [`subjects`]: every NATS subject and KV key, built by typed functions;
+//!   conversation ids and ingress partitioning.
+//! - [`provision`]: stream and KV bucket definitions, idempotent creation and
+//!   the start-up check of the nats-server version and JetStream.
+//! - [`envelope`]: what travels between processes (ingress sends, stored
+//!   messages, ack records).
+//! - [`wire`]: the client-facing WebSocket frames and error codes.
+//! - [`snowflake`]: the 64-bit message id generator (pure, clock injected).
+#![forbid(unsafe_code)]
+
+pub mod envelope;
+pub mod provision;
+pub mod snowflake;
+pub mod subjects;
+pub mod wire;

@@ -1,0 +1,227 @@
+//! Stream and KV bucket definitions, their idempotent provisioning, and the
+//! start-up check of the nats-server.
+//!
+//! Every process calls [`check_server`] then [`provision`] at start-up. Both
+//! are safe to run from many processes at once: creating a stream with the
+//! same configuration is a no-op on the server, and a changed configuration
+//! (a new retention setting, say) is applied as an update.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use thiserror::Error;
+
+use crate::subjects;
+
+/// Oldest nats-server accepted: older ones silently ignore consumer options
+/// this system relies on (such as multiple filter subjects).
+pub const MIN_SERVER_VERSION: (u32, u32) = (2, 11);
+
+/// Start-up and provisioning failures.
+#[derive(Debug, Error)]
+pub enum ProvisionError {
+    /// The server's version is older than [`MIN_SERVER_VERSION`] or unreadable.
+    #[error("nats-server {found} is too old: version 2.11 or newer is required (older servers silently ignore consumer options); install nats-server 2.15.1")]
+    ServerTooOld {
+        /// The version the server reported.
+        found: String,
+    },
+    /// The server runs without JetStream.
+    #[error("nats-server {version} runs without JetStream: start it with -js or a jetstream {{}} block")]
+    NoJetStream {
+        /// The version the server reported.
+        version: String,
+    },
+    /// A stream could not be created or updated.
+    #[error("cannot provision stream {name}: {source}")]
+    Stream {
+        /// Stream name.
+        name: String,
+        /// What the server said.
+        source: async_nats::Error,
+    },
+    /// A KV bucket could not be created or updated.
+    #[error("cannot provision KV bucket {name}: {source}")]
+    Bucket {
+        /// Bucket name.
+        name: String,
+        /// What the server said.
+        source: async_nats::Error,
+    },
+}
+
+/// Storage settings shared by every process (see `docs/operations.md`).
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// Number of ingress partitions (sequencer units of ownership).
+    pub partitions: u32,
+    /// Replicas of every stream and bucket (1 single node, 3 in a cluster).
+    pub replicas: usize,
+    /// How long inbox copies are kept for catch-up.
+    pub inbox_retention: Duration,
+    /// How long a `cid` is remembered for dedupe of retried sends.
+    pub dedupe_window: Duration,
+    /// Time-to-live of a lease that is not renewed.
+    pub lease_ttl: Duration,
+    /// Largest message payload in bytes (a 100,000-character body in UTF-8
+    /// plus its envelope).
+    pub max_msg_bytes: i32,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        StorageSettings {
+            partitions: 16,
+            replicas: 1,
+            inbox_retention: Duration::from_secs(30 * 24 * 3600),
+            dedupe_window: Duration::from_secs(24 * 3600),
+            lease_ttl: Duration::from_secs(10),
+            max_msg_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Handles on everything [`provision`] made.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// JetStream context.
+    pub js: jetstream::Context,
+    /// Ingress stream.
+    pub ingress: stream::Stream,
+    /// History stream.
+    pub history: stream::Stream,
+    /// Inbox stream.
+    pub inbox: stream::Stream,
+    /// Leases bucket.
+    pub leases: kv::Store,
+    /// Acks bucket.
+    pub acks: kv::Store,
+    /// History index bucket.
+    pub hindex: kv::Store,
+    /// The settings used.
+    pub settings: StorageSettings,
+}
+
+/// Parses `major.minor` out of a server version string such as `2.15.1`.
+pub fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.trim_start_matches('v').split(['.', '-']);
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// Refuses a server that is too old or has no JetStream.
+pub fn check_server(client: &async_nats::Client) -> Result<(), ProvisionError> {
+    let info = client.server_info();
+    match parse_version(&info.version) {
+        Some(v) if v >= MIN_SERVER_VERSION => {}
+        _ => return Err(ProvisionError::ServerTooOld { found: info.version }),
+    }
+    if !info.jetstream {
+        return Err(ProvisionError::NoJetStream { version: info.version });
+    }
+    Ok(())
+}
+
+/// Creates (or updates) every stream and bucket; idempotent.
+pub async fn provision(
+    client: &async_nats::Client,
+    settings: &StorageSettings,
+) -> Result<Storage, ProvisionError> {
+    check_server(client)?;
+    let js = jetstream::new(client.clone());
+    let s = settings;
+    let base = stream::Config {
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        max_message_size: s.max_msg_bytes,
+        allow_direct: true,
+        ..Default::default()
+    };
+    let ingress = ensure_stream(
+        &js,
+        stream::Config {
+            name: subjects::INGRESS_STREAM.into(),
+            description: Some("accepted sends awaiting sequencing".into()),
+            subjects: vec![subjects::INGRESS_ALL.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            duplicate_window: Duration::from_secs(120),
+            ..base.clone()
+        },
+    )
+    .await?;
+    let history = ensure_stream(
+        &js,
+        stream::Config {
+            name: subjects::HISTORY_STREAM.into(),
+            description: Some("permanent conversation history".into()),
+            subjects: vec![subjects::HISTORY_ALL.into()],
+            duplicate_window: Duration::from_secs(600),
+            ..base.clone()
+        },
+    )
+    .await?;
+    let inbox = ensure_stream(
+        &js,
+        stream::Config {
+            name: subjects::INBOX_STREAM.into(),
+            description: Some("per-user sync queues".into()),
+            subjects: vec![subjects::INBOX_ALL.into()],
+            max_age: s.inbox_retention,
+            duplicate_window: Duration::from_secs(600),
+            ..base
+        },
+    )
+    .await?;
+    let bucket = |name: &str, max_age: Duration| kv::Config {
+        bucket: name.into(),
+        history: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: s.replicas,
+        ..Default::default()
+    };
+    let leases = ensure_bucket(&js, bucket(subjects::LEASES_BUCKET, s.lease_ttl)).await?;
+    let acks = ensure_bucket(&js, bucket(subjects::ACKS_BUCKET, s.dedupe_window)).await?;
+    let hindex = ensure_bucket(&js, bucket(subjects::HINDEX_BUCKET, Duration::ZERO)).await?;
+    Ok(Storage { js, ingress, history, inbox, leases, acks, hindex, settings: s.clone() })
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, ProvisionError> {
+    let name = config.name.clone();
+    let err = |e: async_nats::Error| ProvisionError::Stream { name: name.clone(), source: e };
+    match js.create_stream(config.clone()).await {
+        Ok(s) => Ok(s),
+        Err(_) => {
+            // Exists with another configuration (or lost a creation race):
+            // bring it to ours.
+            js.update_stream(config).await.map_err(|e| err(e.into()))?;
+            js.get_stream(&name).await.map_err(|e| err(e.into()))
+        }
+    }
+}
+
+async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ProvisionError> {
+    let name = config.bucket.clone();
+    let err = |e: async_nats::Error| ProvisionError::Bucket { name: name.clone(), source: e };
+    match js.create_key_value(config.clone()).await {
+        Ok(s) => Ok(s),
+        Err(_) => js.update_key_value(config).await.map_err(|e| err(e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse() {
+        assert_eq!(parse_version("2.15.1"), Some((2, 15)));
+        assert_eq!(parse_version("v2.9.10"), Some((2, 9)));
+        assert_eq!(parse_version("2.11.0-beta.1"), Some((2, 11)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!(parse_version("2.9.10").unwrap() < MIN_SERVER_VERSION);
+        assert!(parse_version("2.15.1").unwrap() >= MIN_SERVER_VERSION);
+    }
+}

@@ -1,0 +1,214 @@
+//! Subject names, KV keys and conversation ids.
+//!
+//! Subjects are built only here. Tokens that reach a subject (user ids,
+//! device ids, client message ids, conversation ids) are validated first so
+//! that no input can inject `.`, `*` or `>` into a subject.
+
+use std::fmt;
+
+/// Prefix of every subject the system uses.
+pub const PREFIX: &str = "chat";
+
+/// Stream holding accepted sends until a sequencer has processed them.
+pub const INGRESS_STREAM: &str = "CHAT_INGRESS";
+/// Stream holding every conversation's permanent history.
+pub const HISTORY_STREAM: &str = "CHAT_HISTORY";
+/// Stream holding every user's inbox: the per-user sync queue.
+pub const INBOX_STREAM: &str = "CHAT_INBOX";
+/// KV bucket of leases (ID worker machine ids, sequencer partitions).
+pub const LEASES_BUCKET: &str = "chat_leases";
+/// KV bucket of processed sends, keyed by sender, device and client id.
+pub const ACKS_BUCKET: &str = "chat_acks";
+/// KV bucket of history block index entries (see `docs/architecture.md`).
+pub const HINDEX_BUCKET: &str = "chat_hindex";
+
+/// Subject filter of the ingress stream.
+pub const INGRESS_ALL: &str = "chat.ingress.>";
+/// Subject filter of the history stream.
+pub const HISTORY_ALL: &str = "chat.hist.>";
+/// Subject filter of the inbox stream.
+pub const INBOX_ALL: &str = "chat.inbox.>";
+/// Request/reply subject on which trusted internal services send messages.
+pub const SERVICE_SEND: &str = "chat.svc.send";
+/// Queue group shared by the gateways answering [`SERVICE_SEND`].
+pub const SERVICE_QUEUE: &str = "chat-gateways";
+
+/// True when `s` is 1..=64 characters of `[A-Za-z0-9_-]`: safe as a subject
+/// token and as a KV key part. Used for device ids and client message ids.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Ingress subject of a partition.
+pub fn ingress(partition: u32) -> String {
+    format!("{PREFIX}.ingress.{partition}")
+}
+
+/// History subject of a conversation.
+pub fn history(conv: &ConvId) -> String {
+    format!("{PREFIX}.hist.{conv}")
+}
+
+/// Inbox subject of a user: the per-user sync queue.
+pub fn inbox(user: i64) -> String {
+    format!("{PREFIX}.inbox.{user}")
+}
+
+/// Subject on which a gateway instance receives sequencer acks.
+pub fn gateway_acks(gateway_id: &str) -> String {
+    format!("{PREFIX}.gwack.{gateway_id}")
+}
+
+/// Dedupe key of a send: sender, sending device and client message id.
+/// Used as `Nats-Msg-Id` and as the key in [`ACKS_BUCKET`].
+pub fn dedupe_key(user: i64, device: &str, cid: &str) -> String {
+    format!("{user}.{device}.{cid}")
+}
+
+/// Dedupe id of one inbox copy of a message.
+pub fn inbox_copy_id(message_id: u64, user: i64) -> String {
+    format!("{message_id}.{user}")
+}
+
+/// KV key of an ID worker machine-id lease.
+pub fn machine_lease(machine: u16) -> String {
+    format!("machine.{machine}")
+}
+
+/// KV key of a sequencer partition lease.
+pub fn partition_lease(partition: u32) -> String {
+    format!("part.{partition}")
+}
+
+/// Durable consumer name of a sequencer partition.
+pub fn partition_consumer(partition: u32) -> String {
+    format!("seq-{partition}")
+}
+
+/// KV key of history block `block` of a conversation.
+pub fn hindex_key(conv: &ConvId, block: u64) -> String {
+    format!("{conv}.{block}")
+}
+
+/// A conversation id. `dm-<a>-<b>` for 1:1 (a ≤ b, user ids) and
+/// `g-<group id>` for groups. Safe as a subject token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConvId(String);
+
+/// What a conversation id names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvKind {
+    /// A 1:1 conversation between two users (the same user twice is a
+    /// "note to self").
+    Direct(i64, i64),
+    /// A group conversation.
+    Group(i64),
+}
+
+impl ConvId {
+    /// The 1:1 conversation of two users, whichever order they come in.
+    pub fn direct(a: i64, b: i64) -> ConvId {
+        let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+        ConvId(format!("dm-{lo}-{hi}"))
+    }
+
+    /// The conversation of a group.
+    pub fn group(group_id: i64) -> ConvId {
+        ConvId(format!("g-{group_id}"))
+    }
+
+    /// Parses a conversation id received from outside; `None` if malformed.
+    pub fn parse(s: &str) -> Option<ConvId> {
+        let kind = Self::kind_of(s)?;
+        Some(match kind {
+            ConvKind::Direct(a, b) => ConvId::direct(a, b),
+            ConvKind::Group(g) => ConvId::group(g),
+        })
+        .filter(|c| c.0 == s)
+    }
+
+    fn kind_of(s: &str) -> Option<ConvKind> {
+        if let Some(rest) = s.strip_prefix("dm-") {
+            let (a, b) = rest.split_once('-')?;
+            let (a, b) = (parse_id(a)?, parse_id(b)?);
+            (a <= b).then_some(ConvKind::Direct(a, b))
+        } else {
+            s.strip_prefix("g-").and_then(parse_id).map(ConvKind::Group)
+        }
+    }
+
+    /// What this conversation is.
+    pub fn kind(&self) -> ConvKind {
+        Self::kind_of(&self.0).expect("ConvId is always well formed")
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The ingress partition of this conversation (FNV-1a, stable across
+    /// processes and versions).
+    pub fn partition(&self, partitions: u32) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        for b in self.0.bytes() {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h % partitions.max(1)
+    }
+}
+
+fn parse_id(s: &str) -> Option<i64> {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0')
+    {
+        return None;
+    }
+    s.parse().ok().filter(|v: &i64| *v > 0)
+}
+
+impl fmt::Display for ConvId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_conv_is_order_independent_and_parses_back() {
+        let c = ConvId::direct(42, 7);
+        assert_eq!(c.as_str(), "dm-7-42");
+        assert_eq!(ConvId::direct(7, 42), c);
+        assert_eq!(ConvId::parse("dm-7-42"), Some(c.clone()));
+        assert_eq!(c.kind(), ConvKind::Direct(7, 42));
+    }
+
+    #[test]
+    fn malformed_conv_ids_are_rejected() {
+        for bad in ["", "dm-42-7", "dm-7", "dm-07-42", "g-", "g-1.2", "g->", "x-1", "dm-1-2-3", "g-0"] {
+            assert_eq!(ConvId::parse(bad), None, "{bad}");
+        }
+        assert_eq!(ConvId::parse("g-5").map(|c| c.kind()), Some(ConvKind::Group(5)));
+    }
+
+    #[test]
+    fn tokens_exclude_subject_wildcards() {
+        assert!(is_token("phone-1_A"));
+        for bad in ["", "a.b", "a*", ">", "a b", &"x".repeat(65)] {
+            assert!(!is_token(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn partition_is_stable() {
+        let c = ConvId::direct(1, 2);
+        assert_eq!(c.partition(16), c.partition(16));
+        assert!(c.partition(16) < 16);
+        assert_eq!(c.partition(0), 0);
+    }
+}

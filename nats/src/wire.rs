@@ -1,0 +1,272 @@
+//! Client-facing WebSocket frames and error codes (see `docs/protocol.md`).
+//!
+//! Every frame is one JSON object in one text frame with a `type` field.
+//! Every id is a decimal string.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A frame sent by a client.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Send a message.
+    Send {
+        /// Client message id, unique per sending device (`[A-Za-z0-9_-]`,
+        /// 1–64 characters); a retry with the same `cid` is not duplicated.
+        cid: String,
+        /// Recipient.
+        to: Target,
+        /// Message text, 1 to the configured maximum of characters.
+        body: String,
+    },
+    /// Catch up from a cursor, then continue live.
+    Sync {
+        /// The last cursor the device saw; absent means from the beginning.
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+    /// Keep-alive; answered with `pong`.
+    Ping,
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Target {
+    /// A 1:1 conversation with this user id.
+    User(String),
+    /// A group conversation (group id).
+    Group(String),
+}
+
+/// A frame sent by the server.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame {
+    /// A send was stored.
+    Ack {
+        /// The client's message id.
+        cid: String,
+        /// The message id.
+        id: String,
+        /// The conversation id.
+        conv: String,
+        /// Unix ms of acceptance.
+        ts: u64,
+    },
+    /// A request failed.
+    Error {
+        /// The client's message id, when the failed frame had one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cid: Option<String>,
+        /// Stable error code.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// A message, live or during catch-up.
+    Msg(MsgFrame),
+    /// Catch-up is complete; live frames follow.
+    Synced {
+        /// Cursor of the last message sent (the request's cursor when none).
+        cursor: String,
+    },
+    /// Answer to `ping`.
+    Pong,
+}
+
+/// A message delivered to a device.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct MsgFrame {
+    /// Message id.
+    pub id: String,
+    /// Conversation id.
+    pub conv: String,
+    /// Sender user id.
+    pub from: String,
+    /// `text` or `system`.
+    pub kind: crate::envelope::MessageKind,
+    /// Message text.
+    pub body: String,
+    /// Unix ms of acceptance.
+    pub ts: u64,
+    /// Sync cursor after this message (opaque).
+    pub cursor: String,
+    /// The client message id, only on the device that sent the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cid: Option<String>,
+}
+
+/// Stable error codes, shared by WebSocket `error` frames and HTTP errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not valid JSON (or not a JSON object).
+    BadJson,
+    /// The frame's `type` is missing or unknown.
+    UnknownType,
+    /// A field is missing, unknown or of the wrong type.
+    BadFrame,
+    /// The message body exceeds the configured maximum of characters.
+    TooLarge,
+    /// The message body is empty.
+    EmptyBody,
+    /// The `cid` is not 1–64 characters of `[A-Za-z0-9_-]`.
+    BadCid,
+    /// The recipient user does not exist.
+    UnknownUser,
+    /// The group does not exist.
+    UnknownGroup,
+    /// The caller may not do this.
+    Forbidden,
+    /// The sync cursor is malformed.
+    BadCursor,
+    /// The client sends faster than the configured rate.
+    RateLimited,
+    /// The send was not confirmed in time; retry with the same `cid`.
+    Timeout,
+    /// A dependency (NATS, PostgreSQL) is unreachable; retry later.
+    Unavailable,
+    /// An unexpected server error.
+    Internal,
+    /// HTTP: the request body or parameters are invalid.
+    BadRequest,
+    /// HTTP: the username or password does not meet the rules.
+    BadCredentials,
+    /// HTTP: the username is taken.
+    UsernameTaken,
+    /// HTTP: missing, invalid or expired token; or wrong login.
+    Unauthorized,
+    /// HTTP: no such resource.
+    NotFound,
+    /// HTTP: method not allowed on this path.
+    MethodNotAllowed,
+    /// The group is at its maximum size.
+    GroupFull,
+    /// HTTP: the request conflicts with the current state.
+    Conflict,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::EmptyBody => "empty_body",
+            ErrorCode::BadCid => "bad_cid",
+            ErrorCode::UnknownUser => "unknown_user",
+            ErrorCode::UnknownGroup => "unknown_group",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::BadCursor => "bad_cursor",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::BadCredentials => "bad_credentials",
+            ErrorCode::UsernameTaken => "username_taken",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::GroupFull => "group_full",
+            ErrorCode::Conflict => "conflict",
+        }
+    }
+}
+
+/// A client frame that could not be parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameError {
+    /// The `cid` of the frame, when one could be read.
+    pub cid: Option<String>,
+    /// What was wrong.
+    pub code: ErrorCode,
+    /// Detail for humans.
+    pub message: String,
+}
+
+const CLIENT_TYPES: [&str; 3] = ["send", "sync", "ping"];
+
+/// Parses one client text frame, telling malformed JSON, unknown types and
+/// bad fields apart.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| FrameError {
+        cid: None,
+        code: ErrorCode::BadJson,
+        message: format!("invalid JSON: {e}"),
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(FrameError {
+            cid: None,
+            code: ErrorCode::BadJson,
+            message: "a frame must be a JSON object".into(),
+        });
+    };
+    let cid = obj.get("cid").and_then(Value::as_str).map(str::to_owned);
+    match obj.get("type").and_then(Value::as_str) {
+        Some(t) if CLIENT_TYPES.contains(&t) => {}
+        Some(t) => {
+            return Err(FrameError {
+                cid,
+                code: ErrorCode::UnknownType,
+                message: format!("unknown frame type {t:?}"),
+            })
+        }
+        None => {
+            return Err(FrameError {
+                cid,
+                code: ErrorCode::UnknownType,
+                message: "missing string field \"type\"".into(),
+            })
+        }
+    }
+    serde_json::from_value(value).map_err(|e| FrameError {
+        cid,
+        code: ErrorCode::BadFrame,
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_send() {
+        let f = parse_client_frame(r#"{"type":"send","cid":"c1","to":{"user":"7"},"body":"hi"}"#);
+        assert_eq!(
+            f,
+            Ok(ClientFrame::Send { cid: "c1".into(), to: Target::User("7".into()), body: "hi".into() })
+        );
+    }
+
+    #[test]
+    fn tells_errors_apart() {
+        let code = |s: &str| parse_client_frame(s).unwrap_err().code;
+        assert_eq!(code("{"), ErrorCode::BadJson);
+        assert_eq!(code("[1]"), ErrorCode::BadJson);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"cid":"x"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"send","cid":"c","to":{"user":7},"body":"x"}"#), ErrorCode::BadFrame);
+        assert_eq!(code(r#"{"type":"send","cid":"c","body":"x"}"#), ErrorCode::BadFrame);
+        let e = parse_client_frame(r#"{"type":"send","cid":"c9","to":"x","body":1}"#).unwrap_err();
+        assert_eq!(e.cid.as_deref(), Some("c9"));
+    }
+
+    #[test]
+    fn server_frames_have_their_wire_shape() {
+        let v = serde_json::to_value(ServerFrame::Error {
+            cid: None,
+            code: ErrorCode::TooLarge,
+            message: "m".into(),
+        })
+        .unwrap();
+        assert_eq!(v, serde_json::json!({"type":"error","code":"too_large","message":"m"}));
+        assert_eq!(serde_json::to_string(&ServerFrame::Pong).unwrap(), r#"{"type":"pong"}"#);
+        assert_eq!(ErrorCode::UnknownUser.as_str(), "unknown_user");
+    }
+}
