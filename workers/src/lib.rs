@@ -1,1 +1,257 @@
+//! Worker processes: ID generation, sequencing and fan-out.
+//!
+//! - [`lease`]: leases in the KV leases bucket (machine ids, partitions).
+//! - [`idgen`]: the leased machine id and the snowflake generator.
+//! - [`sequencer`]: per-partition ordering, history, inbox copies, acks.
+//!
+//! [`run`] connects, provisions streams and buckets, leases a machine id and
+//! then owns a fair share of the ingress partitions, rebalancing as workers
+//! come and go. Any number of workers may run; each partition has one
+//! active owner at a time.
+#![forbid(unsafe_code)]
 
+pub mod idgen;
+pub mod lease;
+pub mod sequencer;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use chat_nats::config::{self, ConfigError, Source};
+use chat_nats::provision::{self, Storage, StorageSettings};
+use chat_nats::subjects;
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use idgen::{Clock, IdWorker};
+use lease::Lease;
+
+/// Worker settings, read from `CHAT_*` variables.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// `CHAT_NATS_URL`.
+    pub nats_url: String,
+    /// Stream and bucket settings shared with the gateways.
+    pub storage: StorageSettings,
+    /// `CHAT_WORKER_CLOCK_OFFSET_MS`: added to the system clock (tests use
+    /// it to run workers with skewed clocks). Default 0.
+    pub clock_offset_ms: i64,
+    /// `CHAT_WORKER_NAME`: how this worker names itself in leases and logs.
+    pub name: String,
+}
+
+impl WorkerConfig {
+    /// Reads the configuration.
+    pub fn from_source(src: &dyn Source) -> Result<WorkerConfig, ConfigError> {
+        Ok(WorkerConfig {
+            nats_url: config::var(src, "CHAT_NATS_URL", "nats://127.0.0.1:4222".to_string())?,
+            storage: StorageSettings::from_source(src)?,
+            clock_offset_ms: config::var(src, "CHAT_WORKER_CLOCK_OFFSET_MS", 0)?,
+            name: config::var(src, "CHAT_WORKER_NAME", format!("worker-{}", std::process::id()))?,
+        })
+    }
+}
+
+/// What the partition tasks share.
+#[derive(Debug)]
+pub struct Shared {
+    /// NATS connection.
+    pub client: async_nats::Client,
+    /// Streams and buckets.
+    pub storage: Storage,
+    /// The leased id generator.
+    pub ids: IdWorker,
+    /// The worker's clock.
+    pub clock: Clock,
+}
+
+/// Until when a partition task may act on its lease.
+#[derive(Debug)]
+pub struct Validity(Mutex<Instant>);
+
+impl Validity {
+    /// True while the lease is held.
+    pub fn holds(&self) -> bool {
+        Instant::now() < *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, until: Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+}
+
+struct Owned {
+    lease: Lease,
+    valid: Arc<Validity>,
+    task: JoinHandle<Result<(), async_nats::Error>>,
+}
+
+/// Runs a worker until `shutdown` resolves; then releases its leases so
+/// other workers take over at once.
+pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), async_nats::Error> {
+    let client = async_nats::ConnectOptions::new()
+        .name(cfg.name.clone())
+        .retry_on_initial_connect()
+        .connect(&cfg.nats_url)
+        .await?;
+    client.flush().await?;
+    let storage = provision::provision(&client, &cfg.storage).await?;
+    let clock = Clock { offset_ms: cfg.clock_offset_ms };
+    tokio::pin!(shutdown);
+    loop {
+        let start = (std::process::id() % u32::from(chat_nats::snowflake::MACHINES)) as u16;
+        let ttl = cfg.storage.lease_ttl;
+        let acquired = IdWorker::acquire(&storage.leases, &storage.idhw, &cfg.name, ttl, clock, start).await;
+        let (ids, machine) = match acquired {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot lease a machine id; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(ttl) => continue,
+                    _ = &mut shutdown => return Ok(()),
+                }
+            }
+        };
+        tracing::info!(machine = ids.machine(), worker = %cfg.name, "machine id leased");
+        let shared = Arc::new(Shared { client: client.clone(), storage: storage.clone(), ids, clock });
+        if manage(&cfg, shared, machine, &mut shutdown).await {
+            return Ok(());
+        }
+        tracing::warn!("machine id lease lost; stopping partitions and leasing again");
+    }
+}
+
+/// Holds the machine lease and a fair share of partitions. Returns true on
+/// shutdown, false when the machine lease was lost.
+async fn manage(
+    cfg: &WorkerConfig,
+    sh: Arc<Shared>,
+    mut machine: Lease,
+    shutdown: &mut (impl Future<Output = ()> + Unpin),
+) -> bool {
+    let ttl = cfg.storage.lease_ttl;
+    let parts = cfg.storage.partitions;
+    let mut owned: HashMap<u32, Owned> = HashMap::new();
+    let mut tick = tokio::time::interval(ttl / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop_all = |owned: &mut HashMap<u32, Owned>| {
+        let all: Vec<Owned> = owned.drain().map(|(_, o)| o).collect();
+        async move {
+            for o in all {
+                o.task.abort();
+                let _ = o.task.await;
+                o.lease.release().await;
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = &mut *shutdown => {
+                stop_all(&mut owned).await;
+                machine.release().await;
+                return true;
+            }
+        }
+        if let Err(e) = machine.renew(&cfg.name).await {
+            tracing::warn!(error = %e, "machine lease renewal failed");
+            stop_all(&mut owned).await;
+            return false;
+        }
+        if let Err(e) = sh.ids.reserve(sh.clock.now_ms()).await {
+            tracing::warn!(error = %e, "cannot extend the id reservation");
+        }
+        renew_partitions(cfg, &mut owned).await;
+        let workers = live_workers(&sh).await.max(1);
+        let target = parts.div_ceil(workers) as usize;
+        if owned.len() < target {
+            let first = u32::from(sh.ids.machine()) % parts;
+            for i in 0..parts {
+                if owned.len() >= target {
+                    break;
+                }
+                let p = (first + i) % parts;
+                if owned.contains_key(&p) {
+                    continue;
+                }
+                if let Some(lease) = Lease::acquire(&sh.storage.leases, subjects::partition_lease(p), &cfg.name, ttl).await {
+                    let valid = Arc::new(Validity(Mutex::new(lease.valid_until())));
+                    let task = tokio::spawn(sequencer::run_partition(sh.clone(), p, valid.clone()));
+                    owned.insert(p, Owned { lease, valid, task });
+                }
+            }
+        } else if owned.len() > target {
+            let extra: Vec<u32> = owned.keys().copied().take(owned.len() - target).collect();
+            for p in extra {
+                if let Some(o) = owned.remove(&p) {
+                    o.task.abort();
+                    let _ = o.task.await;
+                    o.lease.release().await;
+                    tracing::info!(partition = p, "partition released for rebalancing");
+                }
+            }
+        }
+    }
+}
+
+async fn renew_partitions(cfg: &WorkerConfig, owned: &mut HashMap<u32, Owned>) {
+    let mut lost = Vec::new();
+    for (p, o) in owned.iter_mut() {
+        if o.task.is_finished() {
+            lost.push(*p);
+            continue;
+        }
+        match o.lease.renew(&cfg.name).await {
+            Ok(()) => o.valid.set(o.lease.valid_until()),
+            Err(e) => {
+                tracing::warn!(partition = *p, error = %e, "partition lease lost");
+                lost.push(*p);
+            }
+        }
+    }
+    for p in lost {
+        if let Some(o) = owned.remove(&p) {
+            o.task.abort();
+            match o.task.await {
+                Ok(Err(e)) => tracing::warn!(partition = p, error = %e, "partition task failed"),
+                _ => tracing::info!(partition = p, "partition task stopped"),
+            }
+            o.lease.release().await;
+        }
+    }
+}
+
+async fn live_workers(sh: &Shared) -> u32 {
+    let Ok(keys) = sh.storage.leases.keys().await else { return 1 };
+    keys.filter(|k| futures::future::ready(matches!(k, Ok(k) if k.starts_with("machine."))))
+        .count()
+        .await as u32
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// Initialises tracing from `CHAT_LOG` (filter, default `info`) and
+/// `CHAT_LOG_FORMAT` (`plain` or `json`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if std::env::var("CHAT_LOG_FORMAT").as_deref() == Ok("json") {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}

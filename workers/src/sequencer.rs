@@ -1,0 +1,197 @@
+//! The sequencer: one active owner per ingress partition assigns message
+//! ids in ingress order, appends to history, copies into every member's
+//! inbox, records the outcome for dedupe and acks the sender's gateway.
+//!
+//! Every step is idempotent (history and inbox copies carry `Nats-Msg-Id`,
+//! the ack record is a keyed put), so a message redelivered after a crash
+//! at any point is completed, never duplicated. Messages of a partition are
+//! processed strictly one after another: message k's copies are all stored
+//! before message k+1 is touched, so every inbox sees a conversation in id
+//! order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, AckKind};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chat_nats::envelope::{IngressSend, SeqAck, SeqResult, StoredMessage};
+use chat_nats::subjects::{self, ConvId, ConvKind};
+use chat_nats::wire::ErrorCode;
+use futures::StreamExt;
+
+use crate::Shared;
+
+/// Messages per history index block (see `docs/architecture.md`).
+pub const INDEX_BLOCK: u64 = 64;
+
+/// Last id and ordinal of a conversation, as the owner last wrote it.
+#[derive(Debug, Clone, Copy, Default)]
+struct ConvState {
+    last_id: u64,
+    n: u64,
+}
+
+/// Runs one owned partition until the lease lapses or the consumer fails.
+pub async fn run_partition(sh: Arc<Shared>, partition: u32, valid: Arc<crate::Validity>) -> Result<(), async_nats::Error> {
+    let name = subjects::partition_consumer(partition);
+    // A fresh consumer starts at the oldest unprocessed message (the ingress
+    // stream is a work queue), so a new owner resumes in order.
+    let _ = sh.storage.ingress.delete_consumer(&name).await;
+    let consumer = sh
+        .storage
+        .ingress
+        .create_consumer(pull::Config {
+            durable_name: Some(name),
+            filter_subject: subjects::ingress(partition),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1024,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(64)
+        .max_bytes_per_batch(8 * 1024 * 1024)
+        .messages()
+        .await?;
+    let mut convs: HashMap<ConvId, ConvState> = HashMap::new();
+    tracing::info!(partition, "partition acquired");
+    while let Some(msg) = messages.next().await {
+        let msg = msg?;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            if !valid.holds() {
+                return Ok(());
+            }
+            match process(&sh, &mut convs, &msg.payload).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "sequencing failed; retrying");
+                    convs.clear();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        if let Err(e) = msg.ack_with(AckKind::Ack).await {
+            tracing::warn!(partition, error = %e, "ingress ack failed; the message will be redelivered and deduped");
+        }
+    }
+    Ok(())
+}
+
+async fn process(sh: &Shared, convs: &mut HashMap<ConvId, ConvState>, payload: &[u8]) -> Result<(), async_nats::Error> {
+    let send: IngressSend = match serde_json::from_slice(payload) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "dropping malformed ingress message");
+            return Ok(());
+        }
+    };
+    let key = subjects::dedupe_key(send.from, &send.device, &send.cid);
+    if let Some(done) = sh.storage.acks.get(&key).await? {
+        return reply(sh, &send, done).await;
+    }
+    let result = match ConvId::parse(&send.conv) {
+        None => SeqResult::Err { code: ErrorCode::BadFrame, message: "malformed conversation id".into() },
+        Some(conv) => match members(&conv) {
+            Err(code) => SeqResult::Err { code, message: "groups are not available yet".into() },
+            Ok(members) => sequence(sh, convs, &send, &key, conv, &members).await?,
+        },
+    };
+    let ack = Bytes::from(serde_json::to_vec(&SeqAck { key: key.clone(), result })?);
+    sh.storage.acks.put(&key, ack.clone()).await?;
+    reply(sh, &send, ack).await
+}
+
+fn members(conv: &ConvId) -> Result<Vec<i64>, ErrorCode> {
+    match conv.kind() {
+        ConvKind::Direct(a, b) if a == b => Ok(vec![a]),
+        ConvKind::Direct(a, b) => Ok(vec![a, b]),
+        ConvKind::Group(_) => Err(ErrorCode::UnknownGroup),
+    }
+}
+
+async fn sequence(
+    sh: &Shared,
+    convs: &mut HashMap<ConvId, ConvState>,
+    send: &IngressSend,
+    key: &str,
+    conv: ConvId,
+    members: &[i64],
+) -> Result<SeqResult, async_nats::Error> {
+    let state = match convs.get(&conv) {
+        Some(s) => *s,
+        None => load_state(sh, &conv).await?,
+    };
+    let id = sh.ids.next_after(state.last_id).await?;
+    let mut stored = StoredMessage {
+        id,
+        conv: conv.to_string(),
+        from: send.from,
+        device: send.device.clone(),
+        cid: send.cid.clone(),
+        kind: send.kind,
+        body: send.body.clone(),
+        ts: sh.clock.now_ms(),
+        n: state.n + 1,
+    };
+    let mut payload = Bytes::from(serde_json::to_vec(&stored)?);
+    let ack = publish(sh, subjects::history(&conv), key.to_owned(), payload.clone()).await?;
+    if ack.duplicate {
+        // Stored by an earlier attempt that died before finishing: finish
+        // that message, with its id.
+        let original = sh.storage.history.get_raw_message(ack.sequence).await?;
+        stored = serde_json::from_slice(&original.payload)?;
+        payload = original.payload;
+    }
+    let mut writes = Vec::with_capacity(members.len() + 1);
+    for &m in members {
+        let copy_id = subjects::inbox_copy_id(stored.id, m);
+        writes.push(publish(sh, subjects::inbox(m), copy_id, payload.clone()));
+    }
+    for w in futures::future::join_all(writes).await {
+        w?;
+    }
+    if stored.n % INDEX_BLOCK == 1 {
+        let block = stored.n / INDEX_BLOCK;
+        let entry = format!("{} {}", ack.sequence, stored.id);
+        sh.storage.hindex.put(subjects::hindex_key(&conv, block), Bytes::from(entry)).await?;
+    }
+    let next = ConvState { last_id: stored.id.max(state.last_id), n: stored.n.max(state.n) };
+    convs.insert(conv.clone(), next);
+    Ok(SeqResult::Ok { id: stored.id, conv: conv.to_string(), ts: stored.ts })
+}
+
+async fn publish(
+    sh: &Shared,
+    subject: String,
+    msg_id: String,
+    payload: Bytes,
+) -> Result<jetstream::publish::PublishAck, async_nats::Error> {
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id.as_str());
+    Ok(sh.storage.js.publish_with_headers(subject, headers, payload).await?.await?)
+}
+
+async fn load_state(sh: &Shared, conv: &ConvId) -> Result<ConvState, async_nats::Error> {
+    use jetstream::stream::LastRawMessageErrorKind as K;
+    match sh.storage.history.get_last_raw_message_by_subject(&subjects::history(conv)).await {
+        Ok(m) => {
+            let last: StoredMessage = serde_json::from_slice(&m.payload)?;
+            Ok(ConvState { last_id: last.id, n: last.n })
+        }
+        Err(e) if e.kind() == K::NoMessageFound => Ok(ConvState::default()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn reply(sh: &Shared, send: &IngressSend, ack: Bytes) -> Result<(), async_nats::Error> {
+    if let Some(reply) = &send.reply {
+        sh.client.publish(reply.clone(), ack).await?;
+    }
+    Ok(())
+}
