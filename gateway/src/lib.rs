@@ -1,1 +1,251 @@
+//! The stateless edge gateway.
+//!
+//! - [`config`]: typed `CHAT_*` settings.
+//! - [`http`], [`api`]: the HTTP API (hyper) and its error shape.
+//! - [`auth`]: argon2id passwords and device-bound HMAC tokens.
+//! - [`db`]: PostgreSQL pool, migrations and account queries.
+//! - [`ws`]: the WebSocket transport; [`session`]: the transport-agnostic
+//!   per-connection logic; [`outbound`]: its bounded queue.
+//! - [`send`]: the send path (validation, ingress, ack); [`delivery`]:
+//!   catch-up and live delivery from the inbox stream; [`history`]: pages.
+//! - [`service`]: the NATS subject internal services send on.
+//!
+//! The gateway keeps no state of its own: every message is in JetStream,
+//! every account in PostgreSQL. [`run`] takes a bound listener and a
+//! shutdown future so tests run it in-process on port 0.
+#![forbid(unsafe_code)]
 
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod delivery;
+pub mod history;
+pub mod http;
+pub mod outbound;
+pub mod send;
+pub mod service;
+pub mod session;
+pub mod ws;
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chat_nats::provision::{self, Storage};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+
+pub use config::GatewayConfig;
+use db::Db;
+use http::{ApiError, Resp};
+use send::{Refusal, Sender};
+
+/// Start-up failures.
+#[derive(Debug, Error)]
+pub enum GatewayError {
+    /// NATS could not be reached.
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Nats {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        source: async_nats::ConnectError,
+    },
+    /// The server is unfit or streams could not be made.
+    #[error(transparent)]
+    Provision(#[from] provision::ProvisionError),
+    /// PostgreSQL could not be reached or migrated.
+    #[error("PostgreSQL: {0}")]
+    Db(#[from] db::DbError),
+    /// Another NATS operation failed at start-up.
+    #[error("NATS: {0}")]
+    Other(async_nats::Error),
+}
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct AppState {
+    /// Settings.
+    pub cfg: GatewayConfig,
+    /// PostgreSQL.
+    pub db: Db,
+    /// NATS.
+    pub client: async_nats::Client,
+    /// Streams and buckets.
+    pub storage: Storage,
+    /// The send path.
+    pub sender: Arc<Sender>,
+    /// Tells connections the gateway is shutting down.
+    pub shutdown: broadcast::Sender<()>,
+    /// Open WebSocket connections.
+    pub connections: Connections,
+    known_users: Mutex<HashSet<i64>>,
+}
+
+impl AppState {
+    /// True when the user exists (positive answers are cached: accounts are
+    /// never deleted).
+    pub async fn user_exists(&self, id: i64) -> Result<bool, Refusal> {
+        if self.known_users.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) {
+            return Ok(true);
+        }
+        let found = self
+            .db
+            .user(id)
+            .await
+            .map_err(|e| Refusal::new(chat_nats::wire::ErrorCode::Unavailable, e.to_string()))?
+            .is_some();
+        if found {
+            let mut known = self.known_users.lock().unwrap_or_else(|p| p.into_inner());
+            if known.len() > 1_000_000 {
+                known.clear();
+            }
+            known.insert(id);
+        }
+        Ok(found)
+    }
+}
+
+/// A count of open connections.
+#[derive(Debug, Default, Clone)]
+pub struct Connections(Arc<AtomicUsize>);
+
+/// Decrements the count when dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard(Arc<AtomicUsize>);
+
+impl Connections {
+    /// Counts one connection until the guard drops.
+    pub fn enter(&self) -> ConnectionGuard {
+        self.0.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.0.clone())
+    }
+
+    /// Open connections now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Connects to NATS and PostgreSQL, provisions, migrates and serves on
+/// `listener` until `shutdown` resolves.
+pub async fn run(cfg: GatewayConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("chat-gateway {}", cfg.gateway_id))
+        .subscription_capacity(4096)
+        .connect(&cfg.nats_url)
+        .await
+        .map_err(|e| GatewayError::Nats { url: cfg.nats_url.clone(), source: e })?;
+    let storage = provision::provision(&client, &cfg.storage).await?;
+    let db = Db::connect(&cfg.database_url, cfg.db_pool_size)?;
+    db.migrate().await?;
+    let sender = Sender::start(&client, storage.clone(), &cfg.gateway_id, cfg.send_timeout)
+        .await
+        .map_err(GatewayError::Other)?;
+    let (shutdown_tx, _) = broadcast::channel(1);
+    let state = Arc::new(AppState {
+        cfg,
+        db,
+        client,
+        storage,
+        sender,
+        shutdown: shutdown_tx,
+        connections: Connections::default(),
+        known_users: Mutex::default(),
+    });
+    service::start(state.clone()).await.map_err(GatewayError::Other)?;
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gateway listening");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, Infallible>(route(state, req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "http connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    let _ = state.shutdown.send(());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while state.connections.count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = state.client.flush().await;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let st = &state;
+    let result: Result<Resp, ApiError> = match (&method, segs.as_slice()) {
+        (&Method::GET, ["healthz"]) => Ok(http::json(StatusCode::OK, &serde_json::json!({"ok": true}))),
+        (&Method::GET, ["readyz"]) => Ok(api::readyz(st).await),
+        (&Method::POST, ["v1", "signup"]) => api::signup(st, req).await,
+        (&Method::POST, ["v1", "login"]) => api::login(st, req).await,
+        (&Method::GET, ["v1", "users", id]) => api::user(st, req, id).await,
+        (&Method::GET, ["v1", "conversations", conv, "messages"]) => api::messages(st, req, conv).await,
+        (&Method::GET, ["v1", "ws"]) => match api::authenticate(st, &req) {
+            Ok(claims) => Ok(ws::upgrade(state.clone(), claims, req)),
+            Err(e) => Err(e),
+        },
+        (_, ["healthz" | "readyz"])
+        | (_, ["v1", "signup" | "login" | "ws"])
+        | (_, ["v1", "users", _])
+        | (_, ["v1", "conversations", _, "messages"]) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            chat_nats::wire::ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(ApiError::not_found(format!("no route for {path}"))),
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+}
+
+/// Initialises tracing from `CHAT_LOG` (default `info`) and
+/// `CHAT_LOG_FORMAT` (`plain` or `json`).
+pub fn init_tracing() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if std::env::var("CHAT_LOG_FORMAT").as_deref() == Ok("json") {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}

@@ -1,0 +1,156 @@
+//! HTTP API handlers: accounts, profiles, history, health.
+
+use std::sync::OnceLock;
+
+use chat_nats::subjects::{self, ConvId, ConvKind};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::{self, Claims};
+use crate::history::{self, Page};
+use crate::http::{json, query, read_json, token, ApiError, Resp};
+use crate::AppState;
+
+#[derive(Deserialize)]
+struct SignupReq {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct LoginReq {
+    username: String,
+    password: String,
+    device_id: String,
+}
+
+/// Usernames: 3–32 characters of `[a-z0-9_.-]`, compared in lower case.
+pub fn normalize_username(u: &str) -> Option<String> {
+    let u = u.to_ascii_lowercase();
+    let ok = (3..=32).contains(&u.len())
+        && u.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b));
+    ok.then_some(u)
+}
+
+fn bad_credentials(m: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, chat_nats::wire::ErrorCode::BadCredentials, m)
+}
+
+/// `POST /v1/signup`.
+pub async fn signup(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let r: SignupReq = read_json(req).await?;
+    let username = normalize_username(&r.username)
+        .ok_or_else(|| bad_credentials("username must be 3-32 characters of a-z, 0-9, '_', '.', '-'"))?;
+    let len = r.password.chars().count();
+    if !(8..=128).contains(&len) {
+        return Err(bad_credentials("password must be 8-128 characters"));
+    }
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&r.password))
+        .await
+        .map_err(ApiError::unavailable)?;
+    match st.db.create_user(&username, &hash).await? {
+        Some(id) => Ok(json(StatusCode::CREATED, &json!({"user_id": id.to_string(), "username": username}))),
+        None => Err(ApiError::new(StatusCode::CONFLICT, chat_nats::wire::ErrorCode::UsernameTaken, "username is taken")),
+    }
+}
+
+/// `POST /v1/login`.
+pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let r: LoginReq = read_json(req).await?;
+    if !subjects::is_token(&r.device_id) {
+        return Err(ApiError::bad_request("device_id must be 1-64 characters of [A-Za-z0-9_-]"));
+    }
+    let found = match normalize_username(&r.username) {
+        Some(u) => st.db.credentials(&u).await?,
+        None => None,
+    };
+    // Without an account, verify against a dummy hash anyway so timing does
+    // not reveal which usernames exist.
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let (user, hash) = found.map(|(u, h)| (Some(u), h)).unwrap_or_else(|| {
+        (None, DUMMY.get_or_init(|| auth::hash_password("not-a-password")).clone())
+    });
+    let password = r.password;
+    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
+        .await
+        .map_err(ApiError::unavailable)?;
+    let Some(user) = user.filter(|_| ok) else {
+        return Err(ApiError::unauthorized("wrong username or password"));
+    };
+    st.db.touch_device(user, &r.device_id).await?;
+    let exp = auth::now_secs() + st.cfg.token_ttl.as_secs();
+    let claims = Claims { user, device: r.device_id.clone(), exp };
+    let token = auth::issue(&st.cfg.token_secret, &claims);
+    Ok(json(
+        StatusCode::OK,
+        &json!({"token": token, "user_id": user.to_string(), "device_id": r.device_id, "expires_at": exp}),
+    ))
+}
+
+/// The caller's claims, from the bearer token.
+pub fn authenticate<B>(st: &AppState, req: &Request<B>) -> Result<Claims, ApiError> {
+    let t = token(req).ok_or_else(|| ApiError::unauthorized("missing token"))?;
+    auth::verify(&st.cfg.token_secret, &t, auth::now_secs()).ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
+}
+
+/// `GET /v1/users/{id}`.
+pub async fn user(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ApiError> {
+    authenticate(st, &req)?;
+    let id: i64 = id.parse().map_err(|_| ApiError::not_found("no such user"))?;
+    let u = st.db.user(id).await?.ok_or_else(|| ApiError::not_found("no such user"))?;
+    Ok(json(StatusCode::OK, &json!({"user_id": u.id.to_string(), "username": u.username, "created_at": u.created_ms})))
+}
+
+/// True when `user` takes part in `conv`.
+pub fn participant(conv: &ConvId, user: i64) -> bool {
+    match conv.kind() {
+        ConvKind::Direct(a, b) => user == a || user == b,
+        ConvKind::Group(_) => false,
+    }
+}
+
+/// `GET /v1/conversations/{conv}/messages?before=&after=&limit=`.
+pub async fn messages(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<Resp, ApiError> {
+    let claims = authenticate(st, &req)?;
+    let conv = ConvId::parse(conv).ok_or_else(|| ApiError::not_found("no such conversation"))?;
+    if !participant(&conv, claims.user) {
+        return Err(ApiError::forbidden("not a participant of this conversation"));
+    }
+    let id_param = |name: &str| -> Result<Option<u64>, ApiError> {
+        query(&req, name)
+            .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{name} must be a message id"))))
+            .transpose()
+    };
+    let page = match (id_param("before")?, id_param("after")?) {
+        (Some(_), Some(_)) => return Err(ApiError::bad_request("give before or after, not both")),
+        (Some(b), None) => Page::Before(b),
+        (None, Some(a)) => Page::After(a),
+        (None, None) => Page::Latest,
+    };
+    let limit = match query(&req, "limit") {
+        None => 50,
+        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=100).contains(l)).ok_or_else(|| ApiError::bad_request("limit must be 1-100"))?,
+    };
+    let out = history::page(&st.storage, &conv, page, limit).await.map_err(ApiError::unavailable)?;
+    let messages: Vec<_> = out
+        .messages
+        .into_iter()
+        .map(|(_, m)| {
+            json!({"id": m.id.to_string(), "conv": m.conv, "from": m.from.to_string(), "kind": m.kind, "body": m.body, "ts": m.ts})
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &json!({"messages": messages, "has_more": out.has_more})))
+}
+
+/// `GET /readyz`: NATS, JetStream, KV and PostgreSQL reachable.
+pub async fn readyz(st: &AppState) -> Resp {
+    let nats = st.client.connection_state() == async_nats::connection::State::Connected;
+    let jetstream = st.storage.js.query_account().await.is_ok();
+    let kv = st.storage.leases.get("readyz-probe").await.is_ok();
+    let postgres = st.db.ping().await.is_ok();
+    let ready = nats && jetstream && kv && postgres;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    json(status, &json!({"ready": ready, "nats": nats, "jetstream": jetstream, "kv": kv, "postgres": postgres}))
+}

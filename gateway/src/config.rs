@@ -1,0 +1,95 @@
+//! Gateway settings, read once from `CHAT_*` variables before binding.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chat_nats::config::{self, bounded, millis, var, ConfigError, Source};
+use chat_nats::provision::StorageSettings;
+
+/// Every gateway setting (see the README's configuration table).
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `CHAT_HTTP_ADDR`: HTTP and WebSocket listen address.
+    pub http_addr: SocketAddr,
+    /// `CHAT_NATS_URL`.
+    pub nats_url: String,
+    /// `CHAT_DATABASE_URL`: PostgreSQL connection string.
+    pub database_url: String,
+    /// `CHAT_DB_POOL_SIZE`: PostgreSQL connections per gateway.
+    pub db_pool_size: usize,
+    /// `CHAT_TOKEN_SECRET`: HMAC key for access tokens (every gateway of a
+    /// deployment must share it).
+    pub token_secret: Vec<u8>,
+    /// `CHAT_TOKEN_TTL_SECS`: access token lifetime.
+    pub token_ttl: Duration,
+    /// `CHAT_MAX_BODY_CHARS`: longest message body, in Unicode scalar values.
+    pub max_body_chars: usize,
+    /// `CHAT_WS_MAX_FRAME_BYTES`: largest WebSocket message accepted.
+    pub max_frame_bytes: usize,
+    /// `CHAT_WS_OUTBOUND_FRAMES`: frames queued to a slow client before it
+    /// is disconnected.
+    pub outbound_frames: usize,
+    /// `CHAT_WS_OUTBOUND_BYTES`: bytes queued to a slow client before it is
+    /// disconnected.
+    pub outbound_bytes: usize,
+    /// `CHAT_WS_RATE_PER_SEC` and `CHAT_WS_RATE_BURST`: frames per second a
+    /// connection may send, and the burst allowed.
+    pub rate_per_sec: u32,
+    /// See `rate_per_sec`.
+    pub rate_burst: u32,
+    /// `CHAT_WS_IDLE_TIMEOUT_MS`: a connection that sends nothing (not even
+    /// a ping) for this long is closed.
+    pub idle_timeout: Duration,
+    /// `CHAT_SEND_TIMEOUT_MS`: how long a send waits for its sequencing.
+    pub send_timeout: Duration,
+    /// `CHAT_GATEWAY_ID`: this gateway's name on NATS subjects.
+    pub gateway_id: String,
+    /// Stream and bucket settings shared with the workers.
+    pub storage: StorageSettings,
+}
+
+/// The development token secret; refused when `CHAT_ENV=production`.
+pub const DEV_SECRET: &str = "dev-secret-change-me";
+
+impl GatewayConfig {
+    /// Reads and validates the configuration.
+    pub fn from_source(src: &dyn Source) -> Result<GatewayConfig, ConfigError> {
+        let secret: String = var(src, "CHAT_TOKEN_SECRET", DEV_SECRET.to_string())?;
+        if secret == DEV_SECRET && src.get("CHAT_ENV").as_deref() == Some("production") {
+            return Err(ConfigError::Invalid {
+                name: "CHAT_TOKEN_SECRET".into(),
+                value: "<default>".into(),
+                reason: "set a secret of your own when CHAT_ENV=production".into(),
+            });
+        }
+        let gateway_id = var(src, "CHAT_GATEWAY_ID", format!("gw{}", std::process::id()))?;
+        if !chat_nats::subjects::is_token(&gateway_id) {
+            return Err(ConfigError::Invalid {
+                name: "CHAT_GATEWAY_ID".into(),
+                value: gateway_id,
+                reason: "use 1-64 characters of [A-Za-z0-9_-]".into(),
+            });
+        }
+        Ok(GatewayConfig {
+            http_addr: var(src, "CHAT_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            nats_url: var(src, "CHAT_NATS_URL", "nats://127.0.0.1:4222".to_string())?,
+            database_url: var(src, "CHAT_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat".to_string())?,
+            db_pool_size: bounded(src, "CHAT_DB_POOL_SIZE", 16, 1, 1000)? as usize,
+            token_secret: secret.into_bytes(),
+            token_ttl: Duration::from_secs(bounded(src, "CHAT_TOKEN_TTL_SECS", 7 * 24 * 3600, 1, 365 * 24 * 3600)?),
+            max_body_chars: bounded(src, "CHAT_MAX_BODY_CHARS", 100_000, 1, 200_000)? as usize,
+            max_frame_bytes: bounded(src, "CHAT_WS_MAX_FRAME_BYTES", 1 << 20, 1024, 1 << 20)? as usize,
+            outbound_frames: bounded(src, "CHAT_WS_OUTBOUND_FRAMES", 1024, 8, 1 << 20)? as usize,
+            outbound_bytes: bounded(src, "CHAT_WS_OUTBOUND_BYTES", 8 << 20, 1 << 20, 1 << 30)? as usize,
+            rate_per_sec: bounded(src, "CHAT_WS_RATE_PER_SEC", 100, 1, 1_000_000)? as u32,
+            rate_burst: bounded(src, "CHAT_WS_RATE_BURST", 200, 1, 1_000_000)? as u32,
+            idle_timeout: millis(src, "CHAT_WS_IDLE_TIMEOUT_MS", Duration::from_secs(60))?,
+            send_timeout: millis(src, "CHAT_SEND_TIMEOUT_MS", Duration::from_secs(10))?,
+            gateway_id,
+            storage: StorageSettings::from_source(src)?,
+        })
+    }
+}
+
+/// Re-exported so `main` reads the process environment.
+pub use config::Env;

@@ -1,0 +1,122 @@
+//! Delivery of a user's inbox to one device: catch-up from a cursor, then
+//! live, through a single ordered JetStream consumer on the user's inbox
+//! subject. One consumer for both means there is no seam to get wrong:
+//! messages arrive in inbox order, each once, and `synced` is sent after
+//! the last message that existed when catch-up began.
+//!
+//! The cursor is the inbox stream sequence of the last message delivered,
+//! as a decimal string. Stream sequences are assigned by JetStream, so a
+//! cursor cannot miss a message whatever the ID workers' clocks say.
+
+use std::sync::Arc;
+
+use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use chat_nats::envelope::StoredMessage;
+use chat_nats::subjects;
+use chat_nats::wire::{ErrorCode, MsgFrame, ServerFrame};
+use futures::StreamExt;
+
+use crate::outbound::{Outbound, CLOSE_INTERNAL};
+use crate::AppState;
+
+/// Where delivery starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Only messages stored from now on (a session before its first `sync`).
+    New,
+    /// Every message after this cursor (0: from the beginning), then
+    /// `synced`, then live.
+    After(u64),
+}
+
+/// Streams the inbox to `out` until the connection closes.
+pub async fn run(state: Arc<AppState>, user: i64, device: String, start: Start, out: Outbound) {
+    if let Err(e) = stream(&state, user, &device, start, &out).await {
+        tracing::warn!(user_id = user, error = %e, "inbox delivery failed; closing so the client resyncs");
+        out.close(CLOSE_INTERNAL);
+    }
+}
+
+async fn stream(state: &AppState, user: i64, device: &str, start: Start, out: &Outbound) -> Result<(), async_nats::Error> {
+    let subject = subjects::inbox(user);
+    let inbox = &state.storage.inbox;
+    // The last message that exists now: `synced` follows it.
+    let mut catch_up_until = None;
+    if let Start::After(cursor) = start {
+        let last = match inbox.direct_get_last_for_subject(&subject).await {
+            Ok(m) => m.sequence,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if last <= cursor {
+            if cursor > inbox.get_info().await?.state.last_sequence {
+                out.push(frame(&ServerFrame::Error {
+                    cid: None,
+                    code: ErrorCode::BadCursor,
+                    message: "cursor is ahead of the inbox: not issued by this deployment".into(),
+                }));
+                return Ok(());
+            }
+            out.push(frame(&ServerFrame::Synced { cursor: cursor.to_string() }));
+        } else {
+            catch_up_until = Some(last);
+        }
+    }
+    let deliver_policy = match start {
+        Start::New => DeliverPolicy::New,
+        Start::After(0) => DeliverPolicy::All,
+        Start::After(c) => DeliverPolicy::ByStartSequence { start_sequence: c + 1 },
+    };
+    let consumer = inbox
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: state.client.new_inbox(),
+            filter_subject: subject,
+            deliver_policy,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    while let Some(m) = messages.next().await {
+        let m = m?;
+        let (seq, pending) = {
+            let info = m.info()?;
+            (info.stream_sequence, info.pending)
+        };
+        let stored: StoredMessage = match serde_json::from_slice(&m.payload) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(seq, error = %e, "undecodable inbox message skipped");
+                continue;
+            }
+        };
+        let own = stored.from == user && stored.device == device;
+        let msg = ServerFrame::Msg(MsgFrame {
+            id: stored.id.to_string(),
+            conv: stored.conv,
+            from: stored.from.to_string(),
+            kind: stored.kind,
+            body: stored.body,
+            ts: stored.ts,
+            cursor: seq.to_string(),
+            cid: own.then_some(stored.cid),
+        });
+        if !out.push(frame(&msg)) {
+            return Ok(());
+        }
+        if let Some(until) = catch_up_until {
+            if seq >= until || pending == 0 {
+                catch_up_until = None;
+                if !out.push(frame(&ServerFrame::Synced { cursor: seq.to_string() })) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err("inbox consumer ended".into())
+}
+
+/// Serializes a server frame.
+pub fn frame(f: &ServerFrame) -> String {
+    serde_json::to_string(f).expect("server frames always serialize")
+}

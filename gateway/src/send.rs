@@ -1,0 +1,224 @@
+//! The send path shared by WebSocket sessions and internal services:
+//! validate, publish on ingress with a dedupe id, wait for the sequencer.
+//!
+//! The gateway acks a client only once the message has an id and is in
+//! history and in every member's inbox. A send that is not confirmed within
+//! the timeout gets `timeout`; it may still be stored, and a retry with the
+//! same `cid` returns the same id without storing it twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chat_nats::envelope::{IngressSend, MessageKind, SeqAck, SeqResult};
+use chat_nats::provision::Storage;
+use chat_nats::subjects::{self, ConvId};
+use chat_nats::wire::{ErrorCode, ServerFrame, Target};
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+use crate::AppState;
+
+/// A failed request: a stable code and a detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Detail for humans.
+    pub message: String,
+}
+
+impl Refusal {
+    /// Builds a refusal.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal { code, message: message.into() }
+    }
+}
+
+/// Publishes sends and matches the sequencer's acks to waiting senders.
+#[derive(Debug)]
+pub struct Sender {
+    storage: Storage,
+    ack_subject: String,
+    waiters: Mutex<HashMap<String, oneshot::Sender<SeqResult>>>,
+    timeout: Duration,
+}
+
+impl Sender {
+    /// Subscribes to this gateway's ack subject and starts dispatching.
+    pub async fn start(
+        client: &async_nats::Client,
+        storage: Storage,
+        gateway_id: &str,
+        timeout: Duration,
+    ) -> Result<Arc<Sender>, async_nats::Error> {
+        let ack_subject = subjects::gateway_acks(gateway_id);
+        let mut sub = client.subscribe(ack_subject.clone()).await?;
+        let sender = Arc::new(Sender { storage, ack_subject, waiters: Mutex::default(), timeout });
+        let weak = Arc::downgrade(&sender);
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(sender) = weak.upgrade() else { break };
+                match serde_json::from_slice::<SeqAck>(&msg.payload) {
+                    Ok(ack) => {
+                        if let Some(tx) = sender.lock().remove(&ack.key) {
+                            let _ = tx.send(ack.result);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "malformed sequencer ack"),
+                }
+            }
+        });
+        Ok(sender)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<SeqResult>>> {
+        self.waiters.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes one send and waits for its outcome.
+    pub async fn send(
+        &self,
+        from: i64,
+        device: &str,
+        cid: &str,
+        conv: &ConvId,
+        kind: MessageKind,
+        body: String,
+    ) -> Result<(u64, u64), Refusal> {
+        let key = subjects::dedupe_key(from, device, cid);
+        let (tx, mut rx) = oneshot::channel();
+        self.lock().insert(key.clone(), tx);
+        let outcome = self.publish_and_wait(&key, from, device, cid, conv, kind, body, &mut rx).await;
+        self.lock().remove(&key);
+        match outcome? {
+            SeqResult::Ok { id, ts, .. } => Ok((id, ts)),
+            SeqResult::Err { code, message } => Err(Refusal { code, message }),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn publish_and_wait(
+        &self,
+        key: &str,
+        from: i64,
+        device: &str,
+        cid: &str,
+        conv: &ConvId,
+        kind: MessageKind,
+        body: String,
+        rx: &mut oneshot::Receiver<SeqResult>,
+    ) -> Result<SeqResult, Refusal> {
+        let env = IngressSend {
+            from,
+            device: device.to_owned(),
+            cid: cid.to_owned(),
+            conv: conv.to_string(),
+            kind,
+            body,
+            reply: Some(self.ack_subject.clone()),
+        };
+        let payload = Bytes::from(serde_json::to_vec(&env).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?);
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", key);
+        let subject = subjects::ingress(conv.partition(self.storage.settings.partitions));
+        let unavailable = |e: String| Refusal::new(ErrorCode::Unavailable, format!("message store unavailable: {e}"));
+        let ack = self
+            .storage
+            .js
+            .publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        if ack.duplicate {
+            // A retry: the first attempt's outcome may already be recorded,
+            // or may still be in flight to another waiter.
+            return tokio::time::timeout(self.timeout, self.recorded(key)).await.unwrap_or_else(|_| Err(timed_out()));
+        }
+        tokio::select! {
+            r = &mut *rx => r.map_err(|_| Refusal::new(ErrorCode::Internal, "gateway shutting down")),
+            _ = tokio::time::sleep(self.timeout) => {
+                match self.storage.acks.get(key).await {
+                    Ok(Some(v)) => parse_recorded(&v),
+                    _ => Err(timed_out()),
+                }
+            }
+        }
+    }
+
+    /// Waits for the recorded outcome of a send (the acks bucket).
+    async fn recorded(&self, key: &str) -> Result<SeqResult, Refusal> {
+        let mut watch = self
+            .storage
+            .acks
+            .watch_with_history(key)
+            .await
+            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+        while let Some(entry) = watch.next().await {
+            if let Ok(entry) = entry {
+                if entry.operation == async_nats::jetstream::kv::Operation::Put {
+                    return parse_recorded(&entry.value);
+                }
+            }
+        }
+        Err(timed_out())
+    }
+}
+
+fn timed_out() -> Refusal {
+    Refusal::new(ErrorCode::Timeout, "not confirmed in time; it may still be stored: retry with the same cid")
+}
+
+fn parse_recorded(v: &[u8]) -> Result<SeqResult, Refusal> {
+    serde_json::from_slice::<SeqAck>(v)
+        .map(|a| a.result)
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// Validates a send and resolves its conversation.
+pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: &str) -> Result<ConvId, Refusal> {
+    if !subjects::is_token(cid) {
+        return Err(Refusal::new(ErrorCode::BadCid, "cid must be 1-64 characters of [A-Za-z0-9_-]"));
+    }
+    if body.trim().is_empty() {
+        return Err(Refusal::new(ErrorCode::EmptyBody, "body is empty"));
+    }
+    let max = state.cfg.max_body_chars;
+    if body.len() > max && body.chars().count() > max {
+        return Err(Refusal::new(ErrorCode::TooLarge, format!("body exceeds {max} characters")));
+    }
+    match to {
+        Target::User(u) => {
+            let id = u.parse::<i64>().ok().filter(|v| *v > 0);
+            match id {
+                Some(id) if state.user_exists(id).await? => Ok(ConvId::direct(from, id)),
+                _ => Err(Refusal::new(ErrorCode::UnknownUser, format!("no user {u:?}"))),
+            }
+        }
+        Target::Group(g) => Err(Refusal::new(ErrorCode::UnknownGroup, format!("no group {g:?}"))),
+    }
+}
+
+/// Validates, sends and turns the outcome into the frame the client gets.
+pub async fn send_frame(
+    state: &AppState,
+    from: i64,
+    device: &str,
+    cid: String,
+    to: &Target,
+    body: String,
+) -> ServerFrame {
+    let result = async {
+        let conv = prepare(state, from, &cid, to, &body).await?;
+        let (id, ts) = state.sender.send(from, device, &cid, &conv, MessageKind::Text, body).await?;
+        Ok::<_, Refusal>((conv, id, ts))
+    }
+    .await;
+    match result {
+        Ok((conv, id, ts)) => ServerFrame::Ack { cid, id: id.to_string(), conv: conv.to_string(), ts },
+        Err(r) => ServerFrame::Error { cid: Some(cid), code: r.code, message: r.message },
+    }
+}
