@@ -6,12 +6,14 @@
 //!   conversation ids and ingress partitioning.
 //! - [`provision`]: stream and KV bucket definitions, idempotent creation and
 //!   the start-up check of the nats-server version and JetStream.
+//! - [`config`]: typed `CHAT_*` settings read once at start-up.
 //! - [`envelope`]: what travels between processes (ingress sends, stored
 //!   messages, ack records).
 //! - [`wire`]: the client-facing WebSocket frames and error codes.
 //! - [`snowflake`]: the 64-bit message id generator (pure, clock injected).
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod envelope;
 pub mod provision;
 pub mod snowflake;

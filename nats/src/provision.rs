@@ -98,6 +98,8 @@ pub struct Storage {
     pub acks: kv::Store,
     /// History index bucket.
     pub hindex: kv::Store,
+    /// ID high-water mark bucket.
+    pub idhw: kv::Store,
     /// The settings used.
     pub settings: StorageSettings,
 }
@@ -182,7 +184,8 @@ pub async fn provision(
     let leases = ensure_bucket(&js, bucket(subjects::LEASES_BUCKET, s.lease_ttl)).await?;
     let acks = ensure_bucket(&js, bucket(subjects::ACKS_BUCKET, s.dedupe_window)).await?;
     let hindex = ensure_bucket(&js, bucket(subjects::HINDEX_BUCKET, Duration::ZERO)).await?;
-    Ok(Storage { js, ingress, history, inbox, leases, acks, hindex, settings: s.clone() })
+    let idhw = ensure_bucket(&js, bucket(subjects::IDHW_BUCKET, Duration::ZERO)).await?;
+    Ok(Storage { js, ingress, history, inbox, leases, acks, hindex, idhw, settings: s.clone() })
 }
 
 async fn ensure_stream(

@@ -21,6 +21,8 @@ pub const LEASES_BUCKET: &str = "chat_leases";
 pub const ACKS_BUCKET: &str = "chat_acks";
 /// KV bucket of history block index entries (see `docs/architecture.md`).
 pub const HINDEX_BUCKET: &str = "chat_hindex";
+/// KV bucket of ID high-water marks per machine id (never expires).
+pub const IDHW_BUCKET: &str = "chat_idhw";
 
 /// Subject filter of the ingress stream.
 pub const INGRESS_ALL: &str = "chat.ingress.>";

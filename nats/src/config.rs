@@ -1,0 +1,127 @@
+//! Reading typed settings from `CHAT_*` environment variables.
+//!
+//! Each process parses its whole configuration once at start-up, before it
+//! binds anything; a bad value stops it with a [`ConfigError`] naming the
+//! variable. Every variable is listed with its default in the README.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::provision::StorageSettings;
+
+/// A setting could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The variable is set but does not parse as its type.
+    #[error("{name}={value:?} is invalid: {reason}")]
+    Invalid {
+        /// Variable name.
+        name: String,
+        /// The value found.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+}
+
+/// Where settings come from: the process environment, or a map in tests.
+pub trait Source {
+    /// The raw value of a variable, if set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Source for std::collections::HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// A typed variable with a default.
+pub fn var<T: FromStr>(src: &dyn Source, name: &str, default: T) -> Result<T, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    match src.get(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|e: T::Err| ConfigError::Invalid {
+            name: name.into(),
+            value: v.clone(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// A duration variable given in milliseconds.
+pub fn millis(src: &dyn Source, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    var(src, name, default.as_millis() as u64).map(Duration::from_millis)
+}
+
+/// A positive integer variable bounded by `max`.
+pub fn bounded(src: &dyn Source, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    let v = var(src, name, default)?;
+    if (min..=max).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::Invalid {
+            name: name.into(),
+            value: v.to_string(),
+            reason: format!("must be between {min} and {max}"),
+        })
+    }
+}
+
+impl StorageSettings {
+    /// Reads the storage settings every process must agree on.
+    pub fn from_source(src: &dyn Source) -> Result<StorageSettings, ConfigError> {
+        let d = StorageSettings::default();
+        Ok(StorageSettings {
+            partitions: bounded(src, "CHAT_PARTITIONS", d.partitions.into(), 1, 4096)? as u32,
+            replicas: bounded(src, "CHAT_REPLICAS", d.replicas as u64, 1, 5)? as usize,
+            inbox_retention: Duration::from_secs(var(
+                src,
+                "CHAT_INBOX_RETENTION_SECS",
+                d.inbox_retention.as_secs(),
+            )?),
+            dedupe_window: Duration::from_secs(var(
+                src,
+                "CHAT_DEDUPE_WINDOW_SECS",
+                d.dedupe_window.as_secs(),
+            )?),
+            lease_ttl: Duration::from_millis(bounded(
+                src,
+                "CHAT_LEASE_TTL_MS",
+                d.lease_ttl.as_millis() as u64,
+                500,
+                600_000,
+            )?),
+            max_msg_bytes: d.max_msg_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let src: HashMap<String, String> = [("CHAT_PARTITIONS".to_string(), "0".to_string())].into();
+        let e = StorageSettings::from_source(&src).unwrap_err().to_string();
+        assert!(e.contains("CHAT_PARTITIONS"), "{e}");
+        let src: HashMap<String, String> = [("CHAT_LEASE_TTL_MS".to_string(), "soon".to_string())].into();
+        assert!(StorageSettings::from_source(&src).unwrap_err().to_string().contains("soon"));
+    }
+}
