@@ -1,1 +1,284 @@
+//! A Rust client for the chat gateway: the HTTP API ([`Http`]) and a
+//! WebSocket connection ([`Conn`]) speaking the frames of `docs/protocol.md`.
+//! The `chat` command-line tool is built on it, and so are the integration
+//! tests and the benchmark.
+#![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Client failures.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// The server could not be reached or the connection broke.
+    #[error("connection: {0}")]
+    Io(String),
+    /// The server answered with an error.
+    #[error("{status} {code}: {message}")]
+    Api {
+        /// HTTP status (0 for WebSocket `error` frames).
+        status: u16,
+        /// Stable error code.
+        code: String,
+        /// Detail.
+        message: String,
+    },
+    /// No answer in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    /// The WebSocket was closed by the server.
+    #[error("closed by server: {code} {reason}")]
+    Closed {
+        /// Close code.
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+}
+
+fn io(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Io(e.to_string())
+}
+
+/// The HTTP API of one gateway.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// `host:port` of the gateway.
+    pub addr: String,
+}
+
+/// A login session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Login {
+    /// Access token.
+    pub token: String,
+    /// User id.
+    pub user_id: String,
+    /// Device id.
+    pub device_id: String,
+}
+
+impl Http {
+    /// A client for `addr` (`host:port`, or an `http://` URL).
+    pub fn new(addr: &str) -> Http {
+        Http { addr: addr.trim_start_matches("http://").trim_end_matches('/').to_owned() }
+    }
+
+    /// Any request; returns the status and the JSON body (`null` if empty).
+    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value), ClientError> {
+        let stream = TcpStream::connect(&self.addr).await.map_err(io)?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(io)?;
+        tokio::spawn(conn);
+        let mut req = Request::builder().method(method).uri(path).header("host", &self.addr);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = match body {
+            Some(v) => {
+                req = req.header("content-type", "application/json");
+                Bytes::from(v.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let resp = sender.send_request(req.body(Full::new(body)).map_err(io)?).await.map_err(io)?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.map_err(io)?.to_bytes();
+        let value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).map_err(io)? };
+        Ok((status, value))
+    }
+
+    async fn ok(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Result<Value, ClientError> {
+        let (status, v) = self.request(method, path, token, body).await?;
+        if (200..300).contains(&status) {
+            Ok(v)
+        } else {
+            Err(ClientError::Api {
+                status,
+                code: v["error"]["code"].as_str().unwrap_or("").to_owned(),
+                message: v["error"]["message"].as_str().unwrap_or("").to_owned(),
+            })
+        }
+    }
+
+    /// Creates an account; returns the user id.
+    pub async fn signup(&self, username: &str, password: &str) -> Result<String, ClientError> {
+        let v = self.ok(Method::POST, "/v1/signup", None, Some(json!({"username": username, "password": password}))).await?;
+        Ok(v["user_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Logs a device in.
+    pub async fn login(&self, username: &str, password: &str, device: &str) -> Result<Login, ClientError> {
+        let body = json!({"username": username, "password": password, "device_id": device});
+        let v = self.ok(Method::POST, "/v1/login", None, Some(body)).await?;
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        Ok(Login { token: s("token"), user_id: s("user_id"), device_id: s("device_id") })
+    }
+
+    /// A user's profile.
+    pub async fn user(&self, token: &str, user_id: &str) -> Result<Value, ClientError> {
+        self.ok(Method::GET, &format!("/v1/users/{user_id}"), Some(token), None).await
+    }
+
+    /// A page of history; `query` is e.g. `limit=50&before=123`.
+    pub async fn history(&self, token: &str, conv: &str, query: &str) -> Result<Value, ClientError> {
+        self.ok(Method::GET, &format!("/v1/conversations/{conv}/messages?{query}"), Some(token), None).await
+    }
+}
+
+/// The 1:1 conversation id of two users.
+pub fn direct_conv(a: &str, b: &str) -> String {
+    let (a, b): (i64, i64) = (a.parse().unwrap_or(0), b.parse().unwrap_or(0));
+    format!("dm-{}-{}", a.min(b), a.max(b))
+}
+
+/// A WebSocket connection to a gateway.
+pub struct Conn {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    buffered: VecDeque<Value>,
+    /// How long reads wait before [`ClientError::Timeout`].
+    pub timeout: Duration,
+}
+
+impl Conn {
+    /// Connects with a token (sent as `Authorization: Bearer`).
+    pub async fn connect(addr: &str, token: &str) -> Result<Conn, ClientError> {
+        let addr = addr.trim_start_matches("http://").trim_end_matches('/');
+        let mut req = format!("ws://{addr}/v1/ws").into_client_request().map_err(io)?;
+        req.headers_mut().insert("authorization", format!("Bearer {token}").parse().map_err(io)?);
+        let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| match e {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => ClientError::Api {
+                status: resp.status().as_u16(),
+                code: "unauthorized".into(),
+                message: "upgrade refused".into(),
+            },
+            e => io(e),
+        })?;
+        Ok(Conn { ws, buffered: VecDeque::new(), timeout: Duration::from_secs(10) })
+    }
+
+    /// Sends a JSON frame.
+    pub async fn send_json(&mut self, v: &Value) -> Result<(), ClientError> {
+        self.send_text(v.to_string()).await
+    }
+
+    /// Sends a raw text frame (tests use it for malformed input).
+    pub async fn send_text(&mut self, text: String) -> Result<(), ClientError> {
+        self.ws.send(Message::text(text)).await.map_err(io)
+    }
+
+    /// Sends a raw WebSocket message.
+    pub async fn send_raw(&mut self, m: Message) -> Result<(), ClientError> {
+        self.ws.send(m).await.map_err(io)
+    }
+
+    /// The next frame from the server (buffered ones first).
+    pub async fn next(&mut self) -> Result<Value, ClientError> {
+        if let Some(v) = self.buffered.pop_front() {
+            return Ok(v);
+        }
+        self.read().await
+    }
+
+    async fn read(&mut self) -> Result<Value, ClientError> {
+        loop {
+            let m = tokio::time::timeout(self.timeout, self.ws.next())
+                .await
+                .map_err(|_| ClientError::Timeout("a frame".into()))?;
+            match m {
+                None => return Err(ClientError::Closed { code: 1006, reason: "eof".into() }),
+                Some(Err(e)) => return Err(io(e)),
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).map_err(io),
+                Some(Ok(Message::Close(f))) => {
+                    let (code, reason) = f.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
+                    return Err(ClientError::Closed { code, reason });
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// Reads until a frame matches `pred`, keeping the others for later.
+    pub async fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Result<Value, ClientError> {
+        if let Some(i) = self.buffered.iter().position(&pred) {
+            return Ok(self.buffered.remove(i).expect("index is valid"));
+        }
+        loop {
+            let v = self.read().await.map_err(|e| match e {
+                ClientError::Timeout(_) => ClientError::Timeout(what.to_owned()),
+                e => e,
+            })?;
+            if pred(&v) {
+                return Ok(v);
+            }
+            self.buffered.push_back(v);
+        }
+    }
+
+    /// Sends a message to a user and waits for its `ack` (or `error`).
+    pub async fn send_to_user(&mut self, cid: &str, user: &str, body: &str) -> Result<Value, ClientError> {
+        self.send_frame_and_ack(json!({"type": "send", "cid": cid, "to": {"user": user}, "body": body}), cid).await
+    }
+
+    /// Sends a `send` frame and waits for the `ack` or `error` with its cid.
+    pub async fn send_frame_and_ack(&mut self, frame: Value, cid: &str) -> Result<Value, ClientError> {
+        self.send_json(&frame).await?;
+        let v = self
+            .wait_for("ack", |v| (v["type"] == "ack" || v["type"] == "error") && v["cid"] == cid)
+            .await?;
+        if v["type"] == "error" {
+            return Err(ClientError::Api {
+                status: 0,
+                code: v["code"].as_str().unwrap_or("").into(),
+                message: v["message"].as_str().unwrap_or("").into(),
+            });
+        }
+        Ok(v)
+    }
+
+    /// The next `msg` frame.
+    pub async fn next_msg(&mut self) -> Result<Value, ClientError> {
+        self.wait_for("msg", |v| v["type"] == "msg").await
+    }
+
+    /// Sends `sync` and collects the `msg` frames up to `synced`; returns
+    /// them and the new cursor.
+    pub async fn sync(&mut self, cursor: Option<&str>) -> Result<(Vec<Value>, String), ClientError> {
+        let frame = match cursor {
+            Some(c) => json!({"type": "sync", "cursor": c}),
+            None => json!({"type": "sync"}),
+        };
+        self.send_json(&frame).await?;
+        let mut msgs = Vec::new();
+        loop {
+            let v = self.wait_for("synced", |v| v["type"] == "msg" || v["type"] == "synced" || v["type"] == "error").await?;
+            match v["type"].as_str() {
+                Some("synced") => return Ok((msgs, v["cursor"].as_str().unwrap_or_default().to_owned())),
+                Some("error") => {
+                    return Err(ClientError::Api {
+                        status: 0,
+                        code: v["code"].as_str().unwrap_or("").into(),
+                        message: v["message"].as_str().unwrap_or("").into(),
+                    })
+                }
+                _ => msgs.push(v),
+            }
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}

@@ -1,1 +1,111 @@
-fn main(){}
+//! `chat`: a command-line client.
+//!
+//! ```text
+//! chat signup <username> <password>
+//! chat login <username> <password> [device]
+//! chat send <user_id> <text...>
+//! chat listen            (sync from the saved cursor, then print live)
+//! chat history <user_id|conv> [before_id] [limit]
+//! ```
+//! The server is `CHAT_SERVER` (default `127.0.0.1:8080`); the login and the
+//! cursor are kept in `CHAT_CLI_STATE` (default `~/.chat-cli.json`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use chat_client::{direct_conv, Conn, Http};
+use serde_json::{json, Value};
+
+fn state_path() -> PathBuf {
+    std::env::var_os("CHAT_CLI_STATE").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+        PathBuf::from(home).join(".chat-cli.json")
+    })
+}
+
+fn load() -> Result<Value> {
+    let p = state_path();
+    let text = std::fs::read_to_string(&p).with_context(|| format!("not logged in (no {}): run `chat login`", p.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn save(v: &Value) -> Result<()> {
+    std::fs::write(state_path(), serde_json::to_string_pretty(v)?)?;
+    Ok(())
+}
+
+fn print_msg(m: &Value) {
+    println!("[{}] {} {}: {}", m["conv"].as_str().unwrap_or(""), m["id"].as_str().unwrap_or(""), m["from"].as_str().unwrap_or(""), m["body"].as_str().unwrap_or(""));
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let server = std::env::var("CHAT_SERVER").unwrap_or_else(|_| "127.0.0.1:8080".into());
+    let http = Http::new(&server);
+    let arg = |i: usize, name: &str| args.get(i).cloned().with_context(|| format!("missing <{name}>"));
+    match args.first().map(String::as_str) {
+        Some("signup") => {
+            let id = http.signup(&arg(1, "username")?, &arg(2, "password")?).await?;
+            println!("user_id {id}");
+        }
+        Some("login") => {
+            let device = args.get(3).cloned().unwrap_or_else(|| "cli".into());
+            let l = http.login(&arg(1, "username")?, &arg(2, "password")?, &device).await?;
+            save(&json!({"server": server, "token": l.token, "user_id": l.user_id, "device_id": l.device_id, "cursor": null}))?;
+            println!("logged in as user {} on device {}", l.user_id, l.device_id);
+        }
+        Some("send") => {
+            let st = load()?;
+            let to = arg(1, "user_id")?;
+            let body = args[2..].join(" ");
+            if body.is_empty() {
+                bail!("missing <text>");
+            }
+            let mut conn = Conn::connect(&server, st["token"].as_str().unwrap_or_default()).await?;
+            let cid = format!("cli-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
+            let ack = conn.send_to_user(&cid, &to, &body).await?;
+            println!("sent {} in {}", ack["id"].as_str().unwrap_or(""), ack["conv"].as_str().unwrap_or(""));
+            conn.close().await;
+        }
+        Some("listen") => {
+            let mut st = load()?;
+            let mut conn = Conn::connect(&server, st["token"].as_str().unwrap_or_default()).await?;
+            conn.timeout = std::time::Duration::from_secs(24 * 3600);
+            let (msgs, cursor) = conn.sync(st["cursor"].as_str()).await?;
+            for m in &msgs {
+                print_msg(m);
+            }
+            st["cursor"] = json!(cursor);
+            save(&st)?;
+            println!("-- synced; listening (Ctrl-C to stop)");
+            loop {
+                let m = conn.next_msg().await?;
+                print_msg(&m);
+                st["cursor"] = m["cursor"].clone();
+                save(&st)?;
+            }
+        }
+        Some("history") => {
+            let st = load()?;
+            let target = arg(1, "user_id|conv")?;
+            let conv = if target.parse::<i64>().is_ok() { direct_conv(st["user_id"].as_str().unwrap_or("0"), &target) } else { target };
+            let mut q = format!("limit={}", args.get(3).map(String::as_str).unwrap_or("50"));
+            if let Some(b) = args.get(2).filter(|b| b.as_str() != "-") {
+                q.push_str(&format!("&before={b}"));
+            }
+            let page = http.history(st["token"].as_str().unwrap_or_default(), &conv, &q).await?;
+            for m in page["messages"].as_array().into_iter().flatten() {
+                print_msg(m);
+            }
+            if page["has_more"] == true {
+                println!("-- more before {}", page["messages"][0]["id"].as_str().unwrap_or(""));
+            }
+        }
+        _ => {
+            eprintln!("usage: chat signup <username> <password> | login <username> <password> [device] | send <user_id> <text...> | listen | history <user_id|conv> [before_id|-] [limit]");
+            std::process::exit(2);
+        }
+    }
+    Ok(())
+}

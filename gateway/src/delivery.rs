@@ -23,8 +23,6 @@ use crate::AppState;
 /// Where delivery starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
-    /// Only messages stored from now on (a session before its first `sync`).
-    New,
     /// Every message after this cursor (0: from the beginning), then
     /// `synced`, then live.
     After(u64),
@@ -43,7 +41,8 @@ async fn stream(state: &AppState, user: i64, device: &str, start: Start, out: &O
     let inbox = &state.storage.inbox;
     // The last message that exists now: `synced` follows it.
     let mut catch_up_until = None;
-    if let Start::After(cursor) = start {
+    let Start::After(cursor) = start;
+    {
         let last = match inbox.direct_get_last_for_subject(&subject).await {
             Ok(m) => m.sequence,
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
@@ -63,10 +62,9 @@ async fn stream(state: &AppState, user: i64, device: &str, start: Start, out: &O
             catch_up_until = Some(last);
         }
     }
-    let deliver_policy = match start {
-        Start::New => DeliverPolicy::New,
-        Start::After(0) => DeliverPolicy::All,
-        Start::After(c) => DeliverPolicy::ByStartSequence { start_sequence: c + 1 },
+    let deliver_policy = match cursor {
+        0 => DeliverPolicy::All,
+        c => DeliverPolicy::ByStartSequence { start_sequence: c + 1 },
     };
     let consumer = inbox
         .create_consumer(push::OrderedConfig {

@@ -1,6 +1,8 @@
 //! The per-connection session, independent of the transport: WebSocket
 //! (and later QUIC) feed it text frames and write out what it queues.
 //!
+//! Inbox delivery starts with the first `sync` (catch-up from its cursor,
+//! then live); a later `sync` restarts it from the new cursor.
 //! A session answers `ping` and `sync` at once, runs sends one after
 //! another in a task of their own (so a device's messages keep their order
 //! and a slow send does not stall `ping`), and owns the inbox delivery task.
@@ -33,16 +35,16 @@ pub struct Session {
     user: i64,
     device: String,
     out: Outbound,
-    delivery: JoinHandle<()>,
+    delivery: Option<JoinHandle<()>>,
     sends: mpsc::Sender<SendReq>,
     sender: JoinHandle<()>,
     bucket: TokenBucket,
 }
 
 impl Session {
-    /// Starts a session: live delivery begins at once, from now.
+    /// Starts a session. Delivery begins with the client's first `sync`.
     pub fn start(state: Arc<AppState>, claims: Claims, out: Outbound) -> Session {
-        let delivery = tokio::spawn(delivery::run(state.clone(), claims.user, claims.device.clone(), Start::New, out.clone()));
+        let delivery = None;
         let (sends, mut rx) = mpsc::channel::<SendReq>(SEND_QUEUE);
         let sender = {
             let (state, out, user, device) = (state.clone(), out.clone(), claims.user, claims.device.clone());
@@ -93,14 +95,16 @@ impl Session {
                 Err(_) => return self.error(None, ErrorCode::BadCursor, "cursor is not one this server issued"),
             },
         };
-        self.delivery.abort();
-        self.delivery = tokio::spawn(delivery::run(
+        if let Some(d) = self.delivery.take() {
+            d.abort();
+        }
+        self.delivery = Some(tokio::spawn(delivery::run(
             self.state.clone(),
             self.user,
             self.device.clone(),
             Start::After(start),
             self.out.clone(),
-        ));
+        )));
     }
 
     fn error(&self, cid: Option<String>, code: ErrorCode, message: &str) {
@@ -115,7 +119,9 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        self.delivery.abort();
+        if let Some(d) = self.delivery.take() {
+            d.abort();
+        }
         self.sender.abort();
     }
 }
