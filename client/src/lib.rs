@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request};
+pub use hyper::Method;
+use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use thiserror::Error;
@@ -77,7 +78,13 @@ impl Http {
     }
 
     /// Any request; returns the status and the JSON body (`null` if empty).
-    pub async fn request(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Result<(u16, Value), ClientError> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), ClientError> {
         let stream = TcpStream::connect(&self.addr).await.map_err(io)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(io)?;
         tokio::spawn(conn);
@@ -99,7 +106,13 @@ impl Http {
         Ok((status, value))
     }
 
-    async fn ok(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Result<Value, ClientError> {
+    async fn ok(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Result<Value, ClientError> {
         let (status, v) = self.request(method, path, token, body).await?;
         if (200..300).contains(&status) {
             Ok(v)
@@ -114,7 +127,9 @@ impl Http {
 
     /// Creates an account; returns the user id.
     pub async fn signup(&self, username: &str, password: &str) -> Result<String, ClientError> {
-        let v = self.ok(Method::POST, "/v1/signup", None, Some(json!({"username": username, "password": password}))).await?;
+        let v = self
+            .ok(Method::POST, "/v1/signup", None, Some(json!({"username": username, "password": password})))
+            .await?;
         Ok(v["user_id"].as_str().unwrap_or_default().to_owned())
     }
 
@@ -201,7 +216,8 @@ impl Conn {
                 Some(Err(e)) => return Err(io(e)),
                 Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).map_err(io),
                 Some(Ok(Message::Close(f))) => {
-                    let (code, reason) = f.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
+                    let (code, reason) =
+                        f.map(|f| (u16::from(f.code), f.reason.to_string())).unwrap_or((1005, String::new()));
                     return Err(ClientError::Closed { code, reason });
                 }
                 Some(Ok(_)) => continue,
@@ -234,9 +250,7 @@ impl Conn {
     /// Sends a `send` frame and waits for the `ack` or `error` with its cid.
     pub async fn send_frame_and_ack(&mut self, frame: Value, cid: &str) -> Result<Value, ClientError> {
         self.send_json(&frame).await?;
-        let v = self
-            .wait_for("ack", |v| (v["type"] == "ack" || v["type"] == "error") && v["cid"] == cid)
-            .await?;
+        let v = self.wait_for("ack", |v| (v["type"] == "ack" || v["type"] == "error") && v["cid"] == cid).await?;
         if v["type"] == "error" {
             return Err(ClientError::Api {
                 status: 0,
@@ -262,7 +276,9 @@ impl Conn {
         self.send_json(&frame).await?;
         let mut msgs = Vec::new();
         loop {
-            let v = self.wait_for("synced", |v| v["type"] == "msg" || v["type"] == "synced" || v["type"] == "error").await?;
+            let v = self
+                .wait_for("synced", |v| v["type"] == "msg" || v["type"] == "synced" || v["type"] == "error")
+                .await?;
             match v["type"].as_str() {
                 Some("synced") => return Ok((msgs, v["cursor"].as_str().unwrap_or_default().to_owned())),
                 Some("error") => {

@@ -25,7 +25,8 @@ fn state_path() -> PathBuf {
 
 fn load() -> Result<Value> {
     let p = state_path();
-    let text = std::fs::read_to_string(&p).with_context(|| format!("not logged in (no {}): run `chat login`", p.display()))?;
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("not logged in (no {}): run `chat login`", p.display()))?;
     Ok(serde_json::from_str(&text)?)
 }
 
@@ -35,7 +36,13 @@ fn save(v: &Value) -> Result<()> {
 }
 
 fn print_msg(m: &Value) {
-    println!("[{}] {} {}: {}", m["conv"].as_str().unwrap_or(""), m["id"].as_str().unwrap_or(""), m["from"].as_str().unwrap_or(""), m["body"].as_str().unwrap_or(""));
+    println!(
+        "[{}] {} {}: {}",
+        m["conv"].as_str().unwrap_or(""),
+        m["id"].as_str().unwrap_or(""),
+        m["from"].as_str().unwrap_or(""),
+        m["body"].as_str().unwrap_or("")
+    );
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -52,7 +59,9 @@ async fn main() -> Result<()> {
         Some("login") => {
             let device = args.get(3).cloned().unwrap_or_else(|| "cli".into());
             let l = http.login(&arg(1, "username")?, &arg(2, "password")?, &device).await?;
-            save(&json!({"server": server, "token": l.token, "user_id": l.user_id, "device_id": l.device_id, "cursor": null}))?;
+            save(
+                &json!({"server": server, "token": l.token, "user_id": l.user_id, "device_id": l.device_id, "cursor": null}),
+            )?;
             println!("logged in as user {} on device {}", l.user_id, l.device_id);
         }
         Some("send") => {
@@ -89,7 +98,11 @@ async fn main() -> Result<()> {
         Some("history") => {
             let st = load()?;
             let target = arg(1, "user_id|conv")?;
-            let conv = if target.parse::<i64>().is_ok() { direct_conv(st["user_id"].as_str().unwrap_or("0"), &target) } else { target };
+            let conv = if target.parse::<i64>().is_ok() {
+                direct_conv(st["user_id"].as_str().unwrap_or("0"), &target)
+            } else {
+                target
+            };
             let mut q = format!("limit={}", args.get(3).map(String::as_str).unwrap_or("50"));
             if let Some(b) = args.get(2).filter(|b| b.as_str() != "-") {
                 q.push_str(&format!("&before={b}"));

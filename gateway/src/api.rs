@@ -47,12 +47,13 @@ pub async fn signup(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
     if !(8..=128).contains(&len) {
         return Err(bad_credentials("password must be 8-128 characters"));
     }
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&r.password))
-        .await
-        .map_err(ApiError::unavailable)?;
+    let hash =
+        tokio::task::spawn_blocking(move || auth::hash_password(&r.password)).await.map_err(ApiError::unavailable)?;
     match st.db.create_user(&username, &hash).await? {
         Some(id) => Ok(json(StatusCode::CREATED, &json!({"user_id": id.to_string(), "username": username}))),
-        None => Err(ApiError::new(StatusCode::CONFLICT, chat_nats::wire::ErrorCode::UsernameTaken, "username is taken")),
+        None => {
+            Err(ApiError::new(StatusCode::CONFLICT, chat_nats::wire::ErrorCode::UsernameTaken, "username is taken"))
+        }
     }
 }
 
@@ -69,9 +70,9 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErr
     // Without an account, verify against a dummy hash anyway so timing does
     // not reveal which usernames exist.
     static DUMMY: OnceLock<String> = OnceLock::new();
-    let (user, hash) = found.map(|(u, h)| (Some(u), h)).unwrap_or_else(|| {
-        (None, DUMMY.get_or_init(|| auth::hash_password("not-a-password")).clone())
-    });
+    let (user, hash) = found
+        .map(|(u, h)| (Some(u), h))
+        .unwrap_or_else(|| (None, DUMMY.get_or_init(|| auth::hash_password("not-a-password")).clone()));
     let password = r.password;
     let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
         .await
@@ -92,7 +93,8 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErr
 /// The caller's claims, from the bearer token.
 pub fn authenticate<B>(st: &AppState, req: &Request<B>) -> Result<Claims, ApiError> {
     let t = token(req).ok_or_else(|| ApiError::unauthorized("missing token"))?;
-    auth::verify(&st.cfg.token_secret, &t, auth::now_secs()).ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
+    auth::verify(&st.cfg.token_secret, &t, auth::now_secs())
+        .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
 }
 
 /// `GET /v1/users/{id}`.
@@ -131,7 +133,11 @@ pub async fn messages(st: &AppState, req: Request<Incoming>, conv: &str) -> Resu
     };
     let limit = match query(&req, "limit") {
         None => 50,
-        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=100).contains(l)).ok_or_else(|| ApiError::bad_request("limit must be 1-100"))?,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=100).contains(l))
+            .ok_or_else(|| ApiError::bad_request("limit must be 1-100"))?,
     };
     let out = history::page(&st.storage, &conv, page, limit).await.map_err(ApiError::unavailable)?;
     let messages: Vec<_> = out

@@ -33,9 +33,7 @@ pub fn hash_password(password: &str) -> String {
 
 /// Checks a password against a stored hash (CPU-heavy).
 pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-        .unwrap_or(false)
+    PasswordHash::new(hash).map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok()).unwrap_or(false)
 }
 
 fn mac(secret: &[u8], payload: &[u8]) -> Hmac<Sha256> {

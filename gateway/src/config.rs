@@ -32,6 +32,9 @@ pub struct GatewayConfig {
     /// `CHAT_WS_OUTBOUND_BYTES`: bytes queued to a slow client before it is
     /// disconnected.
     pub outbound_bytes: usize,
+    /// `CHAT_WS_STALL_TIMEOUT_MS`: a client whose full outbound queue does
+    /// not drain for this long is disconnected (close 4008).
+    pub stall_timeout: Duration,
     /// `CHAT_WS_RATE_PER_SEC` and `CHAT_WS_RATE_BURST`: frames per second a
     /// connection may send, and the burst allowed.
     pub rate_per_sec: u32,
@@ -81,6 +84,7 @@ impl GatewayConfig {
             max_frame_bytes: bounded(src, "CHAT_WS_MAX_FRAME_BYTES", 1 << 20, 1024, 1 << 20)? as usize,
             outbound_frames: bounded(src, "CHAT_WS_OUTBOUND_FRAMES", 1024, 8, 1 << 20)? as usize,
             outbound_bytes: bounded(src, "CHAT_WS_OUTBOUND_BYTES", 8 << 20, 1 << 20, 1 << 30)? as usize,
+            stall_timeout: millis(src, "CHAT_WS_STALL_TIMEOUT_MS", Duration::from_secs(10))?,
             rate_per_sec: bounded(src, "CHAT_WS_RATE_PER_SEC", 100, 1, 1_000_000)? as u32,
             rate_burst: bounded(src, "CHAT_WS_RATE_BURST", 200, 1, 1_000_000)? as u32,
             idle_timeout: millis(src, "CHAT_WS_IDLE_TIMEOUT_MS", Duration::from_secs(60))?,

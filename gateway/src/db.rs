@@ -47,7 +47,8 @@ impl std::fmt::Debug for Db {
 impl Db {
     /// Builds a pool (connections are opened lazily).
     pub fn connect(url: &str, size: usize) -> Result<Db, DbError> {
-        let pg: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
+        let pg: tokio_postgres::Config =
+            url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
         let mgr = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(mgr).max_size(size).build().map_err(|e| DbError::Config(e.to_string()))?;
         Ok(Db { pool })

@@ -36,7 +36,13 @@ pub async fn run(state: Arc<AppState>, user: i64, device: String, start: Start, 
     }
 }
 
-async fn stream(state: &AppState, user: i64, device: &str, start: Start, out: &Outbound) -> Result<(), async_nats::Error> {
+async fn stream(
+    state: &AppState,
+    user: i64,
+    device: &str,
+    start: Start,
+    out: &Outbound,
+) -> Result<(), async_nats::Error> {
     let subject = subjects::inbox(user);
     let inbox = &state.storage.inbox;
     // The last message that exists now: `synced` follows it.
@@ -99,7 +105,7 @@ async fn stream(state: &AppState, user: i64, device: &str, start: Start, out: &O
             cursor: seq.to_string(),
             cid: own.then_some(stored.cid),
         });
-        if !out.push(frame(&msg)) {
+        if !out.push_wait(frame(&msg), state.cfg.stall_timeout).await {
             return Ok(());
         }
         if let Some(until) = catch_up_until {

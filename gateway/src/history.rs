@@ -56,7 +56,8 @@ pub async fn page(st: &Storage, conv: &ConvId, page: Page, limit: usize) -> Resu
     match page {
         Page::Latest => {
             let from_n = last_n.saturating_sub(limit) + 1;
-            let msgs = read(st, conv, block_start(st, conv, from_n).await?, last_seq, |m| m.n >= from_n, u64::MAX).await?;
+            let msgs =
+                read(st, conv, block_start(st, conv, from_n).await?, last_seq, |m| m.n >= from_n, u64::MAX).await?;
             Ok(PageOut { has_more: from_n > 1, messages: msgs })
         }
         Page::Before(id) => {
@@ -68,7 +69,15 @@ pub async fn page(st: &Storage, conv: &ConvId, page: Page, limit: usize) -> Resu
                 return Ok(PageOut { messages: vec![], has_more: false });
             }
             let from_n = end_n.saturating_sub(limit) + 1;
-            let msgs = read(st, conv, block_start(st, conv, from_n).await?, last_seq, |m| m.n >= from_n && m.n <= end_n, limit).await?;
+            let msgs = read(
+                st,
+                conv,
+                block_start(st, conv, from_n).await?,
+                last_seq,
+                |m| m.n >= from_n && m.n <= end_n,
+                limit,
+            )
+            .await?;
             Ok(PageOut { has_more: from_n > 1, messages: msgs })
         }
         Page::After(id) => {
@@ -106,7 +115,8 @@ async fn block_start(st: &Storage, conv: &ConvId, n: u64) -> Result<u64, async_n
 /// A stream sequence at or before the first message with an id >= `id`.
 async fn locate(st: &Storage, conv: &ConvId, id: u64) -> Result<u64, async_nats::Error> {
     let subject = subjects::history(conv);
-    let last: StoredMessage = serde_json::from_slice(&st.history.get_last_raw_message_by_subject(&subject).await?.payload)?;
+    let last: StoredMessage =
+        serde_json::from_slice(&st.history.get_last_raw_message_by_subject(&subject).await?.payload)?;
     let (mut lo, mut hi) = (0u64, last.n.saturating_sub(1) / INDEX_BLOCK);
     let mut best = 1u64;
     // Largest block whose first id is below `id`.

@@ -143,7 +143,11 @@ impl Drop for ConnectionGuard {
 
 /// Connects to NATS and PostgreSQL, provisions, migrates and serves on
 /// `listener` until `shutdown` resolves.
-pub async fn run(cfg: GatewayConfig, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), GatewayError> {
+pub async fn run(
+    cfg: GatewayConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
     let client = async_nats::ConnectOptions::new()
         .name(format!("chat-gateway {}", cfg.gateway_id))
         .subscription_capacity(4096)
@@ -233,15 +237,16 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
 /// Waits for Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
     tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
 }
 
 /// Initialises tracing from `CHAT_LOG` (default `info`) and
 /// `CHAT_LOG_FORMAT` (`plain` or `json`).
 pub fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if std::env::var("CHAT_LOG_FORMAT").as_deref() == Ok("json") {
         let _ = builder.json().try_init();

@@ -1,9 +1,11 @@
 //! The bounded queue of frames from a session to its transport.
 //!
-//! Bounded by frames and by bytes. A client that stops reading fills it;
-//! the next push then fails, the queue is marked overflowed and the
-//! transport closes the connection with [`CLOSE_SLOW_CONSUMER`]. Server
-//! memory per connection is therefore bounded by the configured limits.
+//! Bounded by frames and by bytes, so server memory per connection is
+//! bounded by the configured limits. Message delivery waits for room
+//! ([`Outbound::push_wait`]): a client that reads slowly slows its own
+//! catch-up down. A client that makes no progress for the stall timeout is
+//! disconnected with [`CLOSE_SLOW_CONSUMER`]; so is one whose queue is full
+//! when a control frame (ack, error, pong) must go out ([`Outbound::push`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,6 +41,7 @@ struct Shared {
     close_code: AtomicUsize,
     notify: Notify,
     closed_notify: Notify,
+    drained: Notify,
 }
 
 /// The receiving half, held by the transport's writer.
@@ -58,6 +61,7 @@ pub fn channel(max_frames: usize, max_bytes: usize) -> (Outbound, OutboundRx) {
         close_code: AtomicUsize::new(0),
         notify: Notify::new(),
         closed_notify: Notify::new(),
+        drained: Notify::new(),
     });
     (Outbound { tx, shared: shared.clone() }, OutboundRx { rx, shared })
 }
@@ -77,6 +81,30 @@ impl Outbound {
             return false;
         }
         true
+    }
+
+    /// Queues a frame, waiting up to `stall` for room; false (and the
+    /// connection is being closed) when the client made no room in time.
+    pub async fn push_wait(&self, frame: String, stall: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + stall;
+        let len = frame.len();
+        loop {
+            if self.shared.closed.load(Ordering::Acquire) {
+                return false;
+            }
+            let drained = self.shared.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            let queued = self.shared.bytes.load(Ordering::Acquire);
+            // An empty queue takes any frame, however large.
+            if (queued == 0 || queued + len <= self.shared.max_bytes) && self.tx.capacity() > 0 {
+                return self.push(frame);
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                self.close(CLOSE_SLOW_CONSUMER);
+                return false;
+            }
+        }
     }
 
     /// Asks the transport to close the connection with `code`.
@@ -120,6 +148,7 @@ impl OutboundRx {
                 f = self.rx.recv() => match f {
                     Some(f) => {
                         self.shared.bytes.fetch_sub(f.len(), Ordering::AcqRel);
+                        self.shared.drained.notify_waiters();
                         return Ok(f);
                     }
                     None => return Err(CLOSE_GOING_AWAY),
@@ -142,6 +171,21 @@ mod tests {
         assert!(tx.is_closed());
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         assert_eq!(rt.block_on(rx.next()), Err(CLOSE_SLOW_CONSUMER));
+    }
+
+    #[tokio::test]
+    async fn push_wait_waits_for_room_then_gives_up() {
+        let (tx, mut rx) = channel(1, 1 << 20);
+        assert!(tx.push("a".into()));
+        let waiter = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.push_wait("b".into(), std::time::Duration::from_secs(30)).await })
+        };
+        assert_eq!(rx.next().await, Ok("a".to_string()));
+        assert!(waiter.await.unwrap(), "room was made");
+        let stalled = tx.push_wait("c".into(), std::time::Duration::from_millis(10)).await;
+        assert!(!stalled);
+        assert_eq!(rx.next().await, Err(CLOSE_SLOW_CONSUMER));
     }
 
     #[test]

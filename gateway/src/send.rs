@@ -120,7 +120,8 @@ impl Sender {
             body,
             reply: Some(self.ack_subject.clone()),
         };
-        let payload = Bytes::from(serde_json::to_vec(&env).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?);
+        let payload =
+            Bytes::from(serde_json::to_vec(&env).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", key);
         let subject = subjects::ingress(conv.partition(self.storage.settings.partitions));
@@ -173,9 +174,7 @@ fn timed_out() -> Refusal {
 }
 
 fn parse_recorded(v: &[u8]) -> Result<SeqResult, Refusal> {
-    serde_json::from_slice::<SeqAck>(v)
-        .map(|a| a.result)
-        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
+    serde_json::from_slice::<SeqAck>(v).map(|a| a.result).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
 }
 
 /// Validates a send and resolves its conversation.

@@ -49,7 +49,11 @@ async fn handle(state: &AppState, payload: &[u8]) -> ServerFrame {
     match state.user_exists(req.as_user).await {
         Ok(true) => {}
         Ok(false) => {
-            return ServerFrame::Error { cid: Some(req.cid), code: ErrorCode::UnknownUser, message: "no such service account".into() }
+            return ServerFrame::Error {
+                cid: Some(req.cid),
+                code: ErrorCode::UnknownUser,
+                message: "no such service account".into(),
+            }
         }
         Err(r) => return ServerFrame::Error { cid: Some(req.cid), code: r.code, message: r.message },
     }

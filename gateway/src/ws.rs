@@ -75,7 +75,9 @@ where
                 Err(code) => {
                     let frame = CloseFrame { code: CloseCode::from(code), reason: close_reason(code).into() };
                     let close = sink.send(Message::Close(Some(frame)));
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), close).await;
+                    // A reader that stopped reading gets this long to take
+                    // the close frame before the socket is dropped.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), close).await;
                     return;
                 }
             }

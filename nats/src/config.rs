@@ -89,16 +89,8 @@ impl StorageSettings {
         Ok(StorageSettings {
             partitions: bounded(src, "CHAT_PARTITIONS", d.partitions.into(), 1, 4096)? as u32,
             replicas: bounded(src, "CHAT_REPLICAS", d.replicas as u64, 1, 5)? as usize,
-            inbox_retention: Duration::from_secs(var(
-                src,
-                "CHAT_INBOX_RETENTION_SECS",
-                d.inbox_retention.as_secs(),
-            )?),
-            dedupe_window: Duration::from_secs(var(
-                src,
-                "CHAT_DEDUPE_WINDOW_SECS",
-                d.dedupe_window.as_secs(),
-            )?),
+            inbox_retention: Duration::from_secs(var(src, "CHAT_INBOX_RETENTION_SECS", d.inbox_retention.as_secs())?),
+            dedupe_window: Duration::from_secs(var(src, "CHAT_DEDUPE_WINDOW_SECS", d.dedupe_window.as_secs())?),
             lease_ttl: Duration::from_millis(bounded(
                 src,
                 "CHAT_LEASE_TTL_MS",

@@ -124,10 +124,7 @@ pub fn check_server(client: &async_nats::Client) -> Result<(), ProvisionError> {
 }
 
 /// Creates (or updates) every stream and bucket; idempotent.
-pub async fn provision(
-    client: &async_nats::Client,
-    settings: &StorageSettings,
-) -> Result<Storage, ProvisionError> {
+pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) -> Result<Storage, ProvisionError> {
     check_server(client)?;
     let js = jetstream::new(client.clone());
     let s = settings;
@@ -188,10 +185,7 @@ pub async fn provision(
     Ok(Storage { js, ingress, history, inbox, leases, acks, hindex, idhw, settings: s.clone() })
 }
 
-async fn ensure_stream(
-    js: &jetstream::Context,
-    config: stream::Config,
-) -> Result<stream::Stream, ProvisionError> {
+async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, ProvisionError> {
     let name = config.name.clone();
     let err = |e: async_nats::Error| ProvisionError::Stream { name: name.clone(), source: e };
     match js.create_stream(config.clone()).await {

@@ -32,11 +32,7 @@ impl Snowflake {
     /// timestamp at or before `floor_unix_ms`.
     pub fn new(machine: u16, floor_unix_ms: u64) -> Snowflake {
         assert!(machine < MACHINES, "machine id out of range");
-        Snowflake {
-            machine: u64::from(machine),
-            last_ms: floor_unix_ms.saturating_sub(EPOCH_UNIX_MS),
-            seq: MAX_SEQ,
-        }
+        Snowflake { machine: u64::from(machine), last_ms: floor_unix_ms.saturating_sub(EPOCH_UNIX_MS), seq: MAX_SEQ }
     }
 
     /// The next id, given the current wall clock.

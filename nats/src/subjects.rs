@@ -38,9 +38,7 @@ pub const SERVICE_QUEUE: &str = "chat-gateways";
 /// True when `s` is 1..=64 characters of `[A-Za-z0-9_-]`: safe as a subject
 /// token and as a KV key part. Used for device ids and client message ids.
 pub fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Ingress subject of a partition.
@@ -164,8 +162,7 @@ impl ConvId {
 }
 
 fn parse_id(s: &str) -> Option<i64> {
-    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0')
-    {
+    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
         return None;
     }
     s.parse().ok().filter(|v: &i64| *v > 0)

@@ -210,11 +210,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     match obj.get("type").and_then(Value::as_str) {
         Some(t) if CLIENT_TYPES.contains(&t) => {}
         Some(t) => {
-            return Err(FrameError {
-                cid,
-                code: ErrorCode::UnknownType,
-                message: format!("unknown frame type {t:?}"),
-            })
+            return Err(FrameError { cid, code: ErrorCode::UnknownType, message: format!("unknown frame type {t:?}") })
         }
         None => {
             return Err(FrameError {
@@ -224,11 +220,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             })
         }
     }
-    serde_json::from_value(value).map_err(|e| FrameError {
-        cid,
-        code: ErrorCode::BadFrame,
-        message: e.to_string(),
-    })
+    serde_json::from_value(value).map_err(|e| FrameError { cid, code: ErrorCode::BadFrame, message: e.to_string() })
 }
 
 #[cfg(test)]
@@ -238,10 +230,7 @@ mod tests {
     #[test]
     fn parses_send() {
         let f = parse_client_frame(r#"{"type":"send","cid":"c1","to":{"user":"7"},"body":"hi"}"#);
-        assert_eq!(
-            f,
-            Ok(ClientFrame::Send { cid: "c1".into(), to: Target::User("7".into()), body: "hi".into() })
-        );
+        assert_eq!(f, Ok(ClientFrame::Send { cid: "c1".into(), to: Target::User("7".into()), body: "hi".into() }));
     }
 
     #[test]
@@ -259,12 +248,8 @@ mod tests {
 
     #[test]
     fn server_frames_have_their_wire_shape() {
-        let v = serde_json::to_value(ServerFrame::Error {
-            cid: None,
-            code: ErrorCode::TooLarge,
-            message: "m".into(),
-        })
-        .unwrap();
+        let v = serde_json::to_value(ServerFrame::Error { cid: None, code: ErrorCode::TooLarge, message: "m".into() })
+            .unwrap();
         assert_eq!(v, serde_json::json!({"type":"error","code":"too_large","message":"m"}));
         assert_eq!(serde_json::to_string(&ServerFrame::Pong).unwrap(), r#"{"type":"pong"}"#);
         assert_eq!(ErrorCode::UnknownUser.as_str(), "unknown_user");

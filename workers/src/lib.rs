@@ -176,7 +176,9 @@ async fn manage(
                 if owned.contains_key(&p) {
                     continue;
                 }
-                if let Some(lease) = Lease::acquire(&sh.storage.leases, subjects::partition_lease(p), &cfg.name, ttl).await {
+                if let Some(lease) =
+                    Lease::acquire(&sh.storage.leases, subjects::partition_lease(p), &cfg.name, ttl).await
+                {
                     let valid = Arc::new(Validity(Mutex::new(lease.valid_until())));
                     let task = tokio::spawn(sequencer::run_partition(sh.clone(), p, valid.clone()));
                     owned.insert(p, Owned { lease, valid, task });
@@ -225,9 +227,7 @@ async fn renew_partitions(cfg: &WorkerConfig, owned: &mut HashMap<u32, Owned>) {
 
 async fn live_workers(sh: &Shared) -> u32 {
     let Ok(keys) = sh.storage.leases.keys().await else { return 1 };
-    keys.filter(|k| futures::future::ready(matches!(k, Ok(k) if k.starts_with("machine."))))
-        .count()
-        .await as u32
+    keys.filter(|k| futures::future::ready(matches!(k, Ok(k) if k.starts_with("machine.")))).count().await as u32
 }
 
 /// Waits for Ctrl-C or SIGTERM.
@@ -235,8 +235,8 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]

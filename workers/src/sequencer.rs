@@ -34,7 +34,11 @@ struct ConvState {
 }
 
 /// Runs one owned partition until the lease lapses or the consumer fails.
-pub async fn run_partition(sh: Arc<Shared>, partition: u32, valid: Arc<crate::Validity>) -> Result<(), async_nats::Error> {
+pub async fn run_partition(
+    sh: Arc<Shared>,
+    partition: u32,
+    valid: Arc<crate::Validity>,
+) -> Result<(), async_nats::Error> {
     let name = subjects::partition_consumer(partition);
     // A fresh consumer starts at the oldest unprocessed message (the ingress
     // stream is a work queue), so a new owner resumes in order.
@@ -51,12 +55,8 @@ pub async fn run_partition(sh: Arc<Shared>, partition: u32, valid: Arc<crate::Va
             ..Default::default()
         })
         .await?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(64)
-        .max_bytes_per_batch(8 * 1024 * 1024)
-        .messages()
-        .await?;
+    let mut messages =
+        consumer.stream().max_messages_per_batch(64).max_bytes_per_batch(8 * 1024 * 1024).messages().await?;
     let mut convs: HashMap<ConvId, ConvState> = HashMap::new();
     tracing::info!(partition, "partition acquired");
     while let Some(msg) = messages.next().await {

@@ -1,1 +1,8 @@
+//! Integration tests: every test starts its own nats-server and PostgreSQL
+//! (see `chat_tests`) and talks to real gateways over real sockets.
 
+mod core;
+mod durability;
+mod limits;
+mod service;
+mod stack;

@@ -1,0 +1,178 @@
+//! Durability and ordering under restarts, SIGKILLs and skewed clocks.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use chat_client::{ClientError, Conn};
+use chat_nats::snowflake;
+use chat_tests::wait_for;
+use serde_json::Value;
+
+use crate::stack::stack;
+
+fn id(v: &Value) -> u64 {
+    v["id"].as_str().unwrap().parse().unwrap()
+}
+
+/// Sends, retrying with the same cid until acked (what a client does).
+async fn send_until_acked(c: &mut Conn, cid: &str, to: &str, body: &str) -> Result<Value> {
+    for _ in 0..10 {
+        match c.send_to_user(cid, to, body).await {
+            Ok(ack) => return Ok(ack),
+            Err(ClientError::Api { code, .. }) if code == "timeout" || code == "unavailable" => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("send {cid} never acked")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_messages_survive_a_whole_stack_restart() -> Result<()> {
+    let mut s = stack().start().await?;
+    let a = s.user("alice", "a1").await?;
+    let b = s.user("bob", "b1").await?;
+    let (mut ca, _) = s.live(0, &a).await?;
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.push(id(&ca.send_to_user(&format!("r{i}"), &b.user_id, &format!("before {i}")).await?));
+    }
+    drop(ca);
+    s.restart_all().await?;
+
+    // Accounts, tokens, inboxes, history and dedupe records all survived.
+    let (mut cb, _) = (s.connect(0, &b).await?, ());
+    let (msgs, _) = cb.sync(None).await?;
+    assert_eq!(msgs.iter().map(id).collect::<Vec<_>>(), acked);
+    let page = s.http(0).history(&b.token, &chat_client::direct_conv(&a.user_id, &b.user_id), "").await?;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 5);
+    let (mut ca, _) = s.live(0, &a).await?;
+    let retry = ca.send_to_user("r4", &b.user_id, "before 4").await?;
+    assert_eq!(id(&retry), acked[4], "a retry after the restart is deduped");
+    let after = ca.send_to_user("r5", &b.user_id, "after").await?;
+    assert!(id(&after) > acked[4]);
+    assert_eq!(cb.next_msg().await?["body"], "after");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()> {
+    let mut s = stack().start().await?;
+    let a = s.user("alice", "a1").await?;
+    let b = s.user("bob", "b1").await?;
+    let (mut ca, _) = s.live(0, &a).await?;
+    let to = b.user_id.clone();
+    let sends = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for i in 0..120 {
+            let ack = send_until_acked(&mut ca, &format!("k{i}"), &to, &format!("{i}")).await?;
+            acked.push(id(&ack));
+        }
+        anyhow::Ok(acked)
+    });
+    // Kill the only worker while sends are in flight, then start another.
+    let nats = async_nats::connect(&s.nats.url).await?;
+    let js = async_nats::jetstream::new(nats);
+    wait_for("40 messages stored", Duration::from_secs(30), || {
+        let js = js.clone();
+        async move {
+            let mut st = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await.ok()?;
+            (st.info().await.ok()?.state.messages >= 40).then_some(())
+        }
+    })
+    .await?;
+    s.kill_worker(0);
+    s.add_worker(0)?;
+    let acked = sends.await??;
+    assert!(acked.windows(2).all(|w| w[0] < w[1]), "ids increase in send order");
+
+    let mut cb = s.connect(0, &b).await?;
+    let (msgs, _) = cb.sync(None).await?;
+    let got: Vec<u64> = msgs.iter().map(id).collect();
+    assert_eq!(got, acked, "every acked message exactly once, in order");
+    let bodies: Vec<String> = msgs.iter().map(|m| m["body"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(bodies, (0..120).map(|i| i.to_string()).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_loses_nothing_and_clients_resume_elsewhere() -> Result<()> {
+    let mut s = stack().start().await?;
+    let gp = s.add_gateway_process().await?;
+    let a = s.user("alice", "a1").await?;
+    let b = s.user("bob", "b1").await?;
+    let (mut ca, _) = s.live(gp, &a).await?;
+    let (mut cb, _) = s.live(gp, &b).await?;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        acked.push(id(&ca.send_to_user(&format!("g{i}"), &b.user_id, "x").await?));
+    }
+    let mut cursor = String::new();
+    for _ in 0..5 {
+        cursor = cb.next_msg().await?["cursor"].as_str().unwrap().to_owned();
+    }
+    s.stop_gateway(gp).await; // SIGKILL
+                              // Both reconnect to the surviving gateway; bob resumes from his cursor.
+    let (mut ca, _) = s.live(0, &a).await?;
+    for i in 10..15 {
+        acked.push(id(&send_until_acked(&mut ca, &format!("g{i}"), &b.user_id, "x").await?));
+    }
+    let mut cb = s.connect(0, &b).await?;
+    let (rest, _) = cb.sync(Some(&cursor)).await?;
+    assert_eq!(rest.iter().map(id).collect::<Vec<_>>(), acked[5..].to_vec());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skewed_id_workers_cannot_make_the_cursor_miss_a_message() -> Result<()> {
+    // Two ID workers, one a minute behind the other.
+    let s = stack().workers_with_clock_offsets(&[0, -60_000]).start().await?;
+    let b = s.user("bob", "b1").await?;
+    let nats = async_nats::connect(&s.nats.url).await?;
+    let kv = async_nats::jetstream::new(nats).get_key_value(chat_nats::subjects::LEASES_BUCKET).await?;
+    wait_for("partitions spread over both workers", Duration::from_secs(30), || {
+        let kv = kv.clone();
+        async move {
+            let mut holders = HashSet::new();
+            for p in 0..4 {
+                holders.insert(kv.get(chat_nats::subjects::partition_lease(p)).await.ok()??);
+            }
+            (holders.len() == 2).then_some(())
+        }
+    })
+    .await?;
+
+    // Senders whose conversations with bob land on different partitions.
+    let mut senders = Vec::new();
+    for name in ["sender1", "sender2", "sender3", "sender4", "sender5", "sender6", "sender7", "sender8"] {
+        let l = s.user(name, "d").await?;
+        let (c, _) = s.live(0, &l).await?;
+        senders.push(c);
+    }
+    let mut per_conv: std::collections::HashMap<String, Vec<u64>> = Default::default();
+    for round in 0..5 {
+        for (i, c) in senders.iter_mut().enumerate() {
+            let ack = c.send_to_user(&format!("x{round}"), &b.user_id, &format!("{i}/{round}")).await?;
+            per_conv.entry(ack["conv"].as_str().unwrap().to_owned()).or_default().push(id(&ack));
+        }
+    }
+    let mut cb = s.connect(0, &b).await?;
+    let (all, _) = cb.sync(None).await?;
+    assert_eq!(all.len(), 40);
+    let machines: HashSet<u16> = all.iter().map(|m| snowflake::machine(id(m))).collect();
+    assert_eq!(machines.len(), 2, "both ID workers issued ids");
+    let inbox_ids: Vec<u64> = all.iter().map(id).collect();
+    assert!(inbox_ids.windows(2).any(|w| w[0] > w[1]), "the skew is real: inbox order is not id order");
+    for ids in per_conv.values() {
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase within a conversation");
+    }
+    // From every cursor, sync returns exactly the messages after it: a
+    // "highest id seen" cursor would skip the lagging worker's messages.
+    for k in [5, 17, 33] {
+        let cursor = all[k]["cursor"].as_str().unwrap();
+        let mut c = s.connect(0, &b).await?;
+        let (rest, _) = c.sync(Some(cursor)).await?;
+        assert_eq!(rest.iter().map(id).collect::<Vec<_>>(), inbox_ids[k + 1..].to_vec());
+    }
+    Ok(())
+}

@@ -1,0 +1,260 @@
+//! Builders for a whole stack on real servers: nats-server, PostgreSQL,
+//! gateways (in-process, or as processes to SIGKILL) and worker processes.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use chat_client::{Conn, Http, Login};
+use chat_gateway::GatewayConfig;
+use chat_tests::{free_port, wait_for, NatsServer, Postgres};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A running stack.
+pub struct Stack {
+    pub nats: NatsServer,
+    pub pg: Postgres,
+    pub gateways: Vec<Gateway>,
+    pub workers: Vec<Worker>,
+    pub env: HashMap<String, String>,
+}
+
+/// A gateway, in-process or a child process.
+pub enum Gateway {
+    InProcess { addr: String, stop: Option<oneshot::Sender<()>>, task: JoinHandle<()> },
+    Process { addr: String, child: Child },
+}
+
+/// A worker process.
+pub struct Worker {
+    pub child: Child,
+}
+
+/// How to build a stack.
+pub struct StackBuilder {
+    gateways: usize,
+    workers: Vec<i64>,
+    env: HashMap<String, String>,
+}
+
+/// A stack with one gateway and one worker, fast leases and few partitions.
+pub fn stack() -> StackBuilder {
+    StackBuilder { gateways: 1, workers: vec![0], env: HashMap::new() }
+}
+
+impl StackBuilder {
+    /// Worker processes, one per clock offset (ms).
+    pub fn workers_with_clock_offsets(mut self, offsets: &[i64]) -> Self {
+        self.workers = offsets.to_vec();
+        self
+    }
+
+    /// Sets a `CHAT_*` variable for every process.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.insert(k.into(), v.into());
+        self
+    }
+
+    /// Starts everything and waits until a gateway answers.
+    pub async fn start(self) -> Result<Stack> {
+        let nats = NatsServer::start()?;
+        let pg = Postgres::start()?;
+        let mut env: HashMap<String, String> = [
+            ("CHAT_LEASE_TTL_MS", "1500"),
+            ("CHAT_PARTITIONS", "4"),
+            ("CHAT_LOG", "warn"),
+            ("CHAT_SEND_TIMEOUT_MS", "10000"),
+            ("CHAT_TOKEN_SECRET", "test-secret"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(self.env);
+        env.insert("CHAT_NATS_URL".into(), nats.url.clone());
+        env.insert("CHAT_DATABASE_URL".into(), pg.url.clone());
+        let mut s = Stack { nats, pg, gateways: vec![], workers: vec![], env };
+        for _ in 0..self.gateways {
+            s.add_gateway().await?;
+        }
+        for off in self.workers {
+            s.add_worker(off)?;
+        }
+        Ok(s)
+    }
+}
+
+impl Stack {
+    /// Address of gateway `i`.
+    pub fn addr(&self, i: usize) -> String {
+        match &self.gateways[i] {
+            Gateway::InProcess { addr, .. } | Gateway::Process { addr, .. } => addr.clone(),
+        }
+    }
+
+    /// HTTP client for gateway `i`.
+    pub fn http(&self, i: usize) -> Http {
+        Http::new(&self.addr(i))
+    }
+
+    /// Starts another in-process gateway.
+    pub async fn add_gateway(&mut self) -> Result<usize> {
+        let mut env = self.env.clone();
+        env.insert("CHAT_HTTP_ADDR".into(), "127.0.0.1:0".into());
+        env.insert("CHAT_GATEWAY_ID".into(), format!("gw{}", self.gateways.len()));
+        let cfg = GatewayConfig::from_source(&env)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            if let Err(e) = chat_gateway::run(cfg, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            {
+                eprintln!("gateway failed: {e}");
+            }
+        });
+        self.gateways.push(Gateway::InProcess { addr: addr.clone(), stop: Some(tx), task });
+        wait_ready(&addr).await?;
+        Ok(self.gateways.len() - 1)
+    }
+
+    /// Starts a gateway as a child process (to SIGKILL it).
+    pub async fn add_gateway_process(&mut self) -> Result<usize> {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_it-gateway"))
+            .envs(&self.env)
+            .env("CHAT_HTTP_ADDR", &addr)
+            .env("CHAT_GATEWAY_ID", format!("gwp{}", self.gateways.len()))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("spawn it-gateway")?;
+        self.gateways.push(Gateway::Process { addr: addr.clone(), child });
+        wait_ready(&addr).await?;
+        Ok(self.gateways.len() - 1)
+    }
+
+    /// Starts a worker process with a clock offset.
+    pub fn add_worker(&mut self, clock_offset_ms: i64) -> Result<usize> {
+        let child = Command::new(env!("CARGO_BIN_EXE_it-worker"))
+            .envs(&self.env)
+            .env("CHAT_WORKER_CLOCK_OFFSET_MS", clock_offset_ms.to_string())
+            .env("CHAT_WORKER_NAME", format!("w{}", self.workers.len()))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("spawn it-worker")?;
+        self.workers.push(Worker { child });
+        Ok(self.workers.len() - 1)
+    }
+
+    /// SIGKILLs worker `i`.
+    pub fn kill_worker(&mut self, i: usize) {
+        let _ = self.workers[i].child.kill();
+        let _ = self.workers[i].child.wait();
+    }
+
+    /// Stops gateway `i` (gracefully if in-process, SIGKILL if a process).
+    pub async fn stop_gateway(&mut self, i: usize) {
+        match &mut self.gateways[i] {
+            Gateway::InProcess { stop, task, .. } => {
+                if let Some(tx) = stop.take() {
+                    let _ = tx.send(());
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+            }
+            Gateway::Process { child, .. } => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Stops every gateway and worker, restarts NATS and PostgreSQL on their
+    /// data, and starts one gateway and the same number of workers again.
+    pub async fn restart_all(&mut self) -> Result<()> {
+        for i in 0..self.gateways.len() {
+            self.stop_gateway(i).await;
+        }
+        for i in 0..self.workers.len() {
+            self.kill_worker(i);
+        }
+        let n_workers = self.workers.len();
+        self.gateways.clear();
+        self.workers.clear();
+        self.nats.restart()?;
+        self.pg.restart()?;
+        self.env.insert("CHAT_NATS_URL".into(), self.nats.url.clone());
+        self.env.insert("CHAT_DATABASE_URL".into(), self.pg.url.clone());
+        self.add_gateway().await?;
+        for _ in 0..n_workers {
+            self.add_worker(0)?;
+        }
+        Ok(())
+    }
+
+    /// Signs a user up and logs a device in.
+    pub async fn user(&self, name: &str, device: &str) -> Result<Login> {
+        let http = self.http(0);
+        match http.signup(name, "password123").await {
+            Ok(_) => {}
+            Err(chat_client::ClientError::Api { status: 409, .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(http.login(name, "password123", device).await?)
+    }
+
+    /// Logs another device of an existing user in.
+    pub async fn device(&self, name: &str, device: &str) -> Result<Login> {
+        Ok(self.http(0).login(name, "password123", device).await?)
+    }
+
+    /// A WebSocket connection to gateway `i`, synced from `cursor`.
+    pub async fn connect(&self, i: usize, login: &Login) -> Result<Conn> {
+        Ok(Conn::connect(&self.addr(i), &login.token).await?)
+    }
+
+    /// A connection that has synced (from the beginning) and is live.
+    pub async fn live(&self, i: usize, login: &Login) -> Result<(Conn, String)> {
+        let mut c = self.connect(i, login).await?;
+        let (_, cursor) = c.sync(None).await?;
+        Ok((c, cursor))
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for g in &mut self.gateways {
+            match g {
+                Gateway::InProcess { task, .. } => task.abort(),
+                Gateway::Process { child, .. } => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        for w in &mut self.workers {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+    }
+}
+
+async fn wait_ready(addr: &str) -> Result<()> {
+    let http = Http::new(addr);
+    wait_for(&format!("gateway {addr} ready"), Duration::from_secs(20), || {
+        let http = http.clone();
+        async move {
+            match http.request(hyper_method_get(), "/readyz", None, None).await {
+                Ok((200, _)) => Some(()),
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
+fn hyper_method_get() -> chat_client::Method {
+    chat_client::Method::GET
+}
