@@ -105,11 +105,11 @@ pub async fn user(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Res
     Ok(json(StatusCode::OK, &json!({"user_id": u.id.to_string(), "username": u.username, "created_at": u.created_ms})))
 }
 
-/// True when `user` takes part in `conv`.
-pub fn participant(conv: &ConvId, user: i64) -> bool {
+/// True when `user` takes part in `conv` (for groups: is a member now).
+pub async fn participant(st: &AppState, conv: &ConvId, user: i64) -> Result<bool, ApiError> {
     match conv.kind() {
-        ConvKind::Direct(a, b) => user == a || user == b,
-        ConvKind::Group(_) => false,
+        ConvKind::Direct(a, b) => Ok(user == a || user == b),
+        ConvKind::Group(g) => Ok(st.db.role(g, user).await?.is_some()),
     }
 }
 
@@ -117,7 +117,7 @@ pub fn participant(conv: &ConvId, user: i64) -> bool {
 pub async fn messages(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<Resp, ApiError> {
     let claims = authenticate(st, &req)?;
     let conv = ConvId::parse(conv).ok_or_else(|| ApiError::not_found("no such conversation"))?;
-    if !participant(&conv, claims.user) {
+    if !participant(st, &conv, claims.user).await? {
         return Err(ApiError::forbidden("not a participant of this conversation"));
     }
     let id_param = |name: &str| -> Result<Option<u64>, ApiError> {
@@ -144,7 +144,8 @@ pub async fn messages(st: &AppState, req: Request<Incoming>, conv: &str) -> Resu
         .messages
         .into_iter()
         .map(|(_, m)| {
-            json!({"id": m.id.to_string(), "conv": m.conv, "from": m.from.to_string(), "kind": m.kind, "body": m.body, "ts": m.ts})
+            json!({"id": m.id.to_string(), "conv": m.conv, "from": m.from.to_string(), "kind": m.kind, "body": m.body,
+                   "ts": m.ts, "event": m.event})
         })
         .collect();
     Ok(json(StatusCode::OK, &json!({"messages": messages, "has_more": out.has_more})))

@@ -45,6 +45,8 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// `CHAT_SEND_TIMEOUT_MS`: how long a send waits for its sequencing.
     pub send_timeout: Duration,
+    /// `CHAT_GROUP_MAX_MEMBERS`: largest group, owner included.
+    pub group_max_members: usize,
     /// `CHAT_GATEWAY_ID`: this gateway's name on NATS subjects.
     pub gateway_id: String,
     /// Stream and bucket settings shared with the workers.
@@ -89,6 +91,7 @@ impl GatewayConfig {
             rate_burst: bounded(src, "CHAT_WS_RATE_BURST", 200, 1, 1_000_000)? as u32,
             idle_timeout: millis(src, "CHAT_WS_IDLE_TIMEOUT_MS", Duration::from_secs(60))?,
             send_timeout: millis(src, "CHAT_SEND_TIMEOUT_MS", Duration::from_secs(10))?,
+            group_max_members: bounded(src, "CHAT_GROUP_MAX_MEMBERS", 100, 2, 5000)? as usize,
             gateway_id,
             storage: StorageSettings::from_source(src)?,
         })

@@ -5,7 +5,8 @@ use thiserror::Error;
 use tokio_postgres::NoTls;
 
 /// Schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../migrations/001_users.sql"))];
+const MIGRATIONS: &[(i32, &str)] =
+    &[(1, include_str!("../migrations/001_users.sql")), (2, include_str!("../migrations/002_groups.sql"))];
 
 /// Database failures.
 #[derive(Debug, Error)]
@@ -35,7 +36,7 @@ pub struct User {
 /// The database handle.
 #[derive(Clone)]
 pub struct Db {
-    pool: Pool,
+    pub(crate) pool: Pool,
 }
 
 impl std::fmt::Debug for Db {

@@ -104,6 +104,7 @@ async fn stream(
             ts: stored.ts,
             cursor: seq.to_string(),
             cid: own.then_some(stored.cid),
+            event: stored.event,
         });
         if !out.push_wait(frame(&msg), state.cfg.stall_timeout).await {
             return Ok(());

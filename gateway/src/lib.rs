@@ -18,8 +18,11 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod conversations;
 pub mod db;
 pub mod delivery;
+pub mod groups;
+pub mod groups_db;
 pub mod history;
 pub mod http;
 pub mod outbound;
@@ -88,6 +91,7 @@ pub struct AppState {
     /// Open WebSocket connections.
     pub connections: Connections,
     known_users: Mutex<HashSet<i64>>,
+    known_directs: Mutex<HashSet<(i64, i64)>>,
 }
 
 impl AppState {
@@ -111,6 +115,26 @@ impl AppState {
             known.insert(id);
         }
         Ok(found)
+    }
+}
+
+impl AppState {
+    /// Records a 1:1 conversation for the conversation list (once per
+    /// gateway process; the insert is idempotent).
+    pub async fn remember_direct(&self, a: i64, b: i64) {
+        if self.known_directs.lock().unwrap_or_else(|p| p.into_inner()).contains(&(a, b)) {
+            return;
+        }
+        match self.db.record_direct(a, b).await {
+            Ok(()) => {
+                let mut known = self.known_directs.lock().unwrap_or_else(|p| p.into_inner());
+                if known.len() > 1_000_000 {
+                    known.clear();
+                }
+                known.insert((a, b));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record a conversation for the list"),
+        }
     }
 }
 
@@ -170,6 +194,7 @@ pub async fn run(
         shutdown: shutdown_tx,
         connections: Connections::default(),
         known_users: Mutex::default(),
+        known_directs: Mutex::default(),
     });
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gateway listening");
@@ -217,6 +242,13 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         (&Method::POST, ["v1", "login"]) => api::login(st, req).await,
         (&Method::GET, ["v1", "users", id]) => api::user(st, req, id).await,
         (&Method::GET, ["v1", "conversations", conv, "messages"]) => api::messages(st, req, conv).await,
+        (&Method::POST, ["v1", "groups"]) => groups::create(st, req).await,
+        (&Method::GET, ["v1", "groups"]) => groups::list(st, req).await,
+        (&Method::GET, ["v1", "groups", id]) => groups::show(st, req, id).await,
+        (&Method::POST, ["v1", "groups", id, "members"]) => groups::add(st, req, id).await,
+        (&Method::DELETE, ["v1", "groups", id, "members", user]) => groups::remove(st, req, id, user).await,
+        (&Method::PUT, ["v1", "groups", id, "members", user, "role"]) => groups::set_role(st, req, id, user).await,
+        (&Method::GET, ["v1", "conversations"]) => conversations::list(st, req).await,
         (&Method::GET, ["v1", "ws"]) => match api::authenticate(st, &req) {
             Ok(claims) => Ok(ws::upgrade(state.clone(), claims, req)),
             Err(e) => Err(e),
@@ -224,7 +256,12 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         (_, ["healthz" | "readyz"])
         | (_, ["v1", "signup" | "login" | "ws"])
         | (_, ["v1", "users", _])
-        | (_, ["v1", "conversations", _, "messages"]) => Err(ApiError::new(
+        | (_, ["v1", "conversations", _, "messages"])
+        | (_, ["v1", "groups" | "conversations"])
+        | (_, ["v1", "groups", _])
+        | (_, ["v1", "groups", _, "members"])
+        | (_, ["v1", "groups", _, "members", _])
+        | (_, ["v1", "groups", _, "members", _, "role"]) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             chat_nats::wire::ErrorCode::MethodNotAllowed,
             format!("{method} is not allowed on {path}"),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use chat_nats::envelope::{IngressSend, MessageKind, SeqAck, SeqResult};
+use chat_nats::envelope::{GroupEvent, IngressSend, MessageKind, SeqAck, SeqResult};
 use chat_nats::provision::Storage;
 use chat_nats::subjects::{self, ConvId};
 use chat_nats::wire::{ErrorCode, ServerFrame, Target};
@@ -79,6 +79,7 @@ impl Sender {
     }
 
     /// Publishes one send and waits for its outcome.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         from: i64,
@@ -87,30 +88,11 @@ impl Sender {
         conv: &ConvId,
         kind: MessageKind,
         body: String,
+        event: Option<GroupEvent>,
     ) -> Result<(u64, u64), Refusal> {
         let key = subjects::dedupe_key(from, device, cid);
         let (tx, mut rx) = oneshot::channel();
         self.lock().insert(key.clone(), tx);
-        let outcome = self.publish_and_wait(&key, from, device, cid, conv, kind, body, &mut rx).await;
-        self.lock().remove(&key);
-        match outcome? {
-            SeqResult::Ok { id, ts, .. } => Ok((id, ts)),
-            SeqResult::Err { code, message } => Err(Refusal { code, message }),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn publish_and_wait(
-        &self,
-        key: &str,
-        from: i64,
-        device: &str,
-        cid: &str,
-        conv: &ConvId,
-        kind: MessageKind,
-        body: String,
-        rx: &mut oneshot::Receiver<SeqResult>,
-    ) -> Result<SeqResult, Refusal> {
         let env = IngressSend {
             from,
             device: device.to_owned(),
@@ -119,7 +101,23 @@ impl Sender {
             kind,
             body,
             reply: Some(self.ack_subject.clone()),
+            event,
         };
+        let outcome = self.publish_and_wait(&key, conv, env, &mut rx).await;
+        self.lock().remove(&key);
+        match outcome? {
+            SeqResult::Ok { id, ts, .. } => Ok((id, ts)),
+            SeqResult::Err { code, message } => Err(Refusal { code, message }),
+        }
+    }
+
+    async fn publish_and_wait(
+        &self,
+        key: &str,
+        conv: &ConvId,
+        env: IngressSend,
+        rx: &mut oneshot::Receiver<SeqResult>,
+    ) -> Result<SeqResult, Refusal> {
         let payload =
             Bytes::from(serde_json::to_vec(&env).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?);
         let mut headers = HeaderMap::new();
@@ -197,7 +195,18 @@ pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: 
                 _ => Err(Refusal::new(ErrorCode::UnknownUser, format!("no user {u:?}"))),
             }
         }
-        Target::Group(g) => Err(Refusal::new(ErrorCode::UnknownGroup, format!("no group {g:?}"))),
+        Target::Group(g) => {
+            let unknown = || Refusal::new(ErrorCode::UnknownGroup, format!("no group {g:?}"));
+            let gid = g.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(unknown)?;
+            let db = |e: crate::db::DbError| Refusal::new(ErrorCode::Unavailable, e.to_string());
+            if state.db.role(gid, from).await.map_err(db)?.is_some() {
+                Ok(ConvId::group(gid))
+            } else if state.db.group_exists(gid).await.map_err(db)? {
+                Err(Refusal::new(ErrorCode::Forbidden, "not a member of this group"))
+            } else {
+                Err(unknown())
+            }
+        }
     }
 }
 
@@ -212,7 +221,10 @@ pub async fn send_frame(
 ) -> ServerFrame {
     let result = async {
         let conv = prepare(state, from, &cid, to, &body).await?;
-        let (id, ts) = state.sender.send(from, device, &cid, &conv, MessageKind::Text, body).await?;
+        let (id, ts) = state.sender.send(from, device, &cid, &conv, MessageKind::Text, body, None).await?;
+        if let chat_nats::subjects::ConvKind::Direct(a, b) = conv.kind() {
+            state.remember_direct(a, b).await;
+        }
         Ok::<_, Refusal>((conv, id, ts))
     }
     .await;

@@ -28,6 +28,58 @@ pub struct IngressSend {
     /// Core NATS subject on which the sequencer publishes the [`SeqAck`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply: Option<String>,
+    /// For system messages of groups: the membership change it records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<GroupEvent>,
+}
+
+/// A group membership change, carried by a system message. The sequencer
+/// applies `members` as the group's member list when `version` is newer
+/// than the one it has, so changes apply in conversation order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupEvent {
+    /// What happened.
+    pub op: GroupOp,
+    /// Who did it.
+    #[serde(with = "id_str")]
+    pub actor: i64,
+    /// Whom it was done to (absent for `created`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The membership version after the change (1 at creation).
+    pub version: u64,
+    /// Every member after the change.
+    pub members: Vec<String>,
+}
+
+/// A group's member list as the sequencer last applied it (KV
+/// `chat_groups`, key [`crate::subjects::group_key`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMembers {
+    /// Membership version.
+    pub version: u64,
+    /// Member user ids.
+    pub members: Vec<String>,
+    /// Users the change of this version dropped (they still get its
+    /// system message, also when it is redelivered after a crash).
+    #[serde(default)]
+    pub dropped: Vec<String>,
+}
+
+/// Kinds of membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupOp {
+    /// The group was created with its first members.
+    Created,
+    /// A member was added.
+    Added,
+    /// A member was removed by an owner or admin.
+    Removed,
+    /// A member left.
+    Left,
+    /// A member's role changed.
+    Role,
 }
 
 /// The kind of a stored message.
@@ -64,6 +116,9 @@ pub struct StoredMessage {
     pub ts: u64,
     /// Ordinal within the conversation, from 1, without gaps.
     pub n: u64,
+    /// The membership change a system message records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<GroupEvent>,
 }
 
 /// The result of sequencing one send, stored in the acks bucket and
@@ -169,6 +224,7 @@ mod tests {
             body: "hi".into(),
             ts: 5,
             n: 1,
+            event: None,
         };
         let v: serde_json::Value = serde_json::to_value(&m).unwrap();
         assert_eq!(v["id"], "18446744073709551615");

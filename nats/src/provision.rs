@@ -100,6 +100,8 @@ pub struct Storage {
     pub hindex: kv::Store,
     /// ID high-water mark bucket.
     pub idhw: kv::Store,
+    /// Group member lists bucket.
+    pub groups: kv::Store,
     /// The settings used.
     pub settings: StorageSettings,
 }
@@ -182,7 +184,8 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
     let acks = ensure_bucket(&js, bucket(subjects::ACKS_BUCKET, s.dedupe_window)).await?;
     let hindex = ensure_bucket(&js, bucket(subjects::HINDEX_BUCKET, Duration::ZERO)).await?;
     let idhw = ensure_bucket(&js, bucket(subjects::IDHW_BUCKET, Duration::ZERO)).await?;
-    Ok(Storage { js, ingress, history, inbox, leases, acks, hindex, idhw, settings: s.clone() })
+    let groups = ensure_bucket(&js, bucket(subjects::GROUPS_BUCKET, Duration::ZERO)).await?;
+    Ok(Storage { js, ingress, history, inbox, leases, acks, hindex, idhw, groups, settings: s.clone() })
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, ProvisionError> {

@@ -21,6 +21,8 @@ pub const LEASES_BUCKET: &str = "chat_leases";
 pub const ACKS_BUCKET: &str = "chat_acks";
 /// KV bucket of history block index entries (see `docs/architecture.md`).
 pub const HINDEX_BUCKET: &str = "chat_hindex";
+/// KV bucket of group member lists as the sequencers apply them.
+pub const GROUPS_BUCKET: &str = "chat_groups";
 /// KV bucket of ID high-water marks per machine id (never expires).
 pub const IDHW_BUCKET: &str = "chat_idhw";
 
@@ -85,6 +87,11 @@ pub fn partition_lease(partition: u32) -> String {
 /// Durable consumer name of a sequencer partition.
 pub fn partition_consumer(partition: u32) -> String {
     format!("seq-{partition}")
+}
+
+/// KV key of a group's member list.
+pub fn group_key(group_id: i64) -> String {
+    format!("g.{group_id}")
 }
 
 /// KV key of history block `block` of a conversation.

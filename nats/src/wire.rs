@@ -96,6 +96,9 @@ pub struct MsgFrame {
     /// The client message id, only on the device that sent the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cid: Option<String>,
+    /// On `system` messages of groups: the membership change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<crate::envelope::GroupEvent>,
 }
 
 /// Stable error codes, shared by WebSocket `error` frames and HTTP errors.

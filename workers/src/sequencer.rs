@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use chat_nats::envelope::{IngressSend, SeqAck, SeqResult, StoredMessage};
+use chat_nats::envelope::{GroupMembers, IngressSend, MessageKind, SeqAck, SeqResult, StoredMessage};
 use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::ErrorCode;
 use futures::StreamExt;
@@ -57,7 +57,7 @@ pub async fn run_partition(
         .await?;
     let mut messages =
         consumer.stream().max_messages_per_batch(64).max_bytes_per_batch(8 * 1024 * 1024).messages().await?;
-    let mut convs: HashMap<ConvId, ConvState> = HashMap::new();
+    let mut convs = Caches::default();
     tracing::info!(partition, "partition acquired");
     while let Some(msg) = messages.next().await {
         let msg = msg?;
@@ -83,7 +83,22 @@ pub async fn run_partition(
     Ok(())
 }
 
-async fn process(sh: &Shared, convs: &mut HashMap<ConvId, ConvState>, payload: &[u8]) -> Result<(), async_nats::Error> {
+/// What a partition owner remembers between messages; rebuilt from
+/// history and KV after any failure or change of owner.
+#[derive(Debug, Default)]
+struct Caches {
+    convs: HashMap<ConvId, ConvState>,
+    groups: HashMap<i64, GroupMembers>,
+}
+
+impl Caches {
+    fn clear(&mut self) {
+        self.convs.clear();
+        self.groups.clear();
+    }
+}
+
+async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8]) -> Result<(), async_nats::Error> {
     let send: IngressSend = match serde_json::from_slice(payload) {
         Ok(s) => s,
         Err(e) => {
@@ -97,9 +112,9 @@ async fn process(sh: &Shared, convs: &mut HashMap<ConvId, ConvState>, payload: &
     }
     let result = match ConvId::parse(&send.conv) {
         None => SeqResult::Err { code: ErrorCode::BadFrame, message: "malformed conversation id".into() },
-        Some(conv) => match members(&conv) {
-            Err(code) => SeqResult::Err { code, message: "groups are not available yet".into() },
-            Ok(members) => sequence(sh, convs, &send, &key, conv, &members).await?,
+        Some(conv) => match recipients(sh, caches, &conv, &send).await? {
+            Err((code, message)) => SeqResult::Err { code, message },
+            Ok(members) => sequence(sh, &mut caches.convs, &send, &key, conv, &members).await?,
         },
     };
     let ack = Bytes::from(serde_json::to_vec(&SeqAck { key: key.clone(), result })?);
@@ -107,11 +122,59 @@ async fn process(sh: &Shared, convs: &mut HashMap<ConvId, ConvState>, payload: &
     reply(sh, &send, ack).await
 }
 
-fn members(conv: &ConvId) -> Result<Vec<i64>, ErrorCode> {
-    match conv.kind() {
-        ConvKind::Direct(a, b) if a == b => Ok(vec![a]),
-        ConvKind::Direct(a, b) => Ok(vec![a, b]),
-        ConvKind::Group(_) => Err(ErrorCode::UnknownGroup),
+/// Whose inboxes get a copy, or why the send is refused. For a group the
+/// member list is the sequencer's own (applied in conversation order), so
+/// a member removed before this message gets nothing, and a sender who is
+/// no longer a member is refused even if the gateway's check raced.
+async fn recipients(
+    sh: &Shared,
+    caches: &mut Caches,
+    conv: &ConvId,
+    send: &IngressSend,
+) -> Result<Result<Vec<i64>, (ErrorCode, String)>, async_nats::Error> {
+    let group = match conv.kind() {
+        ConvKind::Direct(a, b) if a == b => return Ok(Ok(vec![a])),
+        ConvKind::Direct(a, b) => return Ok(Ok(vec![a, b])),
+        ConvKind::Group(g) => g,
+    };
+    if let std::collections::hash_map::Entry::Vacant(slot) = caches.groups.entry(group) {
+        if let Some(v) = sh.storage.groups.get(subjects::group_key(group)).await? {
+            slot.insert(serde_json::from_slice(&v)?);
+        }
+    }
+    let current = caches.groups.get(&group);
+    let ids = |m: &GroupMembers| m.members.iter().filter_map(|u| u.parse::<i64>().ok()).collect::<Vec<_>>();
+    match (&send.event, current) {
+        (Some(ev), cur) if send.kind == MessageKind::System => {
+            let mut to: Vec<i64> = cur.map(ids).unwrap_or_default();
+            if let Some(c) = cur.filter(|c| c.version == ev.version) {
+                // Already applied (a redelivery): reach the dropped too.
+                to.extend(c.dropped.iter().filter_map(|u| u.parse::<i64>().ok()));
+            }
+            let newer = cur.is_none_or(|c| ev.version > c.version);
+            if newer {
+                let dropped = cur
+                    .map(|c| c.members.iter().filter(|m| !ev.members.contains(m)).cloned().collect())
+                    .unwrap_or_default();
+                let next = GroupMembers { version: ev.version, members: ev.members.clone(), dropped };
+                sh.storage.groups.put(subjects::group_key(group), Bytes::from(serde_json::to_vec(&next)?)).await?;
+                to.extend(ids(&next));
+                caches.groups.insert(group, next);
+            }
+            // The old and the new members both see the change.
+            to.sort_unstable();
+            to.dedup();
+            Ok(Ok(to))
+        }
+        (_, None) => Ok(Err((ErrorCode::UnknownGroup, format!("no group {group}")))),
+        (_, Some(cur)) => {
+            let members = ids(cur);
+            if members.contains(&send.from) {
+                Ok(Ok(members))
+            } else {
+                Ok(Err((ErrorCode::Forbidden, "not a member of this group".into())))
+            }
+        }
     }
 }
 
@@ -138,6 +201,7 @@ async fn sequence(
         body: send.body.clone(),
         ts: sh.clock.now_ms(),
         n: state.n + 1,
+        event: send.event.clone(),
     };
     let mut payload = Bytes::from(serde_json::to_vec(&stored)?);
     let ack = publish(sh, subjects::history(&conv), key.to_owned(), payload.clone()).await?;

@@ -3,6 +3,7 @@
 
 mod core;
 mod durability;
+mod groups;
 mod limits;
 mod service;
 mod stack;

@@ -205,6 +205,15 @@ impl Stack {
         Ok(http.login(name, "password123", device).await?)
     }
 
+    /// Creates a group owned by `owner`; returns the response body.
+    pub async fn create_group(&self, owner: &Login, name: &str, members: &[&str]) -> Result<serde_json::Value> {
+        let body = serde_json::json!({"name": name, "members": members});
+        let (status, v) =
+            self.http(0).request(chat_client::Method::POST, "/v1/groups", Some(&owner.token), Some(body)).await?;
+        anyhow::ensure!(status == 201, "create group: {status} {v}");
+        Ok(v)
+    }
+
     /// Logs another device of an existing user in.
     pub async fn device(&self, name: &str, device: &str) -> Result<Login> {
         Ok(self.http(0).login(name, "password123", device).await?)

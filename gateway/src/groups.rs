@@ -1,0 +1,180 @@
+//! Group HTTP API: create, list, show, add, remove/leave, roles.
+//!
+//! PostgreSQL decides who may do what and orders changes by a per-group
+//! version; each committed change is then announced as a system message
+//! through the sequencer, which applies the new member list in
+//! conversation order. The request returns once that system message is
+//! sequenced, so anything sent after the response sees the new membership.
+
+use chat_nats::envelope::{GroupEvent, GroupOp, MessageKind};
+use chat_nats::subjects::ConvId;
+use chat_nats::wire::ErrorCode;
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::api::authenticate;
+use crate::groups_db::{Change, GroupError, Op, Role};
+use crate::http::{json, read_json, ApiError, Resp};
+use crate::AppState;
+
+impl From<GroupError> for ApiError {
+    fn from(e: GroupError) -> ApiError {
+        match e {
+            GroupError::NotFound => ApiError::not_found("no such group"),
+            GroupError::Forbidden(m) => ApiError::forbidden(m),
+            GroupError::Full(n) => {
+                ApiError::new(StatusCode::CONFLICT, ErrorCode::GroupFull, format!("the group is full ({n} members)"))
+            }
+            GroupError::UnknownUser => ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::UnknownUser, "no such user"),
+            GroupError::Invalid(m) => ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, m),
+            GroupError::Db(e) => ApiError::unavailable(e),
+        }
+    }
+}
+
+fn parse_id(s: &str, what: &str) -> Result<i64, ApiError> {
+    s.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| ApiError::bad_request(format!("{what} must be an id")))
+}
+
+fn path_group(s: &str) -> Result<i64, ApiError> {
+    s.parse::<i64>().map_err(|_| ApiError::not_found("no such group"))
+}
+
+#[derive(Deserialize)]
+struct CreateReq {
+    name: String,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct AddReq {
+    user_id: String,
+}
+
+#[derive(Deserialize)]
+struct RoleReq {
+    role: String,
+}
+
+/// Announces a committed change as a system message and waits until it is
+/// sequenced.
+async fn announce(
+    st: &AppState,
+    actor: i64,
+    group: i64,
+    op: GroupOp,
+    user: Option<i64>,
+    change: &Change,
+) -> Result<(), ApiError> {
+    let event = GroupEvent {
+        op,
+        actor,
+        user: user.map(|u| u.to_string()),
+        version: change.version,
+        members: change.members.iter().map(i64::to_string).collect(),
+    };
+    let body = match (op, user) {
+        (GroupOp::Created, _) => format!("{actor} created the group"),
+        (GroupOp::Added, Some(u)) => format!("{actor} added {u}"),
+        (GroupOp::Removed, Some(u)) => format!("{actor} removed {u}"),
+        (GroupOp::Left, _) => format!("{actor} left"),
+        (GroupOp::Role, Some(u)) => format!("{actor} changed the role of {u}"),
+        _ => "membership changed".to_string(),
+    };
+    let cid = format!("g{group}v{}", change.version);
+    st.sender.send(actor, "sys", &cid, &ConvId::group(group), MessageKind::System, body, Some(event)).await?;
+    Ok(())
+}
+
+/// `POST /v1/groups`.
+pub async fn create(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let me = authenticate(st, &req)?.user;
+    let r: CreateReq = read_json(req).await?;
+    let name = r.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::bad_request("name must be 1-100 characters"));
+    }
+    let members = r.members.iter().map(|m| parse_id(m, "members[]")).collect::<Result<Vec<_>, _>>()?;
+    let (gid, change) = st.db.create_group(me, &name, &members, st.cfg.group_max_members).await?;
+    announce(st, me, gid, GroupOp::Created, None, &change).await?;
+    let members: Vec<String> = change.members.iter().map(i64::to_string).collect();
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({"group_id": gid.to_string(), "conv": ConvId::group(gid).to_string(), "name": name, "members": members}),
+    ))
+}
+
+/// `GET /v1/groups`.
+pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let me = authenticate(st, &req)?.user;
+    let groups: Vec<_> = st
+        .db
+        .my_groups(me)
+        .await?
+        .into_iter()
+        .map(|(id, name, role, count)| {
+            json!({"group_id": id.to_string(), "conv": ConvId::group(id).to_string(), "name": name,
+                   "role": role.as_str(), "members_count": count})
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &json!({ "groups": groups })))
+}
+
+/// `GET /v1/groups/{id}` (members only).
+pub async fn show(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ApiError> {
+    let me = authenticate(st, &req)?.user;
+    let gid = path_group(id)?;
+    let (name, members) = st.db.group(gid).await?.ok_or_else(|| ApiError::not_found("no such group"))?;
+    if !members.iter().any(|m| m.user_id == me) {
+        return Err(ApiError::forbidden("not a member of this group"));
+    }
+    let members: Vec<_> = members
+        .iter()
+        .map(|m| json!({"user_id": m.user_id.to_string(), "username": m.username, "role": m.role.as_str()}))
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &json!({"group_id": gid.to_string(), "conv": ConvId::group(gid).to_string(), "name": name,
+                "max_members": st.cfg.group_max_members, "members": members}),
+    ))
+}
+
+async fn change(st: &AppState, me: i64, gid: i64, user: i64, op: Op) -> Result<Resp, ApiError> {
+    let changed = st.db.change_member(gid, me, user, op, st.cfg.group_max_members).await?;
+    let version = match changed {
+        Some((kind, change)) => {
+            announce(st, me, gid, kind, Some(user), &change).await?;
+            change.version
+        }
+        None => 0,
+    };
+    Ok(json(StatusCode::OK, &json!({"group_id": gid.to_string(), "user_id": user.to_string(), "version": version})))
+}
+
+/// `POST /v1/groups/{id}/members` (owner or admin).
+pub async fn add(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ApiError> {
+    let me = authenticate(st, &req)?.user;
+    let gid = path_group(id)?;
+    let r: AddReq = read_json(req).await?;
+    change(st, me, gid, parse_id(&r.user_id, "user_id")?, Op::Add).await
+}
+
+/// `DELETE /v1/groups/{id}/members/{user}`: remove (owner/admin) or leave.
+pub async fn remove(st: &AppState, req: Request<Incoming>, id: &str, user: &str) -> Result<Resp, ApiError> {
+    let me = authenticate(st, &req)?.user;
+    let gid = path_group(id)?;
+    change(st, me, gid, parse_id(user, "user")?, Op::Remove).await
+}
+
+/// `PUT /v1/groups/{id}/members/{user}/role` (owner).
+pub async fn set_role(st: &AppState, req: Request<Incoming>, id: &str, user: &str) -> Result<Resp, ApiError> {
+    let me = authenticate(st, &req)?.user;
+    let gid = path_group(id)?;
+    let user = parse_id(user, "user")?;
+    let r: RoleReq = read_json(req).await?;
+    let role = Role::parse(&r.role).ok_or_else(|| ApiError::bad_request("role must be admin or member"))?;
+    change(st, me, gid, user, Op::SetRole(role)).await
+}
