@@ -80,7 +80,6 @@ async fn main() -> Result<()> {
         Some("listen") => {
             let mut st = load()?;
             let mut conn = Conn::connect(&server, st["token"].as_str().unwrap_or_default()).await?;
-            conn.timeout = std::time::Duration::from_secs(24 * 3600);
             let (msgs, cursor) = conn.sync(st["cursor"].as_str()).await?;
             for m in &msgs {
                 print_msg(m);
@@ -88,11 +87,19 @@ async fn main() -> Result<()> {
             st["cursor"] = json!(cursor);
             save(&st)?;
             println!("-- synced; listening (Ctrl-C to stop)");
+            // Heartbeat so the gateway neither times the connection out nor
+            // (with presence) shows the user offline.
+            conn.timeout = std::time::Duration::from_secs(5);
             loop {
-                let m = conn.next_msg().await?;
-                print_msg(&m);
-                st["cursor"] = m["cursor"].clone();
-                save(&st)?;
+                match conn.next_msg().await {
+                    Ok(m) => {
+                        print_msg(&m);
+                        st["cursor"] = m["cursor"].clone();
+                        save(&st)?;
+                    }
+                    Err(chat_client::ClientError::Timeout(_)) => conn.send_json(&json!({"type": "ping"})).await?,
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         Some("history") => {

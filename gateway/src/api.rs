@@ -60,8 +60,10 @@ pub async fn signup(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
 /// `POST /v1/login`.
 pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let r: LoginReq = read_json(req).await?;
-    if !subjects::is_token(&r.device_id) {
-        return Err(ApiError::bad_request("device_id must be 1-64 characters of [A-Za-z0-9_-]"));
+    if !subjects::is_token(&r.device_id) || r.device_id.starts_with("svc-") || r.device_id == "sys" {
+        return Err(ApiError::bad_request(
+            "device_id must be 1-64 characters of [A-Za-z0-9_-], not \"sys\" nor starting with \"svc-\" (reserved)",
+        ));
     }
     let found = match normalize_username(&r.username) {
         Some(u) => st.db.credentials(&u).await?,

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat_nats::config::{self, bounded, millis, var, ConfigError, Source};
+use chat_nats::config::{self, bounded, var, ConfigError, Source};
 use chat_nats::provision::StorageSettings;
 
 /// Every gateway setting (see the README's configuration table).
@@ -86,11 +86,11 @@ impl GatewayConfig {
             max_frame_bytes: bounded(src, "CHAT_WS_MAX_FRAME_BYTES", 1 << 20, 1024, 1 << 20)? as usize,
             outbound_frames: bounded(src, "CHAT_WS_OUTBOUND_FRAMES", 1024, 8, 1 << 20)? as usize,
             outbound_bytes: bounded(src, "CHAT_WS_OUTBOUND_BYTES", 8 << 20, 1 << 20, 1 << 30)? as usize,
-            stall_timeout: millis(src, "CHAT_WS_STALL_TIMEOUT_MS", Duration::from_secs(10))?,
+            stall_timeout: Duration::from_millis(bounded(src, "CHAT_WS_STALL_TIMEOUT_MS", 10_000, 100, 3_600_000)?),
             rate_per_sec: bounded(src, "CHAT_WS_RATE_PER_SEC", 100, 1, 1_000_000)? as u32,
             rate_burst: bounded(src, "CHAT_WS_RATE_BURST", 200, 1, 1_000_000)? as u32,
-            idle_timeout: millis(src, "CHAT_WS_IDLE_TIMEOUT_MS", Duration::from_secs(60))?,
-            send_timeout: millis(src, "CHAT_SEND_TIMEOUT_MS", Duration::from_secs(10))?,
+            idle_timeout: Duration::from_millis(bounded(src, "CHAT_WS_IDLE_TIMEOUT_MS", 60_000, 1_000, 86_400_000)?),
+            send_timeout: Duration::from_millis(bounded(src, "CHAT_SEND_TIMEOUT_MS", 10_000, 100, 600_000)?),
             group_max_members: bounded(src, "CHAT_GROUP_MAX_MEMBERS", 100, 2, 5000)? as usize,
             gateway_id,
             storage: StorageSettings::from_source(src)?,

@@ -28,11 +28,25 @@ pub enum Start {
     After(u64),
 }
 
-/// Streams the inbox to `out` until the connection closes.
-pub async fn run(state: Arc<AppState>, user: i64, device: String, start: Start, out: Outbound) {
-    if let Err(e) = stream(&state, user, &device, start, &out).await {
+/// Streams the inbox to `out` until the connection closes. Frames are
+/// queued under `epoch` (see [`Outbound::new_epoch`]).
+pub async fn run(state: Arc<AppState>, user: i64, device: String, start: Start, out: Outbound, epoch: u64) {
+    let sink = Sink { out: &out, epoch, stall: state.cfg.stall_timeout };
+    if let Err(e) = stream(&state, user, &device, start, &sink).await {
         tracing::warn!(user_id = user, error = %e, "inbox delivery failed; closing so the client resyncs");
         out.close(CLOSE_INTERNAL);
+    }
+}
+
+struct Sink<'a> {
+    out: &'a Outbound,
+    epoch: u64,
+    stall: std::time::Duration,
+}
+
+impl Sink<'_> {
+    async fn push(&self, f: &ServerFrame) -> bool {
+        self.out.push_wait(frame(f), self.epoch, self.stall).await
     }
 }
 
@@ -41,32 +55,30 @@ async fn stream(
     user: i64,
     device: &str,
     start: Start,
-    out: &Outbound,
+    out: &Sink<'_>,
 ) -> Result<(), async_nats::Error> {
     let subject = subjects::inbox(user);
     let inbox = &state.storage.inbox;
     // The last message that exists now: `synced` follows it.
     let mut catch_up_until = None;
     let Start::After(cursor) = start;
-    {
-        let last = match inbox.direct_get_last_for_subject(&subject).await {
-            Ok(m) => m.sequence,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
-            Err(e) => return Err(e.into()),
-        };
-        if last <= cursor {
-            if cursor > inbox.get_info().await?.state.last_sequence {
-                out.push(frame(&ServerFrame::Error {
-                    cid: None,
-                    code: ErrorCode::BadCursor,
-                    message: "cursor is ahead of the inbox: not issued by this deployment".into(),
-                }));
-                return Ok(());
-            }
-            out.push(frame(&ServerFrame::Synced { cursor: cursor.to_string() }));
-        } else {
-            catch_up_until = Some(last);
-        }
+    let info = inbox.get_info().await?.state;
+    if cursor > info.last_sequence {
+        let message = "cursor is ahead of the inbox: not issued by this deployment".into();
+        out.push(&ServerFrame::Error { cid: None, code: ErrorCode::BadCursor, message }).await;
+        return Ok(());
+    }
+    // Copies older than the retention may have expired unseen.
+    let truncated = cursor > 0 && cursor + 1 < info.first_sequence;
+    let last = match inbox.direct_get_last_for_subject(&subject).await {
+        Ok(m) => m.sequence,
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
+        Err(e) => return Err(e.into()),
+    };
+    if last <= cursor {
+        out.push(&ServerFrame::Synced { cursor: cursor.to_string(), truncated }).await;
+    } else {
+        catch_up_until = Some(last);
     }
     let deliver_policy = match cursor {
         0 => DeliverPolicy::All,
@@ -106,13 +118,13 @@ async fn stream(
             cid: own.then_some(stored.cid),
             event: stored.event,
         });
-        if !out.push_wait(frame(&msg), state.cfg.stall_timeout).await {
+        if !out.push(&msg).await {
             return Ok(());
         }
         if let Some(until) = catch_up_until {
             if seq >= until || pending == 0 {
                 catch_up_until = None;
-                if !out.push(frame(&ServerFrame::Synced { cursor: seq.to_string() })) {
+                if !out.push(&ServerFrame::Synced { cursor: seq.to_string(), truncated }).await {
                     return Ok(());
                 }
             }

@@ -106,10 +106,8 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T,
 
 /// The access token of a request: `Authorization: Bearer <t>` or `?token=`.
 pub fn token<B>(req: &Request<B>) -> Option<String> {
-    if let Some(v) = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        return v.strip_prefix("Bearer ").map(|t| t.trim().to_owned());
-    }
-    query(req, "token")
+    let header = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    header.and_then(|v| v.strip_prefix("Bearer ")).map(|t| t.trim().to_owned()).or_else(|| query(req, "token"))
 }
 
 /// A query parameter (percent-decoding is not needed for the parameters

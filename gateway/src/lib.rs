@@ -60,7 +60,7 @@ pub enum GatewayError {
         /// The URL tried.
         url: String,
         /// Why.
-        source: async_nats::ConnectError,
+        source: async_nats::Error,
     },
     /// The server is unfit or streams could not be made.
     #[error(transparent)]
@@ -172,10 +172,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
-    let client = async_nats::ConnectOptions::new()
-        .name(format!("chat-gateway {}", cfg.gateway_id))
-        .subscription_capacity(4096)
-        .connect(&cfg.nats_url)
+    let client = provision::connect(&cfg.nats_url, &format!("chat-gateway {}", cfg.gateway_id), 4096)
         .await
         .map_err(|e| GatewayError::Nats { url: cfg.nats_url.clone(), source: e })?;
     let storage = provision::provision(&client, &cfg.storage).await?;

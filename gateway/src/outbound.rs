@@ -26,17 +26,35 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: a text frame that is not valid UTF-8.
 pub const CLOSE_BAD_UTF8: u16 = 1007;
 
+/// Frames a control frame (ack, error, pong) may add beyond the frame
+/// limit, so that a queue filled by message delivery does not turn a pong
+/// into a disconnect.
+const CONTROL_FRAMES: usize = 64;
+/// Bytes control frames may add beyond the byte limit.
+const CONTROL_BYTES: usize = 256 * 1024;
+
+/// One queued frame; `epoch` 0 is always written, other epochs only while
+/// current (a new `sync` drops the previous delivery's queued frames).
+#[derive(Debug)]
+struct Item {
+    epoch: u64,
+    text: String,
+}
+
 /// The sending half, held by the session and its delivery task.
 #[derive(Debug, Clone)]
 pub struct Outbound {
-    tx: mpsc::Sender<String>,
+    tx: mpsc::Sender<Item>,
     shared: Arc<Shared>,
 }
 
 #[derive(Debug)]
 struct Shared {
     bytes: AtomicUsize,
+    frames: AtomicUsize,
     max_bytes: usize,
+    max_frames: usize,
+    epoch: std::sync::atomic::AtomicU64,
     closed: AtomicBool,
     close_code: AtomicUsize,
     notify: Notify,
@@ -47,16 +65,19 @@ struct Shared {
 /// The receiving half, held by the transport's writer.
 #[derive(Debug)]
 pub struct OutboundRx {
-    rx: mpsc::Receiver<String>,
+    rx: mpsc::Receiver<Item>,
     shared: Arc<Shared>,
 }
 
 /// A queue bounded by `max_frames` frames and `max_bytes` bytes.
 pub fn channel(max_frames: usize, max_bytes: usize) -> (Outbound, OutboundRx) {
-    let (tx, rx) = mpsc::channel(max_frames);
+    let (tx, rx) = mpsc::channel(max_frames + CONTROL_FRAMES);
     let shared = Arc::new(Shared {
         bytes: AtomicUsize::new(0),
+        frames: AtomicUsize::new(0),
         max_bytes,
+        max_frames,
+        epoch: std::sync::atomic::AtomicU64::new(0),
         closed: AtomicBool::new(false),
         close_code: AtomicUsize::new(0),
         notify: Notify::new(),
@@ -70,22 +91,35 @@ impl Outbound {
     /// Queues a frame; false (and the connection is being closed) when the
     /// client is too slow or the connection is gone.
     pub fn push(&self, frame: String) -> bool {
+        self.push_item(Item { epoch: 0, text: frame }, CONTROL_BYTES)
+    }
+
+    fn push_item(&self, item: Item, extra_bytes: usize) -> bool {
         if self.shared.closed.load(Ordering::Acquire) {
             return false;
         }
-        let len = frame.len();
+        let len = item.text.len();
         let before = self.shared.bytes.fetch_add(len, Ordering::AcqRel);
-        if before + len > self.shared.max_bytes || self.tx.try_send(frame).is_err() {
+        self.shared.frames.fetch_add(1, Ordering::AcqRel);
+        let too_big = before > 0 && before + len > self.shared.max_bytes + extra_bytes;
+        if too_big || self.tx.try_send(item).is_err() {
             self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
+            self.shared.frames.fetch_sub(1, Ordering::AcqRel);
             self.close(CLOSE_SLOW_CONSUMER);
             return false;
         }
         true
     }
 
+    /// Starts a new delivery epoch: frames queued by earlier epochs and not
+    /// yet written are dropped. Returns the new epoch.
+    pub fn new_epoch(&self) -> u64 {
+        self.shared.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
     /// Queues a frame, waiting up to `stall` for room; false (and the
     /// connection is being closed) when the client made no room in time.
-    pub async fn push_wait(&self, frame: String, stall: std::time::Duration) -> bool {
+    pub async fn push_wait(&self, frame: String, epoch: u64, stall: std::time::Duration) -> bool {
         let deadline = tokio::time::Instant::now() + stall;
         let len = frame.len();
         loop {
@@ -96,9 +130,10 @@ impl Outbound {
             tokio::pin!(drained);
             drained.as_mut().enable();
             let queued = self.shared.bytes.load(Ordering::Acquire);
+            let frames = self.shared.frames.load(Ordering::Acquire);
             // An empty queue takes any frame, however large.
-            if (queued == 0 || queued + len <= self.shared.max_bytes) && self.tx.capacity() > 0 {
-                return self.push(frame);
+            if (queued == 0 || queued + len <= self.shared.max_bytes) && frames < self.shared.max_frames {
+                return self.push_item(Item { epoch, text: frame }, 0);
             }
             if tokio::time::timeout_at(deadline, drained).await.is_err() {
                 self.close(CLOSE_SLOW_CONSUMER);
@@ -147,9 +182,13 @@ impl OutboundRx {
                 _ = self.shared.notify.notified() => continue,
                 f = self.rx.recv() => match f {
                     Some(f) => {
-                        self.shared.bytes.fetch_sub(f.len(), Ordering::AcqRel);
+                        self.shared.bytes.fetch_sub(f.text.len(), Ordering::AcqRel);
+                        self.shared.frames.fetch_sub(1, Ordering::AcqRel);
                         self.shared.drained.notify_waiters();
-                        return Ok(f);
+                        if f.epoch != 0 && f.epoch < self.shared.epoch.load(Ordering::Acquire) {
+                            continue;
+                        }
+                        return Ok(f.text);
                     }
                     None => return Err(CLOSE_GOING_AWAY),
                 },
@@ -165,8 +204,9 @@ mod tests {
     #[test]
     fn overflow_by_frames_closes_with_slow_consumer() {
         let (tx, mut rx) = channel(2, 1 << 20);
-        assert!(tx.push("a".into()));
-        assert!(tx.push("b".into()));
+        for _ in 0..2 + CONTROL_FRAMES {
+            assert!(tx.push("a".into()));
+        }
         assert!(!tx.push("c".into()));
         assert!(tx.is_closed());
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -179,11 +219,11 @@ mod tests {
         assert!(tx.push("a".into()));
         let waiter = {
             let tx = tx.clone();
-            tokio::spawn(async move { tx.push_wait("b".into(), std::time::Duration::from_secs(30)).await })
+            tokio::spawn(async move { tx.push_wait("b".into(), 0, std::time::Duration::from_secs(30)).await })
         };
         assert_eq!(rx.next().await, Ok("a".to_string()));
         assert!(waiter.await.unwrap(), "room was made");
-        let stalled = tx.push_wait("c".into(), std::time::Duration::from_millis(10)).await;
+        let stalled = tx.push_wait("c".into(), 0, std::time::Duration::from_millis(10)).await;
         assert!(!stalled);
         assert_eq!(rx.next().await, Err(CLOSE_SLOW_CONSUMER));
     }
@@ -191,7 +231,19 @@ mod tests {
     #[test]
     fn overflow_by_bytes() {
         let (tx, _rx) = channel(100, 10);
-        assert!(tx.push("12345".into()));
+        assert!(tx.push("x".repeat(CONTROL_BYTES + 100)), "an empty queue takes any frame");
         assert!(!tx.push("123456".into()));
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_drops_stale_delivery_frames_but_not_control_frames() {
+        let (tx, mut rx) = channel(10, 1 << 20);
+        let e1 = tx.new_epoch();
+        assert!(tx.push_wait("old msg".into(), e1, std::time::Duration::from_secs(1)).await);
+        assert!(tx.push("pong".into()));
+        let e2 = tx.new_epoch();
+        assert!(tx.push_wait("new msg".into(), e2, std::time::Duration::from_secs(1)).await);
+        assert_eq!(rx.next().await, Ok("pong".to_string()));
+        assert_eq!(rx.next().await, Ok("new msg".to_string()));
     }
 }

@@ -37,12 +37,18 @@ impl Refusal {
     }
 }
 
+/// Sends waiting for their outcome: dedupe key → (token, reply channel).
+type Waiters = HashMap<String, Vec<(u64, oneshot::Sender<SeqResult>)>>;
+
 /// Publishes sends and matches the sequencer's acks to waiting senders.
 #[derive(Debug)]
 pub struct Sender {
     storage: Storage,
     ack_subject: String,
-    waiters: Mutex<HashMap<String, oneshot::Sender<SeqResult>>>,
+    /// Waiting sends by dedupe key; several may wait on one key (the same
+    /// device retrying on two connections), each with its own token.
+    waiters: Mutex<Waiters>,
+    next_token: std::sync::atomic::AtomicU64,
     timeout: Duration,
 }
 
@@ -56,15 +62,21 @@ impl Sender {
     ) -> Result<Arc<Sender>, async_nats::Error> {
         let ack_subject = subjects::gateway_acks(gateway_id);
         let mut sub = client.subscribe(ack_subject.clone()).await?;
-        let sender = Arc::new(Sender { storage, ack_subject, waiters: Mutex::default(), timeout });
+        let sender = Arc::new(Sender {
+            storage,
+            ack_subject,
+            waiters: Mutex::default(),
+            next_token: std::sync::atomic::AtomicU64::new(0),
+            timeout,
+        });
         let weak = Arc::downgrade(&sender);
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 let Some(sender) = weak.upgrade() else { break };
                 match serde_json::from_slice::<SeqAck>(&msg.payload) {
                     Ok(ack) => {
-                        if let Some(tx) = sender.lock().remove(&ack.key) {
-                            let _ = tx.send(ack.result);
+                        for (_, tx) in sender.lock().remove(&ack.key).unwrap_or_default() {
+                            let _ = tx.send(ack.result.clone());
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "malformed sequencer ack"),
@@ -74,7 +86,7 @@ impl Sender {
         Ok(sender)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<SeqResult>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiters> {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -89,10 +101,11 @@ impl Sender {
         kind: MessageKind,
         body: String,
         event: Option<GroupEvent>,
-    ) -> Result<(u64, u64), Refusal> {
+    ) -> Result<(u64, u64, String), Refusal> {
         let key = subjects::dedupe_key(from, device, cid);
         let (tx, mut rx) = oneshot::channel();
-        self.lock().insert(key.clone(), tx);
+        let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.lock().entry(key.clone()).or_default().push((token, tx));
         let env = IngressSend {
             from,
             device: device.to_owned(),
@@ -104,9 +117,17 @@ impl Sender {
             event,
         };
         let outcome = self.publish_and_wait(&key, conv, env, &mut rx).await;
-        self.lock().remove(&key);
+        {
+            let mut waiters = self.lock();
+            if let Some(list) = waiters.get_mut(&key) {
+                list.retain(|(t, _)| *t != token);
+                if list.is_empty() {
+                    waiters.remove(&key);
+                }
+            }
+        }
         match outcome? {
-            SeqResult::Ok { id, ts, .. } => Ok((id, ts)),
+            SeqResult::Ok { id, ts, conv } => Ok((id, ts, conv)),
             SeqResult::Err { code, message } => Err(Refusal { code, message }),
         }
     }
@@ -221,7 +242,9 @@ pub async fn send_frame(
 ) -> ServerFrame {
     let result = async {
         let conv = prepare(state, from, &cid, to, &body).await?;
-        let (id, ts) = state.sender.send(from, device, &cid, &conv, MessageKind::Text, body, None).await?;
+        // A retry of an earlier send reports where that message went.
+        let (id, ts, conv) = state.sender.send(from, device, &cid, &conv, MessageKind::Text, body, None).await?;
+        let conv = ConvId::parse(&conv).ok_or_else(|| Refusal::new(ErrorCode::Internal, "bad conversation id"))?;
         if let chat_nats::subjects::ConvKind::Direct(a, b) = conv.kind() {
             state.remember_direct(a, b).await;
         }

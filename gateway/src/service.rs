@@ -39,7 +39,7 @@ async fn handle(state: &AppState, payload: &[u8]) -> ServerFrame {
         Err(e) => return ServerFrame::Error { cid: None, code: ErrorCode::BadFrame, message: e.to_string() },
     };
     let device = format!("svc-{}", req.service);
-    if req.service.len() > 60 || !subjects::is_token(&device) {
+    if req.service.is_empty() || req.service.len() > 60 || !subjects::is_token(&device) {
         return ServerFrame::Error {
             cid: Some(req.cid),
             code: ErrorCode::BadFrame,

@@ -51,7 +51,7 @@ impl Session {
             tokio::spawn(async move {
                 while let Some(r) = rx.recv().await {
                     let reply = send_frame(&state, user, &device, r.cid, &r.to, r.body).await;
-                    if !out.push(frame(&reply)) {
+                    if !out.push_wait(frame(&reply), 0, state.cfg.stall_timeout).await {
                         break;
                     }
                 }
@@ -63,11 +63,17 @@ impl Session {
 
     /// Handles one text frame from the client.
     pub fn on_text(&mut self, text: &str) {
+        let parsed = parse_client_frame(text);
         if !self.bucket.take() {
-            self.error(None, ErrorCode::RateLimited, "too many frames; slow down");
+            let cid = match &parsed {
+                Ok(ClientFrame::Send { cid, .. }) => Some(cid.clone()),
+                Ok(_) => None,
+                Err(e) => e.cid.clone(),
+            };
+            self.error(cid, ErrorCode::RateLimited, "too many frames; slow down");
             return;
         }
-        match parse_client_frame(text) {
+        match parsed {
             Err(e) => self.error(e.cid, e.code, &e.message),
             Ok(ClientFrame::Ping) => {
                 self.out.push(frame(&ServerFrame::Pong));
@@ -98,12 +104,14 @@ impl Session {
         if let Some(d) = self.delivery.take() {
             d.abort();
         }
+        let epoch = self.out.new_epoch();
         self.delivery = Some(tokio::spawn(delivery::run(
             self.state.clone(),
             self.user,
             self.device.clone(),
             Start::After(start),
             self.out.clone(),
+            epoch,
         )));
     }
 

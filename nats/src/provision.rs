@@ -40,6 +40,16 @@ pub enum ProvisionError {
         /// What the server said.
         source: async_nats::Error,
     },
+    /// This process's `CHAT_PARTITIONS` differs from the deployment's.
+    #[error(
+        "CHAT_PARTITIONS={ours} but this deployment uses {theirs}: every gateway and worker must use the same value"
+    )]
+    PartitionMismatch {
+        /// Ours.
+        ours: u32,
+        /// Recorded by the first process.
+        theirs: u32,
+    },
     /// A KV bucket could not be created or updated.
     #[error("cannot provision KV bucket {name}: {source}")]
     Bucket {
@@ -104,6 +114,27 @@ pub struct Storage {
     pub groups: kv::Store,
     /// The settings used.
     pub settings: StorageSettings,
+}
+
+/// Connects to NATS. `urls` may list several servers separated by commas
+/// (any one is enough: the client learns the cluster from the server).
+/// Waits up to 30 s for a server that is not up yet.
+pub async fn connect(urls: &str, name: &str, subscription_capacity: usize) -> Result<async_nats::Client, async_nats::Error> {
+    let servers: Vec<&str> = urls.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .subscription_capacity(subscription_capacity)
+        .connect(servers)
+        .await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while client.connection_state() != async_nats::connection::State::Connected || client.server_info().version.is_empty() {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("no NATS server reachable at {urls} within 30 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(client)
 }
 
 /// Parses `major.minor` out of a server version string such as `2.15.1`.
@@ -185,7 +216,29 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
     let hindex = ensure_bucket(&js, bucket(subjects::HINDEX_BUCKET, Duration::ZERO)).await?;
     let idhw = ensure_bucket(&js, bucket(subjects::IDHW_BUCKET, Duration::ZERO)).await?;
     let groups = ensure_bucket(&js, bucket(subjects::GROUPS_BUCKET, Duration::ZERO)).await?;
+    check_partitions(&idhw, s.partitions).await?;
     Ok(Storage { js, ingress, history, inbox, leases, acks, hindex, idhw, groups, settings: s.clone() })
+}
+
+/// The first process records the partition count; later ones must match
+/// it (a mismatch would route sends to partitions nobody reads).
+async fn check_partitions(idhw: &kv::Store, ours: u32) -> Result<(), ProvisionError> {
+    let key = "config.partitions";
+    let err = |e: async_nats::Error| ProvisionError::Bucket { name: subjects::IDHW_BUCKET.into(), source: e };
+    if idhw.create(key, ours.to_string().into()).await.is_ok() {
+        return Ok(());
+    }
+    let theirs =
+        idhw.get(key).await.map_err(|e| err(e.into()))?.ok_or_else(|| err("partition count vanished".into()))?;
+    let theirs: u32 = std::str::from_utf8(&theirs)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| err("bad partition count".into()))?;
+    if theirs == ours {
+        Ok(())
+    } else {
+        Err(ProvisionError::PartitionMismatch { ours, theirs })
+    }
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, ProvisionError> {

@@ -71,6 +71,11 @@ pub enum ServerFrame {
     Synced {
         /// Cursor of the last message sent (the request's cursor when none).
         cursor: String,
+        /// True when the cursor is older than the oldest retained inbox
+        /// message: copies may have expired unseen; read the conversations'
+        /// history to fill the gap.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
     },
     /// Answer to `ping`.
     Pong,

@@ -57,12 +57,11 @@ impl Lease {
         &self.key
     }
 
-    /// Gives the lease up so another process can take it at once.
+    /// Gives the lease up so another process can take it at once; only if
+    /// it is still ours (the revision we last wrote), never someone else's.
     pub async fn release(self) {
-        // A delete with the expected revision would be stricter; a purge of
-        // our own key is what lets `create` succeed immediately elsewhere.
-        if let Err(e) = self.kv.purge(&self.key).await {
-            tracing::warn!(key = %self.key, error = %e, "lease release failed; it will expire");
+        if let Err(e) = self.kv.delete_expect_revision(&self.key, Some(self.revision)).await {
+            tracing::debug!(key = %self.key, error = %e, "lease not released (no longer ours, or NATS down); it will expire");
         }
     }
 }

@@ -91,11 +91,7 @@ struct Owned {
 /// Runs a worker until `shutdown` resolves; then releases its leases so
 /// other workers take over at once.
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), async_nats::Error> {
-    let client = async_nats::ConnectOptions::new()
-        .name(cfg.name.clone())
-        .retry_on_initial_connect()
-        .connect(&cfg.nats_url)
-        .await?;
+    let client = provision::connect(&cfg.nats_url, &cfg.name, 4096).await?;
     client.flush().await?;
     let storage = provision::provision(&client, &cfg.storage).await?;
     let clock = Clock { offset_ms: cfg.clock_offset_ms };
