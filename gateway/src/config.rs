@@ -45,6 +45,12 @@ pub struct GatewayConfig {
     pub idle_timeout: Duration,
     /// `CHAT_SEND_TIMEOUT_MS`: how long a send waits for its sequencing.
     pub send_timeout: Duration,
+    /// `CHAT_TYPING_INTERVAL_MS`: at most one typing event per device per
+    /// interval is relayed; more are dropped.
+    pub typing_interval: Duration,
+    /// `CHAT_PRESENCE_SUBSCRIBE_MAX`: users a connection may follow with
+    /// `presence.subscribe` (friends are followed without counting).
+    pub presence_subscribe_max: usize,
     /// `CHAT_GROUP_MAX_MEMBERS`: largest group, owner included.
     pub group_max_members: usize,
     /// `CHAT_GATEWAY_ID`: this gateway's name on NATS subjects.
@@ -91,6 +97,8 @@ impl GatewayConfig {
             rate_burst: bounded(src, "CHAT_WS_RATE_BURST", 200, 1, 1_000_000)? as u32,
             idle_timeout: Duration::from_millis(bounded(src, "CHAT_WS_IDLE_TIMEOUT_MS", 60_000, 1_000, 86_400_000)?),
             send_timeout: Duration::from_millis(bounded(src, "CHAT_SEND_TIMEOUT_MS", 10_000, 100, 600_000)?),
+            typing_interval: Duration::from_millis(bounded(src, "CHAT_TYPING_INTERVAL_MS", 1000, 0, 60_000)?),
+            presence_subscribe_max: bounded(src, "CHAT_PRESENCE_SUBSCRIBE_MAX", 256, 0, 10_000)? as usize,
             group_max_members: bounded(src, "CHAT_GROUP_MAX_MEMBERS", 100, 2, 5000)? as usize,
             gateway_id,
             storage: StorageSettings::from_source(src)?,

@@ -5,8 +5,11 @@ use thiserror::Error;
 use tokio_postgres::NoTls;
 
 /// Schema migrations, applied in order, each once.
-const MIGRATIONS: &[(i32, &str)] =
-    &[(1, include_str!("../migrations/001_users.sql")), (2, include_str!("../migrations/002_groups.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../migrations/001_users.sql")),
+    (2, include_str!("../migrations/002_groups.sql")),
+    (3, include_str!("../migrations/003_friends.sql")),
+];
 
 /// Database failures.
 #[derive(Debug, Error)]

@@ -21,11 +21,13 @@ pub mod config;
 pub mod conversations;
 pub mod db;
 pub mod delivery;
+pub mod friends;
 pub mod groups;
 pub mod groups_db;
 pub mod history;
 pub mod http;
 pub mod outbound;
+pub mod presence;
 pub mod send;
 pub mod service;
 pub mod session;
@@ -246,6 +248,10 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         (&Method::DELETE, ["v1", "groups", id, "members", user]) => groups::remove(st, req, id, user).await,
         (&Method::PUT, ["v1", "groups", id, "members", user, "role"]) => groups::set_role(st, req, id, user).await,
         (&Method::GET, ["v1", "conversations"]) => conversations::list(st, req).await,
+        (&Method::GET, ["v1", "friends"]) => friends::list(st, req).await,
+        (&Method::PUT, ["v1", "friends", user]) => friends::put(st, req, user).await,
+        (&Method::DELETE, ["v1", "friends", user]) => friends::delete(st, req, user).await,
+        (&Method::POST, ["v1", "logout"]) => friends::logout(st, req).await,
         (&Method::GET, ["v1", "ws"]) => match api::authenticate(st, &req) {
             Ok(claims) => Ok(ws::upgrade(state.clone(), claims, req)),
             Err(e) => Err(e),
@@ -254,7 +260,8 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         | (_, ["v1", "signup" | "login" | "ws"])
         | (_, ["v1", "users", _])
         | (_, ["v1", "conversations", _, "messages"])
-        | (_, ["v1", "groups" | "conversations"])
+        | (_, ["v1", "groups" | "conversations" | "friends" | "logout"])
+        | (_, ["v1", "friends", _])
         | (_, ["v1", "groups", _])
         | (_, ["v1", "groups", _, "members"])
         | (_, ["v1", "groups", _, "members", _])

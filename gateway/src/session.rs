@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Claims;
 use crate::delivery::{self, frame, Start};
 use crate::outbound::Outbound;
+use crate::presence;
 use crate::send::send_frame;
 use crate::AppState;
 
@@ -39,11 +40,15 @@ pub struct Session {
     sends: mpsc::Sender<SendReq>,
     sender: JoinHandle<()>,
     bucket: TokenBucket,
+    presence: mpsc::UnboundedSender<presence::Cmd>,
+    followed: std::collections::HashSet<i64>,
+    last_typing: Option<Instant>,
+    clean: bool,
 }
 
 impl Session {
     /// Starts a session. Delivery begins with the client's first `sync`.
-    pub fn start(state: Arc<AppState>, claims: Claims, out: Outbound) -> Session {
+    pub async fn start(state: Arc<AppState>, claims: Claims, out: Outbound) -> Session {
         let delivery = None;
         let (sends, mut rx) = mpsc::channel::<SendReq>(SEND_QUEUE);
         let sender = {
@@ -58,7 +63,21 @@ impl Session {
             })
         };
         let bucket = TokenBucket::new(state.cfg.rate_per_sec, state.cfg.rate_burst);
-        Session { state, user: claims.user, device: claims.device, out, delivery, sends, sender, bucket }
+        let presence = presence::start(state.clone(), claims.user, claims.device.clone(), out.clone()).await;
+        Session {
+            state,
+            user: claims.user,
+            device: claims.device,
+            out,
+            delivery,
+            sends,
+            sender,
+            bucket,
+            presence,
+            followed: Default::default(),
+            last_typing: None,
+            clean: false,
+        }
     }
 
     /// Handles one text frame from the client.
@@ -76,7 +95,17 @@ impl Session {
         match parsed {
             Err(e) => self.error(e.cid, e.code, &e.message),
             Ok(ClientFrame::Ping) => {
+                let _ = self.presence.send(presence::Cmd::Heartbeat);
                 self.out.push(frame(&ServerFrame::Pong));
+            }
+            Ok(ClientFrame::Typing { conv }) => self.typing(conv),
+            Ok(ClientFrame::PresenceSubscribe { users }) => self.follow(users),
+            Ok(ClientFrame::PresenceUnsubscribe { users }) => {
+                let ids: Vec<i64> = users.iter().filter_map(|u| u.parse().ok()).collect();
+                for u in &ids {
+                    self.followed.remove(u);
+                }
+                let _ = self.presence.send(presence::Cmd::Unfollow(ids));
             }
             Ok(ClientFrame::Sync { cursor }) => self.sync(cursor),
             Ok(ClientFrame::Send { cid, to, body }) => {
@@ -115,6 +144,60 @@ impl Session {
         )));
     }
 
+    /// The client closed the connection properly: its presence ends now.
+    pub fn closed_cleanly(&mut self) {
+        self.clean = true;
+    }
+
+    fn typing(&mut self, conv: String) {
+        let interval = self.state.cfg.typing_interval;
+        if self.last_typing.is_some_and(|t| t.elapsed() < interval) {
+            return; // rate-limited: dropped silently
+        }
+        self.last_typing = Some(Instant::now());
+        let (state, out, user) = (self.state.clone(), self.out.clone(), self.user);
+        tokio::spawn(async move {
+            if let Err(r) = relay_typing(&state, user, &conv).await {
+                out.push(frame(&ServerFrame::Error { cid: None, code: r.code, message: r.message }));
+            }
+        });
+    }
+
+    fn follow(&mut self, users: Vec<String>) {
+        let Ok(ids) = users.iter().map(|u| u.parse::<i64>()).collect::<Result<Vec<_>, _>>() else {
+            return self.error(None, ErrorCode::BadFrame, "users must be user ids");
+        };
+        let new: Vec<i64> = ids.into_iter().filter(|u| !self.followed.contains(u)).collect();
+        if self.followed.len() + new.len() > self.state.cfg.presence_subscribe_max {
+            let max = self.state.cfg.presence_subscribe_max;
+            return self.error(
+                None,
+                ErrorCode::LimitExceeded,
+                &format!("at most {max} presence subscriptions per connection"),
+            );
+        }
+        self.followed.extend(new.iter().copied());
+        let (state, out, user, tx) = (self.state.clone(), self.out.clone(), self.user, self.presence.clone());
+        tokio::spawn(async move {
+            match state.db.visible(user, &new).await {
+                Ok(ok) => {
+                    if ok.len() < new.len() {
+                        let message = "presence is visible only for friends and fellow group members".into();
+                        out.push(frame(&ServerFrame::Error { cid: None, code: ErrorCode::Forbidden, message }));
+                    }
+                    let _ = tx.send(presence::Cmd::Follow(ok));
+                }
+                Err(e) => {
+                    out.push(frame(&ServerFrame::Error {
+                        cid: None,
+                        code: ErrorCode::Unavailable,
+                        message: e.to_string(),
+                    }));
+                }
+            }
+        });
+    }
+
     fn error(&self, cid: Option<String>, code: ErrorCode, message: &str) {
         self.out.push(frame(&ServerFrame::Error { cid, code, message: message.into() }));
     }
@@ -131,7 +214,33 @@ impl Drop for Session {
             d.abort();
         }
         self.sender.abort();
+        let _ = self.presence.send(presence::Cmd::End { clean: self.clean });
     }
+}
+
+/// Relays a typing event to the conversation's other participants.
+async fn relay_typing(state: &AppState, user: i64, conv: &str) -> Result<(), crate::send::Refusal> {
+    use chat_nats::subjects::{ConvId, ConvKind};
+    let forbidden = || crate::send::Refusal::new(ErrorCode::Forbidden, "not a participant of this conversation");
+    let c = ConvId::parse(conv).ok_or_else(forbidden)?;
+    let others: Vec<i64> = match c.kind() {
+        ConvKind::Direct(a, b) if a == user || b == user => vec![if a == user { b } else { a }],
+        ConvKind::Direct(..) => return Err(forbidden()),
+        ConvKind::Group(g) => {
+            let db = |e: crate::db::DbError| crate::send::Refusal::new(ErrorCode::Unavailable, e.to_string());
+            let (_, members) = state.db.group(g).await.map_err(db)?.ok_or_else(forbidden)?;
+            if !members.iter().any(|m| m.user_id == user) {
+                return Err(forbidden());
+            }
+            members.iter().map(|m| m.user_id).filter(|u| *u != user).collect()
+        }
+    };
+    let ev = chat_nats::envelope::Ephemeral::Typing { conv: c.to_string(), user };
+    let payload = bytes::Bytes::from(serde_json::to_vec(&ev).expect("serializable"));
+    for o in others {
+        let _ = state.client.publish(chat_nats::subjects::ephemeral(o), payload.clone()).await;
+    }
+    Ok(())
 }
 
 /// A token bucket: `rate` tokens per second, up to `burst`.

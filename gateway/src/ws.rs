@@ -63,7 +63,7 @@ where
     let _conn = state.connections.enter();
     let (mut sink, mut stream) = ws.split();
     let (out, mut out_rx) = outbound::channel(state.cfg.outbound_frames, state.cfg.outbound_bytes);
-    let mut session = Session::start(state.clone(), claims, out.clone());
+    let mut session = Session::start(state.clone(), claims, out.clone()).await;
     let writer = tokio::spawn(async move {
         loop {
             match out_rx.next().await {
@@ -99,7 +99,10 @@ where
             Ok(None) => break,
             Ok(Some(Ok(Message::Text(t)))) => session.on_text(t.as_str()),
             Ok(Some(Ok(Message::Binary(_)))) => session.on_binary(),
-            Ok(Some(Ok(Message::Close(_)))) => break,
+            Ok(Some(Ok(Message::Close(_)))) => {
+                session.closed_cleanly();
+                break;
+            }
             Ok(Some(Ok(_))) => {} // ping/pong frames are answered by tungstenite
             Ok(Some(Err(WsError::Capacity(_)))) => {
                 out.close(CLOSE_TOO_BIG);
@@ -125,6 +128,7 @@ fn close_reason(code: u16) -> &'static str {
         outbound::CLOSE_SLOW_CONSUMER => "slow_consumer",
         outbound::CLOSE_INTERNAL => "internal",
         CLOSE_IDLE => "idle",
+        outbound::CLOSE_LOGGED_OUT => "logged_out",
         CLOSE_TOO_BIG => "too_large",
         CLOSE_BAD_UTF8 => "bad_utf8",
         _ => "going_away",

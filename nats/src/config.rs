@@ -98,6 +98,13 @@ impl StorageSettings {
                 500,
                 600_000,
             )?),
+            presence_timeout: Duration::from_millis(bounded(
+                src,
+                "CHAT_PRESENCE_TIMEOUT_MS",
+                d.presence_timeout.as_millis() as u64,
+                1000,
+                3_600_000,
+            )?),
             max_msg_bytes: d.max_msg_bytes,
         })
     }

@@ -176,6 +176,50 @@ pub struct ServiceSend {
 /// The reply to a [`ServiceSend`]: exactly the frame a client would get.
 pub type ServiceReply = crate::wire::ServerFrame;
 
+/// A user's presence status, as stored in the status bucket and published
+/// on the user's presence subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceState {
+    /// The user.
+    #[serde(with = "id_str")]
+    pub user: i64,
+    /// Online or offline.
+    pub status: crate::wire::Status,
+    /// Unix ms the user was last seen (the last heartbeat when offline).
+    pub last_active_at: u64,
+}
+
+/// An ephemeral event for a user's sessions on [`crate::subjects::ephemeral`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Ephemeral {
+    /// Someone is typing in a conversation the user takes part in.
+    Typing {
+        /// Conversation.
+        conv: String,
+        /// Who is typing.
+        #[serde(with = "id_str")]
+        user: i64,
+    },
+    /// A device logged out: its sessions close.
+    Logout {
+        /// The device.
+        device: String,
+    },
+    /// The user has a new friend: follow their presence.
+    Friend {
+        /// The friend.
+        #[serde(with = "id_str")]
+        user: i64,
+    },
+    /// A friendship ended: stop following.
+    Unfriend {
+        /// The former friend.
+        #[serde(with = "id_str")]
+        user: i64,
+    },
+}
+
 /// Serde adapter: `u64` as a decimal string.
 pub mod u64_str {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};

@@ -73,6 +73,8 @@ pub struct StorageSettings {
     pub dedupe_window: Duration,
     /// Time-to-live of a lease that is not renewed.
     pub lease_ttl: Duration,
+    /// A connection without a heartbeat for this long is gone (presence).
+    pub presence_timeout: Duration,
     /// Largest message payload in bytes (a 100,000-character body in UTF-8
     /// plus its envelope).
     pub max_msg_bytes: i32,
@@ -86,6 +88,7 @@ impl Default for StorageSettings {
             inbox_retention: Duration::from_secs(30 * 24 * 3600),
             dedupe_window: Duration::from_secs(24 * 3600),
             lease_ttl: Duration::from_secs(10),
+            presence_timeout: Duration::from_secs(30),
             max_msg_bytes: 1024 * 1024,
         }
     }
@@ -112,6 +115,10 @@ pub struct Storage {
     pub idhw: kv::Store,
     /// Group member lists bucket.
     pub groups: kv::Store,
+    /// Live connections (presence heartbeats).
+    pub presence: kv::Store,
+    /// Published presence statuses.
+    pub status: kv::Store,
     /// The settings used.
     pub settings: StorageSettings,
 }
@@ -119,7 +126,11 @@ pub struct Storage {
 /// Connects to NATS. `urls` may list several servers separated by commas
 /// (any one is enough: the client learns the cluster from the server).
 /// Waits up to 30 s for a server that is not up yet.
-pub async fn connect(urls: &str, name: &str, subscription_capacity: usize) -> Result<async_nats::Client, async_nats::Error> {
+pub async fn connect(
+    urls: &str,
+    name: &str,
+    subscription_capacity: usize,
+) -> Result<async_nats::Client, async_nats::Error> {
     let servers: Vec<&str> = urls.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
     let client = async_nats::ConnectOptions::new()
         .name(name)
@@ -128,7 +139,9 @@ pub async fn connect(urls: &str, name: &str, subscription_capacity: usize) -> Re
         .connect(servers)
         .await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while client.connection_state() != async_nats::connection::State::Connected || client.server_info().version.is_empty() {
+    while client.connection_state() != async_nats::connection::State::Connected
+        || client.server_info().version.is_empty()
+    {
         if tokio::time::Instant::now() > deadline {
             return Err(format!("no NATS server reachable at {urls} within 30 s").into());
         }
@@ -217,7 +230,30 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
     let idhw = ensure_bucket(&js, bucket(subjects::IDHW_BUCKET, Duration::ZERO)).await?;
     let groups = ensure_bucket(&js, bucket(subjects::GROUPS_BUCKET, Duration::ZERO)).await?;
     check_partitions(&idhw, s.partitions).await?;
-    Ok(Storage { js, ingress, history, inbox, leases, acks, hindex, idhw, groups, settings: s.clone() })
+    // Expiry leaves a marker in the bucket, so watchers see a connection go.
+    let presence = ensure_bucket(
+        &js,
+        kv::Config {
+            limit_markers: Some(Duration::from_secs(60)),
+            ..bucket(subjects::PRESENCE_BUCKET, s.presence_timeout)
+        },
+    )
+    .await?;
+    let status = ensure_bucket(&js, bucket(subjects::STATUS_BUCKET, Duration::ZERO)).await?;
+    Ok(Storage {
+        js,
+        ingress,
+        history,
+        inbox,
+        leases,
+        acks,
+        hindex,
+        idhw,
+        groups,
+        presence,
+        status,
+        settings: s.clone(),
+    })
 }
 
 /// The first process records the partition count; later ones must match

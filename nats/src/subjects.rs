@@ -23,6 +23,13 @@ pub const ACKS_BUCKET: &str = "chat_acks";
 pub const HINDEX_BUCKET: &str = "chat_hindex";
 /// KV bucket of group member lists as the sequencers apply them.
 pub const GROUPS_BUCKET: &str = "chat_groups";
+/// KV bucket of live connections for presence: key `<user>.<device>.<conn>`,
+/// rewritten on every heartbeat, expiring after the presence timeout.
+pub const PRESENCE_BUCKET: &str = "chat_presence";
+/// KV bucket of each user's published presence status (never expires).
+pub const STATUS_BUCKET: &str = "chat_status";
+/// Lease held by the single active presence worker.
+pub const PRESENCE_LEASE: &str = "presence";
 /// KV bucket of ID high-water marks per machine id (never expires).
 pub const IDHW_BUCKET: &str = "chat_idhw";
 
@@ -61,6 +68,27 @@ pub fn inbox(user: i64) -> String {
 /// Subject on which a gateway instance receives sequencer acks.
 pub fn gateway_acks(gateway_id: &str) -> String {
     format!("{PREFIX}.gwack.{gateway_id}")
+}
+
+/// Core subject on which a user's presence transitions are published.
+pub fn presence(user: i64) -> String {
+    format!("{PREFIX}.presence.{user}")
+}
+
+/// Core subject of ephemeral events for a user's sessions (typing, logout,
+/// friend changes): never persisted.
+pub fn ephemeral(user: i64) -> String {
+    format!("{PREFIX}.eph.{user}")
+}
+
+/// KV key of one connection in [`PRESENCE_BUCKET`].
+pub fn presence_key(user: i64, device: &str, conn: u64) -> String {
+    format!("{user}.{device}.{conn}")
+}
+
+/// KV key of a user's status in [`STATUS_BUCKET`].
+pub fn status_key(user: i64) -> String {
+    format!("u.{user}")
 }
 
 /// Dedupe key of a send: sender, sending device and client message id.

@@ -26,8 +26,35 @@ pub enum ClientFrame {
         #[serde(default)]
         cursor: Option<String>,
     },
-    /// Keep-alive; answered with `pong`.
+    /// Keep-alive and presence heartbeat; answered with `pong`.
     Ping,
+    /// The user is typing in a conversation.
+    Typing {
+        /// Conversation id.
+        conv: String,
+    },
+    /// Follow these users' presence (beyond friends, e.g. a group's members).
+    #[serde(rename = "presence.subscribe")]
+    PresenceSubscribe {
+        /// User ids.
+        users: Vec<String>,
+    },
+    /// Stop following these users' presence.
+    #[serde(rename = "presence.unsubscribe")]
+    PresenceUnsubscribe {
+        /// User ids.
+        users: Vec<String>,
+    },
+}
+
+/// Presence status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// At least one device is connected and heartbeating.
+    Online,
+    /// No device is.
+    Offline,
 }
 
 /// Where a message goes.
@@ -79,6 +106,23 @@ pub enum ServerFrame {
     },
     /// Answer to `ping`.
     Pong,
+    /// A followed user's presence (current state on follow, then changes).
+    Presence {
+        /// The user.
+        user: String,
+        /// Online or offline.
+        status: Status,
+        /// Unix ms the user was last seen; absent if never.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_active_at: Option<u64>,
+    },
+    /// Someone is typing.
+    Typing {
+        /// Conversation id.
+        conv: String,
+        /// Who.
+        user: String,
+    },
 }
 
 /// A message delivered to a device.
@@ -154,6 +198,8 @@ pub enum ErrorCode {
     GroupFull,
     /// HTTP: the request conflicts with the current state.
     Conflict,
+    /// A per-connection limit (such as presence subscriptions) is reached.
+    LimitExceeded,
 }
 
 impl ErrorCode {
@@ -182,6 +228,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::GroupFull => "group_full",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::LimitExceeded => "limit_exceeded",
         }
     }
 }
@@ -197,7 +244,7 @@ pub struct FrameError {
     pub message: String,
 }
 
-const CLIENT_TYPES: [&str; 3] = ["send", "sync", "ping"];
+const CLIENT_TYPES: [&str; 6] = ["send", "sync", "ping", "typing", "presence.subscribe", "presence.unsubscribe"];
 
 /// Parses one client text frame, telling malformed JSON, unknown types and
 /// bad fields apart.

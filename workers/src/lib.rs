@@ -3,6 +3,7 @@
 //! - [`lease`]: leases in the KV leases bucket (machine ids, partitions).
 //! - [`idgen`]: the leased machine id and the snowflake generator.
 //! - [`sequencer`]: per-partition ordering, history, inbox copies, acks.
+//! - [`presence`]: online/offline transitions derived from heartbeats.
 //!
 //! [`run`] connects, provisions streams and buckets, leases a machine id and
 //! then owns a fair share of the ingress partitions, rebalancing as workers
@@ -12,6 +13,7 @@
 
 pub mod idgen;
 pub mod lease;
+pub mod presence;
 pub mod sequencer;
 
 use std::collections::HashMap;
@@ -112,7 +114,10 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
         };
         tracing::info!(machine = ids.machine(), worker = %cfg.name, "machine id leased");
         let shared = Arc::new(Shared { client: client.clone(), storage: storage.clone(), ids, clock });
-        if manage(&cfg, shared, machine, &mut shutdown).await {
+        let presence = tokio::spawn(presence::run(shared.clone(), cfg.name.clone(), ttl));
+        let stopped = manage(&cfg, shared, machine, &mut shutdown).await;
+        presence.abort();
+        if stopped {
             return Ok(());
         }
         tracing::warn!("machine id lease lost; stopping partitions and leasing again");

@@ -5,5 +5,6 @@ mod core;
 mod durability;
 mod groups;
 mod limits;
+mod presence;
 mod service;
 mod stack;

@@ -1,0 +1,179 @@
+//! A session's presence side: its heartbeat key, the presence of the users
+//! it follows (friends, plus on-demand `presence.subscribe`), and the
+//! user's ephemeral events (typing, logout, friend changes).
+//!
+//! The heartbeat key is `<user>.<device>.<conn>` in the presence bucket.
+//! A clean close (a WebSocket close frame from the client) or a logout
+//! deletes it at once; any other end leaves it to expire after the presence
+//! timeout, so a quick drop and reconnect is not seen as offline.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chat_nats::envelope::{Ephemeral, PresenceState};
+use chat_nats::subjects;
+use chat_nats::wire::{ServerFrame, Status};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::delivery::frame;
+use crate::friends::status_of;
+use crate::outbound::{Outbound, CLOSE_LOGGED_OUT};
+use crate::AppState;
+
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Requests from the session to its presence task.
+#[derive(Debug)]
+pub enum Cmd {
+    /// A heartbeat from the client.
+    Heartbeat,
+    /// Follow these users (on demand).
+    Follow(Vec<i64>),
+    /// Stop following these users (on demand).
+    Unfollow(Vec<i64>),
+    /// The session ended; `clean` when the client closed it properly.
+    End {
+        /// Clean close: mark the connection gone at once.
+        clean: bool,
+    },
+}
+
+/// Starts the presence task of a session. Returns once the session's
+/// ephemeral subscription is registered with the server, so events sent
+/// after the session answers its first frame are not missed.
+pub async fn start(state: Arc<AppState>, user: i64, device: String, out: Outbound) -> mpsc::UnboundedSender<Cmd> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let eph = match state.client.subscribe(subjects::ephemeral(user)).await {
+        Ok(sub) => {
+            let _ = state.client.flush().await;
+            Some(sub)
+        }
+        Err(e) => {
+            tracing::warn!(user_id = user, error = %e, "cannot subscribe to ephemeral events");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        let Some(eph) = eph else { return };
+        if let Err(e) = run(&state, user, &device, &out, rx, eph).await {
+            tracing::warn!(user_id = user, error = %e, "presence task failed");
+        }
+    });
+    tx
+}
+
+struct Follows {
+    tasks: HashMap<i64, JoinHandle<()>>,
+    friends: HashSet<i64>,
+    on_demand: HashSet<i64>,
+}
+
+async fn run(
+    st: &AppState,
+    user: i64,
+    device: &str,
+    out: &Outbound,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    mut eph: async_nats::Subscriber,
+) -> Result<(), async_nats::Error> {
+    let key = subjects::presence_key(user, device, NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+    let heartbeat = || st.storage.presence.put(&key, bytes::Bytes::new());
+    heartbeat().await?;
+    let mut last_beat = Instant::now();
+    let mut f = Follows { tasks: HashMap::new(), friends: HashSet::new(), on_demand: HashSet::new() };
+    for friend in st.db.friend_ids(user).await.unwrap_or_default() {
+        f.friends.insert(friend);
+        follow(st, &mut f, friend, out).await;
+    }
+    let clean = loop {
+        tokio::select! {
+            cmd = rx.recv() => match cmd {
+                None => break false,
+                Some(Cmd::End { clean }) => break clean,
+                Some(Cmd::Heartbeat) => {
+                    // At most one write a second, whatever the client sends.
+                    if last_beat.elapsed() >= Duration::from_secs(1) {
+                        last_beat = Instant::now();
+                        heartbeat().await?;
+                    }
+                }
+                Some(Cmd::Follow(users)) => {
+                    for u in users {
+                        f.on_demand.insert(u);
+                        follow(st, &mut f, u, out).await;
+                    }
+                }
+                Some(Cmd::Unfollow(users)) => {
+                    for u in users {
+                        f.on_demand.remove(&u);
+                        if !f.friends.contains(&u) {
+                            if let Some(t) = f.tasks.remove(&u) { t.abort(); }
+                        }
+                    }
+                }
+            },
+            Some(m) = eph.next() => match serde_json::from_slice::<Ephemeral>(&m.payload) {
+                Ok(Ephemeral::Typing { conv, user: who }) => {
+                    out.push(frame(&ServerFrame::Typing { conv, user: who.to_string() }));
+                }
+                Ok(Ephemeral::Logout { device: d }) if d == device => {
+                    out.close(CLOSE_LOGGED_OUT);
+                    break true;
+                }
+                Ok(Ephemeral::Friend { user: u }) => {
+                    f.friends.insert(u);
+                    follow(st, &mut f, u, out).await;
+                }
+                Ok(Ephemeral::Unfriend { user: u }) => {
+                    f.friends.remove(&u);
+                    if !f.on_demand.contains(&u) {
+                        if let Some(t) = f.tasks.remove(&u) { t.abort(); }
+                    }
+                }
+                _ => {}
+            },
+        }
+    };
+    for (_, t) in f.tasks.drain() {
+        t.abort();
+    }
+    if clean {
+        st.storage.presence.delete(&key).await?;
+    }
+    Ok(())
+}
+
+/// Sends the user's current state, then forwards their transitions.
+async fn follow(st: &AppState, f: &mut Follows, u: i64, out: &Outbound) {
+    if f.tasks.contains_key(&u) {
+        return;
+    }
+    let Ok(mut sub) = st.client.subscribe(subjects::presence(u)).await else { return };
+    let current = status_of(st, u).await;
+    out.push(frame(&presence_frame(u, current.as_ref())));
+    let out = out.clone();
+    f.tasks.insert(
+        u,
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                if let Ok(s) = serde_json::from_slice::<PresenceState>(&m.payload) {
+                    if !out.push(frame(&presence_frame(u, Some(&s)))) {
+                        return;
+                    }
+                }
+            }
+        }),
+    );
+}
+
+fn presence_frame(user: i64, s: Option<&PresenceState>) -> ServerFrame {
+    ServerFrame::Presence {
+        user: user.to_string(),
+        status: s.map(|s| s.status).unwrap_or(Status::Offline),
+        last_active_at: s.map(|s| s.last_active_at),
+    }
+}

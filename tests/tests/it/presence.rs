@@ -1,0 +1,284 @@
+//! Friends, presence transitions from heartbeats, typing.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chat_client::{Conn, Login, Method};
+use chat_tests::wait_for;
+use serde_json::{json, Value};
+
+use crate::stack::{stack, Stack};
+
+async fn befriend(s: &Stack, a: &Login, b: &Login) -> Result<()> {
+    let http = s.http(0);
+    assert_eq!(http.request(Method::PUT, &format!("/v1/friends/{}", b.user_id), Some(&a.token), None).await?.0, 202);
+    assert_eq!(http.request(Method::PUT, &format!("/v1/friends/{}", a.user_id), Some(&b.token), None).await?.0, 200);
+    Ok(())
+}
+
+/// The next presence frame about `user`.
+async fn presence_of(c: &mut Conn, user: &str) -> Result<Value> {
+    Ok(c.wait_for("presence", |v| v["type"] == "presence" && v["user"] == user).await?)
+}
+
+/// Frames about `user` already received by `c` (after a ping round trip).
+async fn seen_about(c: &mut Conn, user: &str) -> Result<Vec<Value>> {
+    c.send_json(&json!({"type": "ping"})).await?;
+    c.wait_for("pong", |v| v["type"] == "pong").await?;
+    let mut out = Vec::new();
+    while let Ok(Ok(v)) = tokio::time::timeout(Duration::ZERO, c.wait_for("any", |v| v["user"] == user)).await {
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// Presence keys of a user currently in the bucket.
+async fn presence_keys(s: &Stack, user: &str) -> Result<usize> {
+    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let kv = js.get_key_value(chat_nats::subjects::PRESENCE_BUCKET).await?;
+    let keys: Vec<String> = futures::TryStreamExt::try_collect(kv.keys().await?).await?;
+    Ok(keys.iter().filter(|k| k.starts_with(&format!("{user}."))).count())
+}
+
+/// A sync point through the presence worker: `marker` (a friend of
+/// `watcher`) comes online; every earlier heartbeat event is processed.
+async fn barrier(s: &Stack, watcher: &mut Conn, marker: &Login) -> Result<Conn> {
+    let c = s.connect(0, marker).await?;
+    let v =
+        watcher.wait_for("marker online", |v| v["user"] == marker.user_id.as_str() && v["status"] == "online").await?;
+    assert_eq!(v["type"], "presence");
+    Ok(c)
+}
+
+async fn status_in_list(s: &Stack, who: &Login, friend: &str) -> Result<String> {
+    let (_, v) = s.http(0).request(Method::GET, "/v1/friends", Some(&who.token), None).await?;
+    let f = v["friends"].as_array().unwrap().iter().find(|f| f["user_id"] == friend).cloned().unwrap_or_default();
+    Ok(f["status"].as_str().unwrap_or("").to_owned())
+}
+
+/// A connection that heartbeats (pings) in the background, as real
+/// clients do, until taken back or dropped (an abrupt TCP drop).
+struct Alive {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Conn>,
+}
+
+fn alive(mut c: Conn) -> Alive {
+    let (stop, mut rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut rx => return c,
+                _ = tokio::time::sleep(Duration::from_millis(300)) => {
+                    let _ = c.send_json(&json!({"type": "ping"})).await;
+                    let _ = c.wait_for("pong", |v| v["type"] == "pong").await;
+                }
+            }
+        }
+    });
+    Alive { stop: Some(stop), task }
+}
+
+impl Alive {
+    async fn take(mut self) -> Conn {
+        let _ = self.stop.take().map(|s| s.send(()));
+        (&mut self.task).await.expect("heartbeat task")
+    }
+}
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn fast() -> crate::stack::StackBuilder {
+    stack().env("CHAT_PRESENCE_TIMEOUT_MS", "2000")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friend_requests_are_sent_accepted_declined_and_listed() -> Result<()> {
+    let s = fast().start().await?;
+    let (a, b, c) = (s.user("alice", "a").await?, s.user("bob", "b").await?, s.user("carol", "c").await?);
+    let http = s.http(0);
+    let (st, v) = http.request(Method::PUT, &format!("/v1/friends/{}", b.user_id), Some(&a.token), None).await?;
+    assert_eq!((st, v["status"].as_str()), (202, Some("requested")));
+    let (_, la) = http.request(Method::GET, "/v1/friends", Some(&a.token), None).await?;
+    assert_eq!(la["outgoing"][0]["user_id"], b.user_id.as_str());
+    let (_, lb) = http.request(Method::GET, "/v1/friends", Some(&b.token), None).await?;
+    assert_eq!(lb["incoming"][0]["username"], "alice");
+    let (st, v) = http.request(Method::PUT, &format!("/v1/friends/{}", a.user_id), Some(&b.token), None).await?;
+    assert_eq!((st, v["status"].as_str()), (200, Some("friends")));
+    let (_, la) = http.request(Method::GET, "/v1/friends", Some(&a.token), None).await?;
+    assert_eq!(
+        (la["friends"][0]["user_id"].as_str(), la["friends"][0]["status"].as_str()),
+        (Some(b.user_id.as_str()), Some("offline"))
+    );
+    assert!(la["incoming"].as_array().unwrap().is_empty() && la["outgoing"].as_array().unwrap().is_empty());
+    // Carol asks, alice declines; then alice unfriends bob.
+    http.request(Method::PUT, &format!("/v1/friends/{}", a.user_id), Some(&c.token), None).await?;
+    assert_eq!(http.request(Method::DELETE, &format!("/v1/friends/{}", c.user_id), Some(&a.token), None).await?.0, 200);
+    http.request(Method::DELETE, &format!("/v1/friends/{}", b.user_id), Some(&a.token), None).await?;
+    let (_, la) = http.request(Method::GET, "/v1/friends", Some(&a.token), None).await?;
+    assert_eq!(la, json!({"friends": [], "incoming": [], "outgoing": []}));
+    assert_eq!(http.request(Method::PUT, &format!("/v1/friends/{}", a.user_id), Some(&a.token), None).await?.0, 400);
+    assert_eq!(http.request(Method::PUT, "/v1/friends/999999", Some(&a.token), None).await?.0, 404);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friends_see_online_and_offline_strangers_do_not() -> Result<()> {
+    let s = fast().start().await?;
+    let (a, b, c) = (s.user("alice", "a").await?, s.user("bob", "b").await?, s.user("carol", "c").await?);
+    befriend(&s, &a, &b).await?;
+    let mut cb = s.connect(0, &b).await?;
+    let mut cc = s.connect(0, &c).await?;
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "offline", "current state first");
+    let ca = alive(s.connect(0, &a).await?);
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "online");
+    assert_eq!(status_in_list(&s, &b, &a.user_id).await?, "online");
+    // A dropped connection (no close frame) goes offline after the timeout.
+    drop(ca);
+    let off = presence_of(&mut cb, &a.user_id).await?;
+    assert_eq!(off["status"], "offline");
+    assert!(off["last_active_at"].as_u64().unwrap() > 0);
+    assert!(seen_about(&mut cc, &a.user_id).await?.is_empty(), "a stranger hears nothing");
+    // A clean close is offline at once.
+    let ca = alive(s.connect(0, &a).await?);
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "online");
+    ca.take().await.close().await;
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "offline");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_only_when_the_last_device_goes_and_no_flapping_on_reconnect() -> Result<()> {
+    let s = fast().start().await?;
+    let (a1, a2) = (s.user("alice", "a1").await?, s.device("alice", "a2").await?);
+    let (b, d) = (s.user("bob", "b").await?, s.user("dave", "d").await?);
+    befriend(&s, &a1, &b).await?;
+    befriend(&s, &d, &b).await?;
+    let mut cb = s.connect(0, &b).await?;
+    presence_of(&mut cb, &a1.user_id).await?;
+    // Bob's own connection heartbeats between reads through the barrier's
+    // friends; his status does not matter here.
+    let c1 = alive(s.connect(0, &a1).await?);
+    let c2 = alive(s.connect(0, &a2).await?);
+    assert_eq!(presence_of(&mut cb, &a1.user_id).await?["status"], "online");
+    c1.take().await.close().await;
+    wait_for("a1's key gone", Duration::from_secs(10), || async {
+        (presence_keys(&s, &a1.user_id).await.ok()? == 1).then_some(())
+    })
+    .await?;
+    let _cd = barrier(&s, &mut cb, &d).await?;
+    assert_eq!(status_in_list(&s, &b, &a1.user_id).await?, "online", "one device left");
+    assert!(seen_about(&mut cb, &a1.user_id).await?.is_empty());
+
+    // Drop a2's connection and reconnect at once: the old key expires, no event.
+    drop(c2);
+    let _c3 = alive(s.connect(0, &a2).await?);
+    wait_for("the dropped key expired", Duration::from_secs(10), || async {
+        (presence_keys(&s, &a1.user_id).await.ok()? == 1).then_some(())
+    })
+    .await?;
+    let e = s.user("erin", "e").await?;
+    befriend(&s, &e, &b).await?;
+    let _ce = barrier(&s, &mut cb, &e).await?;
+    let seen = seen_about(&mut cb, &a1.user_id).await?;
+    assert!(seen.is_empty(), "no flapping: {seen:?}");
+    assert_eq!(status_in_list(&s, &b, &a1.user_id).await?, "online");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_is_immediate() -> Result<()> {
+    // A long timeout, so only the logout can explain the offline event.
+    let s = stack().env("CHAT_PRESENCE_TIMEOUT_MS", "600000").start().await?;
+    let (a, b) = (s.user("alice", "a").await?, s.user("bob", "b").await?);
+    befriend(&s, &a, &b).await?;
+    let mut cb = s.connect(0, &b).await?;
+    presence_of(&mut cb, &a.user_id).await?;
+    let mut ca = s.connect(0, &a).await?;
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "online");
+    let (st, _) = s.http(0).request(Method::POST, "/v1/logout", Some(&a.token), None).await?;
+    assert_eq!(st, 200);
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "offline");
+    let code = loop {
+        match ca.next().await {
+            Ok(_) => continue,
+            Err(chat_client::ClientError::Closed { code, .. }) => break code,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    assert_eq!(code, 4001, "the logged-out device's session is closed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_participants_only() -> Result<()> {
+    let s = fast().env("CHAT_TYPING_INTERVAL_MS", "0").start().await?;
+    let (a, b, c) = (s.user("alice", "a").await?, s.user("bob", "b").await?, s.user("carol", "c").await?);
+    let g = s.create_group(&a, "g", &[&c.user_id]).await?;
+    let (mut ca, mut cb, mut cc) = (s.connect(0, &a).await?, s.connect(0, &b).await?, s.connect(0, &c).await?);
+    // A pong means the session is set up and will hear typing.
+    seen_about(&mut cb, "none").await?;
+    seen_about(&mut cc, "none").await?;
+    let dm = chat_client::direct_conv(&a.user_id, &b.user_id);
+    ca.send_json(&json!({"type": "typing", "conv": dm})).await?;
+    let t = cb.wait_for("typing", |v| v["type"] == "typing").await?;
+    assert_eq!((t["conv"].as_str(), t["user"].as_str()), (Some(dm.as_str()), Some(a.user_id.as_str())));
+    assert!(seen_about(&mut cc, &a.user_id).await?.is_empty(), "carol is not in the 1:1");
+    let gconv = g["conv"].as_str().unwrap();
+    cb.send_json(&json!({"type": "typing", "conv": gconv})).await?;
+    assert_eq!(cb.wait_for("error", |v| v["type"] == "error").await?["code"], "forbidden");
+    ca.send_json(&json!({"type": "typing", "conv": gconv})).await?;
+    assert_eq!(cc.wait_for("typing", |v| v["type"] == "typing").await?["conv"], gconv);
+    assert!(seen_about(&mut cb, &a.user_id).await?.iter().all(|v| v["conv"] != gconv), "bob is not in the group");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_survives_a_worker_restart_and_two_workers_publish_once() -> Result<()> {
+    let mut s = fast().workers_with_clock_offsets(&[0, 0]).start().await?;
+    let (a, b, d) = (s.user("alice", "a").await?, s.user("bob", "b").await?, s.user("dave", "d").await?);
+    befriend(&s, &a, &b).await?;
+    befriend(&s, &d, &b).await?;
+    let mut cb = s.connect(0, &b).await?;
+    presence_of(&mut cb, &a.user_id).await?;
+    let ca = alive(s.connect(0, &a).await?);
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "online");
+    let _cd = barrier(&s, &mut cb, &d).await?;
+    assert!(seen_about(&mut cb, &a.user_id).await?.is_empty(), "two workers, one transition");
+    // Kill both workers; alice goes offline meanwhile; a new worker catches up.
+    s.kill_worker(0);
+    s.kill_worker(1);
+    drop(ca);
+    s.add_worker(0)?;
+    let off = presence_of(&mut cb, &a.user_id).await?;
+    assert_eq!(off["status"], "offline");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_subscribe_is_bounded_and_limited_to_contacts() -> Result<()> {
+    let s = fast().env("CHAT_PRESENCE_SUBSCRIBE_MAX", "2").start().await?;
+    let (a, b, c, x) = (
+        s.user("alice", "a").await?,
+        s.user("bob", "b").await?,
+        s.user("carol", "c").await?,
+        s.user("xavier", "x").await?,
+    );
+    s.create_group(&a, "g", &[&b.user_id, &c.user_id]).await?;
+    let mut ca = s.connect(0, &a).await?;
+    ca.send_json(&json!({"type": "presence.subscribe", "users": [b.user_id, c.user_id]})).await?;
+    presence_of(&mut ca, &b.user_id).await?;
+    presence_of(&mut ca, &c.user_id).await?;
+    let _cb = alive(s.connect(0, &b).await?);
+    assert_eq!(presence_of(&mut ca, &b.user_id).await?["status"], "online");
+    ca.send_json(&json!({"type": "presence.subscribe", "users": [x.user_id]})).await?;
+    assert_eq!(ca.wait_for("error", |v| v["type"] == "error").await?["code"], "limit_exceeded");
+    ca.send_json(&json!({"type": "presence.unsubscribe", "users": [c.user_id]})).await?;
+    ca.send_json(&json!({"type": "presence.subscribe", "users": [x.user_id]})).await?;
+    assert_eq!(ca.wait_for("error", |v| v["type"] == "error").await?["code"], "forbidden", "xavier is a stranger");
+    Ok(())
+}
