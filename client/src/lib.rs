@@ -4,6 +4,8 @@
 //! tests and the benchmark.
 #![forbid(unsafe_code)]
 
+pub mod quic;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -49,7 +51,7 @@ pub enum ClientError {
     },
 }
 
-fn io(e: impl std::fmt::Display) -> ClientError {
+pub(crate) fn io(e: impl std::fmt::Display) -> ClientError {
     ClientError::Io(e.to_string())
 }
 
@@ -158,9 +160,28 @@ pub fn direct_conv(a: &str, b: &str) -> String {
     format!("dm-{}-{}", a.min(b), a.max(b))
 }
 
-/// A WebSocket connection to a gateway.
+/// Which transport a [`Conn`] uses.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// WebSocket at `ws://<addr>/v1/ws`.
+    Ws,
+    /// QUIC at the given UDP address, trusting the certificate as told.
+    Quic {
+        /// `host:port` of the gateway's QUIC endpoint.
+        addr: String,
+        /// How to trust its certificate.
+        trust: quic::Trust,
+    },
+}
+
+enum Inner {
+    Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+    Quic(Box<quic::QuicConn>),
+}
+
+/// A session connection to a gateway, over WebSocket or QUIC.
 pub struct Conn {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    inner: Inner,
     buffered: VecDeque<Value>,
     /// How long reads wait before [`ClientError::Timeout`].
     pub timeout: Duration,
@@ -180,7 +201,31 @@ impl Conn {
             },
             e => io(e),
         })?;
-        Ok(Conn { ws, buffered: VecDeque::new(), timeout: Duration::from_secs(10) })
+        Ok(Conn { inner: Inner::Ws(Box::new(ws)), buffered: VecDeque::new(), timeout: Duration::from_secs(10) })
+    }
+
+    /// Connects over `transport`: `addr` is the HTTP address (for
+    /// WebSocket); QUIC uses the transport's own address.
+    pub async fn connect_with(transport: &Transport, addr: &str, token: &str) -> Result<Conn, ClientError> {
+        match transport {
+            Transport::Ws => Conn::connect(addr, token).await,
+            Transport::Quic { addr, trust } => {
+                let q = quic::connect(addr, "localhost", token, trust).await?;
+                Ok(Conn {
+                    inner: Inner::Quic(Box::new(q)),
+                    buffered: VecDeque::new(),
+                    timeout: Duration::from_secs(10),
+                })
+            }
+        }
+    }
+
+    /// The QUIC connection, if this is one (to rebind it, say).
+    pub fn quic(&self) -> Option<&quic::QuicConn> {
+        match &self.inner {
+            Inner::Quic(q) => Some(q),
+            Inner::Ws(_) => None,
+        }
     }
 
     /// Sends a JSON frame.
@@ -190,12 +235,27 @@ impl Conn {
 
     /// Sends a raw text frame (tests use it for malformed input).
     pub async fn send_text(&mut self, text: String) -> Result<(), ClientError> {
-        self.ws.send(Message::text(text)).await.map_err(io)
+        match &mut self.inner {
+            Inner::Ws(ws) => ws.send(Message::text(text)).await.map_err(io),
+            Inner::Quic(q) => quic::write_frame(&mut q.send, text.as_bytes()).await,
+        }
+    }
+
+    /// Sends a frame of raw bytes: a WebSocket binary frame, or a QUIC
+    /// frame body that need not be UTF-8 (tests use it for bad input).
+    pub async fn send_bytes(&mut self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        match &mut self.inner {
+            Inner::Ws(ws) => ws.send(Message::Binary(bytes.into())).await.map_err(io),
+            Inner::Quic(q) => quic::write_frame(&mut q.send, &bytes).await,
+        }
     }
 
     /// Sends a raw WebSocket message.
     pub async fn send_raw(&mut self, m: Message) -> Result<(), ClientError> {
-        self.ws.send(m).await.map_err(io)
+        match &mut self.inner {
+            Inner::Ws(ws) => ws.send(m).await.map_err(io),
+            Inner::Quic(_) => Err(io("raw WebSocket messages need a WebSocket connection")),
+        }
     }
 
     /// The next frame from the server (buffered ones first).
@@ -207,8 +267,17 @@ impl Conn {
     }
 
     async fn read(&mut self) -> Result<Value, ClientError> {
+        let ws = match &mut self.inner {
+            Inner::Ws(ws) => ws,
+            Inner::Quic(q) => {
+                let body = tokio::time::timeout(self.timeout, quic::read_frame(&mut q.recv))
+                    .await
+                    .map_err(|_| ClientError::Timeout("a frame".into()))??;
+                return serde_json::from_slice(&body).map_err(io);
+            }
+        };
         loop {
-            let m = tokio::time::timeout(self.timeout, self.ws.next())
+            let m = tokio::time::timeout(self.timeout, ws.next())
                 .await
                 .map_err(|_| ClientError::Timeout("a frame".into()))?;
             match m {
@@ -293,8 +362,14 @@ impl Conn {
         }
     }
 
-    /// Closes the connection.
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    /// Closes the connection cleanly (a close frame, or a finished QUIC
+    /// stream).
+    pub async fn close(self) {
+        match self.inner {
+            Inner::Ws(mut ws) => {
+                let _ = WebSocketStream::close(&mut ws, None).await;
+            }
+            Inner::Quic(q) => q.close().await,
+        }
     }
 }

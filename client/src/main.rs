@@ -7,13 +7,17 @@
 //! chat listen            (sync from the saved cursor, then print live)
 //! chat history <user_id|conv> [before_id] [limit]
 //! ```
+//! Global options for `send` and `listen`: `--transport ws|quic` (default
+//! `ws`); with QUIC, `--quic host:port` (default `127.0.0.1:8443`) and
+//! `--fingerprint <sha256 hex>` (as the gateway prints it) or `--ca <pem>`.
 //! The server is `CHAT_SERVER` (default `127.0.0.1:8080`); the login and the
 //! cursor are kept in `CHAT_CLI_STATE` (default `~/.chat-cli.json`).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use chat_client::{direct_conv, Conn, Http};
+use chat_client::quic::Trust;
+use chat_client::{direct_conv, Conn, Http, Transport};
 use serde_json::{json, Value};
 
 fn state_path() -> PathBuf {
@@ -45,9 +49,35 @@ fn print_msg(m: &Value) {
     );
 }
 
+/// Takes `--transport`, `--quic`, `--fingerprint` and `--ca` out of the
+/// arguments.
+fn parse_transport(args: Vec<String>) -> Result<(Vec<String>, Transport)> {
+    let (mut rest, mut kind, mut quic, mut trust) = (Vec::new(), "ws".to_string(), "127.0.0.1:8443".to_string(), None);
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--transport" => kind = value("--transport")?,
+            "--quic" => quic = value("--quic")?,
+            "--fingerprint" => trust = Some(Trust::Fingerprint(value("--fingerprint")?)),
+            "--ca" => trust = Some(Trust::CaFile(value("--ca")?.into())),
+            _ => rest.push(a),
+        }
+    }
+    let transport = match kind.as_str() {
+        "ws" => Transport::Ws,
+        "quic" => Transport::Quic {
+            addr: quic,
+            trust: trust.context("--transport quic needs --fingerprint <sha256> or --ca <pem file>")?,
+        },
+        other => bail!("unknown transport {other:?}: use ws or quic"),
+    };
+    Ok((rest, transport))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (args, transport) = parse_transport(std::env::args().skip(1).collect())?;
     let server = std::env::var("CHAT_SERVER").unwrap_or_else(|_| "127.0.0.1:8080".into());
     let http = Http::new(&server);
     let arg = |i: usize, name: &str| args.get(i).cloned().with_context(|| format!("missing <{name}>"));
@@ -71,7 +101,7 @@ async fn main() -> Result<()> {
             if body.is_empty() {
                 bail!("missing <text>");
             }
-            let mut conn = Conn::connect(&server, st["token"].as_str().unwrap_or_default()).await?;
+            let mut conn = Conn::connect_with(&transport, &server, st["token"].as_str().unwrap_or_default()).await?;
             let cid = format!("cli-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
             let ack = conn.send_to_user(&cid, &to, &body).await?;
             println!("sent {} in {}", ack["id"].as_str().unwrap_or(""), ack["conv"].as_str().unwrap_or(""));
@@ -79,7 +109,7 @@ async fn main() -> Result<()> {
         }
         Some("listen") => {
             let mut st = load()?;
-            let mut conn = Conn::connect(&server, st["token"].as_str().unwrap_or_default()).await?;
+            let mut conn = Conn::connect_with(&transport, &server, st["token"].as_str().unwrap_or_default()).await?;
             let (msgs, cursor) = conn.sync(st["cursor"].as_str()).await?;
             for m in &msgs {
                 print_msg(m);

@@ -53,6 +53,21 @@ pub struct GatewayConfig {
     pub presence_subscribe_max: usize,
     /// `CHAT_GROUP_MAX_MEMBERS`: largest group, owner included.
     pub group_max_members: usize,
+    /// `CHAT_QUIC_ADDR`: UDP address of the QUIC endpoint; `off` disables it.
+    pub quic_addr: Option<SocketAddr>,
+    /// `CHAT_TLS_CERT` and `CHAT_TLS_KEY`: PEM certificate chain and key
+    /// for QUIC; when neither is set a self-signed pair is generated once
+    /// under `CHAT_DATA_DIR/tls/`.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// See `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
+    /// `CHAT_DATA_DIR`: where the gateway keeps generated files.
+    pub data_dir: std::path::PathBuf,
+    /// `CHAT_QUIC_IDLE_TIMEOUT_MS`: a QUIC connection silent this long is
+    /// closed.
+    pub quic_idle_timeout: Duration,
+    /// `CHAT_QUIC_KEEPALIVE_MS`: the server's QUIC keep-alive interval.
+    pub quic_keep_alive: Duration,
     /// `CHAT_GATEWAY_ID`: this gateway's name on NATS subjects.
     pub gateway_id: String,
     /// Stream and bucket settings shared with the workers.
@@ -100,6 +115,21 @@ impl GatewayConfig {
             typing_interval: Duration::from_millis(bounded(src, "CHAT_TYPING_INTERVAL_MS", 1000, 0, 60_000)?),
             presence_subscribe_max: bounded(src, "CHAT_PRESENCE_SUBSCRIBE_MAX", 256, 0, 10_000)? as usize,
             group_max_members: bounded(src, "CHAT_GROUP_MAX_MEMBERS", 100, 2, 5000)? as usize,
+            quic_addr: match src.get("CHAT_QUIC_ADDR").as_deref() {
+                Some("off") => None,
+                _ => Some(var(src, "CHAT_QUIC_ADDR", SocketAddr::from(([127, 0, 0, 1], 8443)))?),
+            },
+            tls_cert: src.get("CHAT_TLS_CERT").map(Into::into),
+            tls_key: src.get("CHAT_TLS_KEY").map(Into::into),
+            data_dir: src.get("CHAT_DATA_DIR").unwrap_or_else(|| ".data".into()).into(),
+            quic_idle_timeout: Duration::from_millis(bounded(
+                src,
+                "CHAT_QUIC_IDLE_TIMEOUT_MS",
+                30_000,
+                1_000,
+                600_000,
+            )?),
+            quic_keep_alive: Duration::from_millis(bounded(src, "CHAT_QUIC_KEEPALIVE_MS", 10_000, 100, 600_000)?),
             gateway_id,
             storage: StorageSettings::from_source(src)?,
         })

@@ -28,9 +28,11 @@ pub mod history;
 pub mod http;
 pub mod outbound;
 pub mod presence;
+pub mod quic;
 pub mod send;
 pub mod service;
 pub mod session;
+pub mod transport;
 pub mod ws;
 
 use std::collections::HashSet;
@@ -70,6 +72,9 @@ pub enum GatewayError {
     /// PostgreSQL could not be reached or migrated.
     #[error("PostgreSQL: {0}")]
     Db(#[from] db::DbError),
+    /// The QUIC endpoint could not be set up.
+    #[error(transparent)]
+    Tls(#[from] quic::TlsError),
     /// Another NATS operation failed at start-up.
     #[error("NATS: {0}")]
     Other(async_nats::Error),
@@ -167,13 +172,35 @@ impl Drop for ConnectionGuard {
     }
 }
 
-/// Connects to NATS and PostgreSQL, provisions, migrates and serves on
-/// `listener` until `shutdown` resolves.
+/// The sockets a gateway serves on, bound by the caller (tests bind port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// HTTP and WebSocket.
+    pub http: TcpListener,
+    /// QUIC, when enabled.
+    pub quic: Option<std::net::UdpSocket>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `cfg`.
+    pub async fn bind(cfg: &GatewayConfig) -> std::io::Result<Listeners> {
+        let http = TcpListener::bind(cfg.http_addr).await?;
+        let quic = match cfg.quic_addr {
+            Some(a) => Some(std::net::UdpSocket::bind(a)?),
+            None => None,
+        };
+        Ok(Listeners { http, quic })
+    }
+}
+
+/// Connects to NATS and PostgreSQL, provisions, migrates and serves on the
+/// listeners until `shutdown` resolves.
 pub async fn run(
     cfg: GatewayConfig,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
+    let listener = listeners.http;
     let client = provision::connect(&cfg.nats_url, &format!("chat-gateway {}", cfg.gateway_id), 4096)
         .await
         .map_err(|e| GatewayError::Nats { url: cfg.nats_url.clone(), source: e })?;
@@ -196,6 +223,16 @@ pub async fn run(
         known_directs: Mutex::default(),
     });
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
+    let quic = match listeners.quic {
+        Some(socket) => {
+            let (endpoint, fingerprint) = quic::endpoint(&state, socket)?;
+            let addr = endpoint.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(addr = %addr, alpn = "chat/1", sha256 = %fingerprint, "QUIC listening");
+            tokio::spawn(quic::serve(state.clone(), endpoint.clone()));
+            Some(endpoint)
+        }
+        None => None,
+    };
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "gateway listening");
     tokio::pin!(shutdown);
     loop {
@@ -220,6 +257,9 @@ pub async fn run(
     }
     drop(listener);
     let _ = state.shutdown.send(());
+    if let Some(q) = &quic {
+        q.set_server_config(None);
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while state.connections.count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -7,8 +7,8 @@ use chat_gateway::{init_tracing, run, shutdown_signal, GatewayConfig};
 async fn main() -> anyhow::Result<()> {
     init_tracing();
     let cfg = GatewayConfig::from_source(&Env)?;
-    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot bind CHAT_HTTP_ADDR={}: {e}", cfg.http_addr))?;
-    run(cfg, listener, shutdown_signal()).await.map_err(|e| anyhow::anyhow!("chat-gateway: {e}"))
+    let listeners = chat_gateway::Listeners::bind(&cfg).await.map_err(|e| {
+        anyhow::anyhow!("cannot bind CHAT_HTTP_ADDR={} / CHAT_QUIC_ADDR={:?}: {e}", cfg.http_addr, cfg.quic_addr)
+    })?;
+    run(cfg, listeners, shutdown_signal()).await.map_err(|e| anyhow::anyhow!("chat-gateway: {e}"))
 }

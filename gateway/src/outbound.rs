@@ -17,6 +17,8 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 /// Close code: the server could not keep the session going (NATS lost);
 /// reconnect and `sync` from the last cursor.
 pub const CLOSE_INTERNAL: u16 = 1011;
+/// Close code (QUIC): the first frame was not a valid `auth`.
+pub const CLOSE_UNAUTHORIZED: u16 = 4003;
 /// Close code: the device logged out (`POST /v1/logout`).
 pub const CLOSE_LOGGED_OUT: u16 = 4001;
 /// Close code: the connection was idle past the idle timeout.

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -17,8 +18,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::Claims;
 use crate::http::{ApiError, Resp};
-use crate::outbound::{self, CLOSE_BAD_UTF8, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_TOO_BIG};
-use crate::session::Session;
+use crate::outbound::{CLOSE_BAD_UTF8, CLOSE_TOO_BIG};
+use crate::transport::{self, Inbound, Sink, Source};
 use crate::AppState;
 
 /// Answers the upgrade request and spawns the connection.
@@ -60,77 +61,45 @@ async fn serve<S>(state: Arc<AppState>, claims: Claims, ws: WebSocketStream<S>)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let _conn = state.connections.enter();
-    let (mut sink, mut stream) = ws.split();
-    let (out, mut out_rx) = outbound::channel(state.cfg.outbound_frames, state.cfg.outbound_bytes);
-    let mut session = Session::start(state.clone(), claims, out.clone()).await;
-    let writer = tokio::spawn(async move {
-        loop {
-            match out_rx.next().await {
-                Ok(text) => {
-                    if sink.send(Message::text(text)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(code) => {
-                    let frame = CloseFrame { code: CloseCode::from(code), reason: close_reason(code).into() };
-                    let close = sink.send(Message::Close(Some(frame)));
-                    // A reader that stopped reading gets this long to take
-                    // the close frame before the socket is dropped.
-                    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), close).await;
-                    return;
-                }
-            }
-        }
-    });
-    let mut shutdown = state.shutdown.subscribe();
-    let idle = state.cfg.idle_timeout;
-    loop {
-        let next = tokio::select! {
-            n = tokio::time::timeout(idle, stream.next()) => n,
-            _ = shutdown.recv() => { out.close(CLOSE_GOING_AWAY); break; }
-            _ = out.closed() => break,
-        };
-        match next {
-            Err(_) => {
-                out.close(CLOSE_IDLE);
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(Ok(Message::Text(t)))) => session.on_text(t.as_str()),
-            Ok(Some(Ok(Message::Binary(_)))) => session.on_binary(),
-            Ok(Some(Ok(Message::Close(_)))) => {
-                session.closed_cleanly();
-                break;
-            }
-            Ok(Some(Ok(_))) => {} // ping/pong frames are answered by tungstenite
-            Ok(Some(Err(WsError::Capacity(_)))) => {
-                out.close(CLOSE_TOO_BIG);
-                break;
-            }
-            Ok(Some(Err(WsError::Utf8(_)))) => {
-                out.close(CLOSE_BAD_UTF8);
-                break;
-            }
-            Ok(Some(Err(e))) => {
+    let (sink, stream) = ws.split();
+    transport::drive(state, claims, WsSource(stream), WsSink(sink)).await;
+}
+
+struct WsSource<S>(SplitStream<WebSocketStream<S>>);
+
+impl<S> Source for WsSource<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    async fn recv(&mut self) -> Inbound {
+        match self.0.next().await {
+            None => Inbound::Closed { clean: false },
+            Some(Ok(Message::Text(t))) => Inbound::Text(t.as_str().to_owned()),
+            Some(Ok(Message::Binary(_))) => Inbound::Binary,
+            Some(Ok(Message::Close(_))) => Inbound::Closed { clean: true },
+            Some(Ok(_)) => Inbound::Skip, // ping/pong frames are answered by tungstenite
+            Some(Err(WsError::Capacity(_))) => Inbound::Fatal(CLOSE_TOO_BIG),
+            Some(Err(WsError::Utf8(_))) => Inbound::Fatal(CLOSE_BAD_UTF8),
+            Some(Err(e)) => {
                 tracing::debug!(error = %e, "connection error");
-                break;
+                Inbound::Closed { clean: false }
             }
         }
     }
-    out.close(CLOSE_GOING_AWAY);
-    drop(session);
-    let _ = writer.await;
 }
 
-fn close_reason(code: u16) -> &'static str {
-    match code {
-        outbound::CLOSE_SLOW_CONSUMER => "slow_consumer",
-        outbound::CLOSE_INTERNAL => "internal",
-        CLOSE_IDLE => "idle",
-        outbound::CLOSE_LOGGED_OUT => "logged_out",
-        CLOSE_TOO_BIG => "too_large",
-        CLOSE_BAD_UTF8 => "bad_utf8",
-        _ => "going_away",
+struct WsSink<S>(SplitSink<WebSocketStream<S>, Message>);
+
+impl<S> Sink for WsSink<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    async fn send(&mut self, text: String) -> bool {
+        self.0.send(Message::text(text)).await.is_ok()
+    }
+
+    async fn close(mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+        let _ = self.0.send(Message::Close(Some(frame))).await;
     }
 }

@@ -6,7 +6,7 @@ fn main() -> anyhow::Result<()> {
     let cfg = chat_gateway::GatewayConfig::from_source(&chat_nats::config::Env)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(cfg.http_addr).await?;
-        chat_gateway::run(cfg, listener, chat_gateway::shutdown_signal()).await.map_err(|e| anyhow::anyhow!("{e}"))
+        let listeners = chat_gateway::Listeners::bind(&cfg).await?;
+        chat_gateway::run(cfg, listeners, chat_gateway::shutdown_signal()).await.map_err(|e| anyhow::anyhow!("{e}"))
     })
 }

@@ -8,3 +8,4 @@ mod limits;
 mod presence;
 mod service;
 mod stack;
+mod transports;

@@ -23,8 +23,26 @@ pub struct Stack {
 
 /// A gateway, in-process or a child process.
 pub enum Gateway {
-    InProcess { addr: String, stop: Option<oneshot::Sender<()>>, task: JoinHandle<()> },
-    Process { addr: String, child: Child },
+    InProcess {
+        addr: String,
+        quic: String,
+        fingerprint: String,
+        stop: Option<oneshot::Sender<()>>,
+        task: JoinHandle<()>,
+    },
+    Process {
+        addr: String,
+        child: Child,
+    },
+}
+
+/// A client transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// WebSocket.
+    Ws,
+    /// QUIC.
+    Quic,
 }
 
 /// A worker process.
@@ -93,22 +111,45 @@ impl Stack {
         }
     }
 
+    /// How to reach gateway `i` over `kind`.
+    pub fn transport(&self, i: usize, kind: Kind) -> chat_client::Transport {
+        match (&self.gateways[i], kind) {
+            (Gateway::InProcess { quic, fingerprint, .. }, Kind::Quic) => chat_client::Transport::Quic {
+                addr: quic.clone(),
+                trust: chat_client::quic::Trust::Fingerprint(fingerprint.clone()),
+            },
+            _ => chat_client::Transport::Ws,
+        }
+    }
+
+    /// A connection to gateway `i` over `kind`.
+    pub async fn connect_over(&self, kind: Kind, i: usize, login: &Login) -> Result<Conn> {
+        Ok(Conn::connect_with(&self.transport(i, kind), &self.addr(i), &login.token).await?)
+    }
+
     /// HTTP client for gateway `i`.
     pub fn http(&self, i: usize) -> Http {
         Http::new(&self.addr(i))
     }
 
-    /// Starts another in-process gateway.
+    /// Starts another in-process gateway (HTTP, WebSocket and QUIC).
     pub async fn add_gateway(&mut self) -> Result<usize> {
         let mut env = self.env.clone();
         env.insert("CHAT_HTTP_ADDR".into(), "127.0.0.1:0".into());
         env.insert("CHAT_GATEWAY_ID".into(), format!("gw{}", self.gateways.len()));
+        let data_dir =
+            self.pg.data_dir().parent().unwrap_or(self.pg.data_dir()).join(format!("gw{}", self.gateways.len()));
+        env.insert("CHAT_DATA_DIR".into(), data_dir.display().to_string());
         let cfg = GatewayConfig::from_source(&env)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
+        // Generates the development certificate the gateway will load.
+        let (_, _, fingerprint) = chat_gateway::quic::load_or_generate(None, None, &data_dir)?;
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let (addr, quic) = (http.local_addr()?.to_string(), udp.local_addr()?.to_string());
+        let listeners = chat_gateway::Listeners { http, quic: Some(udp) };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            if let Err(e) = chat_gateway::run(cfg, listener, async {
+            if let Err(e) = chat_gateway::run(cfg, listeners, async {
                 let _ = rx.await;
             })
             .await
@@ -116,7 +157,7 @@ impl Stack {
                 eprintln!("gateway failed: {e}");
             }
         });
-        self.gateways.push(Gateway::InProcess { addr: addr.clone(), stop: Some(tx), task });
+        self.gateways.push(Gateway::InProcess { addr: addr.clone(), quic, fingerprint, stop: Some(tx), task });
         wait_ready(&addr).await?;
         Ok(self.gateways.len() - 1)
     }
@@ -127,6 +168,7 @@ impl Stack {
         let child = Command::new(env!("CARGO_BIN_EXE_it-gateway"))
             .envs(&self.env)
             .env("CHAT_HTTP_ADDR", &addr)
+            .env("CHAT_QUIC_ADDR", "off")
             .env("CHAT_GATEWAY_ID", format!("gwp{}", self.gateways.len()))
             .stdout(Stdio::null())
             .spawn()

@@ -1,0 +1,181 @@
+//! The QUIC side of the client: connection set-up, certificate trust
+//! (a pinned SHA-256 fingerprint for development certificates, or a CA
+//! file), and length-prefixed frames on one bidirectional stream.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicClientConfig;
+use quinn::{Endpoint, RecvStream, SendStream, VarInt};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use crate::{io, ClientError};
+
+/// How to trust the gateway's certificate.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Accept exactly the certificate with this SHA-256 fingerprint (hex,
+    /// as the gateway prints it at start-up; colons are ignored).
+    Fingerprint(String),
+    /// Accept certificates issued by the CA certificates in this PEM file.
+    CaFile(PathBuf),
+}
+
+/// An open QUIC session stream.
+pub struct QuicConn {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) conn: quinn::Connection,
+    pub(crate) send: SendStream,
+    pub(crate) recv: RecvStream,
+}
+
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let got: String = Sha256::digest(end_entity.as_ref()).iter().map(|b| format!("{b:02x}")).collect();
+        if got == self.fingerprint {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!("certificate fingerprint {got} is not the pinned one")))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(io)?;
+    let mut cfg = match trust {
+        Trust::Fingerprint(f) => {
+            let fingerprint = f.replace(':', "").to_ascii_lowercase();
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint, provider }))
+                .with_no_client_auth()
+        }
+        Trust::CaFile(path) => {
+            let pem = std::fs::read(path).map_err(io)?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots.add(cert.map_err(io)?).map_err(io)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    cfg.alpn_protocols = vec![b"chat/1".to_vec()];
+    Ok(cfg)
+}
+
+/// Connects, opens the session stream and authenticates.
+pub async fn connect(addr: &str, server_name: &str, token: &str, trust: &Trust) -> Result<QuicConn, ClientError> {
+    let remote = tokio::net::lookup_host(addr).await.map_err(io)?.next().ok_or_else(|| io("no address"))?;
+    let local: std::net::SocketAddr = if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(io)?;
+    let mut endpoint = Endpoint::client(local).map_err(io)?;
+    let crypto = QuicClientConfig::try_from(tls_config(trust)?).map_err(io)?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    client.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(client);
+    let conn = endpoint.connect(remote, server_name).map_err(io)?.await.map_err(io)?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(io)?;
+    write_frame(&mut send, serde_json::json!({"type": "auth", "token": token}).to_string().as_bytes()).await?;
+    match read_frame(&mut recv).await {
+        Ok(bytes) if bytes == br#"{"type":"ready"}"# => Ok(QuicConn { endpoint, conn, send, recv }),
+        Ok(other) => Err(io(format!("unexpected first frame {}", String::from_utf8_lossy(&other)))),
+        Err(ClientError::Closed { code: 4003, .. }) => {
+            Err(ClientError::Api { status: 401, code: "unauthorized".into(), message: "auth refused".into() })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes one length-prefixed frame.
+pub async fn write_frame(send: &mut SendStream, body: &[u8]) -> Result<(), ClientError> {
+    send.write_all(&(body.len() as u32).to_be_bytes()).await.map_err(io)?;
+    send.write_all(body).await.map_err(io)
+}
+
+/// Reads one length-prefixed frame.
+pub async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, ClientError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(closed)?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    recv.read_exact(&mut body).await.map_err(closed)?;
+    Ok(body)
+}
+
+fn closed(e: quinn::ReadExactError) -> ClientError {
+    match e {
+        quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
+            quinn::ConnectionError::ApplicationClosed(c),
+        )) => ClientError::Closed {
+            code: c.error_code.into_inner() as u16,
+            reason: String::from_utf8_lossy(&c.reason).into(),
+        },
+        quinn::ReadExactError::FinishedEarly(_) => ClientError::Closed { code: 1000, reason: "stream finished".into() },
+        e => io(e),
+    }
+}
+
+impl QuicConn {
+    /// Moves the connection to a new local UDP socket (as when a phone
+    /// switches networks); the session continues.
+    pub fn rebind(&self) -> Result<(), ClientError> {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
+        self.endpoint.rebind(socket).map_err(io)
+    }
+
+    /// The local address in use.
+    pub fn local_addr(&self) -> Result<std::net::SocketAddr, ClientError> {
+        self.endpoint.local_addr().map_err(io)
+    }
+
+    /// Finishes the stream and closes the connection cleanly.
+    pub async fn close(mut self) {
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.send.stopped()).await;
+        self.conn.close(VarInt::from_u32(1000), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}

@@ -1,0 +1,215 @@
+//! The QUIC transport (quinn): ALPN `chat/1`, TLS 1.3.
+//!
+//! A client opens one bidirectional stream for its session. Each frame, both
+//! ways, is a 4-byte big-endian length followed by exactly the JSON object
+//! a WebSocket text frame would carry. The first client frame must be
+//! `{"type":"auth","token":...}`, answered by `{"type":"ready"}`; then the
+//! session runs through the same [`transport::drive`] as WebSocket. Close
+//! codes are QUIC application error codes with the WebSocket numbers.
+//! Connection migration is on: a client whose address changes keeps its
+//! session.
+
+use std::net::UdpSocket;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Endpoint, RecvStream, SendStream, VarInt};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::auth::{self, Claims};
+use crate::outbound::{CLOSE_BAD_UTF8, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED};
+use crate::transport::{self, Inbound, Sink, Source};
+use crate::AppState;
+
+/// The ALPN protocol id.
+pub const ALPN: &[u8] = b"chat/1";
+
+/// TLS material problems.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The certificate or key is unusable.
+    #[error("TLS: {0}")]
+    Invalid(String),
+}
+
+/// The certificate and key: from `CHAT_TLS_CERT`/`CHAT_TLS_KEY`, else a
+/// self-signed pair generated once under `<data dir>/tls/`. Returns them
+/// with the certificate's SHA-256 fingerprint (hex).
+pub fn load_or_generate(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    data_dir: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>, String), TlsError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| TlsError::Io { path, source }
+    };
+    let (cert_path, key_path) = match (cert, key) {
+        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
+        (None, None) => {
+            let dir = data_dir.join("tls");
+            let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+            if !c.exists() || !k.exists() {
+                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+                let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Invalid(e.to_string()))?;
+                std::fs::write(&c, ck.cert.pem()).map_err(io(&c))?;
+                std::fs::write(&k, ck.key_pair.serialize_pem()).map_err(io(&k))?;
+            }
+            (c, k)
+        }
+        _ => return Err(TlsError::Invalid("set both CHAT_TLS_CERT and CHAT_TLS_KEY, or neither".into())),
+    };
+    let cert_pem = std::fs::read(&cert_path).map_err(io(&cert_path))?;
+    let key_pem = std::fs::read(&key_path).map_err(io(&key_path))?;
+    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Invalid(format!("{}: {e}", cert_path.display())))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .ok_or_else(|| TlsError::Invalid(format!("no private key in {}", key_path.display())))?;
+    let first = certs.first().ok_or_else(|| TlsError::Invalid(format!("no certificate in {}", cert_path.display())))?;
+    let fingerprint = hex(&Sha256::digest(first.as_ref()));
+    Ok((certs, key, fingerprint))
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds the endpoint on an already-bound UDP socket.
+pub fn endpoint(state: &AppState, socket: UdpSocket) -> Result<(Endpoint, String), TlsError> {
+    let cfg = &state.cfg;
+    let (certs, key, fingerprint) = load_or_generate(cfg.tls_cert.as_deref(), cfg.tls_key.as_deref(), &cfg.data_dir)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let transport = Arc::get_mut(&mut server.transport).expect("fresh config");
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(cfg.quic_idle_timeout).map_err(|e| TlsError::Invalid(e.to_string()))?,
+    ));
+    transport.keep_alive_interval(Some(cfg.quic_keep_alive));
+    server.migration(true);
+    let runtime = quinn::default_runtime().ok_or_else(|| TlsError::Invalid("no async runtime".into()))?;
+    let endpoint = Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    Ok((endpoint, fingerprint))
+}
+
+/// Accepts connections until the endpoint closes.
+pub async fn serve(state: Arc<AppState>, endpoint: Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            match incoming.await {
+                Ok(conn) => {
+                    let span = tracing::info_span!("quic", remote = %conn.remote_address());
+                    tracing::Instrument::instrument(connection(state, conn), span).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "QUIC handshake failed"),
+            }
+        });
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum First {
+    Auth { token: String },
+}
+
+async fn connection(state: Arc<AppState>, conn: quinn::Connection) {
+    let Ok((send, recv)) = conn.accept_bi().await else { return };
+    let max = state.cfg.max_frame_bytes;
+    let mut source = QuicSource { recv, max };
+    let mut sink = QuicSink { send, conn: conn.clone() };
+    let first = tokio::time::timeout(Duration::from_secs(10), source.recv()).await;
+    let claims: Option<Claims> = match first {
+        Ok(Inbound::Text(t)) => match serde_json::from_str::<First>(&t) {
+            Ok(First::Auth { token }) => auth::verify(&state.cfg.token_secret, &token, auth::now_secs()),
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    let Some(claims) = claims else {
+        conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED.into()), b"unauthorized");
+        return;
+    };
+    if !sink.send(frame_ready()).await {
+        return;
+    }
+    transport::drive(state, claims, source, sink).await;
+}
+
+fn frame_ready() -> String {
+    r#"{"type":"ready"}"#.to_string()
+}
+
+struct QuicSource {
+    recv: RecvStream,
+    max: usize,
+}
+
+impl Source for QuicSource {
+    async fn recv(&mut self) -> Inbound {
+        let mut len = [0u8; 4];
+        match self.recv.read_exact(&mut len).await {
+            Ok(()) => {}
+            Err(quinn::ReadExactError::FinishedEarly(_)) => return Inbound::Closed { clean: true },
+            Err(quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(
+                quinn::ConnectionError::ApplicationClosed(c),
+            ))) if c.error_code == VarInt::from_u32(0) || c.error_code == VarInt::from_u32(1000) => {
+                return Inbound::Closed { clean: true }
+            }
+            Err(_) => return Inbound::Closed { clean: false },
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > self.max {
+            return Inbound::Fatal(CLOSE_TOO_BIG);
+        }
+        let mut body = vec![0u8; len];
+        if self.recv.read_exact(&mut body).await.is_err() {
+            return Inbound::Closed { clean: false };
+        }
+        match String::from_utf8(body) {
+            Ok(t) => Inbound::Text(t),
+            Err(_) => Inbound::Fatal(CLOSE_BAD_UTF8),
+        }
+    }
+}
+
+struct QuicSink {
+    send: SendStream,
+    conn: quinn::Connection,
+}
+
+impl Sink for QuicSink {
+    async fn send(&mut self, text: String) -> bool {
+        let len = (text.len() as u32).to_be_bytes();
+        self.send.write_all(&len).await.is_ok() && self.send.write_all(text.as_bytes()).await.is_ok()
+    }
+
+    async fn close(self, code: u16, reason: &'static str) {
+        self.conn.close(VarInt::from_u32(code.into()), reason.as_bytes());
+    }
+}

@@ -1,0 +1,115 @@
+//! The transport-agnostic connection driver. A transport (WebSocket,
+//! QUIC) supplies a [`Source`] of client frames and a [`Sink`] for server
+//! frames; [`drive`] runs the [`Session`] between them: idle timeout,
+//! shutdown, the bounded outbound queue and close codes are all here, once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::auth::Claims;
+use crate::outbound::{self, CLOSE_GOING_AWAY, CLOSE_IDLE};
+use crate::session::Session;
+use crate::AppState;
+
+/// What a transport read.
+#[derive(Debug)]
+pub enum Inbound {
+    /// A text frame (one JSON object).
+    Text(String),
+    /// A binary frame (not part of the protocol).
+    Binary,
+    /// Nothing for the session (a transport-level ping, say).
+    Skip,
+    /// The client went away; `clean` when it closed properly.
+    Closed {
+        /// A proper close (WebSocket close frame, QUIC stream finished).
+        clean: bool,
+    },
+    /// The client broke the transport's rules: close with this code.
+    Fatal(u16),
+}
+
+/// Reads client frames.
+pub trait Source: Send {
+    /// The next frame.
+    fn recv(&mut self) -> impl Future<Output = Inbound> + Send;
+}
+
+/// Writes server frames.
+pub trait Sink: Send + 'static {
+    /// Writes one frame; false once the connection is gone.
+    fn send(&mut self, text: String) -> impl Future<Output = bool> + Send;
+    /// Closes the connection with a code and reason.
+    fn close(self, code: u16, reason: &'static str) -> impl Future<Output = ()> + Send;
+}
+
+/// How long a client that stopped reading gets to take the close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs one authenticated connection to its end.
+pub async fn drive(state: Arc<AppState>, claims: Claims, mut source: impl Source, mut sink: impl Sink) {
+    let _conn = state.connections.enter();
+    let (out, mut out_rx) = outbound::channel(state.cfg.outbound_frames, state.cfg.outbound_bytes);
+    let mut session = Session::start(state.clone(), claims, out.clone()).await;
+    let writer = tokio::spawn(async move {
+        loop {
+            match out_rx.next().await {
+                Ok(text) => {
+                    if !sink.send(text).await {
+                        return;
+                    }
+                }
+                Err(code) => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close(code, close_reason(code))).await;
+                    return;
+                }
+            }
+        }
+    });
+    let mut shutdown = state.shutdown.subscribe();
+    let idle = state.cfg.idle_timeout;
+    loop {
+        let next = tokio::select! {
+            n = tokio::time::timeout(idle, source.recv()) => n,
+            _ = shutdown.recv() => { out.close(CLOSE_GOING_AWAY); break; }
+            _ = out.closed() => break,
+        };
+        match next {
+            Err(_) => {
+                out.close(CLOSE_IDLE);
+                break;
+            }
+            Ok(Inbound::Text(t)) => session.on_text(&t),
+            Ok(Inbound::Binary) => session.on_binary(),
+            Ok(Inbound::Skip) => {}
+            Ok(Inbound::Closed { clean }) => {
+                if clean {
+                    session.closed_cleanly();
+                }
+                break;
+            }
+            Ok(Inbound::Fatal(code)) => {
+                out.close(code);
+                break;
+            }
+        }
+    }
+    out.close(CLOSE_GOING_AWAY);
+    drop(session);
+    let _ = writer.await;
+}
+
+/// The reason text sent with each close code.
+pub fn close_reason(code: u16) -> &'static str {
+    match code {
+        outbound::CLOSE_SLOW_CONSUMER => "slow_consumer",
+        outbound::CLOSE_INTERNAL => "internal",
+        outbound::CLOSE_IDLE => "idle",
+        outbound::CLOSE_LOGGED_OUT => "logged_out",
+        outbound::CLOSE_TOO_BIG => "too_large",
+        outbound::CLOSE_BAD_UTF8 => "bad_utf8",
+        outbound::CLOSE_UNAUTHORIZED => "unauthorized",
+        _ => "going_away",
+    }
+}

@@ -1,0 +1,153 @@
+//! Seconds-long smoke runs of every `chat-bench` scenario, with tiny sizes,
+//! against a stack of the suite's own (in-process gateway, worker process),
+//! so the benchmark harness keeps working. They check that the scenarios
+//! measure something sane (counts match, percentiles are positive), never
+//! how fast anything is: benchmarks do not gate CI.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chat_bench::{catchup, fanout, history, idle, latency, procfs, storm, Report, Target};
+
+use crate::stack::{stack, Stack};
+
+/// A stack whose gateway does not rate-limit the bench's connections.
+async fn bench_stack() -> Result<Stack> {
+    stack().env("CHAT_WS_RATE_PER_SEC", "100000").env("CHAT_WS_RATE_BURST", "100000").start().await
+}
+
+/// The bench's view of a stack: the gateway runs in this process, so its
+/// RSS and CPU are this process's.
+fn target(s: &Stack) -> Target {
+    Target {
+        gateways: vec![s.addr(0)],
+        nats_url: s.nats.url.clone(),
+        gateway_pids: vec![std::process::id()],
+        nats_pid: s.nats.store_dir().to_str().and_then(procfs::find_pid),
+        token_secret: Some(s.env["CHAT_TOKEN_SECRET"].clone().into_bytes()),
+    }
+}
+
+fn lat_positive(r: &Report, name: &str, count: u64) {
+    let row = r.lat(name).unwrap_or_else(|| panic!("no latency row {name:?} in\n{}", r.table()));
+    assert_eq!(row.count, count, "{name}: samples\n{}", r.table());
+    assert!(row.p50_ms > 0.0 && row.p99_ms >= row.p50_ms && row.max_ms >= row.p99_ms, "{name}\n{}", r.table());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_smoke() -> Result<()> {
+    let s = bench_stack().await?;
+    let cfg = latency::Cfg {
+        pairs: 2,
+        rate: 200.0,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(500),
+        size: 64,
+        drain: Duration::from_secs(15),
+        baselines: true,
+    };
+    let r = latency::run(&target(&s), &cfg).await?;
+    assert_eq!(r.get("scheduled"), 200.0, "{}", r.table());
+    assert_eq!(r.get("acked"), 200.0, "{}", r.table());
+    assert_eq!(r.get("delivered"), 200.0, "{}", r.table());
+    assert_eq!(r.get("errors"), 0.0, "{}", r.table());
+    lat_positive(&r, "ours send→ack", 200);
+    lat_positive(&r, "ours send→delivery", 200);
+    lat_positive(&r, "core NATS pub→sub", 200);
+    lat_positive(&r, "JetStream pub→sub", 200);
+    assert_eq!(r.ratios.len(), 6, "{}", r.table());
+    assert!(r.ratios.iter().all(|x| x.ratio > 0.0), "{}", r.table());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catchup_smoke() -> Result<()> {
+    let s = bench_stack().await?;
+    let cfg = catchup::Cfg { messages: 200, senders: 2, window: 8, repeats: 2, size: 32, baselines: true };
+    let r = catchup::run(&target(&s), &cfg).await?;
+    assert_eq!(r.get("fill_acked"), 200.0, "{}", r.table());
+    assert_eq!(r.get("received"), 200.0, "{}", r.table());
+    assert_eq!(r.get("in_order"), 1.0, "{}", r.table());
+    lat_positive(&r, "ours sync→synced", 2);
+    lat_positive(&r, "JetStream ordered consumer", 2);
+    assert!(r.ratios[0].ratio > 0.0, "{}", r.table());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_smoke() -> Result<()> {
+    let s = bench_stack().await?;
+    let cfg = history::Cfg { messages: 500, queries: 20, limit: 50, size: 32, window: 64, baselines: true };
+    let r = history::run(&target(&s), &cfg).await?;
+    assert_eq!(r.get("pages_ok"), 20.0, "{}", r.table());
+    assert_eq!(r.get("pages_wrong"), 0.0, "{}", r.table());
+    lat_positive(&r, "ours page before=<random>", 20);
+    lat_positive(&r, "JetStream ordered consumer, 50 from random seq", 20);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_smoke() -> Result<()> {
+    let s = bench_stack().await?;
+    let cfg = idle::Cfg {
+        conns: 50,
+        users: 5,
+        per_process: 50,
+        ping: Duration::from_secs(20),
+        settle: Duration::from_millis(300),
+        cpu_window: Duration::from_secs(1),
+        concurrency: 16,
+        baselines: false,
+        exe: None, // the test binary is not chat-bench: keep clients in-process
+    };
+    let r = idle::run(&target(&s), &cfg).await?;
+    assert_eq!(r.get("connected"), 50.0, "{}", r.table());
+    assert_eq!(r.get("failed"), 0.0, "{}", r.table());
+    assert!(r.get("rss_per_conn_kib").is_finite(), "{}", r.table());
+    assert!(r.get("gw0_rss_after_kib") > 0.0, "{}", r.table());
+    assert!(r.get("gw0_cpu_idle_pct") >= 0.0, "{}", r.table());
+    assert!(r.get("kernel_tcp_mem_per_conn_bytes").is_finite(), "{}", r.table());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_smoke() -> Result<()> {
+    let s = bench_stack().await?;
+    let cfg = storm::Cfg { clients: 20, devices_per_user: 5, missed: 2, concurrency: 8, baselines: true };
+    let r = storm::run(&target(&s), &cfg).await?;
+    assert_eq!(r.get("synced"), 20.0, "{}", r.table());
+    assert_eq!(r.get("failed"), 0.0, "{}", r.table());
+    assert_eq!(r.get("messages_caught_up"), 40.0, "{}", r.table());
+    assert_eq!(r.get("baseline_messages_read"), 40.0, "{}", r.table());
+    assert!(r.get("all_synced_s") > 0.0, "{}", r.table());
+    lat_positive(&r, "ours reconnect→synced (per client)", 20);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_smoke() -> Result<()> {
+    let s = bench_stack().await?;
+    let cfg = fanout::Cfg {
+        groups: 1,
+        members: 5,
+        devices: 1,
+        senders_per_group: 2,
+        rate: 20.0,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(500),
+        size: 32,
+        drain: Duration::from_secs(15),
+        ceiling_msgs: 200,
+        baselines: true,
+    };
+    let r = fanout::run(&target(&s), &cfg).await?;
+    assert_eq!(r.get("available"), 1.0, "groups API missing?\n{}", r.table());
+    assert_eq!(r.get("acked"), 20.0, "{}", r.table());
+    assert_eq!(r.get("delivered"), 80.0, "4 other members each\n{}", r.table());
+    assert_eq!(r.get("errors"), 0.0, "{}", r.table());
+    lat_positive(&r, "ours group send→delivery", 80);
+    lat_positive(&r, "core NATS pub→M subs", 100);
+    assert!(r.get("baseline_core_fanout_max_deliveries_per_s") > 0.0, "{}", r.table());
+    assert!(r.get("baseline_jetstream_copies_max_per_s") > 0.0, "{}", r.table());
+    Ok(())
+}
