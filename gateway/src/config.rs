@@ -68,10 +68,44 @@ pub struct GatewayConfig {
     pub quic_idle_timeout: Duration,
     /// `CHAT_QUIC_KEEPALIVE_MS`: the server's QUIC keep-alive interval.
     pub quic_keep_alive: Duration,
+    /// `CHAT_DELIVERED_FLUSH_MS`: how long delivered marks are coalesced
+    /// before they are written to KV for the push planner.
+    pub delivered_flush: Duration,
+    /// Push providers this deployment has configured: registrations for
+    /// the others are refused (`push_provider_disabled`).
+    pub push_providers: PushProviders,
+    /// `CHAT_WEBPUSH_ALLOW_HTTP`: accept `http://` Web Push endpoints (tests
+    /// and development only; production endpoints must be `https://`).
+    pub webpush_allow_http: bool,
     /// `CHAT_GATEWAY_ID`: this gateway's name on NATS subjects.
     pub gateway_id: String,
     /// Stream and bucket settings shared with the workers.
     pub storage: StorageSettings,
+}
+
+/// Which push providers are configured: a provider counts as configured
+/// when its credentials variable is set (`CHAT_FCM_CREDENTIALS`,
+/// `CHAT_APNS_KEY`, `CHAT_VAPID_PRIVATE_KEY`); gateways and workers are
+/// given the same push variables.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushProviders {
+    /// Firebase Cloud Messaging.
+    pub fcm: bool,
+    /// Apple Push Notification service.
+    pub apns: bool,
+    /// Web Push.
+    pub webpush: bool,
+}
+
+impl PushProviders {
+    /// Reads which providers have credentials.
+    pub fn from_source(src: &dyn Source) -> PushProviders {
+        PushProviders {
+            fcm: src.get("CHAT_FCM_CREDENTIALS").is_some(),
+            apns: src.get("CHAT_APNS_KEY").is_some(),
+            webpush: src.get("CHAT_VAPID_PRIVATE_KEY").is_some(),
+        }
+    }
 }
 
 /// The development token secret; refused when `CHAT_ENV=production`.
@@ -130,6 +164,9 @@ impl GatewayConfig {
                 600_000,
             )?),
             quic_keep_alive: Duration::from_millis(bounded(src, "CHAT_QUIC_KEEPALIVE_MS", 10_000, 100, 600_000)?),
+            delivered_flush: Duration::from_millis(bounded(src, "CHAT_DELIVERED_FLUSH_MS", 100, 1, 1000)?),
+            push_providers: PushProviders::from_source(src),
+            webpush_allow_http: var(src, "CHAT_WEBPUSH_ALLOW_HTTP", false)?,
             gateway_id,
             storage: StorageSettings::from_source(src)?,
         })

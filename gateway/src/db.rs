@@ -9,6 +9,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (1, include_str!("../migrations/001_users.sql")),
     (2, include_str!("../migrations/002_groups.sql")),
     (3, include_str!("../migrations/003_friends.sql")),
+    (4, include_str!("../migrations/004_push.sql")),
 ];
 
 /// Database failures.

@@ -121,6 +121,7 @@ async fn stream(
         if !out.push(&msg).await {
             return Ok(());
         }
+        state.delivered.record(user, seq);
         if let Some(until) = catch_up_until {
             if seq >= until || pending == 0 {
                 catch_up_until = None;

@@ -26,8 +26,10 @@ pub mod groups;
 pub mod groups_db;
 pub mod history;
 pub mod http;
+pub mod marks;
 pub mod outbound;
 pub mod presence;
+pub mod push;
 pub mod quic;
 pub mod send;
 pub mod service;
@@ -97,6 +99,8 @@ pub struct AppState {
     pub shutdown: broadcast::Sender<()>,
     /// Open WebSocket connections.
     pub connections: Connections,
+    /// Delivered marks waiting to be written.
+    pub delivered: Arc<marks::DeliveredMarks>,
     known_users: Mutex<HashSet<i64>>,
     known_directs: Mutex<HashSet<(i64, i64)>>,
 }
@@ -219,9 +223,11 @@ pub async fn run(
         sender,
         shutdown: shutdown_tx,
         connections: Connections::default(),
+        delivered: Arc::default(),
         known_users: Mutex::default(),
         known_directs: Mutex::default(),
     });
+    tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
     let quic = match listeners.quic {
         Some(socket) => {
@@ -292,6 +298,11 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         (&Method::PUT, ["v1", "friends", user]) => friends::put(st, req, user).await,
         (&Method::DELETE, ["v1", "friends", user]) => friends::delete(st, req, user).await,
         (&Method::POST, ["v1", "logout"]) => friends::logout(st, req).await,
+        (&Method::PUT, ["v1", "devices", device, "push"]) => push::put_device(st, req, device).await,
+        (&Method::GET, ["v1", "devices", device, "push"]) => push::get_device(st, req, device).await,
+        (&Method::DELETE, ["v1", "devices", device, "push"]) => push::delete_device(st, req, device).await,
+        (&Method::PUT, ["v1", "conversations", conv, "mute"]) => push::mute(st, req, conv, true).await,
+        (&Method::DELETE, ["v1", "conversations", conv, "mute"]) => push::mute(st, req, conv, false).await,
         (&Method::GET, ["v1", "ws"]) => match api::authenticate(st, &req) {
             Ok(claims) => Ok(ws::upgrade(state.clone(), claims, req)),
             Err(e) => Err(e),
@@ -299,7 +310,8 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         (_, ["healthz" | "readyz"])
         | (_, ["v1", "signup" | "login" | "ws"])
         | (_, ["v1", "users", _])
-        | (_, ["v1", "conversations", _, "messages"])
+        | (_, ["v1", "conversations", _, "messages" | "mute"])
+        | (_, ["v1", "devices", _, "push"])
         | (_, ["v1", "groups" | "conversations" | "friends" | "logout"])
         | (_, ["v1", "friends", _])
         | (_, ["v1", "groups", _])

@@ -220,6 +220,54 @@ pub enum Ephemeral {
     },
 }
 
+/// One push notification to send: a message for one device of a user,
+/// planned by the push planner and published on
+/// [`crate::subjects::push_job`] with `Nats-Msg-Id` =
+/// [`crate::subjects::push_job_id`]. The device's token is read when the
+/// job is sent, so a token removed or replaced meanwhile is honoured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushJob {
+    /// Recipient user.
+    #[serde(with = "id_str")]
+    pub user: i64,
+    /// Recipient device.
+    pub device: String,
+    /// The message.
+    #[serde(with = "u64_str")]
+    pub message_id: u64,
+    /// Its conversation (notifications collapse per conversation).
+    pub conv: String,
+    /// Sender user id.
+    #[serde(with = "id_str")]
+    pub from: i64,
+    /// Sender's username.
+    pub sender_name: String,
+    /// The group's name, for group conversations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_name: Option<String>,
+    /// The body, truncated; absent when previews are turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
+    /// Unix ms the message was accepted.
+    pub ts: u64,
+}
+
+/// A push job that failed for good, as kept in the dead-letter stream
+/// ([`crate::subjects::push_dead`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadPush {
+    /// The job.
+    pub job: PushJob,
+    /// Provider of the device's registration (`fcm`, `apns`, `webpush`).
+    pub provider: String,
+    /// Why it failed (the last error).
+    pub error: String,
+    /// Delivery attempts made.
+    pub attempts: u64,
+    /// Unix ms it was given up.
+    pub at: u64,
+}
+
 /// Serde adapter: `u64` as a decimal string.
 pub mod u64_str {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};

@@ -17,6 +17,12 @@ use crate::subjects;
 /// this system relies on (such as multiple filter subjects).
 pub const MIN_SERVER_VERSION: (u32, u32) = (2, 11);
 
+/// A push job not sent within this time is dropped by the stream (a
+/// notification a day late is worse than none).
+pub const PUSH_JOB_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+/// How long dead push jobs are kept for inspection.
+pub const PUSH_DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Start-up and provisioning failures.
 #[derive(Debug, Error)]
 pub enum ProvisionError {
@@ -119,6 +125,14 @@ pub struct Storage {
     pub presence: kv::Store,
     /// Published presence statuses.
     pub status: kv::Store,
+    /// Push jobs (work queue).
+    pub push: stream::Stream,
+    /// Dead push jobs.
+    pub push_dead: stream::Stream,
+    /// Users' delivered marks.
+    pub delivered: kv::Store,
+    /// Pushes already sent.
+    pub push_sent: kv::Store,
     /// The settings used.
     pub settings: StorageSettings,
 }
@@ -212,6 +226,31 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
             subjects: vec![subjects::INBOX_ALL.into()],
             max_age: s.inbox_retention,
             duplicate_window: Duration::from_secs(600),
+            ..base.clone()
+        },
+    )
+    .await?;
+    let push = ensure_stream(
+        &js,
+        stream::Config {
+            name: subjects::PUSH_STREAM.into(),
+            description: Some("push jobs, one per message and device".into()),
+            subjects: vec![subjects::PUSH_ALL.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            max_age: PUSH_JOB_MAX_AGE,
+            duplicate_window: Duration::from_secs(600),
+            ..base.clone()
+        },
+    )
+    .await?;
+    let push_dead = ensure_stream(
+        &js,
+        stream::Config {
+            name: subjects::PUSH_DEAD_STREAM.into(),
+            description: Some("push jobs that failed for good".into()),
+            subjects: vec![subjects::PUSH_DEAD_ALL.into()],
+            max_age: PUSH_DEAD_MAX_AGE,
+            duplicate_window: Duration::from_secs(600),
             ..base
         },
     )
@@ -240,6 +279,8 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
     )
     .await?;
     let status = ensure_bucket(&js, bucket(subjects::STATUS_BUCKET, Duration::ZERO)).await?;
+    let delivered = ensure_bucket(&js, bucket(subjects::DELIVERED_BUCKET, s.inbox_retention)).await?;
+    let push_sent = ensure_bucket(&js, bucket(subjects::PUSH_SENT_BUCKET, PUSH_JOB_MAX_AGE * 2)).await?;
     Ok(Storage {
         js,
         ingress,
@@ -252,6 +293,10 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
         groups,
         presence,
         status,
+        push,
+        push_dead,
+        delivered,
+        push_sent,
         settings: s.clone(),
     })
 }

@@ -32,6 +32,30 @@ pub const STATUS_BUCKET: &str = "chat_status";
 pub const PRESENCE_LEASE: &str = "presence";
 /// KV bucket of ID high-water marks per machine id (never expires).
 pub const IDHW_BUCKET: &str = "chat_idhw";
+/// KV bucket of each user's delivered mark: the highest inbox stream
+/// sequence a gateway has handed to any of the user's devices (key
+/// [`delivered_key`]). The push planner does not push what is below it.
+pub const DELIVERED_BUCKET: &str = "chat_delivered";
+/// Work-queue stream of push jobs, one per (message, device).
+pub const PUSH_STREAM: &str = "CHAT_PUSH";
+/// Stream of push jobs that failed for good (dead letters), kept for
+/// operators to inspect.
+pub const PUSH_DEAD_STREAM: &str = "CHAT_PUSH_DEAD";
+/// KV bucket of pushes already sent, keyed by [`push_job_id`]: checked
+/// before sending so a redelivered job never buzzes a device twice.
+pub const PUSH_SENT_BUCKET: &str = "chat_push_sent";
+/// Durable consumer on the inbox stream that plans pushes.
+pub const PUSH_PLANNER: &str = "push-planner";
+/// Durable consumer on the push stream that sends them.
+pub const PUSH_SENDER: &str = "push-sender";
+/// Subject filter of the push stream.
+pub const PUSH_ALL: &str = "chat.push.job.>";
+/// Subject filter of the dead-letter stream.
+pub const PUSH_DEAD_ALL: &str = "chat.push.dead.>";
+/// Core subject on which gateways announce that a user's push
+/// registrations or mutes changed (payload: the user id), so planners drop
+/// what they cached.
+pub const PUSH_CHANGED: &str = "chat.push.changed";
 
 /// Subject filter of the ingress stream.
 pub const INGRESS_ALL: &str = "chat.ingress.>";
@@ -100,6 +124,32 @@ pub fn dedupe_key(user: i64, device: &str, cid: &str) -> String {
 /// Dedupe id of one inbox copy of a message.
 pub fn inbox_copy_id(message_id: u64, user: i64) -> String {
     format!("{message_id}.{user}")
+}
+
+/// Subject of a user's push jobs in [`PUSH_STREAM`].
+pub fn push_job(user: i64) -> String {
+    format!("{PREFIX}.push.job.{user}")
+}
+
+/// Subject of a user's dead push jobs in [`PUSH_DEAD_STREAM`].
+pub fn push_dead(user: i64) -> String {
+    format!("{PREFIX}.push.dead.{user}")
+}
+
+/// Dedupe id of the push of one message to one device: `Nats-Msg-Id` of
+/// the job and its key in [`PUSH_SENT_BUCKET`].
+pub fn push_job_id(message_id: u64, user: i64, device: &str) -> String {
+    format!("{message_id}.{user}.{device}")
+}
+
+/// KV key of a user's delivered mark in [`DELIVERED_BUCKET`].
+pub fn delivered_key(user: i64) -> String {
+    format!("u.{user}")
+}
+
+/// The user of an inbox subject (`chat.inbox.<user>`).
+pub fn inbox_user(subject: &str) -> Option<i64> {
+    subject.strip_prefix("chat.inbox.")?.parse().ok()
 }
 
 /// KV key of an ID worker machine-id lease.
@@ -236,6 +286,13 @@ mod tests {
         for bad in ["", "a.b", "a*", ">", "a b", &"x".repeat(65)] {
             assert!(!is_token(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn inbox_user_round_trips() {
+        assert_eq!(inbox_user(&inbox(42)), Some(42));
+        assert_eq!(inbox_user("chat.hist.42"), None);
+        assert_eq!(push_job_id(7, 3, "phone"), "7.3.phone");
     }
 
     #[test]

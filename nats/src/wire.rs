@@ -200,6 +200,9 @@ pub enum ErrorCode {
     Conflict,
     /// A per-connection limit (such as presence subscriptions) is reached.
     LimitExceeded,
+    /// HTTP: a push registration names a provider this deployment has not
+    /// configured.
+    PushProviderDisabled,
 }
 
 impl ErrorCode {
@@ -229,6 +232,7 @@ impl ErrorCode {
             ErrorCode::GroupFull => "group_full",
             ErrorCode::Conflict => "conflict",
             ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::PushProviderDisabled => "push_provider_disabled",
         }
     }
 }
