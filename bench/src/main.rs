@@ -1,1 +1,277 @@
-fn main() {}
+//! `chat-bench <scenario> [options]`: runs a benchmark scenario (or `all`)
+//! against a stack it starts itself (nats-server with `sync_interval:
+//! always`, PostgreSQL, release gateway and worker processes), prints a
+//! table and writes `<out>/<scenario>.json`. See `--help`.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chat_bench::stack::{OwnStack, StackCfg};
+use chat_bench::{catchup, fanout, history, idle, latency, storm, Report, Target};
+
+const HELP: &str = "\
+chat-bench <scenario> [options]
+
+scenarios: latency catchup history idle storm fanout all
+
+stack (default: start nats-server, PostgreSQL and target/release binaries):
+  --gateways N            gateway processes [1] (idle: 2 shows scaling)
+  --workers N             worker processes [1]
+  --gateway-bin PATH      [target/release/chat-gateway]
+  --worker-bin PATH       [target/release/chat-worker]
+  --env K=V               extra CHAT_* setting for the processes (repeatable)
+  --gateway ADDR          use running gateways instead (repeatable), with
+  --nats URL              their nats-server, and optionally
+  --token-secret S        their CHAT_TOKEN_SECRET (else one login per device)
+  --gateway-pid PID       their pids, for RSS/CPU readings (repeatable)
+output:
+  --out DIR               JSON reports [target/bench]
+  --no-baselines          skip the raw-NATS baselines
+scenario options (with `all`, prefix one with the scenario, e.g. --history-messages):
+  latency  --pairs 50 --rate 2000 --duration 10 --warmup 2 --size 100
+  catchup  --messages 10000 --senders 8 --repeats 3
+  history  --messages 1000000 --queries 500 --limit 50
+  idle     --conns 15000 --users 100 --per-process 5000 --ping 30 --cpu-window 10 --in-process
+  storm    --clients 1000 --devices-per-user 10 --missed 2
+  fanout   --groups 2 --members 100 --devices 1 --senders 4 --rate 100 --duration 10
+";
+
+const SCENARIOS: [&str; 6] = ["latency", "catchup", "history", "idle", "storm", "fanout"];
+
+/// Parsed `--key value` options (repeatable) and flags.
+struct Opts {
+    values: HashMap<String, Vec<String>>,
+    flags: Vec<String>,
+    scenario: String,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Opts> {
+        const FLAGS: [&str; 3] = ["no-baselines", "in-process", "help"];
+        let mut o = Opts { values: HashMap::new(), flags: vec![], scenario: String::new() };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let Some(key) = a.strip_prefix("--") else { bail!("unexpected argument {a:?} (see --help)") };
+            if FLAGS.contains(&key) {
+                o.flags.push(key.to_owned());
+            } else {
+                let v = it.next().ok_or_else(|| anyhow!("--{key} needs a value"))?;
+                o.values.entry(key.to_owned()).or_default().push(v.clone());
+            }
+        }
+        Ok(o)
+    }
+
+    fn flag(&self, k: &str) -> bool {
+        self.flags.iter().any(|f| f == k)
+    }
+
+    /// `--<scenario>-<k>`, else `--<k>`.
+    fn raw(&self, k: &str) -> Option<&str> {
+        let scoped = format!("{}-{k}", self.scenario);
+        self.values.get(&scoped).or_else(|| self.values.get(k)).and_then(|v| v.last()).map(String::as_str)
+    }
+
+    fn all(&self, k: &str) -> Vec<String> {
+        self.values.get(k).cloned().unwrap_or_default()
+    }
+
+    fn num<T: std::str::FromStr>(&self, k: &str, default: T) -> Result<T> {
+        match self.raw(k) {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| anyhow!("--{k}: not a number: {v:?}")),
+        }
+    }
+
+    fn secs(&self, k: &str, default: Duration) -> Result<Duration> {
+        Ok(Duration::from_secs_f64(self.num(k, default.as_secs_f64())?))
+    }
+}
+
+async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
+    let base = !o.flag("no-baselines");
+    Ok(match name {
+        "latency" => {
+            let d = latency::Cfg::default();
+            let cfg = latency::Cfg {
+                pairs: o.num("pairs", d.pairs)?,
+                rate: o.num("rate", d.rate)?,
+                duration: o.secs("duration", d.duration)?,
+                warmup: o.secs("warmup", d.warmup)?,
+                size: o.num("size", d.size)?,
+                drain: d.drain,
+                baselines: base,
+            };
+            latency::run(t, &cfg).await?
+        }
+        "catchup" => {
+            let d = catchup::Cfg::default();
+            let cfg = catchup::Cfg {
+                messages: o.num("messages", d.messages)?,
+                senders: o.num("senders", d.senders)?,
+                window: d.window,
+                repeats: o.num("repeats", d.repeats)?,
+                size: o.num("size", d.size)?,
+                baselines: base,
+            };
+            catchup::run(t, &cfg).await?
+        }
+        "history" => {
+            let d = history::Cfg::default();
+            let cfg = history::Cfg {
+                messages: o.num("messages", d.messages)?,
+                queries: o.num("queries", d.queries)?,
+                limit: o.num("limit", d.limit)?,
+                size: o.num("size", d.size)?,
+                window: d.window,
+                baselines: base,
+            };
+            history::run(t, &cfg).await?
+        }
+        "idle" => {
+            let d = idle::Cfg::default();
+            let cfg = idle::Cfg {
+                conns: o.num("conns", d.conns)?,
+                users: o.num("users", d.users)?,
+                per_process: o.num("per-process", d.per_process)?,
+                ping: o.secs("ping", d.ping)?,
+                settle: d.settle,
+                cpu_window: o.secs("cpu-window", d.cpu_window)?,
+                concurrency: d.concurrency,
+                baselines: base,
+                exe: if o.flag("in-process") { None } else { d.exe },
+            };
+            idle::run(t, &cfg).await?
+        }
+        "storm" => {
+            let d = storm::Cfg::default();
+            let cfg = storm::Cfg {
+                clients: o.num("clients", d.clients)?,
+                devices_per_user: o.num("devices-per-user", d.devices_per_user)?,
+                missed: o.num("missed", d.missed)?,
+                concurrency: d.concurrency,
+                baselines: base,
+            };
+            storm::run(t, &cfg).await?
+        }
+        "fanout" => {
+            let d = fanout::Cfg::default();
+            let cfg = fanout::Cfg {
+                groups: o.num("groups", d.groups)?,
+                members: o.num("members", d.members)?,
+                devices: o.num("devices", d.devices)?,
+                senders_per_group: o.num("senders", d.senders_per_group)?,
+                rate: o.num("rate", d.rate)?,
+                duration: o.secs("duration", d.duration)?,
+                warmup: o.secs("warmup", d.warmup)?,
+                size: o.num("size", d.size)?,
+                drain: d.drain,
+                ceiling_msgs: o.num("ceiling-msgs", d.ceiling_msgs)?,
+                baselines: base,
+            };
+            fanout::run(t, &cfg).await?
+        }
+        other => bail!("unknown scenario {other:?} (see --help)"),
+    })
+}
+
+/// Where the machine is, for the JSON.
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")?.split(':').nth(1)).unwrap_or("").trim();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "kernel": kernel.trim(),
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs(),
+    })
+}
+
+async fn scenario(name: &str, o: &mut Opts, out: &Path) -> Result<Report> {
+    o.scenario = name.to_owned();
+    let external = o.all("gateway");
+    let mut report = if external.is_empty() {
+        let d = StackCfg::default();
+        let cfg = StackCfg {
+            gateways: o.num("gateways", d.gateways)?,
+            workers: o.num("workers", d.workers)?,
+            gateway_bin: o.raw("gateway-bin").map(PathBuf::from).unwrap_or(d.gateway_bin),
+            worker_bin: o.raw("worker-bin").map(PathBuf::from).unwrap_or(d.worker_bin),
+            env: o
+                .all("env")
+                .iter()
+                .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).context("--env takes K=V"))
+                .collect::<Result<_>>()?,
+            log_dir: out.join("logs").join(name),
+        };
+        eprintln!(
+            "chat-bench: {name}: starting nats-server, PostgreSQL, {} gateway(s), {} worker(s)",
+            cfg.gateways, cfg.workers
+        );
+        let mut stack = OwnStack::start(&cfg).await?;
+        let r = run_one(name, o, &stack.target()).await;
+        let alive = stack.check_alive();
+        let r = r?;
+        alive?;
+        r
+    } else {
+        let t = Target {
+            gateways: external,
+            nats_url: o.raw("nats").context("--gateway needs --nats URL")?.to_owned(),
+            gateway_pids: o.all("gateway-pid").iter().map(|p| p.parse()).collect::<Result<_, _>>()?,
+            nats_pid: None,
+            token_secret: o.raw("token-secret").map(|s| s.as_bytes().to_vec()),
+        };
+        run_one(name, o, &t).await?
+    };
+    if let serde_json::Value::Object(p) = &mut report.params {
+        p.insert("machine".into(), machine());
+        let conf = std::env::var("CHAT_NATS_TEST_CONF").unwrap_or_else(|_| "nats/conf/test.conf".into());
+        p.insert("nats_conf".into(), conf.into());
+    }
+    println!("{}", report.table());
+    report.write_json(out)?;
+    Ok(report)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(name) = args.first().cloned() else {
+        print!("{HELP}");
+        return Ok(());
+    };
+    let mut o = Opts::parse(&args[1..])?;
+    if o.flag("help") || name == "--help" || name == "-h" || name == "help" {
+        print!("{HELP}");
+        return Ok(());
+    }
+    if name == "idle-client" {
+        let ping = o.secs("ping-secs", Duration::from_secs(30))?;
+        return idle::child_main(o.raw("addr"), o.raw("tokens"), o.raw("nats"), o.num("count", 0)?, ping).await;
+    }
+    let out = PathBuf::from(o.raw("out").unwrap_or("target/bench"));
+    if name == "all" {
+        let mut reports = vec![];
+        let mut failed = vec![];
+        for s in SCENARIOS {
+            match scenario(s, &mut o, &out).await {
+                Ok(r) => reports.push(r),
+                Err(e) => {
+                    eprintln!("chat-bench: {s} failed: {e:#}");
+                    failed.push(s);
+                }
+            }
+        }
+        std::fs::write(out.join("all.json"), serde_json::to_vec_pretty(&reports)?)?;
+        if !failed.is_empty() {
+            bail!("scenarios failed: {}", failed.join(", "));
+        }
+        return Ok(());
+    }
+    scenario(&name, &mut o, &out).await.map(|_| ())
+}

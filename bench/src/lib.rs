@@ -1,0 +1,63 @@
+//! `chat-bench`: a load generator for the chat stack, with the nearest
+//! raw-NATS equivalent of every scenario run next to it on the same server
+//! so results can be read as ours/baseline ratios (absolute times drift on
+//! shared machines; ratios drift less).
+//!
+//! Scenarios (each a module with a `Cfg` and an `async fn run(&Target,
+//! &Cfg) -> Result<Report>`, so the smoke tests can run them with tiny
+//! sizes against a stack they started themselves):
+//!
+//! - [`latency`]: 1:1 pairs at a fixed total rate; send→ack and
+//!   send→delivery, coordinated-omission safe.
+//! - [`catchup`]: one device offline while N messages arrive; sync→synced.
+//! - [`history`]: a conversation with M stored messages; paging 50 older
+//!   messages from random points.
+//! - [`idle`]: N idle authenticated connections; gateway RSS and CPU per
+//!   connection, kernel socket memory.
+//! - [`storm`]: N clients drop and reconnect at once and sync.
+//! - [`fanout`]: groups of 100 members, senders at a fixed rate;
+//!   deliveries per second and delivery latency.
+//!
+//! The binary (`src/main.rs`) starts its own stack ([`stack`]) unless told
+//! to use running gateways.
+#![forbid(unsafe_code)]
+
+pub mod baseline;
+pub mod catchup;
+pub mod client;
+pub mod fanout;
+pub mod history;
+pub mod idle;
+pub mod latency;
+pub mod pace;
+pub mod procfs;
+pub mod report;
+pub mod stack;
+pub mod storm;
+pub mod traffic;
+
+pub use report::Report;
+
+/// The system under test.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Gateway addresses (`host:port`); connections are spread over them.
+    pub gateways: Vec<String>,
+    /// The nats-server the gateways use (baselines run on it too).
+    pub nats_url: String,
+    /// Gateway process ids, for RSS and CPU readings (an in-process
+    /// gateway's is the test process's own pid; empty: not measured).
+    pub gateway_pids: Vec<u32>,
+    /// The nats-server's pid, if known (for its CPU and RSS readings).
+    pub nats_pid: Option<u32>,
+    /// The gateways' `CHAT_TOKEN_SECRET`, if known: the bench then mints
+    /// device tokens itself instead of one argon2 login per device.
+    pub token_secret: Option<Vec<u8>>,
+}
+
+impl Target {
+    /// Gateway `i`, round-robin.
+    pub fn gateway(&self, i: usize) -> &str {
+        &self.gateways[i % self.gateways.len()]
+    }
+}

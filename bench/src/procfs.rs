@@ -1,0 +1,99 @@
+//! Readings from `/proc`: a process's resident memory and CPU time, and the
+//! kernel's TCP socket memory.
+
+use std::time::{Duration, Instant};
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 on
+/// every Linux build in practice).
+const USER_HZ: f64 = 100.0;
+
+/// Resident set size of `pid` in KiB (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// User plus system CPU time of `pid` so far, in seconds.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, so utime (14) and stime (15) are at 11, 12.
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+/// Open file descriptors of `pid`.
+pub fn open_fds(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// The kernel's TCP socket figures from `/proc/net/sockstat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SockStat {
+    /// Sockets in use.
+    pub inuse: u64,
+    /// Socket buffer memory in pages (`mem`).
+    pub mem_pages: u64,
+}
+
+/// Reads `/proc/net/sockstat`'s `TCP:` line.
+pub fn sockstat() -> Option<SockStat> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    parse_sockstat(&text)
+}
+
+fn parse_sockstat(text: &str) -> Option<SockStat> {
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)?.parse().ok());
+    Some(SockStat { inuse: field("inuse")?, mem_pages: field("mem")? })
+}
+
+/// The page size the kernel counts socket memory in (4 KiB on x86-64).
+pub const PAGE_BYTES: u64 = 4096;
+
+/// CPU used by each of `pids` over `window`, as a fraction of one core.
+pub async fn cpu_over(pids: &[u32], window: Duration) -> Vec<f64> {
+    let before: Vec<Option<f64>> = pids.iter().map(|p| cpu_secs(*p)).collect();
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let wall = t0.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(before)
+        .map(|(p, b)| match (b, cpu_secs(*p)) {
+            (Some(b), Some(a)) => (a - b) / wall,
+            _ => f64::NAN,
+        })
+        .collect()
+}
+
+/// The pid of a process whose command line contains `needle` (e.g. a
+/// nats-server's store directory), other than this one.
+pub fn find_pid(needle: &str) -> Option<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        (pid != me && cmd.contains(needle)).then_some(pid)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_process_and_sockstat() {
+        let me = std::process::id();
+        assert!(rss_kib(me).unwrap() > 0);
+        assert!(cpu_secs(me).unwrap() >= 0.0);
+        assert!(open_fds(me).unwrap() > 0);
+        let s = parse_sockstat("sockets: used 5\nTCP: inuse 3 orphan 0 tw 1 alloc 4 mem 7\nUDP: inuse 0 mem 0\n");
+        assert_eq!(s, Some(SockStat { inuse: 3, mem_pages: 7 }));
+        assert!(sockstat().is_some());
+    }
+}
