@@ -38,7 +38,14 @@ pub fn upgrade(state: Arc<AppState>, claims: Claims, mut req: Request<Incoming>)
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
+                // tungstenite's defaults (128 KiB read buffer allocated up
+                // front, 128 KiB write batching) cost ~125 KiB per idle
+                // connection. The read buffer grows on demand for large
+                // frames; small write batches still coalesce a burst of
+                // deliveries into few syscalls (see docs/benchmarks.md, idle).
                 let cfg = WebSocketConfig::default()
+                    .read_buffer_size(4 * 1024)
+                    .write_buffer_size(8 * 1024)
                     .max_message_size(Some(state.cfg.max_frame_bytes))
                     .max_frame_size(Some(state.cfg.max_frame_bytes));
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(cfg)).await;
