@@ -141,7 +141,9 @@ pub async fn messages(st: &AppState, req: Request<Incoming>, conv: &str) -> Resu
             .filter(|l| (1..=100).contains(l))
             .ok_or_else(|| ApiError::bad_request("limit must be 1-100"))?,
     };
-    let out = history::page(&st.storage, &conv, page, limit).await.map_err(ApiError::unavailable)?;
+    let out = history::page(history::Reader { storage: &st.storage, cache: &st.history_index }, &conv, page, limit)
+        .await
+        .map_err(ApiError::unavailable)?;
     let messages: Vec<_> = out
         .messages
         .into_iter()

@@ -26,6 +26,8 @@ pub struct GatewayConfig {
     pub max_body_chars: usize,
     /// `CHAT_WS_MAX_FRAME_BYTES`: largest WebSocket message accepted.
     pub max_frame_bytes: usize,
+    /// `CHAT_HISTORY_INDEX_CACHE`: history index entries cached per gateway.
+    pub history_index_cache: usize,
     /// `CHAT_WS_OUTBOUND_FRAMES`: frames queued to a slow client before it
     /// is disconnected.
     pub outbound_frames: usize,
@@ -139,6 +141,7 @@ impl GatewayConfig {
             token_ttl: Duration::from_secs(bounded(src, "CHAT_TOKEN_TTL_SECS", 7 * 24 * 3600, 1, 365 * 24 * 3600)?),
             max_body_chars: bounded(src, "CHAT_MAX_BODY_CHARS", 100_000, 1, 200_000)? as usize,
             max_frame_bytes: bounded(src, "CHAT_WS_MAX_FRAME_BYTES", 1 << 20, 1024, 1 << 20)? as usize,
+            history_index_cache: bounded(src, "CHAT_HISTORY_INDEX_CACHE", 200_000, 0, 100_000_000)? as usize,
             outbound_frames: bounded(src, "CHAT_WS_OUTBOUND_FRAMES", 1024, 8, 1 << 20)? as usize,
             outbound_bytes: bounded(src, "CHAT_WS_OUTBOUND_BYTES", 8 << 20, 1 << 20, 1 << 30)? as usize,
             stall_timeout: Duration::from_millis(bounded(src, "CHAT_WS_STALL_TIMEOUT_MS", 10_000, 100, 3_600_000)?),

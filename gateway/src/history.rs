@@ -9,6 +9,8 @@
 //! from the last message's ordinal, `before`/`after` by a binary search of
 //! the blocks' first ids.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
@@ -41,8 +43,53 @@ pub struct PageOut {
     pub has_more: bool,
 }
 
+/// Index entries this gateway has read. An entry never changes once the
+/// sequencer has written it (a block's first message is fixed), so entries
+/// are cached without invalidation; only absent entries are not cached.
+/// Bounded by `CHAT_HISTORY_INDEX_CACHE` entries (about 100 bytes each):
+/// when full, an arbitrary entry makes room.
+#[derive(Debug)]
+pub struct IndexCache {
+    entries: Mutex<HashMap<(ConvId, u64), (u64, u64)>>,
+    capacity: usize,
+}
+
+impl IndexCache {
+    /// An empty cache holding at most `capacity` entries (0: no caching).
+    pub fn new(capacity: usize) -> IndexCache {
+        IndexCache { entries: Mutex::new(HashMap::new()), capacity }
+    }
+
+    fn get(&self, conv: &ConvId, b: u64) -> Option<(u64, u64)> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).get(&(conv.clone(), b)).copied()
+    }
+
+    fn put(&self, conv: &ConvId, b: u64, entry: (u64, u64)) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.capacity {
+            if let Some(k) = map.keys().next().cloned() {
+                map.remove(&k);
+            }
+        }
+        map.insert((conv.clone(), b), entry);
+    }
+}
+
+/// The stream and the index cache a page is read with.
+#[derive(Clone, Copy)]
+pub struct Reader<'a> {
+    /// Streams and buckets.
+    pub storage: &'a Storage,
+    /// Cached index entries.
+    pub cache: &'a IndexCache,
+}
+
 /// Reads one page of a conversation.
-pub async fn page(st: &Storage, conv: &ConvId, page: Page, limit: usize) -> Result<PageOut, async_nats::Error> {
+pub async fn page(rd: Reader<'_>, conv: &ConvId, page: Page, limit: usize) -> Result<PageOut, async_nats::Error> {
+    let st = rd.storage;
     let subject = subjects::history(conv);
     let last = match st.history.get_last_raw_message_by_subject(&subject).await {
         Ok(m) => (m.sequence, serde_json::from_slice::<StoredMessage>(&m.payload)?),
@@ -56,33 +103,34 @@ pub async fn page(st: &Storage, conv: &ConvId, page: Page, limit: usize) -> Resu
     match page {
         Page::Latest => {
             let from_n = last_n.saturating_sub(limit) + 1;
-            let msgs =
-                read(st, conv, block_start(st, conv, from_n).await?, last_seq, |m| m.n >= from_n, u64::MAX).await?;
+            let start = block_start(rd, conv, from_n).await?;
+            let msgs = read(st, conv, start, last_seq, |m| m.n >= from_n, u64::MAX, last_n).await?;
             Ok(PageOut { has_more: from_n > 1, messages: msgs })
         }
         Page::Before(id) => {
-            // Ordinal of the first message with an id >= `id`.
-            let start = locate(st, conv, id).await?;
-            let firsts = read(st, conv, start, last_seq, |m| m.id >= id, 1).await?;
-            let end_n = firsts.first().map(|(_, m)| m.n).unwrap_or(last_n + 1) - 1;
-            if end_n == 0 {
+            // Block `b` holds the last message with an id below `id` (or
+            // none does). One forward read from `limit` messages before that
+            // block through the end of it finds the page: ordinals are
+            // contiguous, so the page is the last `limit` messages read with
+            // an id below `id`.
+            let Some(b) = locate(rd, conv, id, last_n).await? else {
                 return Ok(PageOut { messages: vec![], has_more: false });
-            }
-            let from_n = end_n.saturating_sub(limit) + 1;
-            let msgs = read(
-                st,
-                conv,
-                block_start(st, conv, from_n).await?,
-                last_seq,
-                |m| m.n >= from_n && m.n <= end_n,
-                limit,
-            )
-            .await?;
-            Ok(PageOut { has_more: from_n > 1, messages: msgs })
+            };
+            let from_n = (b * INDEX_BLOCK + 1).saturating_sub(limit).max(1);
+            let end_n = ((b + 1) * INDEX_BLOCK).min(last_n);
+            let start = block_start(rd, conv, from_n).await?;
+            let mut msgs = read(st, conv, start, last_seq, |m| m.n >= from_n && m.id < id, u64::MAX, end_n).await?;
+            let skip = msgs.len().saturating_sub(limit as usize);
+            msgs.drain(..skip);
+            let has_more = msgs.first().map(|(_, m)| m.n > 1).unwrap_or(false);
+            Ok(PageOut { has_more, messages: msgs })
         }
         Page::After(id) => {
-            let start = locate(st, conv, id).await?;
-            let msgs = read(st, conv, start, last_seq, |m| m.id > id, limit).await?;
+            let start = match locate(rd, conv, id, last_n).await? {
+                Some(b) => block_start(rd, conv, b * INDEX_BLOCK + 1).await?,
+                None => block_start(rd, conv, 1).await?,
+            };
+            let msgs = read(st, conv, start, last_seq, |m| m.id > id, limit, last_n).await?;
             let has_more = msgs.last().map(|(_, m)| m.n < last_n).unwrap_or(false);
             Ok(PageOut { messages: msgs, has_more })
         }
@@ -90,18 +138,23 @@ pub async fn page(st: &Storage, conv: &ConvId, page: Page, limit: usize) -> Resu
 }
 
 /// Index entry of a block: (stream sequence, first id).
-async fn block(st: &Storage, conv: &ConvId, b: u64) -> Result<Option<(u64, u64)>, async_nats::Error> {
-    let Some(v) = st.hindex.get(subjects::hindex_key(conv, b)).await? else { return Ok(None) };
+async fn block(rd: Reader<'_>, conv: &ConvId, b: u64) -> Result<Option<(u64, u64)>, async_nats::Error> {
+    if let Some(e) = rd.cache.get(conv, b) {
+        return Ok(Some(e));
+    }
+    let Some(v) = rd.storage.hindex.get(subjects::hindex_key(conv, b)).await? else { return Ok(None) };
     let text = std::str::from_utf8(&v)?;
     let (seq, id) = text.split_once(' ').ok_or("malformed index entry")?;
-    Ok(Some((seq.parse()?, id.parse()?)))
+    let entry = (seq.parse()?, id.parse()?);
+    rd.cache.put(conv, b, entry);
+    Ok(Some(entry))
 }
 
 /// A stream sequence at or before the message with ordinal `n`.
-async fn block_start(st: &Storage, conv: &ConvId, n: u64) -> Result<u64, async_nats::Error> {
+async fn block_start(rd: Reader<'_>, conv: &ConvId, n: u64) -> Result<u64, async_nats::Error> {
     let mut b = n.saturating_sub(1) / INDEX_BLOCK;
     loop {
-        if let Some((seq, _)) = block(st, conv, b).await? {
+        if let Some((seq, _)) = block(rd, conv, b).await? {
             return Ok(seq);
         }
         // A missing entry (never expected) falls back to an earlier block.
@@ -112,19 +165,17 @@ async fn block_start(st: &Storage, conv: &ConvId, n: u64) -> Result<u64, async_n
     }
 }
 
-/// A stream sequence at or before the first message with an id >= `id`.
-async fn locate(st: &Storage, conv: &ConvId, id: u64) -> Result<u64, async_nats::Error> {
-    let subject = subjects::history(conv);
-    let last: StoredMessage =
-        serde_json::from_slice(&st.history.get_last_raw_message_by_subject(&subject).await?.payload)?;
-    let (mut lo, mut hi) = (0u64, last.n.saturating_sub(1) / INDEX_BLOCK);
-    let mut best = 1u64;
-    // Largest block whose first id is below `id`.
+/// The last block whose first message has an id below `id`, if any (a
+/// binary search of the blocks' first ids; `last_n` is the conversation's
+/// last ordinal). A missing entry (never expected) degrades to block 0.
+async fn locate(rd: Reader<'_>, conv: &ConvId, id: u64, last_n: u64) -> Result<Option<u64>, async_nats::Error> {
+    let (mut lo, mut hi) = (0u64, last_n.saturating_sub(1) / INDEX_BLOCK);
+    let mut best = None;
     while lo <= hi {
         let mid = lo + (hi - lo) / 2;
-        match block(st, conv, mid).await? {
-            Some((seq, first)) if first < id => {
-                best = seq;
+        match block(rd, conv, mid).await? {
+            Some((_, first)) if first < id => {
+                best = Some(mid);
                 lo = mid + 1;
             }
             Some(_) => {
@@ -133,14 +184,14 @@ async fn locate(st: &Storage, conv: &ConvId, id: u64) -> Result<u64, async_nats:
                 }
                 hi = mid - 1;
             }
-            None => return Ok(1),
+            None => return Ok(Some(0)),
         }
     }
     Ok(best)
 }
 
-/// Reads forward from `start` up to `last_seq`, keeping messages that pass
-/// `keep`, stopping after `max` kept.
+/// Reads forward from `start` up to `last_seq` or the message with ordinal
+/// `end_n`, keeping messages that pass `keep`, stopping after `max` kept.
 async fn read(
     st: &Storage,
     conv: &ConvId,
@@ -148,6 +199,7 @@ async fn read(
     last_seq: u64,
     keep: impl Fn(&StoredMessage) -> bool,
     max: u64,
+    end_n: u64,
 ) -> Result<Vec<(u64, StoredMessage)>, async_nats::Error> {
     let consumer = st
         .history
@@ -165,10 +217,11 @@ async fn read(
         let m = m?;
         let seq = m.info()?.stream_sequence;
         let stored: StoredMessage = serde_json::from_slice(&m.payload)?;
+        let at_end = seq >= last_seq || stored.n >= end_n;
         if keep(&stored) {
             out.push((seq, stored));
         }
-        if seq >= last_seq || out.len() as u64 >= max {
+        if at_end || out.len() as u64 >= max {
             return Ok(out);
         }
     }

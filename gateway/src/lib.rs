@@ -103,6 +103,8 @@ pub struct AppState {
     pub delivered: Arc<marks::DeliveredMarks>,
     known_users: Mutex<HashSet<i64>>,
     known_directs: Mutex<HashSet<(i64, i64)>>,
+    /// History index entries read so far.
+    pub history_index: history::IndexCache,
 }
 
 impl AppState {
@@ -215,6 +217,7 @@ pub async fn run(
         .await
         .map_err(GatewayError::Other)?;
     let (shutdown_tx, _) = broadcast::channel(1);
+    let cfg_history_cache = cfg.history_index_cache;
     let state = Arc::new(AppState {
         cfg,
         db,
@@ -226,6 +229,7 @@ pub async fn run(
         delivered: Arc::default(),
         known_users: Mutex::default(),
         known_directs: Mutex::default(),
+        history_index: history::IndexCache::new(cfg_history_cache),
     });
     tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
