@@ -4,6 +4,7 @@
 //! - [`idgen`]: the leased machine id and the snowflake generator.
 //! - [`sequencer`]: per-partition ordering, history, inbox copies, acks.
 //! - [`presence`]: online/offline transitions derived from heartbeats.
+//! - [`push`]: push notifications (planner, sender, FCM, APNs, Web Push).
 //!
 //! [`run`] connects, provisions streams and buckets, leases a machine id and
 //! then owns a fair share of the ingress partitions, rebalancing as workers
@@ -14,6 +15,7 @@
 pub mod idgen;
 pub mod lease;
 pub mod presence;
+pub mod push;
 pub mod sequencer;
 
 use std::collections::HashMap;
@@ -42,6 +44,8 @@ pub struct WorkerConfig {
     pub clock_offset_ms: i64,
     /// `CHAT_WORKER_NAME`: how this worker names itself in leases and logs.
     pub name: String,
+    /// Push notification settings.
+    pub push: push::PushConfig,
 }
 
 impl WorkerConfig {
@@ -52,6 +56,7 @@ impl WorkerConfig {
             storage: StorageSettings::from_source(src)?,
             clock_offset_ms: config::var(src, "CHAT_WORKER_CLOCK_OFFSET_MS", 0)?,
             name: config::var(src, "CHAT_WORKER_NAME", format!("worker-{}", std::process::id()))?,
+            push: push::PushConfig::from_source(src)?,
         })
     }
 }
@@ -97,6 +102,12 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
     client.flush().await?;
     let storage = provision::provision(&client, &cfg.storage).await?;
     let clock = Clock { offset_ms: cfg.clock_offset_ms };
+    // Before any partition is sequenced, so the planner sees every copy.
+    let _push = if cfg.push.enabled {
+        push::start(client.clone(), storage.clone(), cfg.push.clone()).await?
+    } else {
+        Vec::new()
+    };
     tokio::pin!(shutdown);
     loop {
         let start = (std::process::id() % u32::from(chat_nats::snowflake::MACHINES)) as u16;

@@ -1,0 +1,283 @@
+//! The push planner: decides, per inbox copy, which devices get a push.
+//!
+//! A durable pull consumer (`push-planner`) on the whole inbox stream,
+//! shared by every worker. For each copy, in this order:
+//!
+//! 1. system messages and the sender's own copies are never pushed;
+//! 2. copies older than `CHAT_PUSH_MAX_AGE_SECS` are not pushed;
+//! 3. a user with no registration, or who muted the conversation, is done;
+//! 4. a copy younger than `CHAT_PUSH_DELAY_MS` is nak'ed with the time
+//!    left, and JetStream redelivers it then;
+//! 5. if the user's delivered mark (KV `chat_delivered`) has reached the
+//!    copy's inbox sequence, a device got it: nothing is pushed;
+//! 6. devices with a live connection (KV `chat_presence`) are skipped;
+//! 7. one job per remaining device goes to `CHAT_PUSH` (deduplicated by
+//!    `Nats-Msg-Id`), then the copy is acked.
+//!
+//! A worker killed midway leaves the copy unacked: another worker plans it
+//! again after `CHAT_PUSH_ACK_WAIT_MS`, and the job ids deduplicate.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::kv::Operation;
+use async_nats::jetstream::message::{AckKind, Message};
+use async_nats::jetstream::{stream, Context};
+use chat_nats::envelope::{MessageKind, PushJob, StoredMessage};
+use chat_nats::provision::Storage;
+use chat_nats::subjects::{self, ConvId, ConvKind};
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
+
+use super::store::{Registration, Store};
+use super::{truncate_chars, PushConfig, PushError};
+
+/// How long a user's registrations and mutes are cached (changes announced
+/// on `chat.push.changed` evict them at once).
+const CACHE_TTL: Duration = Duration::from_secs(30);
+/// Cached users before the cache is cleared.
+const CACHE_MAX: usize = 100_000;
+/// Copies planned at once per worker.
+const PLAN_CONCURRENCY: usize = 64;
+
+#[derive(Debug)]
+struct UserPush {
+    regs: Vec<Registration>,
+    mutes: HashSet<String>,
+    at: Instant,
+}
+
+/// The planner of one worker.
+pub struct Planner {
+    inner: Arc<Inner>,
+    messages: pull::Stream,
+}
+
+impl Planner {
+    /// Creates (or finds) the consumer and subscribes to changes.
+    pub async fn new(
+        client: async_nats::Client,
+        storage: Storage,
+        db: Store,
+        cfg: Arc<PushConfig>,
+    ) -> Result<Planner, PushError> {
+        let consumer = planner_consumer(&storage, &cfg).await.map_err(PushError::Nats)?;
+        let presence = presence_stream(&storage.js, &storage.presence.stream_name).await.map_err(PushError::Nats)?;
+        let cache: Arc<Mutex<HashMap<i64, Arc<UserPush>>>> = Arc::default();
+        let mut changes = client.subscribe(subjects::PUSH_CHANGED).await.map_err(|e| PushError::Nats(e.into()))?;
+        let evict = cache.clone();
+        tokio::spawn(async move {
+            while let Some(m) = changes.next().await {
+                if let Some(user) = std::str::from_utf8(&m.payload).ok().and_then(|u| u.parse::<i64>().ok()) {
+                    evict.lock().unwrap_or_else(|e| e.into_inner()).remove(&user);
+                }
+            }
+        });
+        let messages = consumer.messages().await.map_err(|e| PushError::Nats(e.into()))?;
+        let inner = Arc::new(Inner { storage, db, cfg, presence, cache, names: Mutex::default() });
+        Ok(Planner { inner, messages })
+    }
+
+    /// Plans copies until the process ends, reopening the consumer after
+    /// errors.
+    pub async fn run(mut self) {
+        let limit = Arc::new(Semaphore::new(PLAN_CONCURRENCY));
+        loop {
+            while let Some(m) = self.messages.next().await {
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "push planner: consumer error");
+                        continue;
+                    }
+                };
+                let Ok(permit) = limit.clone().acquire_owned().await else { return };
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = inner.plan(&m).await {
+                        tracing::warn!(error = %e, subject = %m.subject, "push planner: copy not planned; retried later");
+                        let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    }
+                    drop(permit);
+                });
+            }
+            tracing::warn!("push planner: consumer ended; reopening");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match planner_consumer(&self.inner.storage, &self.inner.cfg).await {
+                Ok(c) => match c.messages().await {
+                    Ok(m) => self.messages = m,
+                    Err(e) => tracing::warn!(error = %e, "push planner: cannot reopen"),
+                },
+                Err(e) => tracing::warn!(error = %e, "push planner: cannot reopen"),
+            }
+        }
+    }
+}
+
+async fn planner_consumer(
+    storage: &Storage,
+    cfg: &PushConfig,
+) -> Result<async_nats::jetstream::consumer::Consumer<pull::Config>, async_nats::Error> {
+    let config = pull::Config {
+        durable_name: Some(subjects::PUSH_PLANNER.into()),
+        description: Some("plans push notifications from inbox copies".into()),
+        filter_subject: subjects::INBOX_ALL.into(),
+        // Only copies written from now on: a first start does not push the
+        // retained backlog.
+        deliver_policy: DeliverPolicy::New,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: cfg.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: cfg.planner_max_pending,
+        ..Default::default()
+    };
+    Ok(storage.inbox.get_or_create_consumer(subjects::PUSH_PLANNER, config).await?)
+}
+
+async fn presence_stream(js: &Context, name: &str) -> Result<stream::Stream, async_nats::Error> {
+    Ok(js.get_stream(name).await?)
+}
+
+struct Inner {
+    storage: Storage,
+    db: Store,
+    cfg: Arc<PushConfig>,
+    presence: stream::Stream,
+    cache: Arc<Mutex<HashMap<i64, Arc<UserPush>>>>,
+    names: Mutex<HashMap<i64, String>>,
+}
+
+fn now_ms() -> i128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i128
+}
+
+impl Inner {
+    async fn plan(&self, m: &Message) -> Result<(), async_nats::Error> {
+        let (seq, published_ms) = {
+            let info = m.info()?;
+            (info.stream_sequence, info.published.unix_timestamp_nanos() / 1_000_000)
+        };
+        let (Some(user), Ok(stored)) =
+            (subjects::inbox_user(&m.subject), serde_json::from_slice::<StoredMessage>(&m.payload))
+        else {
+            return m.ack().await;
+        };
+        if stored.kind == MessageKind::System || stored.from == user {
+            return m.ack().await;
+        }
+        let age = Duration::from_millis((now_ms() - published_ms).max(0) as u64);
+        if age > self.cfg.max_age {
+            tracing::debug!(user_id = user, message_id = stored.id, "push: copy too old; not pushed");
+            return m.ack().await;
+        }
+        let up = self.user_push(user).await?;
+        if up.regs.is_empty() || up.mutes.contains(&stored.conv) {
+            return m.ack().await;
+        }
+        if age < self.cfg.delay {
+            return m.ack_with(AckKind::Nak(Some(self.cfg.delay - age))).await;
+        }
+        if self.delivered_mark(user).await? >= seq {
+            tracing::debug!(user_id = user, message_id = stored.id, push_outcome = "seen", "push: already delivered");
+            return m.ack().await;
+        }
+        let online = self.connected_devices(user).await?;
+        let targets: Vec<&Registration> = up.regs.iter().filter(|r| !online.contains(&r.device)).collect();
+        if targets.is_empty() {
+            return m.ack().await;
+        }
+        let job = self.job(user, &stored).await?;
+        let mut acks = Vec::with_capacity(targets.len());
+        for r in targets {
+            let job = PushJob { device: r.device.clone(), ..job.clone() };
+            let id = subjects::push_job_id(stored.id, user, &r.device);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            let payload = serde_json::to_vec(&job)?.into();
+            acks.push(self.storage.js.publish_with_headers(subjects::push_job(user), headers, payload).await?);
+        }
+        for a in acks {
+            a.await?;
+        }
+        tracing::debug!(user_id = user, message_id = stored.id, "push: jobs queued");
+        m.ack().await
+    }
+
+    async fn user_push(&self, user: i64) -> Result<Arc<UserPush>, async_nats::Error> {
+        if let Some(u) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&user) {
+            if u.at.elapsed() < CACHE_TTL {
+                return Ok(u.clone());
+            }
+        }
+        let at = Instant::now();
+        let regs = self.db.registrations(user).await?;
+        let mutes = if regs.is_empty() { HashSet::new() } else { self.db.mutes(user).await?.into_iter().collect() };
+        let up = Arc::new(UserPush { regs, mutes, at });
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(user, up.clone());
+        Ok(up)
+    }
+
+    async fn delivered_mark(&self, user: i64) -> Result<u64, async_nats::Error> {
+        Ok(match self.storage.delivered.get(subjects::delivered_key(user)).await? {
+            Some(v) => std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    /// Devices with a live connection: presence keys `<user>.<device>.<conn>`.
+    async fn connected_devices(&self, user: i64) -> Result<HashSet<String>, async_nats::Error> {
+        let prefix = format!("$KV.{}.", subjects::PRESENCE_BUCKET);
+        let filter = format!("{prefix}{user}.>");
+        let keys: Vec<(String, usize)> = self.presence.clone().info_with_subjects(&filter).await?.try_collect().await?;
+        let mut online = HashSet::new();
+        for (subject, _) in keys {
+            let key = &subject[prefix.len()..];
+            if let Some(e) = self.storage.presence.entry(key).await? {
+                if e.operation == Operation::Put {
+                    if let Some(device) = key.split('.').nth(1) {
+                        online.insert(device.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(online)
+    }
+
+    async fn job(&self, user: i64, m: &StoredMessage) -> Result<PushJob, async_nats::Error> {
+        let sender_name = self.username(m.from).await?;
+        let group_name = match ConvId::parse(&m.conv).map(|c| c.kind()) {
+            Some(ConvKind::Group(g)) => Some(self.db.group_name(g).await?.unwrap_or_else(|| m.conv.clone())),
+            _ => None,
+        };
+        Ok(PushJob {
+            user,
+            device: String::new(),
+            message_id: m.id,
+            conv: m.conv.clone(),
+            from: m.from,
+            sender_name,
+            group_name,
+            preview: self.cfg.preview.then(|| truncate_chars(&m.body, self.cfg.preview_chars)),
+            ts: m.ts,
+        })
+    }
+
+    async fn username(&self, id: i64) -> Result<String, async_nats::Error> {
+        if let Some(n) = self.names.lock().unwrap_or_else(|e| e.into_inner()).get(&id) {
+            return Ok(n.clone());
+        }
+        let name = self.db.username(id).await?.unwrap_or_else(|| id.to_string());
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if names.len() >= CACHE_MAX {
+            names.clear();
+        }
+        names.insert(id, name.clone());
+        Ok(name)
+    }
+}
