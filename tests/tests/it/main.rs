@@ -4,9 +4,11 @@
 mod bench_smoke;
 mod core;
 mod durability;
+mod fake_push;
 mod groups;
 mod limits;
 mod presence;
+mod push;
 mod service;
 mod stack;
 mod transports;
