@@ -1,11 +1,18 @@
-//! Bench-side clients: accounts and tokens, and a WebSocket connection
-//! split into a writer and a reader so one task can send on a schedule
-//! while another reads acks and messages.
+//! Bench-side clients: accounts and tokens, and a session connection
+//! (WebSocket or QUIC) split into a writer and a reader so one task can
+//! send on a schedule while another reads acks and messages.
+//!
+//! QUIC connections go through a [`Dialer`], which shares a few client
+//! endpoints (one UDP socket each) between all of them: one socket per
+//! connection would hit the limit of open files per process.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::{Buf, BytesMut};
+use chat_client::quic::quinn;
 use chat_client::{ClientError, Http};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -102,11 +109,21 @@ pub struct Frame {
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// The writing half of a connection.
-pub struct WsTx(SplitSink<Ws, Message>);
+/// The writing half of a connection (WebSocket or QUIC).
+pub struct WsTx(TxInner);
 
-/// The reading half of a connection.
-pub struct WsRx(SplitStream<Ws>);
+enum TxInner {
+    Ws(SplitSink<Ws, Message>),
+    Quic { conn: quinn::Connection, send: quinn::SendStream },
+}
+
+/// The reading half of a connection (WebSocket or QUIC).
+pub struct WsRx(RxInner);
+
+enum RxInner {
+    Ws(SplitStream<Ws>),
+    Quic { recv: quinn::RecvStream, buf: BytesMut },
+}
 
 /// Opens a WebSocket to `addr` with `token` (TCP_NODELAY on).
 pub async fn connect(addr: &str, token: &str) -> Result<(WsTx, WsRx)> {
@@ -114,16 +131,24 @@ pub async fn connect(addr: &str, token: &str) -> Result<(WsTx, WsRx)> {
     req.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
     let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
     let (tx, rx) = ws.split();
-    Ok((WsTx(tx), WsRx(rx)))
+    Ok((WsTx(TxInner::Ws(tx)), WsRx(RxInner::Ws(rx))))
 }
 
 /// [`connect`], retrying up to `tries` times with a growing pause (a
 /// reconnect storm may overflow the listen backlog).
 pub async fn connect_retry(addr: &str, token: &str, tries: u32) -> Result<(WsTx, WsRx, u32)> {
+    retry(tries, || connect(addr, token)).await
+}
+
+async fn retry<F, Fut>(tries: u32, f: F) -> Result<(WsTx, WsRx, u32)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(WsTx, WsRx)>>,
+{
     let mut pause = Duration::from_millis(20);
     let mut last = None;
     for attempt in 0..tries.max(1) {
-        match connect(addr, token).await {
+        match f().await {
             Ok((tx, rx)) => return Ok((tx, rx, attempt)),
             Err(e) => last = Some(e),
         }
@@ -133,10 +158,137 @@ pub async fn connect_retry(addr: &str, token: &str, tries: u32) -> Result<(WsTx,
     Err(last.unwrap_or_else(|| anyhow!("no attempt")))
 }
 
+/// The session transport of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// WebSocket (`ws://<gateway>/v1/ws`).
+    #[default]
+    Ws,
+    /// QUIC (the gateway's `CHAT_QUIC_ADDR`), length-prefixed JSON frames.
+    Quic,
+}
+
+impl Transport {
+    /// `ws` or `quic`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Quic => "quic",
+        }
+    }
+
+    /// A report's name: `scenario` over WebSocket, `scenario-quic` over QUIC.
+    pub fn scenario(self, scenario: &str) -> String {
+        match self {
+            Transport::Ws => scenario.to_owned(),
+            Transport::Quic => format!("{scenario}-quic"),
+        }
+    }
+}
+
+impl std::str::FromStr for Transport {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Transport> {
+        match s {
+            "ws" | "websocket" => Ok(Transport::Ws),
+            "quic" => Ok(Transport::Quic),
+            _ => bail!("transport {s:?}: ws or quic"),
+        }
+    }
+}
+
+/// Opens session connections to a target's gateways over one transport.
+/// QUIC connections share `endpoints` client endpoints, round-robin.
+#[derive(Clone)]
+pub struct Dialer {
+    transport: Transport,
+    ws: Vec<String>,
+    quic: Vec<(String, quinn::ClientConfig)>,
+    endpoints: Arc<Vec<quinn::Endpoint>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Dialer {
+    /// A dialer for `t`'s gateways; for QUIC, with `endpoints` shared
+    /// client endpoints (at least one).
+    pub fn new(t: &Target, transport: Transport, endpoints: usize) -> Result<Dialer> {
+        let mut d = Dialer {
+            transport,
+            ws: t.gateways.clone(),
+            quic: vec![],
+            endpoints: Arc::new(vec![]),
+            next: Arc::new(AtomicUsize::new(0)),
+        };
+        if transport == Transport::Quic {
+            anyhow::ensure!(
+                !t.quic.is_empty() && t.quic.len() == t.gateways.len(),
+                "QUIC needs each gateway's QUIC address and certificate fingerprint"
+            );
+            for q in &t.quic {
+                let trust = chat_client::quic::Trust::Fingerprint(q.fingerprint.clone());
+                d.quic.push((q.addr.clone(), chat_client::quic::client_config(&trust)?));
+            }
+            let local: std::net::SocketAddr = "0.0.0.0:0".parse()?;
+            let eps = (0..endpoints.max(1)).map(|_| chat_client::quic::endpoint(local)).collect::<Result<_, _>>()?;
+            d.endpoints = Arc::new(eps);
+        }
+        Ok(d)
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// The address connections to gateway `gw` go to.
+    pub fn addr(&self, gw: usize) -> &str {
+        match self.transport {
+            Transport::Ws => &self.ws[gw % self.ws.len()],
+            Transport::Quic => &self.quic[gw % self.quic.len()].0,
+        }
+    }
+
+    /// Opens an authenticated session connection to gateway `gw`.
+    pub async fn connect(&self, gw: usize, token: &str) -> Result<(WsTx, WsRx)> {
+        match self.transport {
+            Transport::Ws => connect(self.addr(gw), token).await,
+            Transport::Quic => {
+                let (addr, cfg) = &self.quic[gw % self.quic.len()];
+                let ep = &self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % self.endpoints.len()];
+                let q = chat_client::quic::connect_via(ep, cfg, addr, "localhost", token).await?;
+                let (conn, send, recv) = q.into_parts();
+                Ok((WsTx(TxInner::Quic { conn, send }), WsRx(RxInner::Quic { recv, buf: BytesMut::new() })))
+            }
+        }
+    }
+
+    /// [`Dialer::connect`], retrying up to `tries` times.
+    pub async fn connect_retry(&self, gw: usize, token: &str, tries: u32) -> Result<(WsTx, WsRx, u32)> {
+        retry(tries, || self.connect(gw, token)).await
+    }
+
+    /// Connects and syncs from `cursor`; returns the halves and the cursor.
+    pub async fn live(&self, gw: usize, token: &str, cursor: Option<&str>) -> Result<(WsTx, WsRx, String)> {
+        let (mut tx, mut rx, _) = self.connect_retry(gw, token, 8).await?;
+        tx.sync(cursor).await?;
+        let (_, _, cursor) = rx.until_synced(Duration::from_secs(60)).await?;
+        Ok((tx, rx, cursor))
+    }
+}
+
 impl WsTx {
     /// Sends a JSON frame.
     pub async fn send(&mut self, v: &Value) -> Result<()> {
-        self.0.send(Message::text(v.to_string())).await.map_err(Into::into)
+        match &mut self.0 {
+            TxInner::Ws(tx) => tx.send(Message::text(v.to_string())).await.map_err(Into::into),
+            TxInner::Quic { send, .. } => {
+                let body = v.to_string();
+                let mut frame = Vec::with_capacity(4 + body.len());
+                frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+                frame.extend_from_slice(body.as_bytes());
+                send.write_all(&frame).await.map_err(Into::into)
+            }
+        }
     }
 
     /// Sends a `send` frame to `to` (`{"user": id}` or `{"group": id}`).
@@ -153,16 +305,45 @@ impl WsTx {
     }
 
     /// Closes the connection politely.
-    pub async fn close(mut self) {
-        let _ = self.0.close().await;
+    pub async fn close(self) {
+        match self.0 {
+            TxInner::Ws(mut tx) => {
+                let _ = tx.close().await;
+            }
+            TxInner::Quic { conn, mut send } => {
+                let _ = send.finish();
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                conn.close(quinn::VarInt::from_u32(1000), b"bye");
+            }
+        }
     }
 }
 
 impl WsRx {
     /// The next frame; `None` when the server closed the connection.
+    /// Cancel-safe (may be used in `select!`).
     pub async fn next(&mut self) -> Result<Option<Frame>> {
+        let ws = match &mut self.0 {
+            RxInner::Ws(ws) => ws,
+            RxInner::Quic { recv, buf } => loop {
+                if buf.len() >= 4 {
+                    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    if buf.len() >= 4 + len {
+                        buf.advance(4);
+                        let body = buf.split_to(len);
+                        return Ok(Some(serde_json::from_slice(&body)?));
+                    }
+                }
+                // `read_chunk` loses nothing when cancelled, unlike `read_exact`.
+                match recv.read_chunk(64 * 1024, true).await {
+                    Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                    Ok(None) | Err(quinn::ReadError::ConnectionLost(_)) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            },
+        };
         loop {
-            match self.0.next().await {
+            match ws.next().await {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(t.as_str())?)),

@@ -1,7 +1,8 @@
-//! `idle`: N authenticated, synced, idle WebSocket connections. Reports
-//! each gateway's RSS per connection and CPU while idle, the kernel's TCP
-//! socket memory separately, and, as the baseline, nats-server's RSS per
-//! idle core NATS client connection.
+//! `idle`: N authenticated, synced, idle WebSocket or QUIC connections.
+//! Reports each gateway's RSS per connection and CPU while idle, the
+//! kernel's TCP (WebSocket) or UDP (QUIC) socket memory separately, and,
+//! as the baseline, nats-server's RSS per idle core NATS client connection.
+//! QUIC clients share a few client endpoints (UDP sockets) per process.
 //!
 //! A process may hold at most 20,000 open files here, so the clients run
 //! in child processes (`chat-bench idle-client`, at most `per_process`
@@ -18,10 +19,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::client::{connect_retry, run_prefix, signup_users, token};
+use crate::client::{run_prefix, signup_users, token, Dialer, Transport};
 use crate::procfs::{self, PAGE_BYTES};
 use crate::report::Report;
-use crate::Target;
+use crate::{QuicTarget, Target};
 
 /// Parameters.
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct Cfg {
     /// The `chat-bench` binary to run client processes with; `None` keeps
     /// every connection in this process.
     pub exe: Option<PathBuf>,
+    /// The session transport.
+    pub transport: Transport,
 }
 
 impl Default for Cfg {
@@ -60,6 +63,7 @@ impl Default for Cfg {
             concurrency: 64,
             baselines: true,
             exe: std::env::current_exe().ok(),
+            transport: Transport::Ws,
         }
     }
 }
@@ -83,22 +87,26 @@ impl Drop for Held {
     }
 }
 
-/// Opens and syncs a connection per token to `addr`, then keeps them idle
-/// (a `ping` every `ping`); returns once every one is up or has failed.
-pub async fn hold(addr: &str, tokens: Vec<String>, ping: Duration, concurrency: usize) -> Held {
+/// QUIC connections per shared client endpoint (UDP socket).
+const CONNS_PER_ENDPOINT: usize = 1000;
+
+/// Opens and syncs a connection per token to gateway `gw` of `dialer`,
+/// then keeps them idle (a `ping` every `ping`); returns once every one is
+/// up or has failed.
+pub async fn hold(dialer: &Dialer, gw: usize, tokens: Vec<String>, ping: Duration, concurrency: usize) -> Held {
     let sem = std::sync::Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(tokens.len());
     let mut ready = Vec::with_capacity(tokens.len());
     for (i, tok) in tokens.into_iter().enumerate() {
         let (done, rx) = oneshot::channel::<Result<(), String>>();
         ready.push(rx);
-        let (addr, sem) = (addr.to_owned(), sem.clone());
+        let (dialer, sem) = (dialer.clone(), sem.clone());
         // Spread the pings over the interval.
         let offset = ping.mul_f64((i % 1000) as f64 / 1000.0);
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
             let up = async {
-                let (mut tx, mut rx, _) = connect_retry(&addr, &tok, 8).await?;
+                let (mut tx, mut rx, _) = dialer.connect_retry(gw, &tok, 8).await?;
                 tx.sync(None).await?;
                 rx.until_synced(Duration::from_secs(120)).await?;
                 Ok::<_, anyhow::Error>((tx, rx))
@@ -151,21 +159,49 @@ pub async fn hold_nats(url: &str, n: usize) -> (Vec<async_nats::Client>, usize) 
     (clients, failed)
 }
 
+/// What `chat-bench idle-client` is told to hold.
+#[derive(Debug, Default)]
+pub struct ChildArgs<'a> {
+    /// WebSocket address of the gateway (`--addr`).
+    pub addr: Option<&'a str>,
+    /// Its QUIC address (`--quic`), to connect over QUIC instead.
+    pub quic: Option<&'a str>,
+    /// Its certificate fingerprint (`--fingerprint`).
+    pub fingerprint: Option<&'a str>,
+    /// A file of tokens, one per connection (`--tokens`).
+    pub tokens_file: Option<&'a str>,
+    /// A nats-server URL (`--nats`), to hold raw NATS connections instead.
+    pub nats: Option<&'a str>,
+    /// How many raw NATS connections (`--count`).
+    pub count: usize,
+    /// Application ping interval (`--ping-secs`).
+    pub ping: Duration,
+}
+
 /// Entry of `chat-bench idle-client`: holds connections, prints
 /// `ready <ok> <failed>` on stdout, and exits when stdin closes.
-/// `addr` + `tokens_file` hold WebSocket connections; `nats` + `count`
-/// hold raw NATS connections instead.
-pub async fn child_main(
-    addr: Option<&str>,
-    tokens_file: Option<&str>,
-    nats: Option<&str>,
-    count: usize,
-    ping: Duration,
-) -> Result<()> {
-    let (_held, _clients, ok, failed) = match (addr, tokens_file, nats) {
+/// `addr` (and `quic` + `fingerprint` for QUIC) + `tokens_file` hold
+/// session connections; `nats` + `count` hold raw NATS connections instead.
+pub async fn child_main(a: ChildArgs<'_>) -> Result<()> {
+    let (_held, _clients, ok, failed) = match (a.addr, a.tokens_file, a.nats) {
         (Some(addr), Some(file), _) => {
             let tokens: Vec<String> = std::fs::read_to_string(file)?.lines().map(str::to_owned).collect();
-            let held = hold(addr, tokens, ping, 64).await;
+            let (transport, quic) = match (a.quic, a.fingerprint) {
+                (Some(q), Some(f)) => {
+                    (Transport::Quic, vec![QuicTarget { addr: q.to_owned(), fingerprint: f.to_owned() }])
+                }
+                _ => (Transport::Ws, vec![]),
+            };
+            let t = Target {
+                gateways: vec![addr.to_owned()],
+                quic,
+                nats_url: String::new(),
+                gateway_pids: vec![],
+                nats_pid: None,
+                token_secret: None,
+            };
+            let dialer = Dialer::new(&t, transport, tokens.len().div_ceil(CONNS_PER_ENDPOINT))?;
+            let held = hold(&dialer, 0, tokens, a.ping, 64).await;
             if let Some(e) = &held.first_error {
                 eprintln!("idle-client: {} connections failed; first: {e}", held.failed);
             }
@@ -173,11 +209,11 @@ pub async fn child_main(
             (Some(held), vec![], ok, failed)
         }
         (_, _, Some(url)) => {
-            let (clients, failed) = hold_nats(url, count).await;
+            let (clients, failed) = hold_nats(url, a.count).await;
             let ok = clients.len();
             (None, clients, ok, failed)
         }
-        _ => bail!("idle-client needs --addr and --tokens, or --nats and --count"),
+        _ => bail!("idle-client needs --addr and --tokens (and --quic, --fingerprint), or --nats and --count"),
     };
     println!("ready {ok} {failed}");
     // Hold until the parent closes our stdin (or dies).
@@ -225,11 +261,15 @@ async fn spawn_clients(exe: &Path, jobs: Vec<Vec<String>>) -> Result<(Children, 
 /// Runs the scenario.
 pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     let g = t.gateways.len();
+    let quic = cfg.transport == Transport::Quic;
     let mut r = Report::new(
-        "idle",
+        &cfg.transport.scenario("idle"),
         json!({"conns": cfg.conns, "gateways": g, "users": cfg.users, "per_process": cfg.per_process,
-               "ping_s": cfg.ping.as_secs_f64(), "cpu_window_s": cfg.cpu_window.as_secs_f64()}),
+               "ping_s": cfg.ping.as_secs_f64(), "cpu_window_s": cfg.cpu_window.as_secs_f64(),
+               "transport": cfg.transport.name()}),
     );
+    // Checked before any account is made.
+    let dialer = Dialer::new(t, cfg.transport, cfg.conns.div_ceil(g).div_ceil(CONNS_PER_ENDPOINT))?;
     let users = signup_users(t, &run_prefix("idle"), cfg.users.clamp(1, cfg.conns.max(1)), 4).await?;
     // tokens[gw] = the connections of gateway gw.
     let mut tokens: Vec<Vec<String>> = vec![vec![]; g];
@@ -239,6 +279,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     let pids = &t.gateway_pids;
     let rss0: Vec<Option<u64>> = pids.iter().map(|p| procfs::rss_kib(*p)).collect();
     let sock0 = procfs::sockstat().unwrap_or_default();
+    let udp0 = procfs::sockstat_udp().unwrap_or_default();
     let nats_rss0 = t.nats_pid.and_then(procfs::rss_kib);
     let t0 = std::time::Instant::now();
     let mut _held = vec![];
@@ -247,7 +288,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
         None => {
             let (mut ok, mut failed) = (0, 0);
             for (gw, toks) in tokens.into_iter().enumerate() {
-                let h = hold(t.gateway(gw), toks, cfg.ping, cfg.concurrency).await;
+                let h = hold(&dialer, gw, toks, cfg.ping, cfg.concurrency).await;
                 (ok, failed) = (ok + h.ok, failed + h.failed);
                 if let Some(e) = &h.first_error {
                     r.note(format!("first connection failure: {e}"));
@@ -263,14 +304,19 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
                     let file = std::env::temp_dir().join(format!("chat-bench-idle-{}-{gw}-{k}", std::process::id()));
                     std::fs::write(&file, chunk.join("\n"))?;
                     files.push(file.clone());
-                    jobs.push(vec![
+                    let mut job = vec![
                         "--addr".into(),
                         t.gateway(gw).to_owned(),
                         "--tokens".into(),
                         file.display().to_string(),
                         "--ping-secs".into(),
                         cfg.ping.as_secs_f64().to_string(),
-                    ]);
+                    ];
+                    if quic {
+                        let q = &t.quic[gw % t.quic.len()];
+                        job.extend(["--quic".into(), q.addr.clone(), "--fingerprint".into(), q.fingerprint.clone()]);
+                    }
+                    jobs.push(job);
                 }
             }
             r.metric("client_processes", jobs.len() as f64);
@@ -291,6 +337,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     }
     tokio::time::sleep(cfg.settle).await;
     let sock1 = procfs::sockstat().unwrap_or_default();
+    let udp1 = procfs::sockstat_udp().unwrap_or_default();
     let mut watched: Vec<u32> = pids.clone();
     watched.extend(t.nats_pid);
     let cpu = procfs::cpu_over(&watched, cfg.cpu_window).await;
@@ -325,7 +372,18 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     r.metric("kernel_tcp_mem_delta_kib", kmem / 1024.0);
     r.metric("kernel_tcp_mem_per_conn_bytes", kmem / ok.max(1) as f64);
     r.metric("kernel_tcp_inuse_delta", sock1.inuse as f64 - sock0.inuse as f64);
-    r.note("kernel TCP memory counts both ends of each loopback connection (client and gateway)");
+    if quic {
+        let umem = (udp1.mem_pages as f64 - udp0.mem_pages as f64) * PAGE_BYTES as f64;
+        r.metric("kernel_udp_mem_delta_kib", umem / 1024.0);
+        r.metric("kernel_udp_inuse_delta", udp1.inuse as f64 - udp0.inuse as f64);
+        r.note(format!(
+            "QUIC: the gateway holds one UDP socket for all connections; the clients share {} endpoint(s) \
+             (UDP sockets) per process; client and gateway send QUIC keep-alives (5 s / 10 s)",
+            cfg.conns.div_ceil(g).min(cfg.per_process.max(1)).div_ceil(CONNS_PER_ENDPOINT)
+        ));
+    } else {
+        r.note("kernel TCP memory counts both ends of each loopback connection (client and gateway)");
+    }
     drop(_held);
     drop(_kids);
 
@@ -354,7 +412,8 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
             r.metric("baseline_nats_rss_per_conn_kib", per);
             drop(kids);
             if !pids.is_empty() {
-                r.ratio("gateway KiB per WebSocket / nats-server KiB per NATS connection", per_conn_kib, per);
+                let what = if quic { "QUIC connection" } else { "WebSocket" };
+                r.ratio(&format!("gateway KiB per {what} / nats-server KiB per NATS connection"), per_conn_kib, per);
             }
         } else {
             r.note("baseline skipped: needs the nats-server pid and client processes");

@@ -7,7 +7,8 @@
 //! are measured from the scheduled send times. Baselines at the same rate,
 //! size and number of publishers: core NATS publish→subscribe, and
 //! JetStream publish→plain subscriber on a file stream (the persisted
-//! path, same fsync setting).
+//! path, same fsync setting). Runs over WebSocket or QUIC (`transport`;
+//! the report is `latency-quic` for QUIC).
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use anyhow::Result;
 use serde_json::json;
 
 use crate::baseline::{self, RawCfg};
-use crate::client::{live, run_prefix, signup_users, token};
+use crate::client::{run_prefix, signup_users, token, Dialer, Transport};
 use crate::report::{LatRow, Report};
 use crate::traffic::{self, per_s, Peer, TrafficCfg};
 use crate::Target;
@@ -37,6 +38,8 @@ pub struct Cfg {
     pub drain: Duration,
     /// Run the raw-NATS baselines.
     pub baselines: bool,
+    /// The session transport.
+    pub transport: Transport,
 }
 
 impl Default for Cfg {
@@ -49,6 +52,7 @@ impl Default for Cfg {
             size: 100,
             drain: Duration::from_secs(15),
             baselines: true,
+            transport: Transport::Ws,
         }
     }
 }
@@ -56,16 +60,19 @@ impl Default for Cfg {
 /// Runs the scenario.
 pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     let mut r = Report::new(
-        "latency",
+        &cfg.transport.scenario("latency"),
         json!({"pairs": cfg.pairs, "rate": cfg.rate, "duration_s": cfg.duration.as_secs_f64(),
-               "warmup_s": cfg.warmup.as_secs_f64(), "size": cfg.size, "gateways": t.gateways.len()}),
+               "warmup_s": cfg.warmup.as_secs_f64(), "size": cfg.size, "gateways": t.gateways.len(),
+               "transport": cfg.transport.name()}),
     );
+    // QUIC: the connections share 4 client endpoints (UDP sockets).
+    let dialer = Dialer::new(t, cfg.transport, 4)?;
     let users = signup_users(t, &run_prefix("latency"), 2 * cfg.pairs, 4).await?;
     let mut peers = Vec::with_capacity(2 * cfg.pairs);
     for i in 0..cfg.pairs {
         for (me, other, gw) in [(2 * i, 2 * i + 1, i), (2 * i + 1, 2 * i, i + 1)] {
             let tok = token(t, &users[me], "d0").await?;
-            let (tx, rx, _) = live(t.gateway(gw), &tok, None).await?;
+            let (tx, rx, _) = dialer.live(gw, &tok, None).await?;
             peers.push(Peer { tx, rx, to: Some(json!({"user": users[other].id})) });
         }
     }

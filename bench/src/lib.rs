@@ -17,6 +17,12 @@
 //! - [`storm`]: N clients drop and reconnect at once and sync.
 //! - [`fanout`]: groups of 100 members, senders at a fixed rate;
 //!   deliveries per second and delivery latency.
+//! - [`heartbeat`]: N connections sending `ping` heartbeats at a rising
+//!   total rate; pongs per second and their latency, presence KV writes
+//!   per second, gateway CPU, against raw KV puts at the same rate.
+//!
+//! `latency`, `idle` and `heartbeat` run over WebSocket or QUIC
+//! ([`client::Transport`]).
 //!
 //! The binary (`src/main.rs`) starts its own stack ([`stack`]) unless told
 //! to use running gateways.
@@ -26,6 +32,7 @@ pub mod baseline;
 pub mod catchup;
 pub mod client;
 pub mod fanout;
+pub mod heartbeat;
 pub mod history;
 pub mod idle;
 pub mod latency;
@@ -43,6 +50,9 @@ pub use report::Report;
 pub struct Target {
     /// Gateway addresses (`host:port`); connections are spread over them.
     pub gateways: Vec<String>,
+    /// The gateways' QUIC endpoints, in the same order (empty: unknown,
+    /// QUIC runs are refused).
+    pub quic: Vec<QuicTarget>,
     /// The nats-server the gateways use (baselines run on it too).
     pub nats_url: String,
     /// Gateway process ids, for RSS and CPU readings (an in-process
@@ -53,6 +63,15 @@ pub struct Target {
     /// The gateways' `CHAT_TOKEN_SECRET`, if known: the bench then mints
     /// device tokens itself instead of one argon2 login per device.
     pub token_secret: Option<Vec<u8>>,
+}
+
+/// A gateway's QUIC endpoint.
+#[derive(Debug, Clone)]
+pub struct QuicTarget {
+    /// UDP `host:port` (the gateway's `CHAT_QUIC_ADDR`).
+    pub addr: String,
+    /// SHA-256 fingerprint (hex) of its certificate, trusted by pinning.
+    pub fingerprint: String,
 }
 
 impl Target {

@@ -9,13 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use chat_bench::client::Transport;
 use chat_bench::stack::{OwnStack, StackCfg};
-use chat_bench::{catchup, fanout, history, idle, latency, storm, Report, Target};
+use chat_bench::{catchup, fanout, heartbeat, history, idle, latency, storm, QuicTarget, Report, Target};
 
 const HELP: &str = "\
 chat-bench <scenario> [options]
 
-scenarios: latency catchup history idle storm fanout all
+scenarios: latency catchup history idle storm fanout heartbeat all
 
 stack (default: start nats-server, PostgreSQL and target/release binaries):
   --gateways N            gateway processes [1] (idle: 2 shows scaling)
@@ -27,19 +28,24 @@ stack (default: start nats-server, PostgreSQL and target/release binaries):
   --nats URL              their nats-server, and optionally
   --token-secret S        their CHAT_TOKEN_SECRET (else one login per device)
   --gateway-pid PID       their pids, for RSS/CPU readings (repeatable)
+  --quic ADDR             their QUIC addresses, same order (repeatable), with
+  --quic-fingerprint HEX  their certificates' SHA-256 fingerprints (repeatable)
 output:
   --out DIR               JSON reports [target/bench]
   --no-baselines          skip the raw-NATS baselines
 scenario options (with `all`, prefix one with the scenario, e.g. --history-messages):
-  latency  --pairs 50 --rate 2000 --duration 10 --warmup 2 --size 100
+  latency  --pairs 50 --rate 2000 --duration 10 --warmup 2 --size 100 --transport ws|quic
   catchup  --messages 10000 --senders 8 --repeats 3
   history  --messages 1000000 --queries 500 --limit 50
   idle     --conns 15000 --users 100 --per-process 5000 --ping 30 --cpu-window 10 --in-process
+           --transport ws|quic
   storm    --clients 1000 --devices-per-user 10 --missed 2
   fanout   --groups 2 --members 100 --devices 1 --senders 4 --rate 100 --duration 10
+  heartbeat --conns 5000 --users 100 --interval 1 (per connection) or --rates 5000,10000,20000
+           (total per second, stepped until saturated) --duration 10 --warmup 2 --transport ws|quic
 ";
 
-const SCENARIOS: [&str; 6] = ["latency", "catchup", "history", "idle", "storm", "fanout"];
+const SCENARIOS: [&str; 7] = ["latency", "catchup", "history", "idle", "storm", "fanout", "heartbeat"];
 
 /// Parsed `--key value` options (repeatable) and flags.
 struct Opts {
@@ -89,6 +95,10 @@ impl Opts {
     fn secs(&self, k: &str, default: Duration) -> Result<Duration> {
         Ok(Duration::from_secs_f64(self.num(k, default.as_secs_f64())?))
     }
+
+    fn transport(&self) -> Result<Transport> {
+        self.raw("transport").map(str::parse).transpose().map(Option::unwrap_or_default)
+    }
 }
 
 async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
@@ -104,6 +114,7 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
                 size: o.num("size", d.size)?,
                 drain: d.drain,
                 baselines: base,
+                transport: o.transport()?,
             };
             latency::run(t, &cfg).await?
         }
@@ -143,6 +154,7 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
                 concurrency: d.concurrency,
                 baselines: base,
                 exe: if o.flag("in-process") { None } else { d.exe },
+                transport: o.transport()?,
             };
             idle::run(t, &cfg).await?
         }
@@ -173,6 +185,29 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
                 baselines: base,
             };
             fanout::run(t, &cfg).await?
+        }
+        "heartbeat" => {
+            let d = heartbeat::Cfg::default();
+            let rates = match o.raw("rates") {
+                None => vec![],
+                Some(v) => v
+                    .split(',')
+                    .map(|x| x.trim().parse::<f64>().map_err(|_| anyhow!("--rates: not a number: {x:?}")))
+                    .collect::<Result<_>>()?,
+            };
+            let cfg = heartbeat::Cfg {
+                conns: o.num("conns", d.conns)?,
+                users: o.num("users", d.users)?,
+                rates,
+                interval: o.secs("interval", d.interval)?,
+                duration: o.secs("duration", d.duration)?,
+                warmup: o.secs("warmup", d.warmup)?,
+                drain: d.drain,
+                concurrency: d.concurrency,
+                transport: o.transport()?,
+                baselines: base,
+            };
+            heartbeat::run(t, &cfg).await?
         }
         other => bail!("unknown scenario {other:?} (see --help)"),
     })
@@ -219,7 +254,11 @@ async fn scenario(name: &str, o: &mut Opts, out: &Path) -> Result<Report> {
         alive?;
         r
     } else {
+        let quic: Vec<String> = o.all("quic");
+        let prints: Vec<String> = o.all("quic-fingerprint");
+        anyhow::ensure!(quic.len() == prints.len(), "give a --quic-fingerprint per --quic");
         let t = Target {
+            quic: quic.into_iter().zip(prints).map(|(addr, fingerprint)| QuicTarget { addr, fingerprint }).collect(),
             gateways: external,
             nats_url: o.raw("nats").context("--gateway needs --nats URL")?.to_owned(),
             gateway_pids: o.all("gateway-pid").iter().map(|p| p.parse()).collect::<Result<_, _>>()?,
@@ -251,8 +290,16 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     if name == "idle-client" {
-        let ping = o.secs("ping-secs", Duration::from_secs(30))?;
-        return idle::child_main(o.raw("addr"), o.raw("tokens"), o.raw("nats"), o.num("count", 0)?, ping).await;
+        let args = idle::ChildArgs {
+            addr: o.raw("addr"),
+            quic: o.raw("quic"),
+            fingerprint: o.raw("fingerprint"),
+            tokens_file: o.raw("tokens"),
+            nats: o.raw("nats"),
+            count: o.num("count", 0)?,
+            ping: o.secs("ping-secs", Duration::from_secs(30))?,
+        };
+        return idle::child_main(args).await;
     }
     let out = PathBuf::from(o.raw("out").unwrap_or("target/bench"));
     if name == "all" {

@@ -45,8 +45,18 @@ pub fn sockstat() -> Option<SockStat> {
     parse_sockstat(&text)
 }
 
+/// Reads `/proc/net/sockstat`'s `UDP:` line.
+pub fn sockstat_udp() -> Option<SockStat> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    parse_line(&text, "UDP:")
+}
+
 fn parse_sockstat(text: &str) -> Option<SockStat> {
-    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    parse_line(text, "TCP:")
+}
+
+fn parse_line(text: &str, prefix: &str) -> Option<SockStat> {
+    let line = text.lines().find(|l| l.starts_with(prefix))?;
     let words: Vec<&str> = line.split_whitespace().collect();
     let field = |name: &str| words.iter().position(|w| *w == name).and_then(|i| words.get(i + 1)?.parse().ok());
     Some(SockStat { inuse: field("inuse")?, mem_pages: field("mem")? })
@@ -95,5 +105,6 @@ mod tests {
         let s = parse_sockstat("sockets: used 5\nTCP: inuse 3 orphan 0 tw 1 alloc 4 mem 7\nUDP: inuse 0 mem 0\n");
         assert_eq!(s, Some(SockStat { inuse: 3, mem_pages: 7 }));
         assert!(sockstat().is_some());
+        assert_eq!(parse_line("UDP: inuse 2 mem 9\n", "UDP:"), Some(SockStat { inuse: 2, mem_pages: 9 }));
     }
 }

@@ -50,6 +50,7 @@ pub struct OwnStack {
     /// PostgreSQL.
     pub pg: Postgres,
     gateways: Vec<(String, Child)>,
+    quic: Vec<crate::QuicTarget>,
     workers: Vec<Child>,
     secret: String,
 }
@@ -65,12 +66,27 @@ impl OwnStack {
         let nats = tokio::task::spawn_blocking(NatsServer::start).await??;
         let pg = tokio::task::spawn_blocking(Postgres::start).await??;
         let secret = format!("bench-secret-{}", crate::pace::Rng::from_clock().next_u64());
-        let mut s = OwnStack { nats, pg, gateways: vec![], workers: vec![], secret };
+        let mut s = OwnStack { nats, pg, gateways: vec![], quic: vec![], workers: vec![], secret };
         for i in 0..cfg.gateways.max(1) {
             let addr = format!("127.0.0.1:{}", free_port());
             let mut cmd = s.command(&cfg.gateway_bin, cfg, &format!("gateway-{i}"))?;
-            if !cfg.env.iter().any(|(k, _)| k == "CHAT_QUIC_ADDR") {
-                cmd.env("CHAT_QUIC_ADDR", format!("127.0.0.1:{}", free_udp_port()?));
+            let quic = cfg.env.iter().find(|(k, _)| k == "CHAT_QUIC_ADDR").map(|(_, v)| v.clone());
+            let quic = match quic {
+                Some(q) => q,
+                None => {
+                    let q = format!("127.0.0.1:{}", free_udp_port()?);
+                    cmd.env("CHAT_QUIC_ADDR", &q);
+                    q
+                }
+            };
+            // A data directory per gateway, its self-signed QUIC certificate
+            // generated here first so the bench knows its fingerprint.
+            if !cfg.env.iter().any(|(k, _)| k == "CHAT_DATA_DIR" || k == "CHAT_TLS_CERT") && quic != "off" {
+                let dir = s.pg.data_dir().parent().unwrap_or(s.pg.data_dir()).join(format!("bench-gw{i}"));
+                let (_, _, fingerprint) = chat_gateway::quic::load_or_generate(None, None, &dir)
+                    .map_err(|e| anyhow::anyhow!("gateway {i} certificate: {e}"))?;
+                cmd.env("CHAT_DATA_DIR", &dir);
+                s.quic.push(crate::QuicTarget { addr: quic, fingerprint });
             }
             let child = cmd
                 .env("CHAT_HTTP_ADDR", &addr)
@@ -116,6 +132,7 @@ impl OwnStack {
     pub fn target(&self) -> Target {
         Target {
             gateways: self.gateways.iter().map(|(a, _)| a.clone()).collect(),
+            quic: if self.quic.len() == self.gateways.len() { self.quic.clone() } else { vec![] },
             nats_url: self.nats.url.clone(),
             gateway_pids: self.gateways.iter().map(|(_, c)| c.id()).collect(),
             nats_pid: self.nats.store_dir().to_str().and_then(procfs::find_pid),

@@ -1,6 +1,11 @@
 //! The QUIC side of the client: connection set-up, certificate trust
 //! (a pinned SHA-256 fingerprint for development certificates, or a CA
 //! file), and length-prefixed frames on one bidirectional stream.
+//!
+//! [`connect`] gives each connection an endpoint (a UDP socket) of its own.
+//! Many connections can instead share one: make it with [`endpoint`], a
+//! configuration with [`client_config`], and connect with [`connect_via`]
+//! (the benchmark holds thousands of connections on a few sockets).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +21,10 @@ use sha2::{Digest, Sha256};
 
 use crate::{io, ClientError};
 
+/// The QUIC implementation, re-exported for users of [`connect_via`] and
+/// [`QuicConn::into_parts`].
+pub use quinn;
+
 /// How to trust the gateway's certificate.
 #[derive(Debug, Clone)]
 pub enum Trust {
@@ -29,6 +38,9 @@ pub enum Trust {
 /// An open QUIC session stream.
 pub struct QuicConn {
     pub(crate) endpoint: Endpoint,
+    /// Whether `endpoint` is this connection's own (made by [`connect`]),
+    /// not one shared with others (given to [`connect_via`]).
+    pub(crate) own_endpoint: bool,
     pub(crate) conn: quinn::Connection,
     pub(crate) send: SendStream,
     pub(crate) recv: RecvStream,
@@ -106,22 +118,55 @@ fn tls_config(trust: &Trust) -> Result<rustls::ClientConfig, ClientError> {
     Ok(cfg)
 }
 
-/// Connects, opens the session stream and authenticates.
+/// Connects, opens the session stream and authenticates, on an endpoint
+/// (UDP socket) of the connection's own.
 pub async fn connect(addr: &str, server_name: &str, token: &str, trust: &Trust) -> Result<QuicConn, ClientError> {
-    let remote = tokio::net::lookup_host(addr).await.map_err(io)?.next().ok_or_else(|| io("no address"))?;
+    let remote = resolve(addr).await?;
     let local: std::net::SocketAddr = if remote.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(io)?;
-    let mut endpoint = Endpoint::client(local).map_err(io)?;
+    let ep = endpoint(local)?;
+    let mut q = connect_via(&ep, &client_config(trust)?, addr, server_name, token).await?;
+    q.own_endpoint = true;
+    Ok(q)
+}
+
+async fn resolve(addr: &str) -> Result<std::net::SocketAddr, ClientError> {
+    tokio::net::lookup_host(addr).await.map_err(io)?.next().ok_or_else(|| io("no address"))
+}
+
+/// A client endpoint on one UDP socket bound to `local` (e.g.
+/// `0.0.0.0:0`), for any number of connections through [`connect_via`].
+pub fn endpoint(local: std::net::SocketAddr) -> Result<Endpoint, ClientError> {
+    Endpoint::client(local).map_err(io)
+}
+
+/// The client configuration for `trust`: ALPN `chat/1`, TLS 1.3 and a
+/// QUIC keep-alive every 5 s. Build it once and reuse it.
+pub fn client_config(trust: &Trust) -> Result<quinn::ClientConfig, ClientError> {
     let crypto = QuicClientConfig::try_from(tls_config(trust)?).map_err(io)?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
     client.transport_config(Arc::new(transport));
-    endpoint.set_default_client_config(client);
-    let conn = endpoint.connect(remote, server_name).map_err(io)?.await.map_err(io)?;
+    Ok(client)
+}
+
+/// Connects through `endpoint` (possibly shared with other connections),
+/// opens the session stream and authenticates.
+pub async fn connect_via(
+    endpoint: &Endpoint,
+    config: &quinn::ClientConfig,
+    addr: &str,
+    server_name: &str,
+    token: &str,
+) -> Result<QuicConn, ClientError> {
+    let remote = resolve(addr).await?;
+    let conn = endpoint.connect_with(config.clone(), remote, server_name).map_err(io)?.await.map_err(io)?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(io)?;
     write_frame(&mut send, serde_json::json!({"type": "auth", "token": token}).to_string().as_bytes()).await?;
     match read_frame(&mut recv).await {
-        Ok(bytes) if bytes == br#"{"type":"ready"}"# => Ok(QuicConn { endpoint, conn, send, recv }),
+        Ok(bytes) if bytes == br#"{"type":"ready"}"# => {
+            Ok(QuicConn { endpoint: endpoint.clone(), own_endpoint: false, conn, send, recv })
+        }
         Ok(other) => Err(io(format!("unexpected first frame {}", String::from_utf8_lossy(&other)))),
         Err(ClientError::Closed { code: 4003, .. }) => {
             Err(ClientError::Api { status: 401, code: "unauthorized".into(), message: "auth refused".into() })
@@ -160,7 +205,8 @@ fn closed(e: quinn::ReadExactError) -> ClientError {
 
 impl QuicConn {
     /// Moves the connection to a new local UDP socket (as when a phone
-    /// switches networks); the session continues.
+    /// switches networks); the session continues. On a shared endpoint
+    /// this moves every connection of the endpoint.
     pub fn rebind(&self) -> Result<(), ClientError> {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(io)?;
         self.endpoint.rebind(socket).map_err(io)
@@ -171,11 +217,20 @@ impl QuicConn {
         self.endpoint.local_addr().map_err(io)
     }
 
+    /// The connection and its session stream's halves, for reading and
+    /// writing from different tasks (with [`write_frame`] and
+    /// [`read_frame`]). The connection lives while any of them does.
+    pub fn into_parts(self) -> (quinn::Connection, SendStream, RecvStream) {
+        (self.conn, self.send, self.recv)
+    }
+
     /// Finishes the stream and closes the connection cleanly.
     pub async fn close(mut self) {
         let _ = self.send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(1), self.send.stopped()).await;
         self.conn.close(VarInt::from_u32(1000), b"bye");
-        self.endpoint.wait_idle().await;
+        if self.own_endpoint {
+            self.endpoint.wait_idle().await;
+        }
     }
 }

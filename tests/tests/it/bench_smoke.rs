@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use chat_bench::{catchup, fanout, history, idle, latency, procfs, storm, Report, Target};
+use chat_bench::client::Transport;
+use chat_bench::{catchup, fanout, heartbeat, history, idle, latency, procfs, storm, QuicTarget, Report, Target};
 
-use crate::stack::{stack, Stack};
+use crate::stack::{stack, Kind, Stack};
 
 /// A stack whose gateway does not rate-limit the bench's connections.
 async fn bench_stack() -> Result<Stack> {
@@ -19,8 +20,15 @@ async fn bench_stack() -> Result<Stack> {
 /// The bench's view of a stack: the gateway runs in this process, so its
 /// RSS and CPU are this process's.
 fn target(s: &Stack) -> Target {
+    let quic = match s.transport(0, Kind::Quic) {
+        chat_client::Transport::Quic { addr, trust: chat_client::quic::Trust::Fingerprint(fingerprint) } => {
+            vec![QuicTarget { addr, fingerprint }]
+        }
+        _ => vec![],
+    };
     Target {
         gateways: vec![s.addr(0)],
+        quic,
         nats_url: s.nats.url.clone(),
         gateway_pids: vec![std::process::id()],
         nats_pid: s.nats.store_dir().to_str().and_then(procfs::find_pid),
@@ -34,8 +42,7 @@ fn lat_positive(r: &Report, name: &str, count: u64) {
     assert!(row.p50_ms > 0.0 && row.p99_ms >= row.p50_ms && row.max_ms >= row.p99_ms, "{name}\n{}", r.table());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latency_smoke() -> Result<()> {
+async fn latency_over(transport: Transport) -> Result<()> {
     let s = bench_stack().await?;
     let cfg = latency::Cfg {
         pairs: 2,
@@ -45,8 +52,10 @@ async fn latency_smoke() -> Result<()> {
         size: 64,
         drain: Duration::from_secs(15),
         baselines: true,
+        transport,
     };
     let r = latency::run(&target(&s), &cfg).await?;
+    assert_eq!(r.scenario, transport.scenario("latency"));
     assert_eq!(r.get("scheduled"), 200.0, "{}", r.table());
     assert_eq!(r.get("acked"), 200.0, "{}", r.table());
     assert_eq!(r.get("delivered"), 200.0, "{}", r.table());
@@ -58,6 +67,16 @@ async fn latency_smoke() -> Result<()> {
     assert_eq!(r.ratios.len(), 6, "{}", r.table());
     assert!(r.ratios.iter().all(|x| x.ratio > 0.0), "{}", r.table());
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_smoke() -> Result<()> {
+    latency_over(Transport::Ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_quic_smoke() -> Result<()> {
+    latency_over(Transport::Quic).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,8 +105,7 @@ async fn history_smoke() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_smoke() -> Result<()> {
+async fn idle_over(transport: Transport) -> Result<()> {
     let s = bench_stack().await?;
     let cfg = idle::Cfg {
         conns: 50,
@@ -99,8 +117,10 @@ async fn idle_smoke() -> Result<()> {
         concurrency: 16,
         baselines: false,
         exe: None, // the test binary is not chat-bench: keep clients in-process
+        transport,
     };
     let r = idle::run(&target(&s), &cfg).await?;
+    assert_eq!(r.scenario, transport.scenario("idle"));
     assert_eq!(r.get("connected"), 50.0, "{}", r.table());
     assert_eq!(r.get("failed"), 0.0, "{}", r.table());
     assert!(r.get("rss_per_conn_kib").is_finite(), "{}", r.table());
@@ -108,6 +128,16 @@ async fn idle_smoke() -> Result<()> {
     assert!(r.get("gw0_cpu_idle_pct") >= 0.0, "{}", r.table());
     assert!(r.get("kernel_tcp_mem_per_conn_bytes").is_finite(), "{}", r.table());
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_smoke() -> Result<()> {
+    idle_over(Transport::Ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_quic_smoke() -> Result<()> {
+    idle_over(Transport::Quic).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,4 +180,47 @@ async fn fanout_smoke() -> Result<()> {
     assert!(r.get("baseline_core_fanout_max_deliveries_per_s") > 0.0, "{}", r.table());
     assert!(r.get("baseline_jetstream_copies_max_per_s") > 0.0, "{}", r.table());
     Ok(())
+}
+
+async fn heartbeat_over(transport: Transport) -> Result<()> {
+    let s = bench_stack().await?;
+    let cfg = heartbeat::Cfg {
+        conns: 20,
+        users: 4,
+        rates: vec![40.0, 80.0],
+        interval: Duration::from_secs(1),
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(300),
+        drain: Duration::from_secs(15),
+        concurrency: 8,
+        transport,
+        baselines: true,
+    };
+    let r = heartbeat::run(&target(&s), &cfg).await?;
+    assert_eq!(r.scenario, transport.scenario("heartbeat"));
+    assert_eq!(r.get("connected"), 20.0, "{}", r.table());
+    assert_eq!(r.get("errors"), 0.0, "{}", r.table());
+    assert_eq!(r.get("closed"), 0.0, "{}", r.table());
+    for (step, rate, n) in [(1, 40, 40), (2, 80, 80)] {
+        assert_eq!(r.get(&format!("step{step}_scheduled")), n as f64, "{}", r.table());
+        assert_eq!(r.get(&format!("step{step}_pongs")), n as f64, "{}", r.table());
+        assert_eq!(r.get(&format!("step{step}_baseline_kv_acked")), n as f64, "{}", r.table());
+        lat_positive(&r, &format!("ours ping→pong @ {rate}/s"), n);
+        lat_positive(&r, &format!("raw KV put→ack @ {rate}/s"), n);
+    }
+    // Every connection wrote its presence key at least once in the run.
+    assert!(r.get("kv_puts_total") >= 20.0, "{}", r.table());
+    assert!(r.get("baseline_kv_put_max_per_s") > 0.0, "{}", r.table());
+    assert_eq!(r.ratios.len(), 8, "{}", r.table());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_smoke() -> Result<()> {
+    heartbeat_over(Transport::Ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeat_quic_smoke() -> Result<()> {
+    heartbeat_over(Transport::Quic).await
 }
