@@ -1,8 +1,14 @@
-//! Delivery of a user's inbox to one device: catch-up from a cursor, then
-//! live, through a single ordered JetStream consumer on the user's inbox
-//! subject. One consumer for both means there is no seam to get wrong:
-//! messages arrive in inbox order, each once, and `synced` is sent after
-//! the last message that existed when catch-up began.
+//! Delivery of a user's inbox to one device: catch-up from a cursor through
+//! an ordered JetStream consumer on the user's inbox subject, up to the last
+//! message that existed when catch-up began, then `synced`, then live.
+//!
+//! Live delivery holds no consumer: the device's task subscribes to its
+//! user's wake-ups (see `live`) *before* catch-up starts, and on every
+//! wake-up reads the inbox stream forward from the last sequence it
+//! delivered (direct gets of the next message on the user's subject). Both
+//! phases read the stream in sequence order from the last delivered
+//! message, so the seam has no gap and no duplicate, and a lost wake-up
+//! delays a message until the next one instead of losing it.
 //!
 //! The cursor is the inbox stream sequence of the last message delivered,
 //! as a decimal string. Stream sequences are assigned by JetStream, so a
@@ -59,8 +65,8 @@ async fn stream(
 ) -> Result<(), async_nats::Error> {
     let subject = subjects::inbox(user);
     let inbox = &state.storage.inbox;
-    // The last message that exists now: `synced` follows it.
-    let mut catch_up_until = None;
+    // Wake-ups first: whatever is stored from now on is announced.
+    let mut wakeups = state.live.watch(user).await?;
     let Start::After(cursor) = start;
     let info = inbox.get_info().await?.state;
     if cursor > info.last_sequence {
@@ -70,24 +76,63 @@ async fn stream(
     }
     // Copies older than the retention may have expired unseen.
     let truncated = cursor > 0 && cursor + 1 < info.first_sequence;
+    // The last message that exists now: `synced` follows it.
     let last = match inbox.direct_get_last_for_subject(&subject).await {
         Ok(m) => m.sequence,
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
         Err(e) => return Err(e.into()),
     };
-    if last <= cursor {
-        out.push(&ServerFrame::Synced { cursor: cursor.to_string(), truncated }).await;
-    } else {
-        catch_up_until = Some(last);
+    let mut delivered = cursor;
+    if last > cursor {
+        match catch_up(state, user, device, cursor, last, out).await? {
+            Some(seq) => delivered = seq,
+            None => return Ok(()),
+        }
     }
+    if !out.push(&ServerFrame::Synced { cursor: delivered.to_string(), truncated }).await {
+        return Ok(());
+    }
+    // Live: read the inbox forward from the last delivered message on every
+    // wake-up (and once now, for what arrived during catch-up). Reading the
+    // stream, not the notifications, keeps inbox order with no gap.
+    loop {
+        loop {
+            let m = match inbox.direct_get_next_for_subject(&subject, Some(delivered + 1)).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+                Err(e) => return Err(e.into()),
+            };
+            delivered = m.sequence;
+            if !deliver(state, user, device, m.sequence, &m.payload, out).await {
+                return Ok(());
+            }
+        }
+        if !wakeups.changed().await {
+            return Err("live wake-ups ended".into());
+        }
+    }
+}
+
+/// Delivers every message after `cursor` up to `until` through one ordered
+/// consumer; the sequence of the last one, or `None` if the connection went.
+async fn catch_up(
+    state: &AppState,
+    user: i64,
+    device: &str,
+    cursor: u64,
+    until: u64,
+    out: &Sink<'_>,
+) -> Result<Option<u64>, async_nats::Error> {
     let deliver_policy = match cursor {
         0 => DeliverPolicy::All,
         c => DeliverPolicy::ByStartSequence { start_sequence: c + 1 },
     };
-    let consumer = inbox
+    let consumer = state
+        .storage
+        .inbox
         .create_consumer(push::OrderedConfig {
             deliver_subject: state.client.new_inbox(),
-            filter_subject: subject,
+            filter_subject: subjects::inbox(user),
             deliver_policy,
             ..Default::default()
         })
@@ -99,39 +144,42 @@ async fn stream(
             let info = m.info()?;
             (info.stream_sequence, info.pending)
         };
-        let stored: StoredMessage = match serde_json::from_slice(&m.payload) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(seq, error = %e, "undecodable inbox message skipped");
-                continue;
-            }
-        };
-        let own = stored.from == user && stored.device == device;
-        let msg = ServerFrame::Msg(MsgFrame {
-            id: stored.id.to_string(),
-            conv: stored.conv,
-            from: stored.from.to_string(),
-            kind: stored.kind,
-            body: stored.body,
-            ts: stored.ts,
-            cursor: seq.to_string(),
-            cid: own.then_some(stored.cid),
-            event: stored.event,
-        });
-        if !out.push(&msg).await {
-            return Ok(());
+        if !deliver(state, user, device, seq, &m.payload, out).await {
+            return Ok(None);
         }
-        state.delivered.record(user, seq);
-        if let Some(until) = catch_up_until {
-            if seq >= until || pending == 0 {
-                catch_up_until = None;
-                if !out.push(&ServerFrame::Synced { cursor: seq.to_string(), truncated }).await {
-                    return Ok(());
-                }
-            }
+        if seq >= until || pending == 0 {
+            return Ok(Some(seq));
         }
     }
     Err("inbox consumer ended".into())
+}
+
+/// Sends one inbox message as a `msg` frame; `false` if the connection went.
+async fn deliver(state: &AppState, user: i64, device: &str, seq: u64, payload: &[u8], out: &Sink<'_>) -> bool {
+    let stored: StoredMessage = match serde_json::from_slice(payload) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(seq, error = %e, "undecodable inbox message skipped");
+            return true;
+        }
+    };
+    let own = stored.from == user && stored.device == device;
+    let msg = ServerFrame::Msg(MsgFrame {
+        id: stored.id.to_string(),
+        conv: stored.conv,
+        from: stored.from.to_string(),
+        kind: stored.kind,
+        body: stored.body,
+        ts: stored.ts,
+        cursor: seq.to_string(),
+        cid: own.then_some(stored.cid),
+        event: stored.event,
+    });
+    if !out.push(&msg).await {
+        return false;
+    }
+    state.delivered.record(user, seq);
+    true
 }
 
 /// Serializes a server frame.

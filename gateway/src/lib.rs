@@ -26,6 +26,7 @@ pub mod groups;
 pub mod groups_db;
 pub mod history;
 pub mod http;
+pub mod live;
 pub mod marks;
 pub mod outbound;
 pub mod presence;
@@ -105,6 +106,8 @@ pub struct AppState {
     known_directs: Mutex<HashSet<(i64, i64)>>,
     /// History index entries read so far.
     pub history_index: history::IndexCache,
+    /// Live inbox wake-ups of the users connected here.
+    pub live: Arc<live::Live>,
 }
 
 impl AppState {
@@ -218,6 +221,7 @@ pub async fn run(
         .map_err(GatewayError::Other)?;
     let (shutdown_tx, _) = broadcast::channel(1);
     let cfg_history_cache = cfg.history_index_cache;
+    let live_wakeups = live::Live::new(client.clone());
     let state = Arc::new(AppState {
         cfg,
         db,
@@ -230,7 +234,9 @@ pub async fn run(
         known_users: Mutex::default(),
         known_directs: Mutex::default(),
         history_index: history::IndexCache::new(cfg_history_cache),
+        live: live_wakeups,
     });
+    tokio::spawn(state.live.clone().run_safety_net(state.cfg.live_poll));
     tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
     let quic = match listeners.quic {

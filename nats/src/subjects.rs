@@ -94,6 +94,12 @@ pub fn gateway_acks(gateway_id: &str) -> String {
     format!("{PREFIX}.gwack.{gateway_id}")
 }
 
+/// Core subject on which the sequencer announces each inbox copy it stored
+/// (payload: the inbox stream sequence). Wakes delivery; never persisted.
+pub fn live(user: i64) -> String {
+    format!("{PREFIX}.live.{user}")
+}
+
 /// Core subject on which a user's presence transitions are published.
 pub fn presence(user: i64) -> String {
     format!("{PREFIX}.presence.{user}")

@@ -217,8 +217,15 @@ async fn sequence(
         let copy_id = subjects::inbox_copy_id(stored.id, m);
         writes.push(publish(sh, subjects::inbox(m), copy_id, payload.clone()));
     }
-    for w in futures::future::join_all(writes).await {
-        w?;
+    let mut wakeups = Vec::with_capacity(members.len());
+    for (w, &m) in futures::future::join_all(writes).await.into_iter().zip(members) {
+        wakeups.push((m, w?.sequence));
+    }
+    // Wake the members' delivery (gateways read the inbox from their own
+    // position; a lost wake-up only delays). Also after a duplicate, so a
+    // message finished after a crash is announced too.
+    for (m, seq) in wakeups {
+        sh.client.publish(subjects::live(m), Bytes::from(seq.to_string())).await?;
     }
     if stored.n % INDEX_BLOCK == 1 {
         let block = stored.n / INDEX_BLOCK;
