@@ -26,6 +26,16 @@ use crate::AppState;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
 
+/// A connection id unique across gateways and restarts: 32 random bits
+/// fixed per process, then a per-process counter. (A bare counter would
+/// give two gateways the same key for one device connected to both, and
+/// the first to close would delete the other's heartbeat.)
+fn next_conn() -> u64 {
+    static PROCESS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let high = *PROCESS.get_or_init(|| u64::from(rand::random::<u32>()) << 32);
+    high | (NEXT_CONN.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff)
+}
+
 /// Requests from the session to its presence task.
 #[derive(Debug)]
 pub enum Cmd {
@@ -80,7 +90,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Cmd>,
     mut eph: async_nats::Subscriber,
 ) -> Result<(), async_nats::Error> {
-    let key = subjects::presence_key(user, device, NEXT_CONN.fetch_add(1, Ordering::Relaxed));
+    let key = subjects::presence_key(user, device, next_conn());
     let heartbeat = || st.storage.presence.put(&key, bytes::Bytes::new());
     heartbeat().await?;
     let mut last_beat = Instant::now();

@@ -68,6 +68,14 @@ pub fn millis(src: &dyn Source, name: &str, default: Duration) -> Result<Duratio
     var(src, name, default.as_millis() as u64).map(Duration::from_millis)
 }
 
+/// Like [`bounded`], but `0` (meaning "forever") is also accepted.
+pub fn zero_or_bounded(src: &dyn Source, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    match var(src, name, default)? {
+        0 => Ok(0),
+        _ => bounded(src, name, default, min, max),
+    }
+}
+
 /// A positive integer variable bounded by `max`.
 pub fn bounded(src: &dyn Source, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
     let v = var(src, name, default)?;
@@ -89,8 +97,20 @@ impl StorageSettings {
         Ok(StorageSettings {
             partitions: bounded(src, "CHAT_PARTITIONS", d.partitions.into(), 1, 4096)? as u32,
             replicas: bounded(src, "CHAT_REPLICAS", d.replicas as u64, 1, 5)? as usize,
-            inbox_retention: Duration::from_secs(var(src, "CHAT_INBOX_RETENTION_SECS", d.inbox_retention.as_secs())?),
-            dedupe_window: Duration::from_secs(var(src, "CHAT_DEDUPE_WINDOW_SECS", d.dedupe_window.as_secs())?),
+            inbox_retention: Duration::from_secs(zero_or_bounded(
+                src,
+                "CHAT_INBOX_RETENTION_SECS",
+                d.inbox_retention.as_secs(),
+                3600,
+                10 * 365 * 86_400,
+            )?),
+            dedupe_window: Duration::from_secs(zero_or_bounded(
+                src,
+                "CHAT_DEDUPE_WINDOW_SECS",
+                d.dedupe_window.as_secs(),
+                60,
+                365 * 86_400,
+            )?),
             lease_ttl: Duration::from_millis(bounded(
                 src,
                 "CHAT_LEASE_TTL_MS",
@@ -122,5 +142,18 @@ mod tests {
         assert!(e.contains("CHAT_PARTITIONS"), "{e}");
         let src: HashMap<String, String> = [("CHAT_LEASE_TTL_MS".to_string(), "soon".to_string())].into();
         assert!(StorageSettings::from_source(&src).unwrap_err().to_string().contains("soon"));
+    }
+
+    #[test]
+    fn retention_and_dedupe_are_bounded_but_may_be_forever() {
+        let one = |k: &str, v: &str| -> HashMap<String, String> { [(k.to_string(), v.to_string())].into() };
+        let e = StorageSettings::from_source(&one("CHAT_DEDUPE_WINDOW_SECS", "5")).unwrap_err().to_string();
+        assert!(e.contains("CHAT_DEDUPE_WINDOW_SECS"), "{e}");
+        let e = StorageSettings::from_source(&one("CHAT_INBOX_RETENTION_SECS", "60")).unwrap_err().to_string();
+        assert!(e.contains("CHAT_INBOX_RETENTION_SECS"), "{e}");
+        let s = StorageSettings::from_source(&one("CHAT_INBOX_RETENTION_SECS", "0")).unwrap();
+        assert_eq!(s.inbox_retention, Duration::ZERO);
+        let s = StorageSettings::from_source(&one("CHAT_DEDUPE_WINDOW_SECS", "600")).unwrap();
+        assert_eq!(s.dedupe_window, Duration::from_secs(600));
     }
 }
