@@ -188,5 +188,7 @@ pub async fn logout(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
     let claims = authenticate(st, &req)?;
     notify(st, claims.user, &Ephemeral::Logout { device: claims.device.clone() }).await;
     let _ = st.client.flush().await;
+    // A logged-out phone must stop showing message previews.
+    st.db.delete_registration(claims.user, &claims.device).await?;
     Ok(json(StatusCode::OK, &json!({"logged_out": claims.device})))
 }

@@ -327,6 +327,12 @@ async fn registrations_are_validated_owned_and_refused_for_providers_not_configu
     let (st, v) = s.http(0).request(Method::DELETE, path, Some(&b.token), None).await?;
     assert_eq!((st, v["deleted"].as_bool()), (200, Some(true)));
     assert_eq!(s.http(0).request(Method::GET, path, Some(&b.token), None).await?.0, 404);
+    // Logging out removes the device's registration: no previews on a
+    // phone that was logged out.
+    register_ok(s, &b, fcm("tok-2")).await?;
+    assert_eq!(s.http(0).request(Method::GET, path, Some(&b.token), None).await?.0, 200);
+    assert_eq!(s.http(0).request(Method::POST, "/v1/logout", Some(&b.token), None).await?.0, 200);
+    assert_eq!(s.http(0).request(Method::GET, path, Some(&b.token), None).await?.0, 404);
     drop(p);
 
     // No provider configured: registrations are refused with a clear code.
