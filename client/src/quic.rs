@@ -177,8 +177,21 @@ pub async fn connect_via(
 
 /// Writes one length-prefixed frame.
 pub async fn write_frame(send: &mut SendStream, body: &[u8]) -> Result<(), ClientError> {
-    send.write_all(&(body.len() as u32).to_be_bytes()).await.map_err(io)?;
-    send.write_all(body).await.map_err(io)
+    send.write_all(&(body.len() as u32).to_be_bytes()).await.map_err(write_closed)?;
+    send.write_all(body).await.map_err(write_closed)
+}
+
+/// A write that failed because the server closed the connection reports
+/// the server's close code (it may close while a large frame is still
+/// being written, e.g. 1009 for an oversize frame).
+fn write_closed(e: quinn::WriteError) -> ClientError {
+    match e {
+        quinn::WriteError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(c)) => ClientError::Closed {
+            code: c.error_code.into_inner() as u16,
+            reason: String::from_utf8_lossy(&c.reason).into(),
+        },
+        e => io(e),
+    }
 }
 
 /// Reads one length-prefixed frame.
