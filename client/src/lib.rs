@@ -210,7 +210,7 @@ impl Conn {
         match transport {
             Transport::Ws => Conn::connect(addr, token).await,
             Transport::Quic { addr, trust } => {
-                let q = quic::connect(addr, "localhost", token, trust).await?;
+                let q = quic::connect(addr, &quic::server_name(addr), token, trust).await?;
                 Ok(Conn {
                     inner: Inner::Quic(Box::new(q)),
                     buffered: VecDeque::new(),

@@ -129,6 +129,18 @@ pub async fn connect(addr: &str, server_name: &str, token: &str, trust: &Trust) 
     Ok(q)
 }
 
+/// The TLS server name for `addr` (`host:port`): the host when it is a DNS
+/// name (a certificate from a real CA names it), else `localhost`, which
+/// the gateway's generated development certificate carries.
+pub fn server_name(addr: &str) -> String {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        "localhost".to_owned()
+    } else {
+        host.to_owned()
+    }
+}
+
 async fn resolve(addr: &str) -> Result<std::net::SocketAddr, ClientError> {
     tokio::net::lookup_host(addr).await.map_err(io)?.next().ok_or_else(|| io("no address"))
 }
@@ -245,5 +257,16 @@ impl QuicConn {
         if self.own_endpoint {
             self.endpoint.wait_idle().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn server_name_is_the_dns_host_or_localhost() {
+        assert_eq!(super::server_name("chat.example.com:8443"), "chat.example.com");
+        assert_eq!(super::server_name("127.0.0.1:8443"), "localhost");
+        assert_eq!(super::server_name("[::1]:8443"), "localhost");
+        assert_eq!(super::server_name("localhost:8443"), "localhost");
     }
 }

@@ -76,6 +76,11 @@ impl From<crate::send::Refusal> for ApiError {
     fn from(r: crate::send::Refusal) -> ApiError {
         let status = match r.code {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // Not confirmed in time (e.g. a group change's announcement while
+            // a partition fails over): the change is committed and will be
+            // sequenced; the caller may retry or re-read.
+            ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,

@@ -66,7 +66,7 @@ pub fn load_or_generate(
                 let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
                 let ck = rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Invalid(e.to_string()))?;
                 std::fs::write(&c, ck.cert.pem()).map_err(io(&c))?;
-                std::fs::write(&k, ck.key_pair.serialize_pem()).map_err(io(&k))?;
+                write_private(&k, ck.key_pair.serialize_pem().as_bytes()).map_err(io(&k))?;
             }
             (c, k)
         }
@@ -212,4 +212,14 @@ impl Sink for QuicSink {
     async fn close(self, code: u16, reason: &'static str) {
         self.conn.close(VarInt::from_u32(code.into()), reason.as_bytes());
     }
+}
+
+/// Writes a private key readable by its owner only (0600 on Unix).
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(path)?.write_all(data)
 }
