@@ -66,30 +66,32 @@ async fn stream(
     let subject = subjects::inbox(user);
     let inbox = &state.storage.inbox;
     // Wake-ups first: whatever is stored from now on is announced.
-    let mut wakeups = state.live.watch(user).await?;
+    // Every await but the wake-up wait is boxed: an idle delivery task then
+    // keeps only its small waiting state resident (see docs/benchmarks.md).
+    let mut wakeups = Box::pin(state.live.watch(user)).await?;
     let Start::After(cursor) = start;
-    let info = inbox.get_info().await?.state;
+    let info = Box::pin(inbox.get_info()).await?.state;
     if cursor > info.last_sequence {
         let message = "cursor is ahead of the inbox: not issued by this deployment".into();
-        out.push(&ServerFrame::Error { cid: None, code: ErrorCode::BadCursor, message }).await;
+        Box::pin(out.push(&ServerFrame::Error { cid: None, code: ErrorCode::BadCursor, message })).await;
         return Ok(());
     }
     // Copies older than the retention may have expired unseen.
     let truncated = cursor > 0 && cursor + 1 < info.first_sequence;
     // The last message that exists now: `synced` follows it.
-    let last = match inbox.direct_get_last_for_subject(&subject).await {
+    let last = match Box::pin(inbox.direct_get_last_for_subject(&subject)).await {
         Ok(m) => m.sequence,
         Err(e) if e.kind() == DirectGetErrorKind::NotFound => 0,
         Err(e) => return Err(e.into()),
     };
     let mut delivered = cursor;
     if last > cursor {
-        match catch_up(state, user, device, cursor, last, out).await? {
+        match Box::pin(catch_up(state, user, device, cursor, last, out)).await? {
             Some(seq) => delivered = seq,
             None => return Ok(()),
         }
     }
-    if !out.push(&ServerFrame::Synced { cursor: delivered.to_string(), truncated }).await {
+    if !Box::pin(out.push(&ServerFrame::Synced { cursor: delivered.to_string(), truncated })).await {
         return Ok(());
     }
     // Live: read the inbox forward from the last delivered message on every
@@ -97,13 +99,13 @@ async fn stream(
     // stream, not the notifications, keeps inbox order with no gap.
     loop {
         loop {
-            let m = match inbox.direct_get_next_for_subject(&subject, Some(delivered + 1)).await {
+            let m = match Box::pin(inbox.direct_get_next_for_subject(&subject, Some(delivered + 1))).await {
                 Ok(m) => m,
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
                 Err(e) => return Err(e.into()),
             };
             delivered = m.sequence;
-            if !deliver(state, user, device, m.sequence, &m.payload, out).await {
+            if !Box::pin(deliver(state, user, device, m.sequence, &m.payload, out)).await {
                 return Ok(());
             }
         }

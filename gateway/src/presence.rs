@@ -67,12 +67,13 @@ pub async fn start(state: Arc<AppState>, user: i64, device: String, out: Outboun
             None
         }
     };
-    tokio::spawn(async move {
+    let fut = async move {
         let Some(eph) = eph else { return };
         if let Err(e) = run(&state, user, &device, &out, rx, eph).await {
             tracing::warn!(user_id = user, error = %e, "presence task failed");
         }
-    });
+    };
+    tokio::spawn(fut);
     tx
 }
 
@@ -91,13 +92,16 @@ async fn run(
     mut eph: async_nats::Subscriber,
 ) -> Result<(), async_nats::Error> {
     let key = subjects::presence_key(user, device, next_conn());
-    let heartbeat = || st.storage.presence.put(&key, bytes::Bytes::new());
+    // Transient operations are boxed so that an idle task (most of them)
+    // keeps only its small waiting state resident, not the largest future
+    // it ever awaits.
+    let heartbeat = || Box::pin(st.storage.presence.put(&key, bytes::Bytes::new()));
     heartbeat().await?;
     let mut last_beat = Instant::now();
     let mut f = Follows { tasks: HashMap::new(), friends: HashSet::new(), on_demand: HashSet::new() };
-    for friend in st.db.friend_ids(user).await.unwrap_or_default() {
+    for friend in Box::pin(st.db.friend_ids(user)).await.unwrap_or_default() {
         f.friends.insert(friend);
-        follow(st, &mut f, friend, out).await;
+        Box::pin(follow(st, &mut f, friend, out)).await;
     }
     let clean = loop {
         tokio::select! {
@@ -114,7 +118,7 @@ async fn run(
                 Some(Cmd::Follow(users)) => {
                     for u in users {
                         f.on_demand.insert(u);
-                        follow(st, &mut f, u, out).await;
+                        Box::pin(follow(st, &mut f, u, out)).await;
                     }
                 }
                 Some(Cmd::Unfollow(users)) => {
@@ -136,7 +140,7 @@ async fn run(
                 }
                 Ok(Ephemeral::Friend { user: u }) => {
                     f.friends.insert(u);
-                    follow(st, &mut f, u, out).await;
+                    Box::pin(follow(st, &mut f, u, out)).await;
                 }
                 Ok(Ephemeral::Unfriend { user: u }) => {
                     f.friends.remove(&u);
@@ -152,7 +156,7 @@ async fn run(
         t.abort();
     }
     if clean {
-        st.storage.presence.delete(&key).await?;
+        Box::pin(st.storage.presence.delete(&key)).await?;
     }
     Ok(())
 }

@@ -53,14 +53,16 @@ impl Session {
         let (sends, mut rx) = mpsc::channel::<SendReq>(SEND_QUEUE);
         let sender = {
             let (state, out, user, device) = (state.clone(), out.clone(), claims.user, claims.device.clone());
-            tokio::spawn(async move {
+            let fut = async move {
                 while let Some(r) = rx.recv().await {
-                    let reply = send_frame(&state, user, &device, r.cid, &r.to, r.body).await;
+                    // Boxed: an idle sender keeps only its small waiting state.
+                    let reply = Box::pin(send_frame(&state, user, &device, r.cid, &r.to, r.body)).await;
                     if !out.push_wait(frame(&reply), 0, state.cfg.stall_timeout).await {
                         break;
                     }
                 }
-            })
+            };
+            tokio::spawn(fut)
         };
         let bucket = TokenBucket::new(state.cfg.rate_per_sec, state.cfg.rate_burst);
         let presence = presence::start(state.clone(), claims.user, claims.device.clone(), out.clone()).await;
@@ -134,14 +136,15 @@ impl Session {
             d.abort();
         }
         let epoch = self.out.new_epoch();
-        self.delivery = Some(tokio::spawn(delivery::run(
+        let fut = delivery::run(
             self.state.clone(),
             self.user,
             self.device.clone(),
             Start::After(start),
             self.out.clone(),
             epoch,
-        )));
+        );
+        self.delivery = Some(tokio::spawn(fut));
     }
 
     /// The client closed the connection properly: its presence ends now.

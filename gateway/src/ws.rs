@@ -35,7 +35,7 @@ pub fn upgrade(state: Arc<AppState>, claims: Claims, mut req: Request<Incoming>)
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
+    let fut = async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 // tungstenite's defaults (128 KiB read buffer allocated up
@@ -54,7 +54,8 @@ pub fn upgrade(state: Arc<AppState>, claims: Claims, mut req: Request<Incoming>)
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-    });
+    };
+    tokio::spawn(fut);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
