@@ -26,6 +26,7 @@ pub mod groups;
 pub mod groups_db;
 pub mod history;
 pub mod http;
+pub mod hub;
 pub mod live;
 pub mod marks;
 pub mod outbound;
@@ -108,6 +109,8 @@ pub struct AppState {
     pub history_index: history::IndexCache,
     /// Live inbox wake-ups of the users connected here.
     pub live: Arc<live::Live>,
+    /// Shared core subscriptions (ephemeral events, followed presence).
+    pub hub: Arc<hub::Hub>,
 }
 
 impl AppState {
@@ -222,6 +225,7 @@ pub async fn run(
     let (shutdown_tx, _) = broadcast::channel(1);
     let cfg_history_cache = cfg.history_index_cache;
     let live_wakeups = live::Live::new(client.clone());
+    let shared_subs = hub::Hub::new(client.clone());
     let state = Arc::new(AppState {
         cfg,
         db,
@@ -235,6 +239,7 @@ pub async fn run(
         known_directs: Mutex::default(),
         history_index: history::IndexCache::new(cfg_history_cache),
         live: live_wakeups,
+        hub: shared_subs,
     });
     tokio::spawn(state.live.clone().run_safety_net(state.cfg.live_poll));
     tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));

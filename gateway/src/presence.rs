@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use chat_nats::envelope::{Ephemeral, PresenceState};
 use chat_nats::subjects;
 use chat_nats::wire::{ServerFrame, Status};
-use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::delivery::frame;
 use crate::friends::status_of;
+use crate::hub::HubRx;
 use crate::outbound::{Outbound, CLOSE_LOGGED_OUT};
 use crate::AppState;
 
@@ -57,11 +57,8 @@ pub enum Cmd {
 /// after the session answers its first frame are not missed.
 pub async fn start(state: Arc<AppState>, user: i64, device: String, out: Outbound) -> mpsc::UnboundedSender<Cmd> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let eph = match state.client.subscribe(subjects::ephemeral(user)).await {
-        Ok(sub) => {
-            let _ = state.client.flush().await;
-            Some(sub)
-        }
+    let eph = match state.hub.subscribe(subjects::ephemeral(user)).await {
+        Ok(sub) => Some(sub),
         Err(e) => {
             tracing::warn!(user_id = user, error = %e, "cannot subscribe to ephemeral events");
             None
@@ -89,7 +86,7 @@ async fn run(
     device: &str,
     out: &Outbound,
     mut rx: mpsc::UnboundedReceiver<Cmd>,
-    mut eph: async_nats::Subscriber,
+    mut eph: HubRx,
 ) -> Result<(), async_nats::Error> {
     let key = subjects::presence_key(user, device, next_conn());
     // Transient operations are boxed so that an idle task (most of them)
@@ -130,7 +127,7 @@ async fn run(
                     }
                 }
             },
-            Some(m) = eph.next() => match serde_json::from_slice::<Ephemeral>(&m.payload) {
+            Some(m) = eph.recv() => match serde_json::from_slice::<Ephemeral>(&m) {
                 Ok(Ephemeral::Typing { conv, user: who }) => {
                     out.push(frame(&ServerFrame::Typing { conv, user: who.to_string() }));
                 }
@@ -166,15 +163,15 @@ async fn follow(st: &AppState, f: &mut Follows, u: i64, out: &Outbound) {
     if f.tasks.contains_key(&u) {
         return;
     }
-    let Ok(mut sub) = st.client.subscribe(subjects::presence(u)).await else { return };
+    let Ok(mut sub) = st.hub.subscribe(subjects::presence(u)).await else { return };
     let current = status_of(st, u).await;
     out.push(frame(&presence_frame(u, current.as_ref())));
     let out = out.clone();
     f.tasks.insert(
         u,
         tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                if let Ok(s) = serde_json::from_slice::<PresenceState>(&m.payload) {
+            while let Some(m) = sub.recv().await {
+                if let Ok(s) = serde_json::from_slice::<PresenceState>(&m) {
                     if !out.push(frame(&presence_frame(u, Some(&s)))) {
                         return;
                     }
