@@ -28,6 +28,9 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// `CHAT_HISTORY_INDEX_CACHE`: history index entries cached per gateway.
     pub history_index_cache: usize,
+    /// `CHAT_PASSWORD_HASH_CONCURRENCY`: argon2id hashes computed at once
+    /// (signups and logins beyond it wait).
+    pub password_hash_concurrency: usize,
     /// `CHAT_LIVE_POLL_SECS`: how often every connected user's inbox is
     /// re-read even without a wake-up (a safety net for lost notifications).
     pub live_poll: Duration,
@@ -145,6 +148,13 @@ impl GatewayConfig {
             max_body_chars: bounded(src, "CHAT_MAX_BODY_CHARS", 100_000, 1, 200_000)? as usize,
             max_frame_bytes: bounded(src, "CHAT_WS_MAX_FRAME_BYTES", 1 << 20, 1024, 1 << 20)? as usize,
             live_poll: Duration::from_secs(bounded(src, "CHAT_LIVE_POLL_SECS", 60, 1, 86_400)?),
+            password_hash_concurrency: bounded(
+                src,
+                "CHAT_PASSWORD_HASH_CONCURRENCY",
+                std::thread::available_parallelism().map_or(2, |n| n.get() as u64),
+                1,
+                256,
+            )? as usize,
             history_index_cache: bounded(src, "CHAT_HISTORY_INDEX_CACHE", 200_000, 0, 100_000_000)? as usize,
             outbound_frames: bounded(src, "CHAT_WS_OUTBOUND_FRAMES", 1024, 8, 1 << 20)? as usize,
             outbound_bytes: bounded(src, "CHAT_WS_OUTBOUND_BYTES", 8 << 20, 1 << 20, 1 << 30)? as usize,

@@ -111,6 +111,9 @@ pub struct AppState {
     pub live: Arc<live::Live>,
     /// Shared core subscriptions (ephemeral events, followed presence).
     pub hub: Arc<hub::Hub>,
+    /// Password hashes computed at once (argon2id takes ~19 MiB each; an
+    /// unbounded burst of logins would hold that per blocking thread).
+    pub password_slots: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -224,6 +227,7 @@ pub async fn run(
         .map_err(GatewayError::Other)?;
     let (shutdown_tx, _) = broadcast::channel(1);
     let cfg_history_cache = cfg.history_index_cache;
+    let cfg_hash_slots = cfg.password_hash_concurrency;
     let live_wakeups = live::Live::new(client.clone());
     let shared_subs = hub::Hub::new(client.clone());
     let state = Arc::new(AppState {
@@ -240,6 +244,7 @@ pub async fn run(
         history_index: history::IndexCache::new(cfg_history_cache),
         live: live_wakeups,
         hub: shared_subs,
+        password_slots: tokio::sync::Semaphore::new(cfg_hash_slots),
     });
     tokio::spawn(state.live.clone().run_safety_net(state.cfg.live_poll));
     tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));
