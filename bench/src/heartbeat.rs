@@ -247,7 +247,9 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     let nc = async_nats::connect(&t.nats_url).await?;
     let js = jetstream::new(nc);
     let gw_pid = t.gateway_pids.first().copied();
-    let pids: Vec<u32> = gw_pid.into_iter().chain(t.nats_pid).collect();
+    // The gateway, this process (the clients), nats-server.
+    let me = std::process::id();
+    let pids: Vec<u32> = gw_pid.into_iter().chain([me]).chain(t.nats_pid).collect();
     let mut seq = 0u64;
     let mut kv_total = 0u64;
     let mut saturated_at = None;
@@ -261,6 +263,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
         }
         let seq0 = last_seq(&js, PRESENCE_STREAM).await?;
         let cpu0 = cpu_now(&pids);
+        let drops0 = procfs::udp_rcvbuf_errors();
         let w0 = Instant::now();
         step.from_ns.store(now_ns(), Relaxed);
         let paced = pace::join(pace::pace(rate, cfg.duration, seq, senders.clone())).await;
@@ -277,6 +280,10 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
         let kv_rate = puts as f64 / wall;
         // The gateway writes a connection's key at most once a second.
         let kv_expected = rate.min(conns);
+        if let (Some(a), Some(b)) = (drops0, procfs::udp_rcvbuf_errors()) {
+            // QUIC: datagrams lost to a full socket buffer (client or gateway).
+            r.metric(&key("udp_rcvbuf_drops"), b.saturating_sub(a) as f64);
+        }
         r.metric(&key("offered_per_s"), rate);
         r.metric(&key("per_conn_interval_s"), conns / rate);
         r.metric(&key("scheduled"), paced.ticks as f64);
@@ -287,6 +294,9 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
         r.metric(&key("kv_puts_expected_per_s"), kv_expected);
         if let Some(c) = gw_pid.map(|_| cpu[0]) {
             r.metric(&key("gw_cpu_pct"), c);
+        }
+        if gw_pid != Some(me) {
+            r.metric(&key("client_cpu_pct"), cpu[usize::from(gw_pid.is_some())]);
         }
         if t.nats_pid.is_some() {
             r.metric(&key("nats_cpu_pct"), cpu[cpu.len() - 1]);
@@ -309,6 +319,9 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
                 }
                 Err(e) => r.note(format!("baseline at {rate:.0}/s failed: {e:#}")),
             }
+        }
+        if ours.p99_ms > 1000.0 {
+            r.note(format!("at {rate:.0}/s ping→pong p99 is over 1 s: pongs queue"));
         }
         if pong_rate < 0.9 * rate || sh.closed.load(Relaxed) > 0 {
             saturated_at = Some(rate);

@@ -84,7 +84,12 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
         drain: cfg.drain,
         deliveries_per_send: 1,
     };
+    let drops0 = crate::procfs::udp_rcvbuf_errors();
     let tr = traffic::run(peers, &tc).await?;
+    if let (Some(a), Some(b)) = (drops0, crate::procfs::udp_rcvbuf_errors()) {
+        // QUIC: datagrams lost to a full socket buffer (client or gateway).
+        r.metric("udp_rcvbuf_drops", b.saturating_sub(a) as f64);
+    }
     r.metric("scheduled", tr.scheduled as f64);
     r.metric("acked", tr.acked as f64);
     r.metric("delivered", tr.delivered as f64);

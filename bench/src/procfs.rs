@@ -62,6 +62,20 @@ fn parse_line(text: &str, prefix: &str) -> Option<SockStat> {
     Some(SockStat { inuse: field("inuse")?, mem_pages: field("mem")? })
 }
 
+/// UDP datagrams the kernel dropped because a socket's receive buffer was
+/// full (`RcvbufErrors` in `/proc/net/snmp`, machine-wide, since boot).
+pub fn udp_rcvbuf_errors() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    parse_snmp(&text, "Udp:", "RcvbufErrors")
+}
+
+fn parse_snmp(text: &str, prefix: &str, field: &str) -> Option<u64> {
+    let mut lines = text.lines().filter(|l| l.starts_with(prefix));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let i = names.split_whitespace().position(|w| w == field)?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// The page size the kernel counts socket memory in (4 KiB on x86-64).
 pub const PAGE_BYTES: u64 = 4096;
 
@@ -105,6 +119,8 @@ mod tests {
         let s = parse_sockstat("sockets: used 5\nTCP: inuse 3 orphan 0 tw 1 alloc 4 mem 7\nUDP: inuse 0 mem 0\n");
         assert_eq!(s, Some(SockStat { inuse: 3, mem_pages: 7 }));
         assert!(sockstat().is_some());
+        let snmp = "Udp: InDatagrams RcvbufErrors\nUdp: 10 3\nUdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 0\n";
+        assert_eq!(parse_snmp(snmp, "Udp:", "RcvbufErrors"), Some(3));
         assert_eq!(parse_line("UDP: inuse 2 mem 9\n", "UDP:"), Some(SockStat { inuse: 2, mem_pages: 9 }));
     }
 }
