@@ -76,6 +76,13 @@ pub struct GatewayConfig {
     pub quic_idle_timeout: Duration,
     /// `CHAT_QUIC_KEEPALIVE_MS`: the server's QUIC keep-alive interval.
     pub quic_keep_alive: Duration,
+    /// `CHAT_QUIC_SOCKET_BUFFER_BYTES`: receive and send buffer requested
+    /// for the QUIC UDP socket (the kernel caps it at `net.core.rmem_max` /
+    /// `wmem_max`).
+    pub quic_socket_buffer: usize,
+    /// `CHAT_QUIC_STREAM_WINDOW_BYTES`: bytes a client may have in flight
+    /// on its session stream before it must wait for the gateway to read.
+    pub quic_stream_window: u32,
     /// `CHAT_DELIVERED_FLUSH_MS`: how long delivered marks are coalesced
     /// before they are written to KV for the push planner.
     pub delivered_flush: Duration,
@@ -181,6 +188,8 @@ impl GatewayConfig {
                 600_000,
             )?),
             quic_keep_alive: Duration::from_millis(bounded(src, "CHAT_QUIC_KEEPALIVE_MS", 10_000, 100, 600_000)?),
+            quic_socket_buffer: bounded(src, "CHAT_QUIC_SOCKET_BUFFER_BYTES", 4 << 20, 64 << 10, 1 << 30)? as usize,
+            quic_stream_window: bounded(src, "CHAT_QUIC_STREAM_WINDOW_BYTES", 256 << 10, 16 << 10, 16 << 20)? as u32,
             delivered_flush: Duration::from_millis(bounded(src, "CHAT_DELIVERED_FLUSH_MS", 100, 1, 1000)?),
             push_providers: PushProviders::from_source(src),
             webpush_allow_http: var(src, "CHAT_WEBPUSH_ALLOW_HTTP", false)?,

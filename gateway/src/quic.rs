@@ -109,6 +109,23 @@ pub fn endpoint(state: &AppState, socket: UdpSocket) -> Result<(Endpoint, String
         quinn::IdleTimeout::try_from(cfg.quic_idle_timeout).map_err(|e| TlsError::Invalid(e.to_string()))?,
     ));
     transport.keep_alive_interval(Some(cfg.quic_keep_alive));
+    // One bidirectional stream per session, no unidirectional streams, no
+    // datagrams; flow-control windows bound what a client can make the
+    // gateway buffer (frames larger than the window still pass, paced).
+    transport.max_concurrent_bidi_streams(1u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    transport.datagram_receive_buffer_size(None);
+    transport.stream_receive_window(cfg.quic_stream_window.into());
+    transport.receive_window((2 * cfg.quic_stream_window).into());
+    transport.send_window(4 * u64::from(cfg.quic_stream_window));
+    // A burst of datagrams (heartbeats from thousands of clients) must not
+    // overflow the kernel's default ~208 KiB socket buffer.
+    let sock = socket2::SockRef::from(&socket);
+    if let Err(e) =
+        sock.set_recv_buffer_size(cfg.quic_socket_buffer).and(sock.set_send_buffer_size(cfg.quic_socket_buffer))
+    {
+        tracing::warn!(error = %e, "cannot size the QUIC socket buffers");
+    }
     server.migration(true);
     let runtime = quinn::default_runtime().ok_or_else(|| TlsError::Invalid("no async runtime".into()))?;
     let endpoint = Endpoint::new(quinn::EndpointConfig::default(), Some(server), socket, runtime)
