@@ -7,7 +7,10 @@
 //! at any point is completed, never duplicated. Messages of a partition are
 //! processed strictly one after another: message k's copies are all stored
 //! before message k+1 is touched, so every inbox sees a conversation in id
-//! order.
+//! order. A message no earlier attempt can have touched (its first
+//! delivery, stored after this owner took the partition) has its history
+//! append and inbox copies written at once; any other goes history first,
+//! so that a duplicate append leads back to the stored message and its id.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,6 +46,10 @@ pub async fn run_partition(
     // A fresh consumer starts at the oldest unprocessed message (the ingress
     // stream is a work queue), so a new owner resumes in order.
     let _ = sh.storage.ingress.delete_consumer(&name).await;
+    // Messages stored after this point can never have reached a previous
+    // owner (its consumer is gone): their first attempt may write history
+    // and inbox copies at once (see `sequence`).
+    let takeover_seq = sh.storage.ingress.get_info().await?.state.last_sequence;
     let consumer = sh
         .storage
         .ingress
@@ -62,14 +69,17 @@ pub async fn run_partition(
     while let Some(msg) = messages.next().await {
         let msg = msg?;
         let mut backoff = Duration::from_millis(20);
+        let mut fresh = msg.info().is_ok_and(|i| i.delivered == 1 && i.stream_sequence > takeover_seq);
         loop {
             if !valid.holds() {
                 return Ok(());
             }
-            match process(&sh, &mut convs, &msg.payload).await {
+            match process(&sh, &mut convs, &msg.payload, fresh).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "sequencing failed; retrying");
+                    // The failed attempt may have stored some of its writes.
+                    fresh = false;
                     convs.clear();
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -98,7 +108,10 @@ impl Caches {
     }
 }
 
-async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8]) -> Result<(), async_nats::Error> {
+/// Sequences one ingress message. `fresh`: no earlier attempt can have
+/// stored anything for it (first delivery, sent after this owner took the
+/// partition, no failed attempt).
+async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8], fresh: bool) -> Result<(), async_nats::Error> {
     let send: IngressSend = match serde_json::from_slice(payload) {
         Ok(s) => s,
         Err(e) => {
@@ -114,12 +127,16 @@ async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8]) -> Result<(),
         None => SeqResult::Err { code: ErrorCode::BadFrame, message: "malformed conversation id".into() },
         Some(conv) => match recipients(sh, caches, &conv, &send).await? {
             Err((code, message)) => SeqResult::Err { code, message },
-            Ok(members) => sequence(sh, &mut caches.convs, &send, &key, conv, &members).await?,
+            Ok(members) => sequence(sh, &mut caches.convs, &send, &key, conv, &members, fresh).await?,
         },
     };
     let ack = Bytes::from(serde_json::to_vec(&SeqAck { key: key.clone(), result })?);
-    sh.storage.acks.put(&key, ack.clone()).await?;
-    reply(sh, &send, ack).await
+    // Everything is stored: the sender may hear of it before the outcome is
+    // recorded. Should the record fail, the ingress message is redone and
+    // the history dedupe id leads it back to the stored message.
+    reply(sh, &send, ack.clone()).await?;
+    sh.storage.acks.put(&key, ack).await?;
+    Ok(())
 }
 
 /// Whose inboxes get a copy, or why the send is refused. For a group the
@@ -185,6 +202,7 @@ async fn sequence(
     key: &str,
     conv: ConvId,
     members: &[i64],
+    fresh: bool,
 ) -> Result<SeqResult, async_nats::Error> {
     let state = match convs.get(&conv) {
         Some(s) => *s,
@@ -204,21 +222,47 @@ async fn sequence(
         event: send.event.clone(),
     };
     let mut payload = Bytes::from(serde_json::to_vec(&stored)?);
-    let ack = publish(sh, subjects::history(&conv), key.to_owned(), payload.clone()).await?;
-    if ack.duplicate {
-        // Stored by an earlier attempt that died before finishing: finish
-        // that message, with its id.
-        let original = sh.storage.history.get_raw_message(ack.sequence).await?;
-        stored = serde_json::from_slice(&original.payload)?;
-        payload = original.payload;
-    }
-    let mut writes = Vec::with_capacity(members.len() + 1);
-    for &m in members {
-        let copy_id = subjects::inbox_copy_id(stored.id, m);
-        writes.push(publish(sh, subjects::inbox(m), copy_id, payload.clone()));
-    }
+    let copies = |stored: &StoredMessage, payload: &Bytes| {
+        let writes: Vec<_> = members
+            .iter()
+            .map(|&m| publish(sh, subjects::inbox(m), subjects::inbox_copy_id(stored.id, m), payload.clone()))
+            .collect();
+        futures::future::join_all(writes)
+    };
+    let (ack, stored_copies) = if fresh {
+        // Nothing of this message can be stored yet, so the history append
+        // cannot turn out a duplicate: write it and the copies at once (one
+        // fsync wait instead of two). Message k+1 still waits for all of k.
+        let (ack, first) = futures::future::join(
+            publish(sh, subjects::history(&conv), key.to_owned(), payload.clone()),
+            copies(&stored, &payload),
+        )
+        .await;
+        let ack = ack?;
+        if ack.duplicate {
+            // Not expected (see `run_partition`); the copies above carry a
+            // new id, so finish the stored message too and say so.
+            tracing::error!(key, "history duplicate on a fresh message: finishing the stored one as well");
+            let original = sh.storage.history.get_raw_message(ack.sequence).await?;
+            stored = serde_json::from_slice(&original.payload)?;
+            payload = original.payload;
+            (ack, copies(&stored, &payload).await)
+        } else {
+            (ack, first)
+        }
+    } else {
+        let ack = publish(sh, subjects::history(&conv), key.to_owned(), payload.clone()).await?;
+        if ack.duplicate {
+            // Stored by an earlier attempt that died before finishing: finish
+            // that message, with its id.
+            let original = sh.storage.history.get_raw_message(ack.sequence).await?;
+            stored = serde_json::from_slice(&original.payload)?;
+            payload = original.payload;
+        }
+        (ack, copies(&stored, &payload).await)
+    };
     let mut wakeups = Vec::with_capacity(members.len());
-    for (w, &m) in futures::future::join_all(writes).await.into_iter().zip(members) {
+    for (w, &m) in stored_copies.into_iter().zip(members) {
         wakeups.push((m, w?.sequence));
     }
     // Wake the members' delivery (gateways read the inbox from their own
