@@ -47,9 +47,11 @@ pub async fn signup(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
     if !(8..=128).contains(&len) {
         return Err(bad_credentials("password must be 8-128 characters"));
     }
-    let _slot = st.password_slots.acquire().await.map_err(ApiError::unavailable)?;
-    let hash =
-        tokio::task::spawn_blocking(move || auth::hash_password(&r.password)).await.map_err(ApiError::unavailable)?;
+    let hash = st
+        .hasher
+        .run(move || auth::hash_password(&r.password))
+        .await
+        .ok_or_else(|| ApiError::unavailable("password hashing queue is full"))?;
     match st.db.create_user(&username, &hash).await? {
         Some(id) => Ok(json(StatusCode::CREATED, &json!({"user_id": id.to_string(), "username": username}))),
         None => {
@@ -77,10 +79,11 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErr
         .map(|(u, h)| (Some(u), h))
         .unwrap_or_else(|| (None, DUMMY.get_or_init(|| auth::hash_password("not-a-password")).clone()));
     let password = r.password;
-    let _slot = st.password_slots.acquire().await.map_err(ApiError::unavailable)?;
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
+    let ok = st
+        .hasher
+        .run(move || auth::verify_password(&password, &hash))
         .await
-        .map_err(ApiError::unavailable)?;
+        .ok_or_else(|| ApiError::unavailable("password hashing queue is full"))?;
     let Some(user) = user.filter(|_| ok) else {
         return Err(ApiError::unauthorized("wrong username or password"));
     };

@@ -36,6 +36,48 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash).map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok()).unwrap_or(false)
 }
 
+/// A fixed set of threads that run argon2id, so password work never runs
+/// on the async runtime and its memory stays bounded: each hash takes
+/// ~19 MiB, and the allocator keeps freed blocks per thread, so hashing on
+/// a growing pool of blocking threads left hundreds of MiB resident after
+/// a burst of signups. Jobs beyond the threads wait in a queue.
+#[derive(Debug, Clone)]
+pub struct Hasher {
+    jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Hasher {
+    /// Starts `threads` hashing threads.
+    pub fn start(threads: usize) -> Hasher {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(1024);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    };
+                    job();
+                })
+                .expect("spawn a hashing thread");
+        }
+        Hasher { jobs }
+    }
+
+    /// Runs `f` on a hashing thread; `None` if the pool is gone or full.
+    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        self.jobs.try_send(job).ok()?;
+        rx.await.ok()
+    }
+}
+
 fn mac(secret: &[u8], payload: &[u8]) -> Hmac<Sha256> {
     let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key length");
     m.update(payload);

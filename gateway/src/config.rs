@@ -28,8 +28,8 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// `CHAT_HISTORY_INDEX_CACHE`: history index entries cached per gateway.
     pub history_index_cache: usize,
-    /// `CHAT_PASSWORD_HASH_CONCURRENCY`: argon2id hashes computed at once
-    /// (signups and logins beyond it wait).
+    /// `CHAT_PASSWORD_HASH_CONCURRENCY`: threads that run argon2id
+    /// (signups and logins beyond them queue).
     pub password_hash_concurrency: usize,
     /// `CHAT_LIVE_POLL_SECS`: how often every connected user's inbox is
     /// re-read even without a wake-up (a safety net for lost notifications).

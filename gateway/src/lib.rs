@@ -111,9 +111,8 @@ pub struct AppState {
     pub live: Arc<live::Live>,
     /// Shared core subscriptions (ephemeral events, followed presence).
     pub hub: Arc<hub::Hub>,
-    /// Password hashes computed at once (argon2id takes ~19 MiB each; an
-    /// unbounded burst of logins would hold that per blocking thread).
-    pub password_slots: tokio::sync::Semaphore,
+    /// The threads that hash and verify passwords.
+    pub hasher: auth::Hasher,
 }
 
 impl AppState {
@@ -244,7 +243,7 @@ pub async fn run(
         history_index: history::IndexCache::new(cfg_history_cache),
         live: live_wakeups,
         hub: shared_subs,
-        password_slots: tokio::sync::Semaphore::new(cfg_hash_slots),
+        hasher: auth::Hasher::start(cfg_hash_slots),
     });
     tokio::spawn(state.live.clone().run_safety_net(state.cfg.live_poll));
     tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));
