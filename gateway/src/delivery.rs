@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream::consumer::{push, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use chat_nats::envelope::StoredMessage;
 use chat_nats::subjects;
@@ -129,11 +129,14 @@ async fn catch_up(
         0 => DeliverPolicy::All,
         c => DeliverPolicy::ByStartSequence { start_sequence: c + 1 },
     };
+    // A pull consumer: the gateway asks for the next batch only as the
+    // client drains, so a slow client never makes the NATS client drop
+    // pushed messages (an ordered push consumer then stalls until its idle
+    // heartbeat notices the gap and recreates itself).
     let consumer = state
         .storage
         .inbox
-        .create_consumer(push::OrderedConfig {
-            deliver_subject: state.client.new_inbox(),
+        .create_consumer(pull::OrderedConfig {
             filter_subject: subjects::inbox(user),
             deliver_policy,
             ..Default::default()
