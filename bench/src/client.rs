@@ -77,6 +77,7 @@ pub async fn token(t: &Target, user: &User, device: &str) -> Result<String> {
                 user: user.id.parse().context("user id")?,
                 device: device.to_owned(),
                 exp: chat_gateway::auth::now_secs() + 24 * 3600,
+                gen: 0,
             };
             Ok(chat_gateway::auth::issue(secret, &claims))
         }

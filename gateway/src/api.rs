@@ -87,9 +87,9 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErr
     let Some(user) = user.filter(|_| ok) else {
         return Err(ApiError::unauthorized("wrong username or password"));
     };
-    st.db.touch_device(user, &r.device_id).await?;
+    let gen = st.db.touch_device(user, &r.device_id).await?;
     let exp = auth::now_secs() + st.cfg.token_ttl.as_secs();
-    let claims = Claims { user, device: r.device_id.clone(), exp };
+    let claims = Claims { user, device: r.device_id.clone(), exp, gen };
     let token = auth::issue(&st.cfg.token_secret, &claims);
     Ok(json(
         StatusCode::OK,
@@ -101,7 +101,8 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErr
 pub fn authenticate<B>(st: &AppState, req: &Request<B>) -> Result<Claims, ApiError> {
     let t = token(req).ok_or_else(|| ApiError::unauthorized("missing token"))?;
     auth::verify(&st.cfg.token_secret, &t, auth::now_secs())
-        .ok_or_else(|| ApiError::unauthorized("invalid or expired token"))
+        .filter(|c| st.revoked.allows(c))
+        .ok_or_else(|| ApiError::unauthorized("invalid, expired or logged-out token"))
 }
 
 /// `GET /v1/users/{id}`.

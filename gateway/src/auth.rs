@@ -1,7 +1,9 @@
 //! Passwords (argon2id) and access tokens (HMAC-SHA256, bound to a device,
 //! with an expiry).
 //!
-//! A token is `base64url(user.device.expiry_unix_secs) "." base64url(mac)`.
+//! A token is `base64url(user.device.expiry_unix_secs.generation) "."
+//! base64url(mac)`; the generation is the device's at login, and a logout
+//! raises it (see `revoked`).
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -19,6 +21,8 @@ pub struct Claims {
     pub device: String,
     /// Expiry, unix seconds.
     pub exp: u64,
+    /// The device's token generation at login (see `revoked`).
+    pub gen: u64,
 }
 
 /// Hashes a password with argon2id and a random salt (CPU-heavy: call from
@@ -86,7 +90,7 @@ fn mac(secret: &[u8], payload: &[u8]) -> Hmac<Sha256> {
 
 /// Issues a token.
 pub fn issue(secret: &[u8], claims: &Claims) -> String {
-    let payload = format!("{}.{}.{}", claims.user, claims.device, claims.exp);
+    let payload = format!("{}.{}.{}.{}", claims.user, claims.device, claims.exp, claims.gen);
     let sig = mac(secret, payload.as_bytes()).finalize().into_bytes();
     format!("{}.{}", B64.encode(payload), B64.encode(sig))
 }
@@ -98,11 +102,12 @@ pub fn verify(secret: &[u8], token: &str, now: u64) -> Option<Claims> {
     let sig = B64.decode(s).ok()?;
     mac(secret, &payload).verify_slice(&sig).ok()?;
     let text = String::from_utf8(payload).ok()?;
-    let mut parts = text.splitn(3, '.');
+    let mut parts = text.splitn(4, '.');
     let user = parts.next()?.parse().ok()?;
     let device = parts.next()?.to_owned();
     let exp: u64 = parts.next()?.parse().ok()?;
-    (exp > now).then_some(Claims { user, device, exp })
+    let gen: u64 = parts.next()?.parse().ok()?;
+    (exp > now).then_some(Claims { user, device, exp, gen })
 }
 
 /// Current unix seconds.
@@ -116,7 +121,7 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_reject_tampering_and_expiry() {
-        let c = Claims { user: 7, device: "phone".into(), exp: 1000 };
+        let c = Claims { user: 7, device: "phone".into(), exp: 1000, gen: 3 };
         let t = issue(b"k", &c);
         assert_eq!(verify(b"k", &t, 999), Some(c.clone()));
         assert_eq!(verify(b"k", &t, 1000), None, "expired");

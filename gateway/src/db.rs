@@ -10,6 +10,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (2, include_str!("../migrations/002_groups.sql")),
     (3, include_str!("../migrations/003_friends.sql")),
     (4, include_str!("../migrations/004_push.sql")),
+    (5, include_str!("../migrations/005_token_gen.sql")),
 ];
 
 /// Database failures.
@@ -114,15 +115,31 @@ impl Db {
     }
 
     /// Records a login from a device.
-    pub async fn touch_device(&self, user: i64, device: &str) -> Result<(), DbError> {
+    pub async fn touch_device(&self, user: i64, device: &str) -> Result<u64, DbError> {
         let c = self.pool.get().await?;
-        c.execute(
-            "INSERT INTO devices (user_id, device_id) VALUES ($1, $2)
-             ON CONFLICT (user_id, device_id) DO UPDATE SET last_login_at = now()",
-            &[&user, &device],
-        )
-        .await?;
-        Ok(())
+        let row = c
+            .query_one(
+                "INSERT INTO devices (user_id, device_id) VALUES ($1, $2)
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET last_login_at = now()
+                 RETURNING token_gen",
+                &[&user, &device],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// Ends every token issued to the device so far: bumps its token
+    /// generation and returns the new one (`None`: no such device).
+    pub async fn bump_token_gen(&self, user: i64, device: &str) -> Result<Option<u64>, DbError> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(
+                "UPDATE devices SET token_gen = token_gen + 1 WHERE user_id = $1 AND device_id = $2
+                 RETURNING token_gen",
+                &[&user, &device],
+            )
+            .await?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
     }
 
     /// A user by id.

@@ -186,6 +186,15 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErro
 /// at once.
 pub async fn logout(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let claims = authenticate(st, &req)?;
+    // Every token of this device issued so far stops working, on every
+    // gateway (see `revoked`); a new login gets the new generation.
+    if let Some(gen) = st.db.bump_token_gen(claims.user, &claims.device).await? {
+        let key = format!("{}.{}", claims.user, claims.device);
+        st.revoked_kv.put(&key, gen.to_string().into()).await.map_err(ApiError::unavailable)?;
+        // This gateway refuses them at once; the others as their watch
+        // delivers the entry (milliseconds).
+        st.revoked.apply(&key, Some(gen.to_string().as_bytes()));
+    }
     notify(st, claims.user, &Ephemeral::Logout { device: claims.device.clone() }).await;
     let _ = st.client.flush().await;
     // A logged-out phone must stop showing message previews.

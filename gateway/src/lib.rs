@@ -33,6 +33,7 @@ pub mod outbound;
 pub mod presence;
 pub mod push;
 pub mod quic;
+pub mod revoked;
 pub mod send;
 pub mod service;
 pub mod session;
@@ -113,6 +114,10 @@ pub struct AppState {
     pub hub: Arc<hub::Hub>,
     /// The threads that hash and verify passwords.
     pub hasher: auth::Hasher,
+    /// Token generations raised by logouts (checked on every token).
+    pub revoked: Arc<revoked::Revoked>,
+    /// Where logouts record them.
+    pub revoked_kv: async_nats::jetstream::kv::Store,
 }
 
 impl AppState {
@@ -221,6 +226,9 @@ pub async fn run(
     let storage = provision::provision(&client, &cfg.storage).await?;
     let db = Db::connect(&cfg.database_url, cfg.db_pool_size)?;
     db.migrate().await?;
+    let revoked_kv =
+        revoked::bucket(&storage.js, cfg.token_ttl, cfg.storage.replicas).await.map_err(GatewayError::Other)?;
+    let revoked = revoked::start(revoked_kv.clone()).await.map_err(GatewayError::Other)?;
     let sender = Sender::start(&client, storage.clone(), &cfg.gateway_id, cfg.send_timeout)
         .await
         .map_err(GatewayError::Other)?;
@@ -244,6 +252,8 @@ pub async fn run(
         live: live_wakeups,
         hub: shared_subs,
         hasher: auth::Hasher::start(cfg_hash_slots),
+        revoked,
+        revoked_kv,
     });
     tokio::spawn(state.live.clone().run_safety_net(state.cfg.live_poll));
     tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));

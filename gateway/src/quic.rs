@@ -163,7 +163,9 @@ async fn connection(state: Arc<AppState>, conn: quinn::Connection) {
     let first = tokio::time::timeout(Duration::from_secs(10), source.recv()).await;
     let claims: Option<Claims> = match first {
         Ok(Inbound::Text(t)) => match serde_json::from_str::<First>(&t) {
-            Ok(First::Auth { token }) => auth::verify(&state.cfg.token_secret, &token, auth::now_secs()),
+            Ok(First::Auth { token }) => {
+                auth::verify(&state.cfg.token_secret, &token, auth::now_secs()).filter(|c| state.revoked.allows(c))
+            }
             Err(_) => None,
         },
         _ => None,

@@ -175,7 +175,12 @@ async fn accounts_and_auth_failures() -> Result<()> {
     }
     let expired = chat_gateway::auth::issue(
         b"test-secret",
-        &chat_gateway::auth::Claims { user: id.parse()?, device: "d1".into(), exp: chat_gateway::auth::now_secs() - 1 },
+        &chat_gateway::auth::Claims {
+            user: id.parse()?,
+            device: "d1".into(),
+            exp: chat_gateway::auth::now_secs() - 1,
+            gen: 0,
+        },
     );
     let r = Conn::connect(&s.addr(0), &expired).await;
     assert!(matches!(r, Err(ClientError::Api { status: 401, .. })), "expired: {:?}", r.err());

@@ -215,6 +215,41 @@ async fn logout_is_immediate() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_ends_the_devices_tokens_on_every_gateway() -> Result<()> {
+    let mut s = stack().start().await?;
+    s.add_gateway().await?;
+    let a = s.user("alice", "phone").await?;
+    let other = s.device("alice", "laptop").await?;
+    let path = format!("/v1/users/{}", a.user_id);
+    for g in 0..2 {
+        assert_eq!(s.http(g).request(Method::GET, &path, Some(&a.token), None).await?.0, 200);
+    }
+    assert_eq!(s.http(0).request(Method::POST, "/v1/logout", Some(&a.token), None).await?.0, 200);
+    // Refused at once where the logout happened, and on the other gateway
+    // as soon as its watch of the revocations delivers the entry.
+    assert_eq!(s.http(0).request(Method::GET, &path, Some(&a.token), None).await?.0, 401);
+    let http1 = s.http(1);
+    wait_for("gateway 1 refuses the logged-out token", Duration::from_secs(5), || async {
+        let st = http1.request(Method::GET, &path, Some(&a.token), None).await.ok()?.0;
+        (st == 401).then_some(())
+    })
+    .await?;
+    for g in 0..2 {
+        let ws = Conn::connect(&s.addr(g), &a.token).await;
+        assert!(matches!(ws, Err(chat_client::ClientError::Api { status: 401, .. })), "gateway {g}: {:?}", ws.err());
+        // The user's other device is untouched.
+        assert_eq!(s.http(g).request(Method::GET, &path, Some(&other.token), None).await?.0, 200);
+    }
+    // Logging in again gives the device a token that works everywhere.
+    let again = s.device("alice", "phone").await?;
+    for g in 0..2 {
+        assert_eq!(s.http(g).request(Method::GET, &path, Some(&again.token), None).await?.0, 200);
+        Conn::connect(&s.addr(g), &again.token).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_participants_only() -> Result<()> {
     let s = fast().env("CHAT_TYPING_INTERVAL_MS", "0").start().await?;
     let (a, b, c) = (s.user("alice", "a").await?, s.user("bob", "b").await?, s.user("carol", "c").await?);

@@ -332,6 +332,8 @@ async fn registrations_are_validated_owned_and_refused_for_providers_not_configu
     register_ok(s, &b, fcm("tok-2")).await?;
     assert_eq!(s.http(0).request(Method::GET, path, Some(&b.token), None).await?.0, 200);
     assert_eq!(s.http(0).request(Method::POST, "/v1/logout", Some(&b.token), None).await?.0, 200);
+    assert_eq!(s.http(0).request(Method::GET, path, Some(&b.token), None).await?.0, 401, "the old token is dead");
+    let b = s.device("bob", "phone").await?;
     assert_eq!(s.http(0).request(Method::GET, path, Some(&b.token), None).await?.0, 404);
     drop(p);
 
