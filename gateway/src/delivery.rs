@@ -68,7 +68,7 @@ async fn stream(
     // Wake-ups first: whatever is stored from now on is announced.
     // Every await but the wake-up wait is boxed: an idle delivery task then
     // keeps only its small waiting state resident (see docs/benchmarks.md).
-    let mut wakeups = Box::pin(state.live.watch(user)).await?;
+    let mut wakeups = Box::pin(crate::live::watch(&state.hub, user)).await?;
     let Start::After(cursor) = start;
     let info = Box::pin(inbox.get_info()).await?.state;
     if cursor > info.last_sequence {

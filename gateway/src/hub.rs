@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 
 /// Messages buffered per subject for a receiver that falls behind; past
 /// that it skips to the newest (ephemeral events and presence states are
-/// not worth holding a connection for).
-const BUFFER: usize = 64;
+/// not worth holding a connection for). Wake-up subjects need only one.
+pub const BUFFER: usize = 64;
 
 /// The gateway's shared subscriptions.
 #[derive(Debug)]
@@ -55,8 +55,9 @@ impl Hub {
     }
 
     /// Receives what is published on `subject` from the moment this returns
-    /// (the shared subscription is then in place on the server).
-    pub async fn subscribe(self: &Arc<Self>, subject: String) -> Result<HubRx, async_nats::Error> {
+    /// (the shared subscription is then in place on the server), buffering
+    /// up to `buffer` messages for a slow receiver (set by the first).
+    pub async fn subscribe(self: &Arc<Self>, subject: String, buffer: usize) -> Result<HubRx, async_nats::Error> {
         let (rx, mut ready) = {
             let mut subs = self.lock();
             match subs.get_mut(&subject) {
@@ -65,7 +66,7 @@ impl Hub {
                     (e.tx.subscribe(), e.ready.clone())
                 }
                 None => {
-                    let (tx, rx) = broadcast::channel(BUFFER);
+                    let (tx, rx) = broadcast::channel(buffer.max(1));
                     let (ready_tx, ready) = watch::channel(false);
                     let task = tokio::spawn(feed(self.client.clone(), subject.clone(), tx.clone(), ready_tx));
                     subs.insert(subject.clone(), Entry { tx, ready: ready.clone(), refs: 1, task });
@@ -102,6 +103,18 @@ async fn feed(client: async_nats::Client, subject: String, tx: broadcast::Sender
     }
 }
 
+impl Hub {
+    /// Wakes every receiver of a subject starting with `prefix` with an
+    /// empty payload (see `live`).
+    pub fn poke(&self, prefix: &str) {
+        for (subject, e) in self.lock().iter() {
+            if subject.starts_with(prefix) {
+                let _ = e.tx.send(Bytes::new());
+            }
+        }
+    }
+}
+
 impl HubRx {
     /// The next payload; `None` if the subscription ended.
     pub async fn recv(&mut self) -> Option<Bytes> {
@@ -110,6 +123,9 @@ impl HubRx {
                 Ok(b) => return Some(b),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::debug!(subject = %self.subject, skipped = n, "slow receiver skipped messages");
+                    if self.rx.is_empty() {
+                        return Some(Bytes::new());
+                    }
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

@@ -108,8 +108,6 @@ pub struct AppState {
     known_directs: Mutex<HashSet<(i64, i64)>>,
     /// History index entries read so far.
     pub history_index: history::IndexCache,
-    /// Live inbox wake-ups of the users connected here.
-    pub live: Arc<live::Live>,
     /// Shared core subscriptions (ephemeral events, followed presence).
     pub hub: Arc<hub::Hub>,
     /// The threads that hash and verify passwords.
@@ -235,7 +233,6 @@ pub async fn run(
     let (shutdown_tx, _) = broadcast::channel(1);
     let cfg_history_cache = cfg.history_index_cache;
     let cfg_hash_slots = cfg.password_hash_concurrency;
-    let live_wakeups = live::Live::new(client.clone());
     let shared_subs = hub::Hub::new(client.clone());
     let state = Arc::new(AppState {
         cfg,
@@ -249,13 +246,12 @@ pub async fn run(
         known_users: Mutex::default(),
         known_directs: Mutex::default(),
         history_index: history::IndexCache::new(cfg_history_cache),
-        live: live_wakeups,
         hub: shared_subs,
         hasher: auth::Hasher::start(cfg_hash_slots),
         revoked,
         revoked_kv,
     });
-    tokio::spawn(state.live.clone().run_safety_net(state.cfg.live_poll));
+    tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));
     tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
     let quic = match listeners.quic {

@@ -57,7 +57,7 @@ pub enum Cmd {
 /// after the session answers its first frame are not missed.
 pub async fn start(state: Arc<AppState>, user: i64, device: String, out: Outbound) -> mpsc::UnboundedSender<Cmd> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let eph = match state.hub.subscribe(subjects::ephemeral(user)).await {
+    let eph = match state.hub.subscribe(subjects::ephemeral(user), crate::hub::BUFFER).await {
         Ok(sub) => Some(sub),
         Err(e) => {
             tracing::warn!(user_id = user, error = %e, "cannot subscribe to ephemeral events");
@@ -163,7 +163,7 @@ async fn follow(st: &AppState, f: &mut Follows, u: i64, out: &Outbound) {
     if f.tasks.contains_key(&u) {
         return;
     }
-    let Ok(mut sub) = st.hub.subscribe(subjects::presence(u)).await else { return };
+    let Ok(mut sub) = st.hub.subscribe(subjects::presence(u), crate::hub::BUFFER).await else { return };
     let current = status_of(st, u).await;
     out.push(frame(&presence_frame(u, current.as_ref())));
     let out = out.clone();

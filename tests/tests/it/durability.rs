@@ -176,3 +176,40 @@ async fn skewed_id_workers_cannot_make_the_cursor_miss_a_message() -> Result<()>
     }
     Ok(())
 }
+
+/// Wake-ups on `chat.live.<user>` are core NATS (at-most-once). A copy whose
+/// wake-up never came is still delivered, in order, by the gateway's
+/// periodic re-read (`CHAT_LIVE_POLL_SECS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_wake_up_was_lost_is_delivered_by_the_re_read() -> Result<()> {
+    let s = stack().env("CHAT_LIVE_POLL_SECS", "1").start().await?;
+    let (a, b) = (s.user("alice", "a1").await?, s.user("bob", "b1").await?);
+    let (mut cb, _) = s.live(0, &b).await?;
+    let (mut ca, _) = s.live(0, &a).await?;
+    let first = ca.send_to_user("w1", &b.user_id, "announced").await?;
+    assert_eq!(cb.next_msg().await?["id"], first["id"]);
+    // Store a copy in bob's inbox the way the sequencer does, but announce
+    // nothing: only the re-read can find it.
+    let a_id: i64 = a.user_id.parse()?;
+    let b_id: i64 = b.user_id.parse()?;
+    let stored = chat_nats::envelope::StoredMessage {
+        id: id(&first) + 1,
+        conv: chat_nats::subjects::ConvId::direct(a_id, b_id).to_string(),
+        from: a_id,
+        device: "a1".into(),
+        cid: "silent".into(),
+        kind: chat_nats::envelope::MessageKind::Text,
+        body: "unannounced".into(),
+        ts: 0,
+        n: 2,
+        event: None,
+    };
+    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    js.publish(chat_nats::subjects::inbox(b_id), serde_json::to_vec(&stored)?.into()).await?.await?;
+    let m = cb.next_msg().await?;
+    assert_eq!((m["body"].as_str(), m["cid"].as_str()), (Some("unannounced"), None));
+    // And live delivery goes on after it, in inbox order.
+    let next = ca.send_to_user("w2", &b.user_id, "announced again").await?;
+    assert_eq!(cb.next_msg().await?["id"], next["id"]);
+    Ok(())
+}
