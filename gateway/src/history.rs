@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use chat_nats::envelope::StoredMessage;
 use chat_nats::provision::Storage;
@@ -242,8 +241,19 @@ impl Search {
     }
 }
 
+/// Messages asked for per batched direct get; `max_bytes` bounds a batch
+/// of long messages (the server then ends it early and we ask again).
+const BATCH: u64 = 256;
+const BATCH_BYTES: u64 = 4 << 20;
+
 /// Reads forward from `start` up to `last_seq` or the message with ordinal
 /// `end_n`, keeping messages that pass `keep`, stopping after `max` kept.
+///
+/// One batched direct get (JetStream 2.11+: `batch` and `next_by_subj` in
+/// a `$JS.API.DIRECT.GET` request; the server streams the messages and
+/// ends with a `204 EOB` status) instead of creating an ordered consumer
+/// per page: one request and no consumer state on the server. async-nats
+/// has no API for it, so the request is made here.
 async fn read(
     st: &Storage,
     conv: &ConvId,
@@ -253,27 +263,46 @@ async fn read(
     max: u64,
     end_n: u64,
 ) -> Result<Vec<(u64, StoredMessage)>, async_nats::Error> {
-    let consumer = st
-        .history
-        .create_consumer(pull::OrderedConfig {
-            filter_subject: subjects::history(conv),
-            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start.max(1) },
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
+    let client = st.js.client();
+    let api = format!("$JS.API.DIRECT.GET.{}", subjects::HISTORY_STREAM);
+    let subject = subjects::history(conv);
     let mut out = Vec::new();
+    let mut from = start.max(1);
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
-        let Ok(Some(m)) = next else { return Err("history read timed out".into()) };
-        let m = m?;
-        let seq = m.info()?.stream_sequence;
-        let stored: StoredMessage = serde_json::from_slice(&m.payload)?;
-        let at_end = seq >= last_seq || stored.n >= end_n;
-        if keep(&stored) {
-            out.push((seq, stored));
+        let reply = client.new_inbox();
+        let mut responses = client.subscribe(reply.clone()).await?;
+        let req = serde_json::json!({"seq": from, "next_by_subj": subject, "batch": BATCH, "max_bytes": BATCH_BYTES});
+        client.publish_with_reply(api.clone(), reply, serde_json::to_vec(&req)?.into()).await?;
+        let mut got = 0u64;
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(5), responses.next()).await;
+            let Ok(Some(m)) = next else { return Err("history read timed out".into()) };
+            match m.status {
+                // End of batch: more may follow if the batch was cut short.
+                Some(s) if s.as_u16() == 204 => break,
+                // Nothing at or after `from`.
+                Some(s) if s.as_u16() == 404 => return Ok(out),
+                Some(s) => return Err(format!("history read failed: {s} {:?}", m.description).into()),
+                None => {}
+            }
+            let seq: u64 = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Sequence"))
+                .and_then(|v| v.as_str().parse().ok())
+                .ok_or("direct get reply without Nats-Sequence")?;
+            got += 1;
+            from = seq + 1;
+            let stored: StoredMessage = serde_json::from_slice(&m.payload)?;
+            let at_end = seq >= last_seq || stored.n >= end_n;
+            if keep(&stored) {
+                out.push((seq, stored));
+            }
+            if at_end || out.len() as u64 >= max {
+                return Ok(out);
+            }
         }
-        if at_end || out.len() as u64 >= max {
+        if got == 0 {
             return Ok(out);
         }
     }

@@ -147,6 +147,28 @@ async fn history_pages_over_250_messages() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_page_of_the_longest_messages_is_whole() -> Result<()> {
+    // 20 bodies of 100,000 three-byte characters: a page is ~6 MB, more
+    // than one batched read returns, so the read must continue.
+    let s = stack().start().await?;
+    let (a, b) = (s.user("alice", "a1").await?, s.user("bob", "b1").await?);
+    let (mut ca, _) = s.live(0, &a).await?;
+    for i in 0..20 {
+        let body = format!("{i:02}{}", "€".repeat(99_998));
+        ca.send_to_user(&format!("long{i}"), &b.user_id, &body).await?;
+    }
+    let conv = direct_conv(&a.user_id, &b.user_id);
+    let page = s.http(0).history(&b.token, &conv, "limit=20").await?;
+    let msgs = page["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 20);
+    for (i, m) in msgs.iter().enumerate() {
+        let body = m["body"].as_str().unwrap();
+        assert!(body.starts_with(&format!("{i:02}")) && body.chars().count() == 100_000, "message {i}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accounts_and_auth_failures() -> Result<()> {
     let s = stack().start().await?;
     let http = s.http(0);
