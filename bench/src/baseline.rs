@@ -263,6 +263,12 @@ pub async fn js_fanout_max(url: &str, members: usize, msgs: u64, size: usize) ->
     Ok(rate)
 }
 
+/// The inbox stream, over a NATS connection of the baseline's own.
+pub async fn inbox_stream(url: &str) -> Result<stream::Stream> {
+    let js = jetstream::new(async_nats::connect(url).await?);
+    js.get_stream(chat_nats::subjects::INBOX_STREAM).await.map_err(|e| anyhow!("inbox stream: {e}"))
+}
+
 /// Reads `n` messages of `filter` from stream `s` with an ordered consumer
 /// starting at `start_seq`; returns the time taken (consumer creation
 /// included) and the messages read.

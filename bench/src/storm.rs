@@ -153,11 +153,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
 
     if cfg.baselines {
         let res: Result<()> = async {
-            let js = async_nats::jetstream::new(async_nats::connect(&t.nats_url).await?);
-            let inbox = js
-                .get_stream(chat_nats::subjects::INBOX_STREAM)
-                .await
-                .map_err(|e| anyhow::anyhow!("inbox stream: {e}"))?;
+            let inbox = crate::baseline::inbox_stream(&t.nats_url).await?;
             let blat = Arc::new(Lat::default());
             let t0 = Instant::now();
             let mut reads = Vec::with_capacity(clients.len());

@@ -225,15 +225,15 @@ pub async fn run(
     let db = Db::connect(&cfg.database_url, cfg.db_pool_size)?;
     db.migrate().await?;
     let revoked_kv =
-        revoked::bucket(&storage.js, cfg.token_ttl, cfg.storage.replicas).await.map_err(GatewayError::Other)?;
+        provision::ensure_bucket(&storage.js, revoked::bucket_config(cfg.token_ttl, cfg.storage.replicas)).await?;
     let revoked = revoked::start(revoked_kv.clone()).await.map_err(GatewayError::Other)?;
     let sender = Sender::start(&client, storage.clone(), &cfg.gateway_id, cfg.send_timeout)
         .await
         .map_err(GatewayError::Other)?;
     let (shutdown_tx, _) = broadcast::channel(1);
-    let cfg_history_cache = cfg.history_index_cache;
-    let cfg_hash_slots = cfg.password_hash_concurrency;
-    let shared_subs = hub::Hub::new(client.clone());
+    let history_index = history::IndexCache::new(cfg.history_index_cache);
+    let hasher = auth::Hasher::start(cfg.password_hash_concurrency);
+    let hub = hub::Hub::new(client.clone());
     let state = Arc::new(AppState {
         cfg,
         db,
@@ -245,9 +245,9 @@ pub async fn run(
         delivered: Arc::default(),
         known_users: Mutex::default(),
         known_directs: Mutex::default(),
-        history_index: history::IndexCache::new(cfg_history_cache),
-        hub: shared_subs,
-        hasher: auth::Hasher::start(cfg_hash_slots),
+        history_index,
+        hub,
+        hasher,
         revoked,
         revoked_kv,
     });

@@ -49,7 +49,7 @@ pub async fn run_safety_net(client: async_nats::Client, hub: Arc<Hub>, poll: Dur
     let mut connects = stats.connects.load(Ordering::Relaxed);
     let mut last_poll = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let prefix = subjects::live(0).trim_end_matches('0').to_owned();
+    let prefix = subjects::live_prefix();
     loop {
         tick.tick().await;
         let now = stats.connects.load(Ordering::Relaxed);

@@ -22,14 +22,15 @@ pub const BUCKET: &str = "chat_revoked";
 /// The lowest token generation still valid, per device with a logout.
 #[derive(Debug, Default)]
 pub struct Revoked {
-    min_gen: RwLock<HashMap<(i64, String), u64>>,
+    /// user → device → lowest valid generation.
+    min_gen: RwLock<HashMap<i64, HashMap<String, u64>>>,
 }
 
 impl Revoked {
     /// True unless the device logged out after this token was issued.
     pub fn allows(&self, c: &Claims) -> bool {
         let map = self.min_gen.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&(c.user, c.device.clone())).is_none_or(|&min| c.gen >= min)
+        map.get(&c.user).and_then(|devices| devices.get(&c.device)).is_none_or(|&min| c.gen >= min)
     }
 
     /// Records a generation (or, with `None`, forgets the device's entry).
@@ -39,19 +40,24 @@ impl Revoked {
         let mut map = self.min_gen.write().unwrap_or_else(|p| p.into_inner());
         match value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok()) {
             Some(gen) => {
-                let e = map.entry((user, device.to_owned())).or_insert(0);
+                let e = map.entry(user).or_default().entry(device.to_owned()).or_insert(0);
                 *e = (*e).max(gen);
             }
             None => {
-                map.remove(&(user, device.to_owned()));
+                if let Some(devices) = map.get_mut(&user) {
+                    devices.remove(device);
+                    if devices.is_empty() {
+                        map.remove(&user);
+                    }
+                }
             }
         }
     }
 }
 
-/// Creates (or updates) the bucket.
-pub async fn bucket(js: &jetstream::Context, ttl: Duration, replicas: usize) -> Result<kv::Store, async_nats::Error> {
-    let config = kv::Config {
+/// The bucket's configuration: an entry lives as long as a token can.
+pub fn bucket_config(ttl: Duration, replicas: usize) -> kv::Config {
+    kv::Config {
         bucket: BUCKET.into(),
         description: "device token generations raised by logout".into(),
         history: 1,
@@ -59,10 +65,6 @@ pub async fn bucket(js: &jetstream::Context, ttl: Duration, replicas: usize) -> 
         num_replicas: replicas,
         storage: jetstream::stream::StorageType::File,
         ..Default::default()
-    };
-    match js.create_key_value(config.clone()).await {
-        Ok(s) => Ok(s),
-        Err(_) => Ok(js.update_key_value(config).await?),
     }
 }
 

@@ -336,7 +336,8 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
     }
 }
 
-async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ProvisionError> {
+/// Creates a KV bucket, or brings an existing one to `config`.
+pub async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ProvisionError> {
     let name = config.bucket.clone();
     let err = |e: async_nats::Error| ProvisionError::Bucket { name: name.clone(), source: e };
     match js.create_key_value(config.clone()).await {

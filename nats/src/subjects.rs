@@ -97,7 +97,12 @@ pub fn gateway_acks(gateway_id: &str) -> String {
 /// Core subject on which the sequencer announces each inbox copy it stored
 /// (payload: the inbox stream sequence). Wakes delivery; never persisted.
 pub fn live(user: i64) -> String {
-    format!("{PREFIX}.live.{user}")
+    format!("{}{user}", live_prefix())
+}
+
+/// What every [`live`] subject starts with.
+pub fn live_prefix() -> String {
+    format!("{PREFIX}.live.")
 }
 
 /// Core subject on which a user's presence transitions are published.

@@ -243,9 +243,7 @@ async fn sequence(
             // Not expected (see `run_partition`); the copies above carry a
             // new id, so finish the stored message too and say so.
             tracing::error!(key, "history duplicate on a fresh message: finishing the stored one as well");
-            let original = sh.storage.history.get_raw_message(ack.sequence).await?;
-            stored = serde_json::from_slice(&original.payload)?;
-            payload = original.payload;
+            (stored, payload) = stored_at(sh, ack.sequence).await?;
             (ack, copies(&stored, &payload).await)
         } else {
             (ack, first)
@@ -255,9 +253,7 @@ async fn sequence(
         if ack.duplicate {
             // Stored by an earlier attempt that died before finishing: finish
             // that message, with its id.
-            let original = sh.storage.history.get_raw_message(ack.sequence).await?;
-            stored = serde_json::from_slice(&original.payload)?;
-            payload = original.payload;
+            (stored, payload) = stored_at(sh, ack.sequence).await?;
         }
         (ack, copies(&stored, &payload).await)
     };
@@ -279,6 +275,12 @@ async fn sequence(
     let next = ConvState { last_id: stored.id.max(state.last_id), n: stored.n.max(state.n) };
     convs.insert(conv.clone(), next);
     Ok(SeqResult::Ok { id: stored.id, conv: conv.to_string(), ts: stored.ts })
+}
+
+/// The history message stored at `seq`, decoded and as stored.
+async fn stored_at(sh: &Shared, seq: u64) -> Result<(StoredMessage, Bytes), async_nats::Error> {
+    let original = sh.storage.history.get_raw_message(seq).await?;
+    Ok((serde_json::from_slice(&original.payload)?, original.payload))
 }
 
 async fn publish(

@@ -104,6 +104,17 @@ async fn closed_with(c: &mut Conn) -> Result<u16> {
     }
 }
 
+/// The close code after a frame the server refuses: the server may close
+/// while the frame is still being written (QUIC), and then the write itself
+/// reports the close.
+async fn closed_after(c: &mut Conn, sent: Result<(), ClientError>) -> Result<u16> {
+    match sent {
+        Ok(()) => closed_with(c).await,
+        Err(ClientError::Closed { code, .. }) => Ok(code),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Bad frames, auth failure and oversize frames, the same on both.
 async fn bad_input(kind: Kind) -> Result<()> {
     let s = stack().env("CHAT_WS_MAX_FRAME_BYTES", "65536").start().await?;
@@ -117,22 +128,12 @@ async fn bad_input(kind: Kind) -> Result<()> {
     }
     c.send_json(&json!({"type": "ping"})).await?;
     c.wait_for("pong", |v| v["type"] == "pong").await?;
-    // The server may close while the frame is still being written (QUIC):
-    // then the write itself reports the close.
-    let code = match c.send_text("x".repeat(70_000)).await {
-        Ok(()) => closed_with(&mut c).await?,
-        Err(ClientError::Closed { code, .. }) => code,
-        Err(e) => return Err(e.into()),
-    };
-    assert_eq!(code, 1009);
+    let sent = c.send_text("x".repeat(70_000)).await;
+    assert_eq!(closed_after(&mut c, sent).await?, 1009);
     if kind == Kind::Quic {
         let mut c = s.connect_over(kind, 0, &a).await?;
-        let code = match c.send_bytes(vec![0xff, 0xfe]).await {
-            Ok(()) => closed_with(&mut c).await?,
-            Err(ClientError::Closed { code, .. }) => code,
-            Err(e) => return Err(e.into()),
-        };
-        assert_eq!(code, 1007);
+        let sent = c.send_bytes(vec![0xff, 0xfe]).await;
+        assert_eq!(closed_after(&mut c, sent).await?, 1007);
     }
     let forged = chat_client::Login { token: "forged".into(), ..a.clone() };
     let refused = Conn::connect_with(&s.transport(0, kind), &s.addr(0), &forged.token).await;
