@@ -257,11 +257,23 @@ impl ConvId {
     }
 }
 
-fn parse_id(s: &str) -> Option<i64> {
-    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
-        return None;
-    }
-    s.parse().ok().filter(|v: &i64| *v > 0)
+/// Parses a user or group id received from outside in its one canonical
+/// form: decimal digits, no sign, no leading zero, no whitespace, 1 to
+/// 2^63-1. `"0334"`, `"+334"`, `" 334"`, `"0"` and `"-1"` are all `None`.
+/// Every id read from a frame, a path, a query, a token or a cursor goes
+/// through this (or [`parse_seq`]), so one spelling means one id everywhere.
+pub fn parse_id(s: &str) -> Option<i64> {
+    parse_seq(s).filter(|v| *v > 0).and_then(|v| i64::try_from(v).ok())
+}
+
+/// Parses an unsigned decimal (message id, cursor) in canonical form:
+/// digits only, no sign, no leading zero except `"0"` itself.
+pub fn parse_seq(s: &str) -> Option<u64> {
+    let canonical = !s.is_empty()
+        && s.len() <= 20
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
 }
 
 impl fmt::Display for ConvId {
@@ -289,6 +301,20 @@ mod tests {
             assert_eq!(ConvId::parse(bad), None, "{bad}");
         }
         assert_eq!(ConvId::parse("g-5").map(|c| c.kind()), Some(ConvKind::Group(5)));
+    }
+
+    #[test]
+    fn ids_have_one_canonical_form() {
+        assert_eq!(parse_id("334"), Some(334));
+        assert_eq!(parse_id("9223372036854775807"), Some(i64::MAX));
+        for bad in ["", "0", "0334", "+334", "-1", " 334", "334 ", "3_4", "9223372036854775808", "1e3", "０"] {
+            assert_eq!(parse_id(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_seq("0"), Some(0));
+        assert_eq!(parse_seq("18446744073709551615"), Some(u64::MAX));
+        for bad in ["", "00", "01", "+1", "-0", "18446744073709551616", "1 "] {
+            assert_eq!(parse_seq(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
