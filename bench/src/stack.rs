@@ -65,7 +65,11 @@ impl OwnStack {
         std::fs::create_dir_all(&cfg.log_dir).with_context(|| format!("create {}", cfg.log_dir.display()))?;
         let nats = tokio::task::spawn_blocking(NatsServer::start).await??;
         let pg = tokio::task::spawn_blocking(Postgres::start).await??;
-        let secret = format!("bench-secret-{}", crate::pace::Rng::from_clock().next_u64());
+        let secret = format!(
+            "bench-secret-{:020}-{:020}",
+            crate::pace::Rng::from_clock().next_u64(),
+            crate::pace::Rng::from_clock().next_u64()
+        );
         let mut s = OwnStack { nats, pg, gateways: vec![], quic: vec![], workers: vec![], secret };
         for i in 0..cfg.gateways.max(1) {
             let addr = format!("127.0.0.1:{}", free_port());

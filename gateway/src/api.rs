@@ -63,7 +63,7 @@ pub async fn signup(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
 /// `POST /v1/login`.
 pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
     let r: LoginReq = read_json(req).await?;
-    if !subjects::is_token(&r.device_id) || r.device_id.starts_with("svc-") || r.device_id == "sys" {
+    if !auth::is_client_device(&r.device_id) {
         return Err(ApiError::bad_request(
             "device_id must be 1-64 characters of [A-Za-z0-9_-], not \"sys\" nor starting with \"svc-\" (reserved)",
         ));
@@ -90,7 +90,7 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErr
     let gen = st.db.touch_device(user, &r.device_id).await?;
     let exp = auth::now_secs() + st.cfg.token_ttl.as_secs();
     let claims = Claims { user, device: r.device_id.clone(), exp, gen };
-    let token = auth::issue(&st.cfg.token_secret, &claims);
+    let token = auth::issue(&st.cfg.token_secrets[0], &claims);
     Ok(json(
         StatusCode::OK,
         &json!({"token": token, "user_id": user.to_string(), "device_id": r.device_id, "expires_at": exp}),
@@ -98,17 +98,28 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErr
 }
 
 /// The caller's claims, from the bearer token.
-pub fn authenticate<B>(st: &AppState, req: &Request<B>) -> Result<Claims, ApiError> {
+pub async fn authenticate<B>(st: &AppState, req: &Request<B>) -> Result<Claims, ApiError> {
     let t = token(req).ok_or_else(|| ApiError::unauthorized("missing token"))?;
-    auth::verify(&st.cfg.token_secret, &t, auth::now_secs())
+    check_token(st, &t).await
+}
+
+/// Checks a token: signature, expiry, contents, not logged out, and a user
+/// that exists.
+pub async fn check_token(st: &AppState, token: &str) -> Result<Claims, ApiError> {
+    let invalid = || ApiError::unauthorized("invalid, expired or logged-out token");
+    let claims = auth::verify(&st.cfg.token_secrets, token, auth::now_secs())
         .filter(|c| st.revoked.allows(c))
-        .ok_or_else(|| ApiError::unauthorized("invalid, expired or logged-out token"))
+        .ok_or_else(invalid)?;
+    if !st.user_exists(claims.user).await? {
+        return Err(invalid());
+    }
+    Ok(claims)
 }
 
 /// `GET /v1/users/{id}`.
 pub async fn user(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ApiError> {
-    authenticate(st, &req)?;
-    let id: i64 = id.parse().map_err(|_| ApiError::not_found("no such user"))?;
+    authenticate(st, &req).await?;
+    let id = crate::http::id(id, "user id")?;
     let u = st.db.user(id).await?.ok_or_else(|| ApiError::not_found("no such user"))?;
     Ok(json(StatusCode::OK, &json!({"user_id": u.id.to_string(), "username": u.username, "created_at": u.created_ms})))
 }
@@ -123,14 +134,16 @@ pub async fn participant(st: &AppState, conv: &ConvId, user: i64) -> Result<bool
 
 /// `GET /v1/conversations/{conv}/messages?before=&after=&limit=`.
 pub async fn messages(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<Resp, ApiError> {
-    let claims = authenticate(st, &req)?;
-    let conv = ConvId::parse(conv).ok_or_else(|| ApiError::not_found("no such conversation"))?;
+    let claims = authenticate(st, &req).await?;
+    let conv = crate::http::conv(conv)?;
     if !participant(st, &conv, claims.user).await? {
         return Err(ApiError::forbidden("not a participant of this conversation"));
     }
     let id_param = |name: &str| -> Result<Option<u64>, ApiError> {
         query(&req, name)
-            .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{name} must be a message id"))))
+            .map(|v| {
+                subjects::parse_seq(&v).ok_or_else(|| ApiError::bad_request(format!("{name} must be a message id")))
+            })
             .transpose()
     };
     let page = match (id_param("before")?, id_param("after")?) {
@@ -141,10 +154,9 @@ pub async fn messages(st: &AppState, req: Request<Incoming>, conv: &str) -> Resu
     };
     let limit = match query(&req, "limit") {
         None => 50,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
+        Some(l) => subjects::parse_seq(&l)
             .filter(|l| (1..=100).contains(l))
+            .map(|l| l as usize)
             .ok_or_else(|| ApiError::bad_request("limit must be 1-100"))?,
     };
     let out = history::page(history::Reader { storage: &st.storage, cache: &st.history_index }, &conv, page, limit)

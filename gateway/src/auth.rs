@@ -95,19 +95,28 @@ pub fn issue(secret: &[u8], claims: &Claims) -> String {
     format!("{}.{}", B64.encode(payload), B64.encode(sig))
 }
 
-/// Verifies a token's signature and expiry against `now` (unix seconds).
-pub fn verify(secret: &[u8], token: &str, now: u64) -> Option<Claims> {
+/// True for a device id a client may log in with: 1-64 characters of
+/// `[A-Za-z0-9_-]`, not `sys` (system messages) and not starting with
+/// `svc-` (internal services).
+pub fn is_client_device(d: &str) -> bool {
+    chat_nats::subjects::is_token(d) && d != "sys" && !d.starts_with("svc-")
+}
+
+/// Verifies a token's signature (against any of `secrets`) and expiry
+/// against `now` (unix seconds), and checks its contents like any input:
+/// a canonical user id, a client device id, canonical numbers.
+pub fn verify(secrets: &[Vec<u8>], token: &str, now: u64) -> Option<Claims> {
     let (p, s) = token.split_once('.')?;
     let payload = B64.decode(p).ok()?;
     let sig = B64.decode(s).ok()?;
-    mac(secret, &payload).verify_slice(&sig).ok()?;
+    secrets.iter().find(|k| mac(k, &payload).verify_slice(&sig).is_ok())?;
     let text = String::from_utf8(payload).ok()?;
     let mut parts = text.splitn(4, '.');
-    let user = parts.next()?.parse().ok()?;
+    let user = chat_nats::subjects::parse_id(parts.next()?)?;
     let device = parts.next()?.to_owned();
-    let exp: u64 = parts.next()?.parse().ok()?;
-    let gen: u64 = parts.next()?.parse().ok()?;
-    (exp > now).then_some(Claims { user, device, exp, gen })
+    let exp = chat_nats::subjects::parse_seq(parts.next()?)?;
+    let gen = chat_nats::subjects::parse_seq(parts.next()?)?;
+    (is_client_device(&device) && exp > now).then_some(Claims { user, device, exp, gen })
 }
 
 /// Current unix seconds.
@@ -121,16 +130,43 @@ mod tests {
 
     #[test]
     fn tokens_round_trip_and_reject_tampering_and_expiry() {
+        let k = [b"k".to_vec()];
         let c = Claims { user: 7, device: "phone".into(), exp: 1000, gen: 3 };
         let t = issue(b"k", &c);
-        assert_eq!(verify(b"k", &t, 999), Some(c.clone()));
-        assert_eq!(verify(b"k", &t, 1000), None, "expired");
-        assert_eq!(verify(b"other", &t, 1), None, "wrong key");
+        assert_eq!(verify(&k, &t, 999), Some(c.clone()));
+        assert_eq!(verify(&k, &t, 1000), None, "expired");
+        assert_eq!(verify(&[b"other".to_vec()], &t, 1), None, "wrong key");
+        assert_eq!(verify(&[b"new".to_vec(), b"k".to_vec()], &t, 1), Some(c.clone()), "previous key");
         let forged = issue(b"k", &Claims { user: 8, ..c });
         let (_, sig) = t.split_once('.').unwrap();
         let (body, _) = forged.split_once('.').unwrap();
-        assert_eq!(verify(b"k", &format!("{body}.{sig}"), 1), None, "swapped payload");
-        assert_eq!(verify(b"k", "garbage", 1), None);
+        assert_eq!(verify(&k, &format!("{body}.{sig}"), 1), None, "swapped payload");
+        assert_eq!(verify(&k, "garbage", 1), None);
+    }
+
+    #[test]
+    fn signed_tokens_with_bad_contents_are_refused() {
+        let k = [b"k".to_vec()];
+        let signed = |payload: &str| {
+            let sig = mac(b"k", payload.as_bytes()).finalize().into_bytes();
+            format!("{}.{}", B64.encode(payload), B64.encode(sig))
+        };
+        assert!(verify(&k, &signed("7.phone.1000.0"), 1).is_some(), "the shape itself is fine");
+        for bad in [
+            "-1.phone.1000.0",
+            "0.phone.1000.0",
+            "07.phone.1000.0",
+            "+7.phone.1000.0",
+            "7.sys.1000.0",
+            "7.svc-x.1000.0",
+            "7.c$1.1000.0",
+            "7..1000.0",
+            "7.phone.01000.0",
+            "7.phone.1000.-1",
+            "7.phone.1000",
+        ] {
+            assert_eq!(verify(&k, &signed(bad), 1), None, "{bad}");
+        }
     }
 
     #[test]

@@ -17,9 +17,11 @@ pub struct GatewayConfig {
     pub database_url: String,
     /// `CHAT_DB_POOL_SIZE`: PostgreSQL connections per gateway.
     pub db_pool_size: usize,
-    /// `CHAT_TOKEN_SECRET`: HMAC key for access tokens (every gateway of a
-    /// deployment must share it).
-    pub token_secret: Vec<u8>,
+    /// `CHAT_TOKEN_SECRET` or `CHAT_TOKEN_SECRET_FILE`, then
+    /// `CHAT_TOKEN_SECRET_PREVIOUS`: HMAC keys for access tokens (every
+    /// gateway of a deployment must share them). Tokens are issued with the
+    /// first and accepted with any (see [`crate::secret`]).
+    pub token_secrets: Vec<Vec<u8>>,
     /// `CHAT_TOKEN_TTL_SECS`: access token lifetime.
     pub token_ttl: Duration,
     /// `CHAT_MAX_BODY_CHARS`: longest message body, in Unicode scalar values.
@@ -74,6 +76,9 @@ pub struct GatewayConfig {
     /// `CHAT_QUIC_IDLE_TIMEOUT_MS`: a QUIC connection silent this long is
     /// closed.
     pub quic_idle_timeout: Duration,
+    /// `CHAT_QUIC_AUTH_TIMEOUT_MS`: a QUIC connection that has not sent its
+    /// `auth` frame this long after the handshake is closed (4003).
+    pub quic_auth_timeout: Duration,
     /// `CHAT_QUIC_KEEPALIVE_MS`: the server's QUIC keep-alive interval.
     pub quic_keep_alive: Duration,
     /// `CHAT_QUIC_SOCKET_BUFFER_BYTES`: receive and send buffer requested
@@ -123,20 +128,10 @@ impl PushProviders {
     }
 }
 
-/// The development token secret; refused when `CHAT_ENV=production`.
-pub const DEV_SECRET: &str = "dev-secret-change-me";
-
 impl GatewayConfig {
     /// Reads and validates the configuration.
     pub fn from_source(src: &dyn Source) -> Result<GatewayConfig, ConfigError> {
-        let secret: String = var(src, "CHAT_TOKEN_SECRET", DEV_SECRET.to_string())?;
-        if secret == DEV_SECRET && src.get("CHAT_ENV").as_deref() == Some("production") {
-            return Err(ConfigError::Invalid {
-                name: "CHAT_TOKEN_SECRET".into(),
-                value: "<default>".into(),
-                reason: "set a secret of your own when CHAT_ENV=production".into(),
-            });
-        }
+        let token_secrets = crate::secret::token_secrets(src)?;
         let gateway_id = var(src, "CHAT_GATEWAY_ID", format!("gw{}", std::process::id()))?;
         if !chat_nats::subjects::is_token(&gateway_id) {
             return Err(ConfigError::Invalid {
@@ -150,7 +145,7 @@ impl GatewayConfig {
             nats_url: var(src, "CHAT_NATS_URL", "nats://127.0.0.1:4222".to_string())?,
             database_url: var(src, "CHAT_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat".to_string())?,
             db_pool_size: bounded(src, "CHAT_DB_POOL_SIZE", 16, 1, 1000)? as usize,
-            token_secret: secret.into_bytes(),
+            token_secrets,
             token_ttl: Duration::from_secs(bounded(src, "CHAT_TOKEN_TTL_SECS", 7 * 24 * 3600, 1, 365 * 24 * 3600)?),
             max_body_chars: bounded(src, "CHAT_MAX_BODY_CHARS", 100_000, 1, 200_000)? as usize,
             max_frame_bytes: bounded(src, "CHAT_WS_MAX_FRAME_BYTES", 1 << 20, 1024, 1 << 20)? as usize,
@@ -187,6 +182,7 @@ impl GatewayConfig {
                 1_000,
                 600_000,
             )?),
+            quic_auth_timeout: Duration::from_millis(bounded(src, "CHAT_QUIC_AUTH_TIMEOUT_MS", 10_000, 100, 600_000)?),
             quic_keep_alive: Duration::from_millis(bounded(src, "CHAT_QUIC_KEEPALIVE_MS", 10_000, 100, 600_000)?),
             quic_socket_buffer: bounded(src, "CHAT_QUIC_SOCKET_BUFFER_BYTES", 4 << 20, 64 << 10, 1 << 30)? as usize,
             quic_stream_window: bounded(src, "CHAT_QUIC_STREAM_WINDOW_BYTES", 256 << 10, 16 << 10, 16 << 20)? as u32,

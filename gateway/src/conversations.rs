@@ -14,7 +14,7 @@ use crate::AppState;
 
 /// Lists the caller's conversations.
 pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     let mut convs: Vec<(ConvId, Value)> = Vec::new();
     for peer in st.db.direct_peers(me).await? {
         convs.push((ConvId::direct(me, peer), json!({"type": "direct", "user_id": peer.to_string()})));

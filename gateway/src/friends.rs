@@ -126,12 +126,12 @@ async fn notify(st: &AppState, user: i64, ev: &Ephemeral) {
 }
 
 fn other_user(s: &str) -> Result<i64, ApiError> {
-    s.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| ApiError::not_found("no such user"))
+    crate::http::id(s, "user id")
 }
 
 /// `PUT /v1/friends/{user}`: request, or accept theirs.
 pub async fn put(st: &AppState, req: Request<Incoming>, user: &str) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     let other = other_user(user)?;
     if other == me {
         return Err(ApiError::bad_request("you cannot befriend yourself"));
@@ -153,7 +153,7 @@ pub async fn put(st: &AppState, req: Request<Incoming>, user: &str) -> Result<Re
 
 /// `DELETE /v1/friends/{user}`: unfriend, withdraw or decline.
 pub async fn delete(st: &AppState, req: Request<Incoming>, user: &str) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     let other = other_user(user)?;
     if st.db.unfriend(me, other).await? {
         notify(st, me, &Ephemeral::Unfriend { user: other }).await;
@@ -164,7 +164,7 @@ pub async fn delete(st: &AppState, req: Request<Incoming>, user: &str) -> Result
 
 /// `GET /v1/friends`.
 pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     let (mut friends, mut incoming, mut outgoing) = (Vec::new(), Vec::new(), Vec::new());
     for (kind, id, username) in st.db.friend_list(me).await? {
         let mut entry = json!({"user_id": id.to_string(), "username": username});
@@ -185,7 +185,7 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErro
 /// `POST /v1/logout`: the device's sessions close and its presence ends
 /// at once.
 pub async fn logout(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let claims = authenticate(st, &req)?;
+    let claims = authenticate(st, &req).await?;
     // Every token of this device issued so far stops working, on every
     // gateway (see `revoked`); a new login gets the new generation.
     if let Some(gen) = st.db.bump_token_gen(claims.user, &claims.device).await? {

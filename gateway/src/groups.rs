@@ -35,11 +35,11 @@ impl From<GroupError> for ApiError {
 }
 
 fn parse_id(s: &str, what: &str) -> Result<i64, ApiError> {
-    s.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| ApiError::bad_request(format!("{what} must be an id")))
+    crate::http::id(s, what)
 }
 
 fn path_group(s: &str) -> Result<i64, ApiError> {
-    s.parse::<i64>().map_err(|_| ApiError::not_found("no such group"))
+    crate::http::id(s, "group id")
 }
 
 #[derive(Deserialize)]
@@ -91,7 +91,7 @@ async fn announce(
 
 /// `POST /v1/groups`.
 pub async fn create(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     let r: CreateReq = read_json(req).await?;
     let name = r.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 100 {
@@ -109,7 +109,7 @@ pub async fn create(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
 
 /// `GET /v1/groups`.
 pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     let groups: Vec<_> = st
         .db
         .my_groups(me)
@@ -125,7 +125,7 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErro
 
 /// `GET /v1/groups/{id}` (members only).
 pub async fn show(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     let gid = path_group(id)?;
     let (name, members) = st.db.group(gid).await?.ok_or_else(|| ApiError::not_found("no such group"))?;
     if !members.iter().any(|m| m.user_id == me) {
@@ -156,7 +156,7 @@ async fn change(st: &AppState, me: i64, gid: i64, user: i64, op: Op) -> Result<R
 
 /// `POST /v1/groups/{id}/members` (owner or admin).
 pub async fn add(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     let gid = path_group(id)?;
     let r: AddReq = read_json(req).await?;
     change(st, me, gid, parse_id(&r.user_id, "user_id")?, Op::Add).await
@@ -164,14 +164,14 @@ pub async fn add(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp
 
 /// `DELETE /v1/groups/{id}/members/{user}`: remove (owner/admin) or leave.
 pub async fn remove(st: &AppState, req: Request<Incoming>, id: &str, user: &str) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     let gid = path_group(id)?;
     change(st, me, gid, parse_id(user, "user")?, Op::Remove).await
 }
 
 /// `PUT /v1/groups/{id}/members/{user}/role` (owner).
 pub async fn set_role(st: &AppState, req: Request<Incoming>, id: &str, user: &str) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     let gid = path_group(id)?;
     let user = parse_id(user, "user")?;
     let r: RoleReq = read_json(req).await?;

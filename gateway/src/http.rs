@@ -89,6 +89,22 @@ impl From<crate::send::Refusal> for ApiError {
     }
 }
 
+/// An id from a path, a query or a body in its canonical form (decimal, no
+/// sign, no leading zero: see [`chat_nats::subjects::parse_id`]); anything
+/// else is 400 `bad_request`, so one spelling means one id everywhere.
+pub fn id(s: &str, what: &str) -> Result<i64, ApiError> {
+    chat_nats::subjects::parse_id(s).ok_or_else(|| {
+        ApiError::bad_request(format!("{what} must be a user or group id (decimal, no sign or leading zero)"))
+    })
+}
+
+/// A conversation id from a path: 400 when malformed (a well-formed id
+/// of a conversation the caller is not in is 403 later).
+pub fn conv(s: &str) -> Result<chat_nats::subjects::ConvId, ApiError> {
+    chat_nats::subjects::ConvId::parse(s)
+        .ok_or_else(|| ApiError::bad_request("conversation id must be dm-<user>-<user> (lower id first) or g-<group>"))
+}
+
 /// A JSON response.
 pub fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Resp {
     let bytes = serde_json::to_vec(body).expect("response bodies always serialize");
@@ -106,7 +122,33 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T,
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    if let Some(path) = nul_at(&value, "$") {
+        return Err(ApiError::bad_request(format!("{path} contains U+0000 (NUL), which no text field may hold")));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// Where a NUL character sits in a JSON value (a key or a string), as a
+/// path like `$.members[2]`. PostgreSQL cannot store NUL in text, so every
+/// body is checked before a handler sees it: a client gets a 400 instead of
+/// a database error reported as a retryable 503.
+fn nul_at(v: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0').then(|| path.to_owned()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, x)| nul_at(x, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, x)| {
+            let here = format!("{path}.{k}");
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                nul_at(x, &here)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// The access token of a request: `Authorization: Bearer <t>` or `?token=`.
@@ -122,4 +164,21 @@ pub fn query<B>(req: &Request<B>, name: &str) -> Option<String> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then(|| v.to_owned())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::nul_at;
+
+    #[test]
+    fn finds_nul_in_strings_and_keys_at_any_depth() {
+        assert_eq!(nul_at(&json!({"name": "ab", "members": ["1", "2"]}), "$"), None);
+        assert_eq!(nul_at(&json!({"name": "a\u{0}b"}), "$").as_deref(), Some("$.name"));
+        assert_eq!(nul_at(&json!({"members": ["1", "\u{0}"]}), "$").as_deref(), Some("$.members[1]"));
+        assert_eq!(nul_at(&json!({"s": {"keys": {"auth": "x\u{0}"}}}), "$").as_deref(), Some("$.s.keys.auth"));
+        assert_eq!(nul_at(&json!({"a\u{0}": 1}), "$").as_deref(), Some("$.a\u{0}"));
+        assert_eq!(nul_at(&json!("\u{0}"), "$").as_deref(), Some("$"));
+    }
 }

@@ -34,6 +34,7 @@ pub mod presence;
 pub mod push;
 pub mod quic;
 pub mod revoked;
+pub mod secret;
 pub mod send;
 pub mod service;
 pub mod session;
@@ -328,7 +329,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         (&Method::DELETE, ["v1", "devices", device, "push"]) => push::delete_device(st, req, device).await,
         (&Method::PUT, ["v1", "conversations", conv, "mute"]) => push::mute(st, req, conv, true).await,
         (&Method::DELETE, ["v1", "conversations", conv, "mute"]) => push::mute(st, req, conv, false).await,
-        (&Method::GET, ["v1", "ws"]) => match api::authenticate(st, &req) {
+        (&Method::GET, ["v1", "ws"]) => match api::authenticate(st, &req).await {
             Ok(claims) => Ok(ws::upgrade(state.clone(), claims, req)),
             Err(e) => Err(e),
         },

@@ -23,6 +23,12 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4003;
 pub const CLOSE_LOGGED_OUT: u16 = 4001;
 /// Close code: the connection was idle past the idle timeout.
 pub const CLOSE_IDLE: u16 = 4002;
+/// Close code: the client closed the session; the gateway answers (over
+/// WebSocket it echoes the client's own close code, RFC 6455 §5.5.1).
+pub const CLOSE_NORMAL: u16 = 1000;
+/// Close code: the client broke the WebSocket framing rules (unmasked
+/// frame, reserved opcode or RSV bits, continuation without a start).
+pub const CLOSE_PROTOCOL: u16 = 1002;
 /// Close code: the gateway is shutting down; reconnect (to any gateway).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: a message larger than the configured maximum frame size.

@@ -10,7 +10,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use chat_nats::subjects::{self, ConvId};
+use chat_nats::subjects;
 use chat_nats::wire::ErrorCode;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode, Uri};
@@ -114,7 +114,10 @@ fn disabled(provider: &str) -> ApiError {
 
 /// Checks the path's device belongs to the caller.
 async fn own_device(st: &AppState, user: i64, device: &str) -> Result<(), ApiError> {
-    if subjects::is_token(device) && st.db.has_device(user, device).await? {
+    if !subjects::is_token(device) {
+        return Err(ApiError::bad_request("device id must be 1-64 characters of [A-Za-z0-9_-]"));
+    }
+    if st.db.has_device(user, device).await? {
         Ok(())
     } else {
         Err(ApiError::not_found("no such device for this user (log in from it first)"))
@@ -129,7 +132,7 @@ async fn changed(st: &AppState, user: i64) {
 
 /// `PUT /v1/devices/{device}/push`.
 pub async fn put_device(st: &AppState, req: Request<Incoming>, device: &str) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     own_device(st, me, device).await?;
     let providers = st.cfg.push_providers;
     let (provider, token) = match read_json::<PushReq>(req).await? {
@@ -158,7 +161,7 @@ pub async fn put_device(st: &AppState, req: Request<Incoming>, device: &str) -> 
 
 /// `GET /v1/devices/{device}/push`.
 pub async fn get_device(st: &AppState, req: Request<Incoming>, device: &str) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     own_device(st, me, device).await?;
     let (provider, token) =
         st.db.registration(me, device).await?.ok_or_else(|| ApiError::not_found("no push registration"))?;
@@ -173,7 +176,7 @@ pub async fn get_device(st: &AppState, req: Request<Incoming>, device: &str) -> 
 
 /// `DELETE /v1/devices/{device}/push`.
 pub async fn delete_device(st: &AppState, req: Request<Incoming>, device: &str) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
+    let me = authenticate(st, &req).await?.user;
     own_device(st, me, device).await?;
     let deleted = st.db.delete_registration(me, device).await?;
     changed(st, me).await;
@@ -182,8 +185,8 @@ pub async fn delete_device(st: &AppState, req: Request<Incoming>, device: &str) 
 
 /// `PUT` (mute) or `DELETE` (unmute) `/v1/conversations/{conv}/mute`.
 pub async fn mute(st: &AppState, req: Request<Incoming>, conv: &str, on: bool) -> Result<Resp, ApiError> {
-    let me = authenticate(st, &req)?.user;
-    let conv = ConvId::parse(conv).ok_or_else(|| ApiError::not_found("no such conversation"))?;
+    let me = authenticate(st, &req).await?.user;
+    let conv = crate::http::conv(conv)?;
     if !participant(st, &conv, me).await? {
         return Err(ApiError::forbidden("not a participant of this conversation"));
     }

@@ -9,18 +9,16 @@
 //! Connection migration is on: a client whose address changes keeps its
 //! session.
 
-use std::net::UdpSocket;
-use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
-
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Endpoint, RecvStream, SendStream, VarInt};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use std::net::UdpSocket;
+use std::path::Path;
+use std::sync::Arc;
 
-use crate::auth::{self, Claims};
+use crate::api::check_token;
 use crate::outbound::{CLOSE_BAD_UTF8, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED};
 use crate::transport::{self, Inbound, Sink, Source};
 use crate::AppState;
@@ -156,21 +154,20 @@ enum First {
 }
 
 async fn connection(state: Arc<AppState>, conn: quinn::Connection) {
-    let Ok((send, recv)) = conn.accept_bi().await else { return };
-    let max = state.cfg.max_frame_bytes;
-    let mut source = QuicSource { recv, max };
-    let mut sink = QuicSink { send, conn: conn.clone() };
-    let first = tokio::time::timeout(Duration::from_secs(10), source.recv()).await;
-    let claims: Option<Claims> = match first {
-        Ok(Inbound::Text(t)) => match serde_json::from_str::<First>(&t) {
-            Ok(First::Auth { token }) => {
-                auth::verify(&state.cfg.token_secret, &token, auth::now_secs()).filter(|c| state.revoked.allows(c))
-            }
-            Err(_) => None,
-        },
-        _ => None,
+    // The login deadline runs from the handshake: a client that never opens
+    // a stream is closed like one that never authenticates (the server's
+    // keep-alives would otherwise hold the connection up for ever).
+    let deadline = tokio::time::Instant::now() + state.cfg.quic_auth_timeout;
+    let login = async {
+        let (send, recv) = conn.accept_bi().await.ok()?;
+        let mut source = QuicSource { recv, max: state.cfg.max_frame_bytes };
+        let sink = QuicSink { send, conn: conn.clone() };
+        let Inbound::Text(t) = source.recv().await else { return None };
+        let First::Auth { token } = serde_json::from_str::<First>(&t).ok()?;
+        let claims = check_token(&state, &token).await.ok()?;
+        Some((source, sink, claims))
     };
-    let Some(claims) = claims else {
+    let Ok(Some((source, mut sink, claims))) = tokio::time::timeout_at(deadline, login).await else {
         conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED.into()), b"unauthorized");
         return;
     };

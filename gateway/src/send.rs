@@ -196,6 +196,10 @@ fn parse_recorded(v: &[u8]) -> Result<SeqResult, Refusal> {
     serde_json::from_slice::<SeqAck>(v).map(|a| a.result).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
 }
 
+fn bad_id(field: &str) -> Refusal {
+    Refusal::new(ErrorCode::BadFrame, format!("{field} must be an id: decimal, no sign or leading zero"))
+}
+
 /// Validates a send and resolves its conversation.
 pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: &str) -> Result<ConvId, Refusal> {
     if !subjects::is_token(cid) {
@@ -210,15 +214,16 @@ pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: 
     }
     match to {
         Target::User(u) => {
-            let id = u.parse::<i64>().ok().filter(|v| *v > 0);
-            match id {
-                Some(id) if state.user_exists(id).await? => Ok(ConvId::direct(from, id)),
-                _ => Err(Refusal::new(ErrorCode::UnknownUser, format!("no user {u:?}"))),
+            let id = subjects::parse_id(u).ok_or_else(|| bad_id("to.user"))?;
+            if state.user_exists(id).await? {
+                Ok(ConvId::direct(from, id))
+            } else {
+                Err(Refusal::new(ErrorCode::UnknownUser, format!("no user {u:?}")))
             }
         }
         Target::Group(g) => {
             let unknown = || Refusal::new(ErrorCode::UnknownGroup, format!("no group {g:?}"));
-            let gid = g.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(unknown)?;
+            let gid = subjects::parse_id(g).ok_or_else(|| bad_id("to.group"))?;
             let db = |e: crate::db::DbError| Refusal::new(ErrorCode::Unavailable, e.to_string());
             if state.db.role(gid, from).await.map_err(db)?.is_some() {
                 Ok(ConvId::group(gid))

@@ -127,9 +127,9 @@ impl Session {
     fn sync(&mut self, cursor: Option<String>) {
         let start = match cursor.as_deref() {
             None => 0,
-            Some(c) => match c.parse::<u64>() {
-                Ok(v) => v,
-                Err(_) => return self.error(None, ErrorCode::BadCursor, "cursor is not one this server issued"),
+            Some(c) => match chat_nats::subjects::parse_seq(c) {
+                Some(v) => v,
+                None => return self.error(None, ErrorCode::BadCursor, "cursor is not one this server issued"),
             },
         };
         if let Some(d) = self.delivery.take() {

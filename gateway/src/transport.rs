@@ -86,6 +86,7 @@ pub async fn drive(state: Arc<AppState>, claims: Claims, mut source: impl Source
             Ok(Inbound::Closed { clean }) => {
                 if clean {
                     session.closed_cleanly();
+                    out.close(outbound::CLOSE_NORMAL);
                 }
                 break;
             }
@@ -110,6 +111,8 @@ pub fn close_reason(code: u16) -> &'static str {
         outbound::CLOSE_TOO_BIG => "too_large",
         outbound::CLOSE_BAD_UTF8 => "bad_utf8",
         outbound::CLOSE_UNAUTHORIZED => "unauthorized",
+        outbound::CLOSE_NORMAL => "bye",
+        outbound::CLOSE_PROTOCOL => "protocol_error",
         _ => "going_away",
     }
 }

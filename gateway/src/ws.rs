@@ -18,7 +18,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::Claims;
 use crate::http::{ApiError, Resp};
-use crate::outbound::{CLOSE_BAD_UTF8, CLOSE_TOO_BIG};
+use crate::outbound::{CLOSE_BAD_UTF8, CLOSE_PROTOCOL, CLOSE_TOO_BIG};
 use crate::transport::{self, Inbound, Sink, Source};
 use crate::AppState;
 
@@ -88,6 +88,10 @@ where
             Some(Ok(_)) => Inbound::Skip, // ping/pong frames are answered by tungstenite
             Some(Err(WsError::Capacity(_))) => Inbound::Fatal(CLOSE_TOO_BIG),
             Some(Err(WsError::Utf8(_))) => Inbound::Fatal(CLOSE_BAD_UTF8),
+            Some(Err(WsError::Protocol(e))) => {
+                tracing::debug!(error = %e, "WebSocket protocol violation");
+                Inbound::Fatal(CLOSE_PROTOCOL)
+            }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "connection error");
                 Inbound::Closed { clean: false }
@@ -107,7 +111,11 @@ where
     }
 
     async fn close(mut self, code: u16, reason: &'static str) {
+        // After the client's close frame tungstenite has queued the answer
+        // (echoing the client's code) and refuses a close of ours; closing
+        // the sink flushes that answer. Otherwise our frame goes out first.
         let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
         let _ = self.0.send(Message::Close(Some(frame))).await;
+        let _ = self.0.close().await;
     }
 }

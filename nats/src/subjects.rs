@@ -269,10 +269,8 @@ pub fn parse_id(s: &str) -> Option<i64> {
 /// Parses an unsigned decimal (message id, cursor) in canonical form:
 /// digits only, no sign, no leading zero except `"0"` itself.
 pub fn parse_seq(s: &str) -> Option<u64> {
-    let canonical = !s.is_empty()
-        && s.len() <= 20
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s == "0" || !s.starts_with('0'));
+    let canonical =
+        !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     canonical.then(|| s.parse().ok()).flatten()
 }
 

@@ -52,7 +52,7 @@ async fn bad_frames_get_error_frames_and_the_connection_stays_usable() -> Result
     let to = b.user_id.as_str();
     assert_eq!(code(c.send_to_user("e1", to, "").await), "empty_body");
     assert_eq!(code(c.send_to_user("e2", "999999", "hi").await), "unknown_user");
-    assert_eq!(code(c.send_to_user("e3", "not-a-number", "hi").await), "unknown_user");
+    assert_eq!(code(c.send_to_user("e3", "not-a-number", "hi").await), "bad_frame");
     assert_eq!(code(c.send_to_user("bad.cid", to, "hi").await), "bad_cid");
     // 100,000 characters (400,000 bytes of UTF-8) are accepted; one more is not.
     let max: String = "😀".repeat(100_000);

@@ -84,7 +84,7 @@ impl StackBuilder {
             ("CHAT_PARTITIONS", "4"),
             ("CHAT_LOG", "warn"),
             ("CHAT_SEND_TIMEOUT_MS", "10000"),
-            ("CHAT_TOKEN_SECRET", "test-secret"),
+            ("CHAT_TOKEN_SECRET", "test-secret-0123456789abcdef0123456789"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
