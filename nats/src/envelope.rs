@@ -293,10 +293,15 @@ pub mod id_str {
         s.collect_str(v)
     }
 
-    /// Deserializes from a string.
+    /// Deserializes from a string in canonical form only (what
+    /// `serialize` writes: no `+`, no leading zeros), so `"0334"` is not 334.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        s.parse().map_err(D::Error::custom)
+        let v: i64 = s.parse().map_err(D::Error::custom)?;
+        if v.to_string() != *s {
+            return Err(D::Error::custom(format!("id {s:?} is not in canonical form (decimal, no sign or leading zero)")));
+        }
+        Ok(v)
     }
 }
 
@@ -322,5 +327,18 @@ mod tests {
         assert_eq!(v["id"], "18446744073709551615");
         assert_eq!(v["from"], "1");
         assert_eq!(serde_json::from_value::<StoredMessage>(v).unwrap(), m);
+    }
+
+    #[test]
+    fn service_ids_must_be_canonical() {
+        let req = |as_user: &str| {
+            serde_json::from_value::<ServiceSend>(serde_json::json!({
+                "service": "bot", "as": as_user, "cid": "c", "to": {"user": "2"}, "body": "x"
+            }))
+        };
+        assert_eq!(req("7").unwrap().as_user, 7);
+        for bad in ["07", "+7", " 7", "7 ", ""] {
+            assert!(req(bad).is_err(), "{bad:?}");
+        }
     }
 }
