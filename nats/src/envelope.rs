@@ -299,7 +299,9 @@ pub mod id_str {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         let v: i64 = s.parse().map_err(D::Error::custom)?;
         if v.to_string() != *s {
-            return Err(D::Error::custom(format!("id {s:?} is not in canonical form (decimal, no sign or leading zero)")));
+            return Err(D::Error::custom(format!(
+                "id {s:?} is not in canonical form (decimal, no sign or leading zero)"
+            )));
         }
         Ok(v)
     }
