@@ -1,9 +1,8 @@
 //! `GET /v1/conversations`: the caller's 1:1 and group conversations, each
 //! with its last message, newest activity first.
 
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use chat_nats::envelope::StoredMessage;
-use chat_nats::subjects::{self, ConvId};
+use chat_nats::subjects::ConvId;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
@@ -48,9 +47,5 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErro
 }
 
 async fn last_message(st: &AppState, conv: &ConvId) -> Result<Option<StoredMessage>, async_nats::Error> {
-    match st.storage.history.get_last_raw_message_by_subject(&subjects::history(conv)).await {
-        Ok(m) => Ok(Some(serde_json::from_slice(&m.payload)?)),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    Ok(chat_nats::history::last_message(&st.storage.history, conv).await?.map(|(_, m)| m))
 }

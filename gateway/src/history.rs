@@ -13,14 +13,12 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use chat_nats::envelope::StoredMessage;
+pub use chat_nats::history::INDEX_BLOCK;
+use chat_nats::history::{self as hist, direct_get};
 use chat_nats::provision::Storage;
 use chat_nats::subjects::{self, ConvId};
 use futures::StreamExt;
-
-/// Messages per index block (the sequencer's constant).
-pub const INDEX_BLOCK: u64 = 64;
 
 /// Which page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +87,8 @@ pub struct Reader<'a> {
 /// Reads one page of a conversation.
 pub async fn page(rd: Reader<'_>, conv: &ConvId, page: Page, limit: usize) -> Result<PageOut, async_nats::Error> {
     let st = rd.storage;
-    let subject = subjects::history(conv);
-    let last = match st.history.get_last_raw_message_by_subject(&subject).await {
-        Ok(m) => (m.sequence, serde_json::from_slice::<StoredMessage>(&m.payload)?),
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {
-            return Ok(PageOut { messages: vec![], has_more: false })
-        }
-        Err(e) => return Err(e.into()),
+    let Some(last) = hist::last_message(&st.history, conv).await? else {
+        return Ok(PageOut { messages: vec![], has_more: false });
     };
     let (last_seq, last_n) = (last.0, last.1.n);
     let limit = limit as u64;
@@ -264,7 +257,7 @@ async fn read(
     end_n: u64,
 ) -> Result<Vec<(u64, StoredMessage)>, async_nats::Error> {
     let client = st.js.client();
-    let api = format!("$JS.API.DIRECT.GET.{}", subjects::HISTORY_STREAM);
+    let api = direct_get::subject(subjects::HISTORY_STREAM);
     let subject = subjects::history(conv);
     let mut out = Vec::new();
     let mut from = start.max(1);
@@ -279,16 +272,16 @@ async fn read(
             let Ok(Some(m)) = next else { return Err("history read timed out".into()) };
             match m.status {
                 // End of batch: more may follow if the batch was cut short.
-                Some(s) if s.as_u16() == 204 => break,
+                Some(s) if s.as_u16() == direct_get::END_OF_BATCH => break,
                 // Nothing at or after `from`.
-                Some(s) if s.as_u16() == 404 => return Ok(out),
+                Some(s) if s.as_u16() == direct_get::NOT_FOUND => return Ok(out),
                 Some(s) => return Err(format!("history read failed: {s} {:?}", m.description).into()),
                 None => {}
             }
             let seq: u64 = m
                 .headers
                 .as_ref()
-                .and_then(|h| h.get("Nats-Sequence"))
+                .and_then(|h| h.get(direct_get::SEQUENCE_HEADER))
                 .and_then(|v| v.as_str().parse().ok())
                 .ok_or("direct get reply without Nats-Sequence")?;
             got += 1;

@@ -9,12 +9,15 @@
 //! - [`config`]: typed `CHAT_*` settings read once at start-up.
 //! - [`envelope`]: what travels between processes (ingress sends, stored
 //!   messages, ack records).
+//! - [`history`]: the history index block, last-message lookup and the
+//!   direct-get protocol, shared by the sequencer and the readers.
 //! - [`wire`]: the client-facing WebSocket frames and error codes.
 //! - [`snowflake`]: the 64-bit message id generator (pure, clock injected).
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod envelope;
+pub mod history;
 pub mod provision;
 pub mod snowflake;
 pub mod subjects;

@@ -26,8 +26,7 @@ use futures::StreamExt;
 
 use crate::Shared;
 
-/// Messages per history index block (see `docs/architecture.md`).
-pub const INDEX_BLOCK: u64 = 64;
+pub use chat_nats::history::INDEX_BLOCK;
 
 /// Last id and ordinal of a conversation, as the owner last wrote it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -295,15 +294,10 @@ async fn publish(
 }
 
 async fn load_state(sh: &Shared, conv: &ConvId) -> Result<ConvState, async_nats::Error> {
-    use jetstream::stream::LastRawMessageErrorKind as K;
-    match sh.storage.history.get_last_raw_message_by_subject(&subjects::history(conv)).await {
-        Ok(m) => {
-            let last: StoredMessage = serde_json::from_slice(&m.payload)?;
-            Ok(ConvState { last_id: last.id, n: last.n })
-        }
-        Err(e) if e.kind() == K::NoMessageFound => Ok(ConvState::default()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(match chat_nats::history::last_message(&sh.storage.history, conv).await? {
+        Some((_, last)) => ConvState { last_id: last.id, n: last.n },
+        None => ConvState::default(),
+    })
 }
 
 async fn reply(sh: &Shared, send: &IngressSend, ack: Bytes) -> Result<(), async_nats::Error> {
