@@ -121,6 +121,13 @@ pub fn presence_key(user: i64, device: &str, conn: u64) -> String {
     format!("{user}.{device}.{conn}")
 }
 
+/// KV key filter matching every connection of one device in
+/// [`PRESENCE_BUCKET`] (on every gateway). `device` is a subject token
+/// (`[A-Za-z0-9_-]`, as login requires), so it matches that device only.
+pub fn presence_device_keys(user: i64, device: &str) -> String {
+    format!("{user}.{device}.*")
+}
+
 /// KV key of a user's status in [`STATUS_BUCKET`].
 pub fn status_key(user: i64) -> String {
     format!("u.{user}")
@@ -269,10 +276,8 @@ pub fn parse_id(s: &str) -> Option<i64> {
 /// Parses an unsigned decimal (message id, cursor) in canonical form:
 /// digits only, no sign, no leading zero except `"0"` itself.
 pub fn parse_seq(s: &str) -> Option<u64> {
-    let canonical = !s.is_empty()
-        && s.len() <= 20
-        && s.bytes().all(|b| b.is_ascii_digit())
-        && (s == "0" || !s.starts_with('0'));
+    let canonical =
+        !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
     canonical.then(|| s.parse().ok()).flatten()
 }
 
