@@ -6,6 +6,9 @@
 //! A clean close (a WebSocket close frame from the client) or a logout
 //! deletes it at once; any other end leaves it to expire after the presence
 //! timeout, so a quick drop and reconnect is not seen as offline.
+//!
+//! On-demand follows (`presence.subscribe`) are checked and recorded here,
+//! in this task, so the session keeps no second copy of them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use chat_nats::envelope::{Ephemeral, PresenceState};
 use chat_nats::subjects;
-use chat_nats::wire::{ServerFrame, Status};
+use chat_nats::wire::{ErrorCode, ServerFrame, Status};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -41,7 +44,8 @@ fn next_conn() -> u64 {
 pub enum Cmd {
     /// A heartbeat from the client.
     Heartbeat,
-    /// Follow these users (on demand).
+    /// Follow these users on demand (`presence.subscribe`): the task checks
+    /// the limit and who may be followed, and answers errors itself.
     Follow(Vec<i64>),
     /// Stop following these users (on demand).
     Unfollow(Vec<i64>),
@@ -80,6 +84,17 @@ struct Follows {
     on_demand: HashSet<i64>,
 }
 
+impl Follows {
+    /// Stops forwarding `u`'s presence unless still a friend or followed.
+    fn release(&mut self, u: i64) {
+        if !self.friends.contains(&u) && !self.on_demand.contains(&u) {
+            if let Some(t) = self.tasks.remove(&u) {
+                t.abort();
+            }
+        }
+    }
+}
+
 async fn run(
     st: &AppState,
     user: i64,
@@ -112,18 +127,11 @@ async fn run(
                         heartbeat().await?;
                     }
                 }
-                Some(Cmd::Follow(users)) => {
-                    for u in users {
-                        f.on_demand.insert(u);
-                        Box::pin(follow(st, &mut f, u, out)).await;
-                    }
-                }
+                Some(Cmd::Follow(users)) => Box::pin(subscribe(st, user, &mut f, users, out)).await,
                 Some(Cmd::Unfollow(users)) => {
                     for u in users {
                         f.on_demand.remove(&u);
-                        if !f.friends.contains(&u) {
-                            if let Some(t) = f.tasks.remove(&u) { t.abort(); }
-                        }
+                        f.release(u);
                     }
                 }
             },
@@ -141,9 +149,7 @@ async fn run(
                 }
                 Ok(Ephemeral::Unfriend { user: u }) => {
                     f.friends.remove(&u);
-                    if !f.on_demand.contains(&u) {
-                        if let Some(t) = f.tasks.remove(&u) { t.abort(); }
-                    }
+                    f.release(u);
                 }
                 _ => {}
             },
@@ -156,6 +162,40 @@ async fn run(
         Box::pin(st.storage.presence.delete(&key)).await?;
     }
     Ok(())
+}
+
+/// `presence.subscribe`: follows those of `users` that `me` may see. The
+/// limit counts the users followed on demand plus the frame's new ones;
+/// a refused user is answered `forbidden` and not followed, so it takes no
+/// place and is refused again on the next try.
+async fn subscribe(st: &AppState, me: i64, f: &mut Follows, mut users: Vec<i64>, out: &Outbound) {
+    let mut seen = HashSet::new();
+    users.retain(|u| !f.on_demand.contains(u) && seen.insert(*u));
+    if users.is_empty() {
+        return;
+    }
+    let max = st.cfg.presence_subscribe_max;
+    if f.on_demand.len() + users.len() > max {
+        let message = format!("at most {max} presence subscriptions per connection");
+        return error(out, ErrorCode::LimitExceeded, message);
+    }
+    let allowed = match st.db.visible(me, &users).await {
+        Ok(v) => v,
+        Err(e) => return error(out, ErrorCode::Unavailable, e.to_string()),
+    };
+    if allowed.len() < users.len() {
+        let refused: Vec<String> = users.iter().filter(|u| !allowed.contains(u)).map(i64::to_string).collect();
+        let message = format!("presence is visible only for friends and fellow group members: {}", refused.join(", "));
+        error(out, ErrorCode::Forbidden, message);
+    }
+    for u in allowed {
+        f.on_demand.insert(u);
+        follow(st, f, u, out).await;
+    }
+}
+
+fn error(out: &Outbound, code: ErrorCode, message: String) {
+    out.push(frame(&ServerFrame::Error { cid: None, code, message }));
 }
 
 /// Sends the user's current state, then forwards their transitions.

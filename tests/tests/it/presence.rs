@@ -317,3 +317,44 @@ async fn presence_subscribe_is_bounded_and_limited_to_contacts() -> Result<()> {
     assert_eq!(ca.wait_for("error", |v| v["type"] == "error").await?["code"], "forbidden", "xavier is a stranger");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_subscribe_refuses_a_stranger_every_time_without_counting_them() -> Result<()> {
+    let s = fast().env("CHAT_PRESENCE_SUBSCRIBE_MAX", "1").start().await?;
+    let (a, b, x) = (s.user("alice", "a").await?, s.user("bob", "b").await?, s.user("xavier", "x").await?);
+    s.create_group(&a, "g", &[&b.user_id]).await?;
+    let mut ca = s.connect(0, &a).await?;
+    for _ in 0..2 {
+        ca.send_json(&json!({"type": "presence.subscribe", "users": [x.user_id]})).await?;
+        let e = ca.wait_for("error", |v| v["type"] == "error").await?;
+        assert_eq!(e["code"], "forbidden", "{e}");
+    }
+    // Xavier takes no place: the one allowed follow is still free.
+    ca.send_json(&json!({"type": "presence.subscribe", "users": [b.user_id]})).await?;
+    let v = ca.wait_for("bob's state or an error", |v| v["type"] == "error" || v["user"] == b.user_id.as_str()).await?;
+    assert_eq!((v["type"].as_str(), v["status"].as_str()), (Some("presence"), Some("offline")), "{v}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_subscribe_and_unsubscribe_take_canonical_ids_only() -> Result<()> {
+    let s = fast().start().await?;
+    let (a, b) = (s.user("alice", "a").await?, s.user("bob", "b").await?);
+    s.create_group(&a, "g", &[&b.user_id]).await?;
+    let mut ca = s.connect(0, &a).await?;
+    for kind in ["presence.subscribe", "presence.unsubscribe"] {
+        for bad in [format!("0{}", b.user_id), format!("+{}", b.user_id), "bob".to_owned()] {
+            ca.send_json(&json!({"type": kind, "users": [bad]})).await?;
+            let e = ca.wait_for("error", |v| v["type"] == "error").await?;
+            assert_eq!(e["code"], "bad_frame", "{kind} {bad}: {e}");
+        }
+        // An empty list does nothing and gets no answer.
+        ca.send_json(&json!({"type": kind, "users": []})).await?;
+    }
+    let seen = seen_about(&mut ca, &b.user_id).await?;
+    assert!(seen.is_empty(), "nothing followed: {seen:?}");
+    ca.send_json(&json!({"type": "ping"})).await?;
+    let next = ca.wait_for("pong", |v| v["type"] == "pong" || v["type"] == "error").await?;
+    assert_eq!(next["type"], "pong", "no answer to the empty lists: {next}");
+    Ok(())
+}
