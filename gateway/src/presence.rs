@@ -1,14 +1,18 @@
 //! A session's presence side: its heartbeat key, the presence of the users
 //! it follows (friends, plus on-demand `presence.subscribe`), and the
-//! user's ephemeral events (typing, logout, friend changes).
+//! user's ephemeral events (typing, logout, friend and group changes).
 //!
 //! The heartbeat key is `<user>.<device>.<conn>` in the presence bucket.
 //! A clean close (a WebSocket close frame from the client) or a logout
 //! deletes it at once; any other end leaves it to expire after the presence
 //! timeout, so a quick drop and reconnect is not seen as offline.
 //!
-//! On-demand follows (`presence.subscribe`) are checked and recorded here,
-//! in this task, so the session keeps no second copy of them.
+//! An on-demand follow lasts while the relationship that allowed it does:
+//! when a friendship or a group membership ends, both sides get an
+//! ephemeral event ([`relationship_ended`], `Unfriend`) and re-check their
+//! follows of the other side against the database. The check and the
+//! follow both run in this task, one after the other, so a follow racing a
+//! removal is either refused or re-checked after it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -149,8 +153,11 @@ async fn run(
                 }
                 Ok(Ephemeral::Unfriend { user: u }) => {
                     f.friends.remove(&u);
+                    // The friendship may be what allowed an on-demand follow.
+                    Box::pin(recheck(st, user, &mut f, &[u])).await;
                     f.release(u);
                 }
+                Ok(Ephemeral::Recheck { users }) => Box::pin(recheck(st, user, &mut f, &users)).await,
                 _ => {}
             },
         }
@@ -194,8 +201,50 @@ async fn subscribe(st: &AppState, me: i64, f: &mut Follows, mut users: Vec<i64>,
     }
 }
 
+/// Ends the on-demand follows of those of `users` that `me` may no longer
+/// see (a friendship or group membership ended). The client gets no frame
+/// for it: the follow ends as if unsubscribed. If the check cannot be made
+/// the follows end too, rather than risk showing presence no longer allowed.
+async fn recheck(st: &AppState, me: i64, f: &mut Follows, users: &[i64]) {
+    let followed: Vec<i64> = users.iter().copied().filter(|u| f.on_demand.contains(u)).collect();
+    if followed.is_empty() {
+        return;
+    }
+    let allowed: HashSet<i64> = match st.db.visible(me, &followed).await {
+        Ok(v) => v.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(user_id = me, error = %e, "cannot re-check presence follows; ending them");
+            HashSet::new()
+        }
+    };
+    for u in followed.into_iter().filter(|u| !allowed.contains(u)) {
+        f.on_demand.remove(&u);
+        f.release(u);
+    }
+}
+
 fn error(out: &Outbound, code: ErrorCode, message: String) {
     out.push(frame(&ServerFrame::Error { cid: None, code, message }));
+}
+
+/// Tells both sides that a relationship between `user` and `others` ended
+/// (`user` left or was removed from a group whose remaining members are
+/// `others`), so each re-checks its on-demand follows of the other side,
+/// on every gateway (the ephemeral subject reaches all of a user's
+/// sessions).
+pub async fn relationship_ended(st: &AppState, user: i64, others: &[i64]) {
+    let others: Vec<i64> = others.iter().copied().filter(|o| *o != user).collect();
+    if others.is_empty() {
+        return;
+    }
+    let payload = |users| bytes::Bytes::from(serde_json::to_vec(&Ephemeral::Recheck { users }).expect("serializable"));
+    let (to_user, to_others) = (payload(others.clone()), payload(vec![user]));
+    let sends = std::iter::once((user, to_user)).chain(others.into_iter().map(|o| (o, to_others.clone())));
+    for (u, p) in sends {
+        if let Err(e) = st.client.publish(subjects::ephemeral(u), p).await {
+            tracing::warn!(user_id = u, error = %e, "cannot publish a presence re-check");
+        }
+    }
 }
 
 /// Sends the user's current state, then forwards their transitions.
