@@ -3,9 +3,10 @@
 //! user's ephemeral events (typing, logout, friend and group changes).
 //!
 //! The heartbeat key is `<user>.<device>.<conn>` in the presence bucket.
-//! A clean close (a WebSocket close frame from the client) or a logout
-//! deletes it at once; any other end leaves it to expire after the presence
-//! timeout, so a quick drop and reconnect is not seen as offline.
+//! A clean close (a WebSocket close frame from the client) deletes it at
+//! once, and a logout deletes every key of the device ([`end_device`]);
+//! any other end leaves it to expire after the presence timeout, so a quick
+//! drop and reconnect is not seen as offline.
 //!
 //! An on-demand follow lasts while the relationship that allowed it does:
 //! when a friendship or a group membership ends, both sides get an
@@ -245,6 +246,29 @@ pub async fn relationship_ended(st: &AppState, user: i64, others: &[i64]) {
             tracing::warn!(user_id = u, error = %e, "cannot publish a presence re-check");
         }
     }
+}
+
+/// Ends every presence of a device at once (logout): deletes each of its
+/// heartbeat keys, whichever gateway wrote them, including those of
+/// connections that dropped without a close and would otherwise count as
+/// online until they expire. The presence worker sees the deletions.
+pub async fn end_device(st: &AppState, user: i64, device: &str) -> Result<(), async_nats::Error> {
+    if !subjects::is_token(device) {
+        return Err(format!("device {device:?} is not a subject token").into());
+    }
+    let kv = &st.storage.presence;
+    let filter = format!("{}{}", kv.prefix, subjects::presence_device_keys(user, device));
+    let mut info = kv.stream.info_with_subjects(filter).await?;
+    let mut keys = Vec::new();
+    while let Some((subject, _count)) = futures::TryStreamExt::try_next(&mut info).await? {
+        if let Some(key) = subject.strip_prefix(kv.prefix.as_str()) {
+            keys.push(key.to_owned());
+        }
+    }
+    for key in keys {
+        kv.delete(&key).await?;
+    }
+    Ok(())
 }
 
 /// Sends the user's current state, then forwards their transitions.

@@ -470,3 +470,42 @@ async fn presence_subscribe_and_unsubscribe_take_canonical_ids_only() -> Result<
     assert_eq!(next["type"], "pong", "no answer to the empty lists: {next}");
     Ok(())
 }
+
+/// Waits until no session of `user` is open on any gateway: nobody
+/// subscribes to the user's ephemeral subject any more (a request there
+/// gets "no responders").
+async fn no_session_of(s: &Stack, user: &str) -> Result<()> {
+    let client = async_nats::connect(&s.nats.url).await?;
+    let subject = chat_nats::subjects::ephemeral(user.parse()?);
+    wait_for("the session's end", Duration::from_secs(10), || async {
+        let r = tokio::time::timeout(Duration::from_millis(200), client.request(subject.clone(), "".into())).await;
+        match r {
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Some(()),
+            _ => None,
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_after_a_dropped_connection_is_offline_at_once() -> Result<()> {
+    // A 600 s timeout, so only the logout can explain the offline event.
+    // The connection is on gateway 1, the logout answered by gateway 0.
+    let s = two_gateways().await?;
+    let (a, b) = (s.user("alice", "phone").await?, s.user("bob", "b").await?);
+    befriend(&s, &a, &b).await?;
+    let mut cb = s.connect(0, &b).await?;
+    presence_of(&mut cb, &a.user_id).await?;
+    let ca = s.connect(1, &a).await?;
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "online");
+    // TCP closed without a close frame: the key stays until it expires.
+    drop(ca);
+    no_session_of(&s, &a.user_id).await?;
+    let started = std::time::Instant::now();
+    let (st, _) = s.http(0).request(Method::POST, "/v1/logout", Some(&a.token), None).await?;
+    assert_eq!(st, 200);
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "offline");
+    assert!(started.elapsed() < Duration::from_secs(5), "offline after {:?}", started.elapsed());
+    assert_eq!(presence_keys(&s, &a.user_id).await?, 0);
+    Ok(())
+}
