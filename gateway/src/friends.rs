@@ -199,5 +199,8 @@ pub async fn logout(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
     let _ = st.client.flush().await;
     // A logged-out phone must stop showing message previews.
     st.db.delete_registration(claims.user, &claims.device).await?;
+    // The open sessions delete their own keys as they close; this also ends
+    // connections that dropped without a close and are not yet expired.
+    crate::presence::end_device(st, claims.user, &claims.device).await.map_err(ApiError::unavailable)?;
     Ok(json(StatusCode::OK, &json!({"logged_out": claims.device})))
 }

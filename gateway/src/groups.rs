@@ -146,6 +146,11 @@ async fn change(st: &AppState, me: i64, gid: i64, user: i64, op: Op) -> Result<R
     let changed = st.db.change_member(gid, me, user, op, st.cfg.group_max_members).await?;
     let version = match changed {
         Some((kind, change)) => {
+            if matches!(kind, GroupOp::Removed | GroupOp::Left) {
+                // Committed: follows the membership allowed end now, even if
+                // the announcement below fails.
+                crate::presence::relationship_ended(st, user, &change.members).await;
+            }
             announce(st, me, gid, kind, Some(user), &change).await?;
             change.version
         }

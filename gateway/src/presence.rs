@@ -1,11 +1,19 @@
 //! A session's presence side: its heartbeat key, the presence of the users
 //! it follows (friends, plus on-demand `presence.subscribe`), and the
-//! user's ephemeral events (typing, logout, friend changes).
+//! user's ephemeral events (typing, logout, friend and group changes).
 //!
 //! The heartbeat key is `<user>.<device>.<conn>` in the presence bucket.
-//! A clean close (a WebSocket close frame from the client) or a logout
-//! deletes it at once; any other end leaves it to expire after the presence
-//! timeout, so a quick drop and reconnect is not seen as offline.
+//! A clean close (a WebSocket close frame from the client) deletes it at
+//! once, and a logout deletes every key of the device ([`end_device`]);
+//! any other end leaves it to expire after the presence timeout, so a quick
+//! drop and reconnect is not seen as offline.
+//!
+//! An on-demand follow lasts while the relationship that allowed it does:
+//! when a friendship or a group membership ends, both sides get an
+//! ephemeral event ([`relationship_ended`], `Unfriend`) and re-check their
+//! follows of the other side against the database. The check and the
+//! follow both run in this task, one after the other, so a follow racing a
+//! removal is either refused or re-checked after it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use chat_nats::envelope::{Ephemeral, PresenceState};
 use chat_nats::subjects;
-use chat_nats::wire::{ServerFrame, Status};
+use chat_nats::wire::{ErrorCode, ServerFrame, Status};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -41,7 +49,8 @@ fn next_conn() -> u64 {
 pub enum Cmd {
     /// A heartbeat from the client.
     Heartbeat,
-    /// Follow these users (on demand).
+    /// Follow these users on demand (`presence.subscribe`): the task checks
+    /// the limit and who may be followed, and answers errors itself.
     Follow(Vec<i64>),
     /// Stop following these users (on demand).
     Unfollow(Vec<i64>),
@@ -80,6 +89,17 @@ struct Follows {
     on_demand: HashSet<i64>,
 }
 
+impl Follows {
+    /// Stops forwarding `u`'s presence unless still a friend or followed.
+    fn release(&mut self, u: i64) {
+        if !self.friends.contains(&u) && !self.on_demand.contains(&u) {
+            if let Some(t) = self.tasks.remove(&u) {
+                t.abort();
+            }
+        }
+    }
+}
+
 async fn run(
     st: &AppState,
     user: i64,
@@ -112,18 +132,11 @@ async fn run(
                         heartbeat().await?;
                     }
                 }
-                Some(Cmd::Follow(users)) => {
-                    for u in users {
-                        f.on_demand.insert(u);
-                        Box::pin(follow(st, &mut f, u, out)).await;
-                    }
-                }
+                Some(Cmd::Follow(users)) => Box::pin(subscribe(st, user, &mut f, users, out)).await,
                 Some(Cmd::Unfollow(users)) => {
                     for u in users {
                         f.on_demand.remove(&u);
-                        if !f.friends.contains(&u) {
-                            if let Some(t) = f.tasks.remove(&u) { t.abort(); }
-                        }
+                        f.release(u);
                     }
                 }
             },
@@ -141,10 +154,11 @@ async fn run(
                 }
                 Ok(Ephemeral::Unfriend { user: u }) => {
                     f.friends.remove(&u);
-                    if !f.on_demand.contains(&u) {
-                        if let Some(t) = f.tasks.remove(&u) { t.abort(); }
-                    }
+                    // The friendship may be what allowed an on-demand follow.
+                    Box::pin(recheck(st, user, &mut f, &[u])).await;
+                    f.release(u);
                 }
+                Ok(Ephemeral::Recheck { users }) => Box::pin(recheck(st, user, &mut f, &users)).await,
                 _ => {}
             },
         }
@@ -154,6 +168,105 @@ async fn run(
     }
     if clean {
         Box::pin(st.storage.presence.delete(&key)).await?;
+    }
+    Ok(())
+}
+
+/// `presence.subscribe`: follows those of `users` that `me` may see. The
+/// limit counts the users followed on demand plus the frame's new ones;
+/// a refused user is answered `forbidden` and not followed, so it takes no
+/// place and is refused again on the next try.
+async fn subscribe(st: &AppState, me: i64, f: &mut Follows, mut users: Vec<i64>, out: &Outbound) {
+    let mut seen = HashSet::new();
+    users.retain(|u| !f.on_demand.contains(u) && seen.insert(*u));
+    if users.is_empty() {
+        return;
+    }
+    let max = st.cfg.presence_subscribe_max;
+    if f.on_demand.len() + users.len() > max {
+        let message = format!("at most {max} presence subscriptions per connection");
+        return error(out, ErrorCode::LimitExceeded, message);
+    }
+    let allowed = match st.db.visible(me, &users).await {
+        Ok(v) => v,
+        Err(e) => return error(out, ErrorCode::Unavailable, e.to_string()),
+    };
+    if allowed.len() < users.len() {
+        let refused: Vec<String> = users.iter().filter(|u| !allowed.contains(u)).map(i64::to_string).collect();
+        let message = format!("presence is visible only for friends and fellow group members: {}", refused.join(", "));
+        error(out, ErrorCode::Forbidden, message);
+    }
+    for u in allowed {
+        f.on_demand.insert(u);
+        follow(st, f, u, out).await;
+    }
+}
+
+/// Ends the on-demand follows of those of `users` that `me` may no longer
+/// see (a friendship or group membership ended). The client gets no frame
+/// for it: the follow ends as if unsubscribed. If the check cannot be made
+/// the follows end too, rather than risk showing presence no longer allowed.
+async fn recheck(st: &AppState, me: i64, f: &mut Follows, users: &[i64]) {
+    let followed: Vec<i64> = users.iter().copied().filter(|u| f.on_demand.contains(u)).collect();
+    if followed.is_empty() {
+        return;
+    }
+    let allowed: HashSet<i64> = match st.db.visible(me, &followed).await {
+        Ok(v) => v.into_iter().collect(),
+        Err(e) => {
+            tracing::warn!(user_id = me, error = %e, "cannot re-check presence follows; ending them");
+            HashSet::new()
+        }
+    };
+    for u in followed.into_iter().filter(|u| !allowed.contains(u)) {
+        f.on_demand.remove(&u);
+        f.release(u);
+    }
+}
+
+fn error(out: &Outbound, code: ErrorCode, message: String) {
+    out.push(frame(&ServerFrame::Error { cid: None, code, message }));
+}
+
+/// Tells both sides that a relationship between `user` and `others` ended
+/// (`user` left or was removed from a group whose remaining members are
+/// `others`), so each re-checks its on-demand follows of the other side,
+/// on every gateway (the ephemeral subject reaches all of a user's
+/// sessions).
+pub async fn relationship_ended(st: &AppState, user: i64, others: &[i64]) {
+    let others: Vec<i64> = others.iter().copied().filter(|o| *o != user).collect();
+    if others.is_empty() {
+        return;
+    }
+    let payload = |users| bytes::Bytes::from(serde_json::to_vec(&Ephemeral::Recheck { users }).expect("serializable"));
+    let (to_user, to_others) = (payload(others.clone()), payload(vec![user]));
+    let sends = std::iter::once((user, to_user)).chain(others.into_iter().map(|o| (o, to_others.clone())));
+    for (u, p) in sends {
+        if let Err(e) = st.client.publish(subjects::ephemeral(u), p).await {
+            tracing::warn!(user_id = u, error = %e, "cannot publish a presence re-check");
+        }
+    }
+}
+
+/// Ends every presence of a device at once (logout): deletes each of its
+/// heartbeat keys, whichever gateway wrote them, including those of
+/// connections that dropped without a close and would otherwise count as
+/// online until they expire. The presence worker sees the deletions.
+pub async fn end_device(st: &AppState, user: i64, device: &str) -> Result<(), async_nats::Error> {
+    if !subjects::is_token(device) {
+        return Err(format!("device {device:?} is not a subject token").into());
+    }
+    let kv = &st.storage.presence;
+    let filter = format!("{}{}", kv.prefix, subjects::presence_device_keys(user, device));
+    let mut info = kv.stream.info_with_subjects(filter).await?;
+    let mut keys = Vec::new();
+    while let Some((subject, _count)) = futures::TryStreamExt::try_next(&mut info).await? {
+        if let Some(key) = subject.strip_prefix(kv.prefix.as_str()) {
+            keys.push(key.to_owned());
+        }
+    }
+    for key in keys {
+        kv.delete(&key).await?;
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use chat_nats::subjects::parse_id;
 use chat_nats::wire::{parse_client_frame, ClientFrame, ErrorCode, ServerFrame, Target};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -41,7 +42,6 @@ pub struct Session {
     sender: JoinHandle<()>,
     bucket: TokenBucket,
     presence: mpsc::UnboundedSender<presence::Cmd>,
-    followed: std::collections::HashSet<i64>,
     last_typing: Option<Instant>,
     clean: bool,
 }
@@ -76,7 +76,6 @@ impl Session {
             sender,
             bucket,
             presence,
-            followed: Default::default(),
             last_typing: None,
             clean: false,
         }
@@ -101,14 +100,8 @@ impl Session {
                 self.out.push(frame(&ServerFrame::Pong));
             }
             Ok(ClientFrame::Typing { conv }) => self.typing(conv),
-            Ok(ClientFrame::PresenceSubscribe { users }) => self.follow(users),
-            Ok(ClientFrame::PresenceUnsubscribe { users }) => {
-                let ids: Vec<i64> = users.iter().filter_map(|u| u.parse().ok()).collect();
-                for u in &ids {
-                    self.followed.remove(u);
-                }
-                let _ = self.presence.send(presence::Cmd::Unfollow(ids));
-            }
+            Ok(ClientFrame::PresenceSubscribe { users }) => self.presence_cmd(&users, presence::Cmd::Follow),
+            Ok(ClientFrame::PresenceUnsubscribe { users }) => self.presence_cmd(&users, presence::Cmd::Unfollow),
             Ok(ClientFrame::Sync { cursor }) => self.sync(cursor),
             Ok(ClientFrame::Send { cid, to, body }) => {
                 let req = SendReq { cid: cid.clone(), to, body };
@@ -166,39 +159,17 @@ impl Session {
         });
     }
 
-    fn follow(&mut self, users: Vec<String>) {
-        let Ok(ids) = users.iter().map(|u| u.parse::<i64>()).collect::<Result<Vec<_>, _>>() else {
-            return self.error(None, ErrorCode::BadFrame, "users must be user ids");
+    /// `presence.subscribe`/`unsubscribe`: ids in canonical form or the
+    /// frame is a `bad_frame`; an empty list does nothing. The presence task
+    /// does the rest (limit, who may be followed, answers).
+    fn presence_cmd(&mut self, users: &[String], cmd: fn(Vec<i64>) -> presence::Cmd) {
+        let Some(ids) = users.iter().map(|u| parse_id(u)).collect::<Option<Vec<i64>>>() else {
+            let message = "users must be user ids (decimal digits, no sign, no leading zero)";
+            return self.error(None, ErrorCode::BadFrame, message);
         };
-        let new: Vec<i64> = ids.into_iter().filter(|u| !self.followed.contains(u)).collect();
-        if self.followed.len() + new.len() > self.state.cfg.presence_subscribe_max {
-            let max = self.state.cfg.presence_subscribe_max;
-            return self.error(
-                None,
-                ErrorCode::LimitExceeded,
-                &format!("at most {max} presence subscriptions per connection"),
-            );
+        if !ids.is_empty() {
+            let _ = self.presence.send(cmd(ids));
         }
-        self.followed.extend(new.iter().copied());
-        let (state, out, user, tx) = (self.state.clone(), self.out.clone(), self.user, self.presence.clone());
-        tokio::spawn(async move {
-            match state.db.visible(user, &new).await {
-                Ok(ok) => {
-                    if ok.len() < new.len() {
-                        let message = "presence is visible only for friends and fellow group members".into();
-                        out.push(frame(&ServerFrame::Error { cid: None, code: ErrorCode::Forbidden, message }));
-                    }
-                    let _ = tx.send(presence::Cmd::Follow(ok));
-                }
-                Err(e) => {
-                    out.push(frame(&ServerFrame::Error {
-                        cid: None,
-                        code: ErrorCode::Unavailable,
-                        message: e.to_string(),
-                    }));
-                }
-            }
-        });
     }
 
     fn error(&self, cid: Option<String>, code: ErrorCode, message: &str) {

@@ -212,11 +212,20 @@ pub enum Ephemeral {
         #[serde(with = "id_str")]
         user: i64,
     },
-    /// A friendship ended: stop following.
+    /// A friendship ended: stop following (and re-check an on-demand
+    /// follow of the former friend, which the friendship may have allowed).
     Unfriend {
         /// The former friend.
         #[serde(with = "id_str")]
         user: i64,
+    },
+    /// A relationship with these users ended (a group membership: the user
+    /// left or was removed, or one of them did): re-check the on-demand
+    /// follows of them and end those no longer allowed.
+    Recheck {
+        /// The users whose follows to re-check.
+        #[serde(with = "ids_str")]
+        users: Vec<i64>,
     },
 }
 
@@ -307,6 +316,22 @@ pub mod id_str {
     }
 }
 
+/// Serde adapter: a list of `i64` ids as decimal strings.
+pub mod ids_str {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    /// Serializes as an array of strings.
+    pub fn serialize<S: Serializer>(v: &[i64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(i64::to_string))
+    }
+
+    /// Deserializes from an array of strings.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+        let v = <Vec<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        v.iter().map(|s| s.parse().map_err(D::Error::custom)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +367,13 @@ mod tests {
         for bad in ["07", "+7", " 7", "7 ", ""] {
             assert!(req(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn recheck_carries_ids_as_strings() {
+        let ev = Ephemeral::Recheck { users: vec![3, i64::MAX] };
+        let v = serde_json::to_value(&ev).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "recheck", "users": ["3", "9223372036854775807"]}));
+        assert_eq!(serde_json::from_value::<Ephemeral>(v).unwrap(), ev);
     }
 }

@@ -121,6 +121,13 @@ pub fn presence_key(user: i64, device: &str, conn: u64) -> String {
     format!("{user}.{device}.{conn}")
 }
 
+/// KV key filter matching every connection of one device in
+/// [`PRESENCE_BUCKET`] (on every gateway). `device` is a subject token
+/// (`[A-Za-z0-9_-]`, as login requires), so it matches that device only.
+pub fn presence_device_keys(user: i64, device: &str) -> String {
+    format!("{user}.{device}.*")
+}
+
 /// KV key of a user's status in [`STATUS_BUCKET`].
 pub fn status_key(user: i64) -> String {
     format!("u.{user}")

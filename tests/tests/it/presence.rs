@@ -317,3 +317,195 @@ async fn presence_subscribe_is_bounded_and_limited_to_contacts() -> Result<()> {
     assert_eq!(ca.wait_for("error", |v| v["type"] == "error").await?["code"], "forbidden", "xavier is a stranger");
     Ok(())
 }
+
+/// A stack on two gateways where only clean closes, connects and logouts
+/// change presence (the timeout is far beyond any test), with typing relayed
+/// at once (typing is the sync point that proves ephemeral events before it
+/// were handled).
+async fn two_gateways() -> Result<Stack> {
+    let mut s = stack().env("CHAT_PRESENCE_TIMEOUT_MS", "600000").env("CHAT_TYPING_INTERVAL_MS", "0").start().await?;
+    s.add_gateway().await?;
+    Ok(s)
+}
+
+/// Sends a typing event from `from` (on gateway 0) in the 1:1 with `to`
+/// and waits until `to`'s session gets it. Gateway 0 publishes it after
+/// any ephemeral event it published before (a presence re-check sent while
+/// answering an HTTP request on gateway 0), and a session handles its
+/// ephemeral events in order, so those are handled once this returns.
+async fn ephemeral_barrier(from: &mut Conn, from_id: &str, to: &mut Conn, to_id: &str) -> Result<()> {
+    let dm = chat_client::direct_conv(from_id, to_id);
+    from.send_json(&json!({"type": "typing", "conv": dm})).await?;
+    to.wait_for("typing barrier", |v| v["type"] == "typing" && v["conv"] == dm.as_str()).await?;
+    Ok(())
+}
+
+/// The membership that allowed on-demand follows ends (`leave`: Carol
+/// leaves; otherwise Alice removes her): Alice (gateway 0) stops hearing
+/// Carol (gateway 1), and Carol stops hearing Bob, whom she followed as a
+/// fellow member.
+async fn follows_end_with_the_membership(leave: bool) -> Result<()> {
+    let s = two_gateways().await?;
+    let (a, b, c) = (s.user("alice", "a").await?, s.user("bob", "b").await?, s.user("carol", "c").await?);
+    let (m, n) = (s.user("mark", "m").await?, s.user("nina", "n").await?);
+    befriend(&s, &c, &m).await?;
+    befriend(&s, &a, &n).await?;
+    let g = s.create_group(&a, "g", &[&b.user_id, &c.user_id]).await?;
+    let gid = g["group_id"].as_str().unwrap();
+
+    let mut ca = s.connect(0, &a).await?;
+    ca.send_json(&json!({"type": "presence.subscribe", "users": [c.user_id]})).await?;
+    assert_eq!(presence_of(&mut ca, &c.user_id).await?["status"], "offline");
+    let mut cc = s.connect(1, &c).await?;
+    assert_eq!(presence_of(&mut ca, &c.user_id).await?["status"], "online", "followed across gateways");
+    cc.send_json(&json!({"type": "presence.subscribe", "users": [b.user_id]})).await?;
+    assert_eq!(presence_of(&mut cc, &b.user_id).await?["status"], "offline");
+    let mut cb = s.connect(0, &b).await?;
+    assert_eq!(presence_of(&mut cc, &b.user_id).await?["status"], "online");
+
+    let (who, token) = if leave { (&c, &c.token) } else { (&a, &a.token) };
+    let path = format!("/v1/groups/{gid}/members/{}", c.user_id);
+    let (st, v) = s.http(0).request(Method::DELETE, &path, Some(token), None).await?;
+    assert_eq!(st, 200, "{} ends carol's membership: {v}", who.user_id);
+    ephemeral_barrier(&mut cb, &b.user_id, &mut ca, &a.user_id).await?;
+    ephemeral_barrier(&mut cb, &b.user_id, &mut cc, &c.user_id).await?;
+
+    // Bob goes offline and online again; then Mark comes online, which
+    // Carol would hear after Bob's transitions (the worker publishes in
+    // order).
+    cb.close().await;
+    let _cb = s.connect(0, &b).await?;
+    let _cm = barrier(&s, &mut cc, &m).await?;
+    let seen = seen_about(&mut cc, &b.user_id).await?;
+    assert!(seen.is_empty(), "carol no longer hears bob: {seen:?}");
+
+    // Carol goes offline and online again; then Nina comes online.
+    cc.close().await;
+    let _cc = s.connect(1, &c).await?;
+    let _cn = barrier(&s, &mut ca, &n).await?;
+    let seen = seen_about(&mut ca, &c.user_id).await?;
+    assert!(seen.is_empty(), "alice no longer hears carol: {seen:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follows_end_when_a_member_is_removed() -> Result<()> {
+    follows_end_with_the_membership(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follows_end_when_a_member_leaves() -> Result<()> {
+    follows_end_with_the_membership(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_follow_allowed_by_friendship_ends_with_it() -> Result<()> {
+    let s = two_gateways().await?;
+    let (a, f, t) = (s.user("alice", "a").await?, s.user("fred", "f").await?, s.user("tom", "t").await?);
+    let n = s.user("nina", "n").await?;
+    befriend(&s, &a, &f).await?;
+    befriend(&s, &a, &n).await?;
+    s.create_group(&a, "g", &[&t.user_id]).await?;
+    let mut ca = s.connect(0, &a).await?;
+    assert_eq!(presence_of(&mut ca, &f.user_id).await?["status"], "offline", "a friend's state first");
+    // Fred is followed as a friend already, so only Tom's state comes back;
+    // it comes after Fred's follow is recorded.
+    ca.send_json(&json!({"type": "presence.subscribe", "users": [f.user_id, t.user_id]})).await?;
+    presence_of(&mut ca, &t.user_id).await?;
+    let cf = s.connect(1, &f).await?;
+    let on = ca.wait_for("fred online", |v| v["user"] == f.user_id.as_str() && v["status"] == "online").await?;
+    assert_eq!(on["type"], "presence");
+
+    let path = format!("/v1/friends/{}", f.user_id);
+    assert_eq!(s.http(0).request(Method::DELETE, &path, Some(&a.token), None).await?.0, 200);
+    let mut ct = s.connect(0, &t).await?;
+    ephemeral_barrier(&mut ct, &t.user_id, &mut ca, &a.user_id).await?;
+
+    // Fred goes offline and online again; then Nina comes online.
+    cf.close().await;
+    let _cf = s.connect(1, &f).await?;
+    let _cn = barrier(&s, &mut ca, &n).await?;
+    let seen = seen_about(&mut ca, &f.user_id).await?;
+    assert!(seen.is_empty(), "no longer friends, no longer followed: {seen:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_subscribe_refuses_a_stranger_every_time_without_counting_them() -> Result<()> {
+    let s = fast().env("CHAT_PRESENCE_SUBSCRIBE_MAX", "1").start().await?;
+    let (a, b, x) = (s.user("alice", "a").await?, s.user("bob", "b").await?, s.user("xavier", "x").await?);
+    s.create_group(&a, "g", &[&b.user_id]).await?;
+    let mut ca = s.connect(0, &a).await?;
+    for _ in 0..2 {
+        ca.send_json(&json!({"type": "presence.subscribe", "users": [x.user_id]})).await?;
+        let e = ca.wait_for("error", |v| v["type"] == "error").await?;
+        assert_eq!(e["code"], "forbidden", "{e}");
+    }
+    // Xavier takes no place: the one allowed follow is still free.
+    ca.send_json(&json!({"type": "presence.subscribe", "users": [b.user_id]})).await?;
+    let v = ca.wait_for("bob's state or an error", |v| v["type"] == "error" || v["user"] == b.user_id.as_str()).await?;
+    assert_eq!((v["type"].as_str(), v["status"].as_str()), (Some("presence"), Some("offline")), "{v}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_subscribe_and_unsubscribe_take_canonical_ids_only() -> Result<()> {
+    let s = fast().start().await?;
+    let (a, b) = (s.user("alice", "a").await?, s.user("bob", "b").await?);
+    s.create_group(&a, "g", &[&b.user_id]).await?;
+    let mut ca = s.connect(0, &a).await?;
+    for kind in ["presence.subscribe", "presence.unsubscribe"] {
+        for bad in [format!("0{}", b.user_id), format!("+{}", b.user_id), "bob".to_owned()] {
+            ca.send_json(&json!({"type": kind, "users": [bad]})).await?;
+            let e = ca.wait_for("error", |v| v["type"] == "error").await?;
+            assert_eq!(e["code"], "bad_frame", "{kind} {bad}: {e}");
+        }
+        // An empty list does nothing and gets no answer.
+        ca.send_json(&json!({"type": kind, "users": []})).await?;
+    }
+    let seen = seen_about(&mut ca, &b.user_id).await?;
+    assert!(seen.is_empty(), "nothing followed: {seen:?}");
+    ca.send_json(&json!({"type": "ping"})).await?;
+    let next = ca.wait_for("pong", |v| v["type"] == "pong" || v["type"] == "error").await?;
+    assert_eq!(next["type"], "pong", "no answer to the empty lists: {next}");
+    Ok(())
+}
+
+/// Waits until no session of `user` is open on any gateway: nobody
+/// subscribes to the user's ephemeral subject any more (a request there
+/// gets "no responders").
+async fn no_session_of(s: &Stack, user: &str) -> Result<()> {
+    let client = async_nats::connect(&s.nats.url).await?;
+    let subject = chat_nats::subjects::ephemeral(user.parse()?);
+    wait_for("the session's end", Duration::from_secs(10), || async {
+        let r = tokio::time::timeout(Duration::from_millis(200), client.request(subject.clone(), "".into())).await;
+        match r {
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Some(()),
+            _ => None,
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logout_after_a_dropped_connection_is_offline_at_once() -> Result<()> {
+    // A 600 s timeout, so only the logout can explain the offline event.
+    // The connection is on gateway 1, the logout answered by gateway 0.
+    let s = two_gateways().await?;
+    let (a, b) = (s.user("alice", "phone").await?, s.user("bob", "b").await?);
+    befriend(&s, &a, &b).await?;
+    let mut cb = s.connect(0, &b).await?;
+    presence_of(&mut cb, &a.user_id).await?;
+    let ca = s.connect(1, &a).await?;
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "online");
+    // TCP closed without a close frame: the key stays until it expires.
+    drop(ca);
+    no_session_of(&s, &a.user_id).await?;
+    let started = std::time::Instant::now();
+    let (st, _) = s.http(0).request(Method::POST, "/v1/logout", Some(&a.token), None).await?;
+    assert_eq!(st, 200);
+    assert_eq!(presence_of(&mut cb, &a.user_id).await?["status"], "offline");
+    assert!(started.elapsed() < Duration::from_secs(5), "offline after {:?}", started.elapsed());
+    assert_eq!(presence_keys(&s, &a.user_id).await?, 0);
+    Ok(())
+}
