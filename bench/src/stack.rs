@@ -87,7 +87,7 @@ impl OwnStack {
             // generated here first so the bench knows its fingerprint.
             if !cfg.env.iter().any(|(k, _)| k == "CHAT_DATA_DIR" || k == "CHAT_TLS_CERT") && quic != "off" {
                 let dir = s.pg.data_dir().parent().unwrap_or(s.pg.data_dir()).join(format!("bench-gw{i}"));
-                let (_, _, fingerprint) = chat_gateway::quic::load_or_generate(None, None, &dir)
+                let (_, _, fingerprint) = chat_gateway::conn::quic::load_or_generate(None, None, &dir)
                     .map_err(|e| anyhow::anyhow!("gateway {i} certificate: {e}"))?;
                 cmd.env("CHAT_DATA_DIR", &dir);
                 s.quic.push(crate::QuicTarget { addr: quic, fingerprint });

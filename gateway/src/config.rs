@@ -20,7 +20,7 @@ pub struct GatewayConfig {
     /// `CHAT_TOKEN_SECRET` or `CHAT_TOKEN_SECRET_FILE`, then
     /// `CHAT_TOKEN_SECRET_PREVIOUS`: HMAC keys for access tokens (every
     /// gateway of a deployment must share them). Tokens are issued with the
-    /// first and accepted with any (see [`crate::secret`]).
+    /// first and accepted with any (see [`crate::auth::secret`]).
     pub token_secrets: Vec<Vec<u8>>,
     /// `CHAT_TOKEN_TTL_SECS`: access token lifetime.
     pub token_ttl: Duration,
@@ -131,7 +131,7 @@ impl PushProviders {
 impl GatewayConfig {
     /// Reads and validates the configuration.
     pub fn from_source(src: &dyn Source) -> Result<GatewayConfig, ConfigError> {
-        let token_secrets = crate::secret::token_secrets(src)?;
+        let token_secrets = crate::auth::secret::token_secrets(src)?;
         let gateway_id = var(src, "CHAT_GATEWAY_ID", format!("gw{}", std::process::id()))?;
         if !chat_nats::subjects::is_token(&gateway_id) {
             return Err(ConfigError::Invalid {

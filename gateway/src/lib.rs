@@ -15,31 +15,12 @@
 //! shutdown future so tests run it in-process on port 0.
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod auth;
 pub mod config;
-pub mod conversations;
-pub mod db;
-pub mod delivery;
-pub mod friends;
-pub mod groups;
-pub mod groups_db;
-pub mod history;
+pub mod conn;
 pub mod http;
-pub mod hub;
-pub mod live;
-pub mod marks;
-pub mod outbound;
-pub mod presence;
-pub mod push;
-pub mod quic;
-pub mod revoked;
-pub mod secret;
-pub mod send;
-pub mod service;
-pub mod session;
-pub mod transport;
-pub mod ws;
+pub mod messaging;
+pub mod store;
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -56,10 +37,14 @@ use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
+use auth::revoked;
 pub use config::GatewayConfig;
-use db::Db;
+use conn::{quic, ws};
+use http::{accounts as api, conversations, friends, groups, push};
 use http::{ApiError, Resp};
-use send::{Refusal, Sender};
+use messaging::send::{Refusal, Sender};
+use messaging::{history, hub, live, marks, service};
+use store::{self as db, Db};
 
 /// Start-up failures.
 #[derive(Debug, Error)]

@@ -142,7 +142,7 @@ impl Stack {
         env.insert("CHAT_DATA_DIR".into(), data_dir.display().to_string());
         let cfg = GatewayConfig::from_source(&env)?;
         // Generates the development certificate the gateway will load.
-        let (_, _, fingerprint) = chat_gateway::quic::load_or_generate(None, None, &data_dir)?;
+        let (_, _, fingerprint) = chat_gateway::conn::quic::load_or_generate(None, None, &data_dir)?;
         let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
         let (addr, quic) = (http.local_addr()?.to_string(), udp.local_addr()?.to_string());

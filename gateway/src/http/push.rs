@@ -17,9 +17,9 @@ use hyper::{Request, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::api::{authenticate, participant};
-use crate::db::{Db, DbError};
+use crate::http::accounts::{authenticate, participant};
 use crate::http::{json, read_json, ApiError, Resp};
+use crate::store::{Db, DbError};
 use crate::AppState;
 
 /// Longest FCM or APNs token accepted.

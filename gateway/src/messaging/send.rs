@@ -224,7 +224,7 @@ pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: 
         Target::Group(g) => {
             let unknown = || Refusal::new(ErrorCode::UnknownGroup, format!("no group {g:?}"));
             let gid = subjects::parse_id(g).ok_or_else(|| bad_id("to.group"))?;
-            let db = |e: crate::db::DbError| Refusal::new(ErrorCode::Unavailable, e.to_string());
+            let db = |e: crate::store::DbError| Refusal::new(ErrorCode::Unavailable, e.to_string());
             if state.db.role(gid, from).await.map_err(db)?.is_some() {
                 Ok(ConvId::group(gid))
             } else if state.db.group_exists(gid).await.map_err(db)? {

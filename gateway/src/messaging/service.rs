@@ -11,8 +11,8 @@ use chat_nats::subjects;
 use chat_nats::wire::{ErrorCode, ServerFrame};
 use futures::StreamExt;
 
-use crate::delivery::frame;
-use crate::send::send_frame;
+use crate::messaging::delivery::frame;
+use crate::messaging::send::send_frame;
 use crate::AppState;
 
 /// Answers service sends until the subscription ends.

@@ -17,9 +17,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::auth::Claims;
+use crate::conn::outbound::{CLOSE_BAD_UTF8, CLOSE_PROTOCOL, CLOSE_TOO_BIG};
+use crate::conn::transport::{self, Inbound, Sink, Source};
 use crate::http::{ApiError, Resp};
-use crate::outbound::{CLOSE_BAD_UTF8, CLOSE_PROTOCOL, CLOSE_TOO_BIG};
-use crate::transport::{self, Inbound, Sink, Source};
 use crate::AppState;
 
 /// Answers the upgrade request and spawns the connection.

@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 
-use crate::api::authenticate;
+use crate::http::accounts::authenticate;
 use crate::http::{json, ApiError, Resp};
 use crate::AppState;
 

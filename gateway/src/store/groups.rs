@@ -4,7 +4,7 @@
 use chat_nats::envelope::GroupOp;
 use thiserror::Error;
 
-use crate::db::{Db, DbError};
+use crate::store::{Db, DbError};
 
 /// A member's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,10 +16,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::auth::Claims;
-use crate::delivery::{self, frame, Start};
-use crate::outbound::Outbound;
-use crate::presence;
-use crate::send::send_frame;
+use crate::conn::outbound::Outbound;
+use crate::conn::presence;
+use crate::messaging::delivery::{self, frame, Start};
+use crate::messaging::send::send_frame;
 use crate::AppState;
 
 /// Sends a session may have queued behind the one in progress.
@@ -193,15 +193,17 @@ impl Drop for Session {
 }
 
 /// Relays a typing event to the conversation's other participants.
-async fn relay_typing(state: &AppState, user: i64, conv: &str) -> Result<(), crate::send::Refusal> {
+async fn relay_typing(state: &AppState, user: i64, conv: &str) -> Result<(), crate::messaging::send::Refusal> {
     use chat_nats::subjects::{ConvId, ConvKind};
-    let forbidden = || crate::send::Refusal::new(ErrorCode::Forbidden, "not a participant of this conversation");
+    let forbidden =
+        || crate::messaging::send::Refusal::new(ErrorCode::Forbidden, "not a participant of this conversation");
     let c = ConvId::parse(conv).ok_or_else(forbidden)?;
     let others: Vec<i64> = match c.kind() {
         ConvKind::Direct(a, b) if a == user || b == user => vec![if a == user { b } else { a }],
         ConvKind::Direct(..) => return Err(forbidden()),
         ConvKind::Group(g) => {
-            let db = |e: crate::db::DbError| crate::send::Refusal::new(ErrorCode::Unavailable, e.to_string());
+            let db =
+                |e: crate::store::DbError| crate::messaging::send::Refusal::new(ErrorCode::Unavailable, e.to_string());
             let (_, members) = state.db.group(g).await.map_err(db)?.ok_or_else(forbidden)?;
             if !members.iter().any(|m| m.user_id == user) {
                 return Err(forbidden());

@@ -5,6 +5,9 @@
 //! base64url(mac)`; the generation is the device's at login, and a logout
 //! raises it (see `revoked`).
 
+pub mod revoked;
+pub mod secret;
+
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Claims;
-use crate::outbound::{self, CLOSE_GOING_AWAY, CLOSE_IDLE};
-use crate::session::Session;
+use crate::conn::outbound::{self, CLOSE_GOING_AWAY, CLOSE_IDLE};
+use crate::conn::session::Session;
 use crate::AppState;
 
 /// What a transport read.

@@ -18,9 +18,9 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::api::check_token;
-use crate::outbound::{CLOSE_BAD_UTF8, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED};
-use crate::transport::{self, Inbound, Sink, Source};
+use crate::conn::outbound::{CLOSE_BAD_UTF8, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED};
+use crate::conn::transport::{self, Inbound, Sink, Source};
+use crate::http::accounts::check_token;
 use crate::AppState;
 
 /// The ALPN protocol id.

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chat_nats::subjects;
 
-use crate::hub::{Hub, HubRx};
+use crate::messaging::hub::{Hub, HubRx};
 
 /// A device's wake-ups. Any number of notifications since the last wait
 /// counts as one: the reader catches up on all of them at once.

@@ -23,7 +23,7 @@ use chat_nats::subjects;
 use chat_nats::wire::{ErrorCode, MsgFrame, ServerFrame};
 use futures::StreamExt;
 
-use crate::outbound::{Outbound, CLOSE_INTERNAL};
+use crate::conn::outbound::{Outbound, CLOSE_INTERNAL};
 use crate::AppState;
 
 /// Where delivery starts.
@@ -68,7 +68,7 @@ async fn stream(
     // Wake-ups first: whatever is stored from now on is announced.
     // Every await but the wake-up wait is boxed: an idle delivery task then
     // keeps only its small waiting state resident (see docs/benchmarks.md).
-    let mut wakeups = Box::pin(crate::live::watch(&state.hub, user)).await?;
+    let mut wakeups = Box::pin(crate::messaging::live::watch(&state.hub, user)).await?;
     let Start::After(cursor) = start;
     let info = Box::pin(inbox.get_info()).await?.state;
     if cursor > info.last_sequence {

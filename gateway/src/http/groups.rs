@@ -14,9 +14,9 @@ use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::api::authenticate;
-use crate::groups_db::{Change, GroupError, Op, Role};
+use crate::http::accounts::authenticate;
 use crate::http::{json, read_json, ApiError, Resp};
+use crate::store::groups::{Change, GroupError, Op, Role};
 use crate::AppState;
 
 impl From<GroupError> for ApiError {
@@ -149,7 +149,7 @@ async fn change(st: &AppState, me: i64, gid: i64, user: i64, op: Op) -> Result<R
             if matches!(kind, GroupOp::Removed | GroupOp::Left) {
                 // Committed: follows the membership allowed end now, even if
                 // the announcement below fails.
-                crate::presence::relationship_ended(st, user, &change.members).await;
+                crate::conn::presence::relationship_ended(st, user, &change.members).await;
             }
             announce(st, me, gid, kind, Some(user), &change).await?;
             change.version

@@ -66,14 +66,14 @@ impl ApiError {
     }
 }
 
-impl From<crate::db::DbError> for ApiError {
-    fn from(e: crate::db::DbError) -> ApiError {
+impl From<crate::store::DbError> for ApiError {
+    fn from(e: crate::store::DbError) -> ApiError {
         ApiError::unavailable(e)
     }
 }
 
-impl From<crate::send::Refusal> for ApiError {
-    fn from(r: crate::send::Refusal) -> ApiError {
+impl From<crate::messaging::send::Refusal> for ApiError {
+    fn from(r: crate::messaging::send::Refusal) -> ApiError {
         let status = match r.code {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             // Not confirmed in time (e.g. a group change's announcement while

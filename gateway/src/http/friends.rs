@@ -7,9 +7,9 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 
-use crate::api::authenticate;
-use crate::db::{Db, DbError};
+use crate::http::accounts::authenticate;
 use crate::http::{json, ApiError, Resp};
+use crate::store::{Db, DbError};
 use crate::AppState;
 
 /// What a friend request did.
@@ -201,6 +201,6 @@ pub async fn logout(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
     st.db.delete_registration(claims.user, &claims.device).await?;
     // The open sessions delete their own keys as they close; this also ends
     // connections that dropped without a close and are not yet expired.
-    crate::presence::end_device(st, claims.user, &claims.device).await.map_err(ApiError::unavailable)?;
+    crate::conn::presence::end_device(st, claims.user, &claims.device).await.map_err(ApiError::unavailable)?;
     Ok(json(StatusCode::OK, &json!({"logged_out": claims.device})))
 }

@@ -1,16 +1,18 @@
 //! PostgreSQL: the connection pool, migrations and account queries.
 
+pub mod groups;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use thiserror::Error;
 use tokio_postgres::NoTls;
 
 /// Schema migrations, applied in order, each once.
 const MIGRATIONS: &[(i32, &str)] = &[
-    (1, include_str!("../migrations/001_users.sql")),
-    (2, include_str!("../migrations/002_groups.sql")),
-    (3, include_str!("../migrations/003_friends.sql")),
-    (4, include_str!("../migrations/004_push.sql")),
-    (5, include_str!("../migrations/005_token_gen.sql")),
+    (1, include_str!("../../migrations/001_users.sql")),
+    (2, include_str!("../../migrations/002_groups.sql")),
+    (3, include_str!("../../migrations/003_friends.sql")),
+    (4, include_str!("../../migrations/004_push.sql")),
+    (5, include_str!("../../migrations/005_token_gen.sql")),
 ];
 
 /// Database failures.

@@ -26,10 +26,10 @@ use chat_nats::wire::{ErrorCode, ServerFrame, Status};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::delivery::frame;
-use crate::friends::status_of;
-use crate::hub::HubRx;
-use crate::outbound::{Outbound, CLOSE_LOGGED_OUT};
+use crate::conn::outbound::{Outbound, CLOSE_LOGGED_OUT};
+use crate::http::friends::status_of;
+use crate::messaging::delivery::frame;
+use crate::messaging::hub::HubRx;
 use crate::AppState;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
@@ -66,7 +66,7 @@ pub enum Cmd {
 /// after the session answers its first frame are not missed.
 pub async fn start(state: Arc<AppState>, user: i64, device: String, out: Outbound) -> mpsc::UnboundedSender<Cmd> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let eph = match state.hub.subscribe(subjects::ephemeral(user), crate::hub::BUFFER).await {
+    let eph = match state.hub.subscribe(subjects::ephemeral(user), crate::messaging::hub::BUFFER).await {
         Ok(sub) => Some(sub),
         Err(e) => {
             tracing::warn!(user_id = user, error = %e, "cannot subscribe to ephemeral events");
@@ -276,7 +276,7 @@ async fn follow(st: &AppState, f: &mut Follows, u: i64, out: &Outbound) {
     if f.tasks.contains_key(&u) {
         return;
     }
-    let Ok(mut sub) = st.hub.subscribe(subjects::presence(u), crate::hub::BUFFER).await else { return };
+    let Ok(mut sub) = st.hub.subscribe(subjects::presence(u), crate::messaging::hub::BUFFER).await else { return };
     let current = status_of(st, u).await;
     out.push(frame(&presence_frame(u, current.as_ref())));
     let out = out.clone();

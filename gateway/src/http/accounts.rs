@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{self, Claims};
-use crate::history::{self, Page};
 use crate::http::{json, query, read_json, token, ApiError, Resp};
+use crate::messaging::history::{self, Page};
 use crate::AppState;
 
 #[derive(Deserialize)]

@@ -1,0 +1,11 @@
+//! Messages: the [`send`] path, [`delivery`] (catch-up and live) with its
+//! wake-ups ([`live`], [`hub`]), [`history`] pages, delivered [`marks`] and
+//! the internal-service subject ([`service`]).
+
+pub mod delivery;
+pub mod history;
+pub mod hub;
+pub mod live;
+pub mod marks;
+pub mod send;
+pub mod service;
