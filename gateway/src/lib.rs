@@ -30,8 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chat_nats::provision::{self, Storage};
-use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -39,9 +37,7 @@ use tokio::sync::broadcast;
 
 use auth::revoked;
 pub use config::GatewayConfig;
-use conn::{quic, ws};
-use http::{accounts as api, conversations, friends, groups, push};
-use http::{ApiError, Resp};
+use conn::quic;
 use messaging::send::{Refusal, Sender};
 use messaging::{history, hub, live, marks, service};
 use store::{self as db, Db};
@@ -261,7 +257,7 @@ pub async fn run(
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let state = state.clone();
-                        async move { Ok::<_, Infallible>(route(state, req).await) }
+                        async move { Ok::<_, Infallible>(http::route(state, req).await) }
                     });
                     let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
                     if let Err(e) = conn.await {
@@ -284,58 +280,6 @@ pub async fn run(
     let _ = state.client.flush().await;
     tracing::info!("gateway stopped");
     Ok(())
-}
-
-async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
-    let path = req.uri().path().to_owned();
-    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let method = req.method().clone();
-    let st = &state;
-    let result: Result<Resp, ApiError> = match (&method, segs.as_slice()) {
-        (&Method::GET, ["healthz"]) => Ok(http::json(StatusCode::OK, &serde_json::json!({"ok": true}))),
-        (&Method::GET, ["readyz"]) => Ok(api::readyz(st).await),
-        (&Method::POST, ["v1", "signup"]) => api::signup(st, req).await,
-        (&Method::POST, ["v1", "login"]) => api::login(st, req).await,
-        (&Method::GET, ["v1", "users", id]) => api::user(st, req, id).await,
-        (&Method::GET, ["v1", "conversations", conv, "messages"]) => api::messages(st, req, conv).await,
-        (&Method::POST, ["v1", "groups"]) => groups::create(st, req).await,
-        (&Method::GET, ["v1", "groups"]) => groups::list(st, req).await,
-        (&Method::GET, ["v1", "groups", id]) => groups::show(st, req, id).await,
-        (&Method::POST, ["v1", "groups", id, "members"]) => groups::add(st, req, id).await,
-        (&Method::DELETE, ["v1", "groups", id, "members", user]) => groups::remove(st, req, id, user).await,
-        (&Method::PUT, ["v1", "groups", id, "members", user, "role"]) => groups::set_role(st, req, id, user).await,
-        (&Method::GET, ["v1", "conversations"]) => conversations::list(st, req).await,
-        (&Method::GET, ["v1", "friends"]) => friends::list(st, req).await,
-        (&Method::PUT, ["v1", "friends", user]) => friends::put(st, req, user).await,
-        (&Method::DELETE, ["v1", "friends", user]) => friends::delete(st, req, user).await,
-        (&Method::POST, ["v1", "logout"]) => friends::logout(st, req).await,
-        (&Method::PUT, ["v1", "devices", device, "push"]) => push::put_device(st, req, device).await,
-        (&Method::GET, ["v1", "devices", device, "push"]) => push::get_device(st, req, device).await,
-        (&Method::DELETE, ["v1", "devices", device, "push"]) => push::delete_device(st, req, device).await,
-        (&Method::PUT, ["v1", "conversations", conv, "mute"]) => push::mute(st, req, conv, true).await,
-        (&Method::DELETE, ["v1", "conversations", conv, "mute"]) => push::mute(st, req, conv, false).await,
-        (&Method::GET, ["v1", "ws"]) => match api::authenticate(st, &req).await {
-            Ok(claims) => Ok(ws::upgrade(state.clone(), claims, req)),
-            Err(e) => Err(e),
-        },
-        (_, ["healthz" | "readyz"])
-        | (_, ["v1", "signup" | "login" | "ws"])
-        | (_, ["v1", "users", _])
-        | (_, ["v1", "conversations", _, "messages" | "mute"])
-        | (_, ["v1", "devices", _, "push"])
-        | (_, ["v1", "groups" | "conversations" | "friends" | "logout"])
-        | (_, ["v1", "friends", _])
-        | (_, ["v1", "groups", _])
-        | (_, ["v1", "groups", _, "members"])
-        | (_, ["v1", "groups", _, "members", _])
-        | (_, ["v1", "groups", _, "members", _, "role"]) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            chat_nats::wire::ErrorCode::MethodNotAllowed,
-            format!("{method} is not allowed on {path}"),
-        )),
-        _ => Err(ApiError::not_found(format!("no route for {path}"))),
-    };
-    result.unwrap_or_else(ApiError::into_response)
 }
 
 /// Waits for Ctrl-C or SIGTERM.

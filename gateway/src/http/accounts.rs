@@ -1,16 +1,16 @@
-//! HTTP API handlers: accounts, profiles, history, health.
+//! Accounts: signup, login, logout, profiles, token checks and health.
 
 use std::sync::OnceLock;
 
-use chat_nats::subjects::{self, ConvId, ConvKind};
+use chat_nats::envelope::Ephemeral;
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{self, Claims};
-use crate::http::{json, query, read_json, token, ApiError, Resp};
-use crate::messaging::history::{self, Page};
+use crate::http::friends::notify;
+use crate::http::{json, read_json, token, ApiError, Resp};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -124,55 +124,6 @@ pub async fn user(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Res
     Ok(json(StatusCode::OK, &json!({"user_id": u.id.to_string(), "username": u.username, "created_at": u.created_ms})))
 }
 
-/// True when `user` takes part in `conv` (for groups: is a member now).
-pub async fn participant(st: &AppState, conv: &ConvId, user: i64) -> Result<bool, ApiError> {
-    match conv.kind() {
-        ConvKind::Direct(a, b) => Ok(user == a || user == b),
-        ConvKind::Group(g) => Ok(st.db.role(g, user).await?.is_some()),
-    }
-}
-
-/// `GET /v1/conversations/{conv}/messages?before=&after=&limit=`.
-pub async fn messages(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<Resp, ApiError> {
-    let claims = authenticate(st, &req).await?;
-    let conv = crate::http::conv(conv)?;
-    if !participant(st, &conv, claims.user).await? {
-        return Err(ApiError::forbidden("not a participant of this conversation"));
-    }
-    let id_param = |name: &str| -> Result<Option<u64>, ApiError> {
-        query(&req, name)
-            .map(|v| {
-                subjects::parse_seq(&v).ok_or_else(|| ApiError::bad_request(format!("{name} must be a message id")))
-            })
-            .transpose()
-    };
-    let page = match (id_param("before")?, id_param("after")?) {
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give before or after, not both")),
-        (Some(b), None) => Page::Before(b),
-        (None, Some(a)) => Page::After(a),
-        (None, None) => Page::Latest,
-    };
-    let limit = match query(&req, "limit") {
-        None => 50,
-        Some(l) => subjects::parse_seq(&l)
-            .filter(|l| (1..=100).contains(l))
-            .map(|l| l as usize)
-            .ok_or_else(|| ApiError::bad_request("limit must be 1-100"))?,
-    };
-    let out = history::page(history::Reader { storage: &st.storage, cache: &st.history_index }, &conv, page, limit)
-        .await
-        .map_err(ApiError::unavailable)?;
-    let messages: Vec<_> = out
-        .messages
-        .into_iter()
-        .map(|(_, m)| {
-            json!({"id": m.id.to_string(), "conv": m.conv, "from": m.from.to_string(), "kind": m.kind, "body": m.body,
-                   "ts": m.ts, "event": m.event})
-        })
-        .collect();
-    Ok(json(StatusCode::OK, &json!({"messages": messages, "has_more": out.has_more})))
-}
-
 /// `GET /readyz`: NATS, JetStream, KV and PostgreSQL reachable.
 pub async fn readyz(st: &AppState) -> Resp {
     let nats = st.client.connection_state() == async_nats::connection::State::Connected;
@@ -182,4 +133,27 @@ pub async fn readyz(st: &AppState) -> Resp {
     let ready = nats && jetstream && kv && postgres;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json(status, &json!({"ready": ready, "nats": nats, "jetstream": jetstream, "kv": kv, "postgres": postgres}))
+}
+
+/// `POST /v1/logout`: the device's sessions close and its presence ends
+/// at once.
+pub async fn logout(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+    let claims = authenticate(st, &req).await?;
+    // Every token of this device issued so far stops working, on every
+    // gateway (see `revoked`); a new login gets the new generation.
+    if let Some(gen) = st.db.bump_token_gen(claims.user, &claims.device).await? {
+        let key = format!("{}.{}", claims.user, claims.device);
+        st.revoked_kv.put(&key, gen.to_string().into()).await.map_err(ApiError::unavailable)?;
+        // This gateway refuses them at once; the others as their watch
+        // delivers the entry (milliseconds).
+        st.revoked.apply(&key, Some(gen.to_string().as_bytes()));
+    }
+    notify(st, claims.user, &Ephemeral::Logout { device: claims.device.clone() }).await;
+    let _ = st.client.flush().await;
+    // A logged-out phone must stop showing message previews.
+    st.db.delete_registration(claims.user, &claims.device).await?;
+    // The open sessions delete their own keys as they close; this also ends
+    // connections that dropped without a close and are not yet expired.
+    crate::conn::presence::end_device(st, claims.user, &claims.device).await.map_err(ApiError::unavailable)?;
+    Ok(json(StatusCode::OK, &json!({"logged_out": claims.device})))
 }

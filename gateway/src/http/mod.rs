@@ -1,10 +1,88 @@
-//! The HTTP API: one file per resource, plus the JSON plumbing in [`body`].
+//! The HTTP API: [`route`] is the one table of paths and methods; one file
+//! per resource holds its handlers, and [`body`] the JSON plumbing.
+//!
+//! A new route is one line in [`route`]: its path pattern, then each method
+//! with its handler. A known path with another method is 405 (with the
+//! allowed methods named), an unknown path 404, both before the token is
+//! looked at.
 
 pub mod accounts;
 pub mod body;
 pub mod conversations;
 pub mod friends;
 pub mod groups;
+pub mod messages;
 pub mod push;
 
 pub use body::*;
+
+use std::sync::Arc;
+
+use chat_nats::wire::ErrorCode;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+
+use crate::AppState;
+
+/// Answers `method` from the handlers listed for one path, or 405 naming
+/// the methods the path allows.
+macro_rules! methods {
+    ($method:expr, $path:expr; $($m:ident => $handler:expr),+ $(,)?) => {
+        match $method {
+            $(Method::$m => $handler,)+
+            other => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::MethodNotAllowed,
+                format!("{other} is not allowed on {} (allowed: {})", $path, [$(stringify!($m)),+].join(", ")),
+            )),
+        }
+    };
+}
+
+/// Routes one request.
+pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let st = &state;
+    let result: Result<Resp, ApiError> = match segs.as_slice() {
+        ["healthz"] => methods!(method, path; GET => Ok(json(StatusCode::OK, &serde_json::json!({"ok": true})))),
+        ["readyz"] => methods!(method, path; GET => Ok(accounts::readyz(st).await)),
+        ["v1", "signup"] => methods!(method, path; POST => accounts::signup(st, req).await),
+        ["v1", "login"] => methods!(method, path; POST => accounts::login(st, req).await),
+        ["v1", "logout"] => methods!(method, path; POST => accounts::logout(st, req).await),
+        ["v1", "users", id] => methods!(method, path; GET => accounts::user(st, req, id).await),
+        ["v1", "ws"] => methods!(method, path; GET => match accounts::authenticate(st, &req).await {
+            Ok(claims) => Ok(crate::conn::ws::upgrade(state.clone(), claims, req)),
+            Err(e) => Err(e),
+        }),
+        ["v1", "conversations"] => methods!(method, path; GET => conversations::list(st, req).await),
+        ["v1", "conversations", conv, "messages"] => {
+            methods!(method, path; GET => messages::page(st, req, conv).await)
+        }
+        ["v1", "conversations", conv, "mute"] => methods!(method, path;
+            PUT => push::mute(st, req, conv, true).await,
+            DELETE => push::mute(st, req, conv, false).await),
+        ["v1", "groups"] => methods!(method, path;
+            GET => groups::list(st, req).await,
+            POST => groups::create(st, req).await),
+        ["v1", "groups", id] => methods!(method, path; GET => groups::show(st, req, id).await),
+        ["v1", "groups", id, "members"] => methods!(method, path; POST => groups::add(st, req, id).await),
+        ["v1", "groups", id, "members", user] => {
+            methods!(method, path; DELETE => groups::remove(st, req, id, user).await)
+        }
+        ["v1", "groups", id, "members", user, "role"] => {
+            methods!(method, path; PUT => groups::set_role(st, req, id, user).await)
+        }
+        ["v1", "friends"] => methods!(method, path; GET => friends::list(st, req).await),
+        ["v1", "friends", user] => methods!(method, path;
+            PUT => friends::put(st, req, user).await,
+            DELETE => friends::delete(st, req, user).await),
+        ["v1", "devices", device, "push"] => methods!(method, path;
+            PUT => push::put_device(st, req, device).await,
+            GET => push::get_device(st, req, device).await,
+            DELETE => push::delete_device(st, req, device).await),
+        _ => Err(ApiError::not_found(format!("no route for {path}"))),
+    };
+    result.unwrap_or_else(ApiError::into_response)
+}

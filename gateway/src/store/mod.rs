@@ -1,6 +1,11 @@
-//! PostgreSQL: the connection pool, migrations and account queries.
+//! PostgreSQL: the connection pool, migrations and account queries. All SQL
+//! of the gateway lives in this module: [`groups`], [`friends`], [`push`]
+//! and [`conversations`] (1:1) beside the accounts here.
 
+pub mod conversations;
+pub mod friends;
 pub mod groups;
+pub mod push;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use thiserror::Error;
