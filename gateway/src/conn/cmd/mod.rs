@@ -1,0 +1,24 @@
+//! One handler file per client frame type, and the one dispatch table.
+//! A new frame type: a variant in `chat_nats::wire::ClientFrame`, a file
+//! here, and one arm in [`dispatch`].
+
+pub mod presence;
+pub mod send;
+pub mod sync;
+pub mod typing;
+
+use chat_nats::wire::ClientFrame;
+
+use crate::conn::session::Session;
+
+/// Runs the handler of a parsed frame.
+pub(crate) fn dispatch(s: &mut Session, frame: ClientFrame) {
+    match frame {
+        ClientFrame::Ping => presence::ping(s),
+        ClientFrame::PresenceSubscribe { users } => presence::follow(s, &users, true),
+        ClientFrame::PresenceUnsubscribe { users } => presence::follow(s, &users, false),
+        ClientFrame::Typing { conv } => typing::typing(s, conv),
+        ClientFrame::Sync { cursor } => sync::sync(s, cursor),
+        ClientFrame::Send { cid, to, body } => send::send(s, cid, to, body),
+    }
+}

@@ -1,0 +1,32 @@
+//! Per-connection rate limiting: a token bucket over every client frame.
+
+use std::time::Instant;
+
+/// A token bucket: `rate` tokens per second, up to `burst`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: u32, burst: u32) -> TokenBucket {
+        TokenBucket { rate: rate.into(), burst: burst.into(), tokens: burst.into(), at: Instant::now() }
+    }
+
+    /// Takes a token if one is there.
+    pub fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
