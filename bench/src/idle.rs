@@ -1,7 +1,9 @@
 //! `idle`: N authenticated, synced, idle WebSocket or QUIC connections.
 //! Reports each gateway's RSS per connection and CPU while idle, the
-//! kernel's TCP (WebSocket) or UDP (QUIC) socket memory separately, and,
-//! as the baseline, nats-server's RSS per idle core NATS client connection.
+//! kernel's TCP (WebSocket) or UDP (QUIC) socket memory separately, how
+//! long each connection took to open during the ramp (TCP + WebSocket
+//! upgrade, or the QUIC handshake and auth, retries included), and, as the
+//! baseline, nats-server's RSS per idle core NATS client connection.
 //! QUIC clients share a few client endpoints (UDP sockets) per process.
 //!
 //! A process may hold at most 20,000 open files here, so the clients run
@@ -21,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::client::{run_prefix, signup_users, token, Dialer, Transport};
 use crate::procfs::{self, PAGE_BYTES};
-use crate::report::Report;
+use crate::report::{Lat, Report};
 use crate::{QuicTarget, Target};
 
 /// Parameters.
@@ -40,7 +42,9 @@ pub struct Cfg {
     pub settle: Duration,
     /// Window over which idle CPU is measured.
     pub cpu_window: Duration,
-    /// Connections being set up at once, per process.
+    /// Connections being set up at once, per process (`--concurrency`; as
+    /// many as the connections opens the whole ramp at once, which is what
+    /// overflows a short listen backlog).
     pub concurrency: usize,
     /// Also measure nats-server with as many raw NATS connections.
     pub baselines: bool,
@@ -77,6 +81,11 @@ pub struct Held {
     pub failed: usize,
     /// The first failure.
     pub first_error: Option<String>,
+    /// How long each successful connection took to open, in µs, from the
+    /// first attempt to the handshake's end (retries included).
+    pub connect_us: Vec<u64>,
+    /// Attempts beyond the first, summed over the connections.
+    pub retries: u64,
 }
 
 impl Drop for Held {
@@ -98,7 +107,7 @@ pub async fn hold(dialer: &Dialer, gw: usize, tokens: Vec<String>, ping: Duratio
     let mut tasks = Vec::with_capacity(tokens.len());
     let mut ready = Vec::with_capacity(tokens.len());
     for (i, tok) in tokens.into_iter().enumerate() {
-        let (done, rx) = oneshot::channel::<Result<(), String>>();
+        let (done, rx) = oneshot::channel::<Result<(u64, u32), String>>();
         ready.push(rx);
         let (dialer, sem) = (dialer.clone(), sem.clone());
         // Spread the pings over the interval.
@@ -106,17 +115,19 @@ pub async fn hold(dialer: &Dialer, gw: usize, tokens: Vec<String>, ping: Duratio
         tasks.push(tokio::spawn(async move {
             let permit = sem.acquire_owned().await;
             let up = async {
-                let (mut tx, mut rx, _) = dialer.connect_retry(gw, &tok, 8).await?;
+                let start = std::time::Instant::now();
+                let (mut tx, mut rx, retries) = dialer.connect_retry(gw, &tok, 8).await?;
+                let connect_us = start.elapsed().as_micros() as u64;
                 tx.sync(None).await?;
                 rx.until_synced(Duration::from_secs(120)).await?;
-                Ok::<_, anyhow::Error>((tx, rx))
+                Ok::<_, anyhow::Error>((tx, rx, connect_us, retries))
             }
             .await;
             drop(permit);
             let (mut tx, mut rx) = match up {
-                Ok(c) => {
-                    let _ = done.send(Ok(()));
-                    c
+                Ok((tx, rx, us, retries)) => {
+                    let _ = done.send(Ok((us, retries)));
+                    (tx, rx)
                 }
                 Err(e) => {
                     let _ = done.send(Err(format!("{e:#}")));
@@ -132,10 +143,14 @@ pub async fn hold(dialer: &Dialer, gw: usize, tokens: Vec<String>, ping: Duratio
             }
         }));
     }
-    let mut held = Held { tasks, ok: 0, failed: 0, first_error: None };
+    let mut held = Held { tasks, ok: 0, failed: 0, first_error: None, connect_us: vec![], retries: 0 };
     for r in ready {
         match r.await {
-            Ok(Ok(())) => held.ok += 1,
+            Ok(Ok((us, retries))) => {
+                held.ok += 1;
+                held.connect_us.push(us);
+                held.retries += u64::from(retries);
+            }
             Ok(Err(e)) => {
                 held.failed += 1;
                 held.first_error.get_or_insert(e);
@@ -176,14 +191,17 @@ pub struct ChildArgs<'a> {
     pub count: usize,
     /// Application ping interval (`--ping-secs`).
     pub ping: Duration,
+    /// Connections set up at once (`--concurrency`).
+    pub concurrency: usize,
 }
 
 /// Entry of `chat-bench idle-client`: holds connections, prints
-/// `ready <ok> <failed>` on stdout, and exits when stdin closes.
+/// `ready <ok> <failed> <retries> <connect µs,...>` on stdout, and exits
+/// when stdin closes.
 /// `addr` (and `quic` + `fingerprint` for QUIC) + `tokens_file` hold
 /// session connections; `nats` + `count` hold raw NATS connections instead.
 pub async fn child_main(a: ChildArgs<'_>) -> Result<()> {
-    let (_held, _clients, ok, failed) = match (a.addr, a.tokens_file, a.nats) {
+    let (_held, _clients, ok, failed, timing) = match (a.addr, a.tokens_file, a.nats) {
         (Some(addr), Some(file), _) => {
             let tokens: Vec<String> = std::fs::read_to_string(file)?.lines().map(str::to_owned).collect();
             let (transport, quic) = match (a.quic, a.fingerprint) {
@@ -201,21 +219,23 @@ pub async fn child_main(a: ChildArgs<'_>) -> Result<()> {
                 token_secret: None,
             };
             let dialer = Dialer::new(&t, transport, tokens.len().div_ceil(CONNS_PER_ENDPOINT))?;
-            let held = hold(&dialer, 0, tokens, a.ping, 64).await;
+            let held = hold(&dialer, 0, tokens, a.ping, a.concurrency).await;
             if let Some(e) = &held.first_error {
                 eprintln!("idle-client: {} connections failed; first: {e}", held.failed);
             }
+            let us: Vec<String> = held.connect_us.iter().map(u64::to_string).collect();
+            let timing = format!(" {} {}", held.retries, us.join(","));
             let (ok, failed) = (held.ok, held.failed);
-            (Some(held), vec![], ok, failed)
+            (Some(held), vec![], ok, failed, timing)
         }
         (_, _, Some(url)) => {
             let (clients, failed) = hold_nats(url, a.count).await;
             let ok = clients.len();
-            (None, clients, ok, failed)
+            (None, clients, ok, failed, String::new())
         }
         _ => bail!("idle-client needs --addr and --tokens (and --quic, --fingerprint), or --nats and --count"),
     };
-    println!("ready {ok} {failed}");
+    println!("ready {ok} {failed}{timing}");
     // Hold until the parent closes our stdin (or dies).
     tokio::task::spawn_blocking(|| {
         let mut line = String::new();
@@ -228,8 +248,17 @@ pub async fn child_main(a: ChildArgs<'_>) -> Result<()> {
 /// Client processes started by [`spawn_clients`]; killed on drop.
 struct Children(Vec<Child>);
 
+/// What the client processes reported once ready.
+#[derive(Default)]
+struct Ready {
+    ok: usize,
+    failed: usize,
+    retries: u64,
+    connect: Lat,
+}
+
 /// Starts a child per chunk and waits until each reports `ready`.
-async fn spawn_clients(exe: &Path, jobs: Vec<Vec<String>>) -> Result<(Children, usize, usize)> {
+async fn spawn_clients(exe: &Path, jobs: Vec<Vec<String>>) -> Result<(Children, Ready)> {
     let mut kids = Children(vec![]);
     let mut lines = vec![];
     for args in jobs {
@@ -245,17 +274,22 @@ async fn spawn_clients(exe: &Path, jobs: Vec<Vec<String>>) -> Result<(Children, 
         lines.push(BufReader::new(out).lines());
         kids.0.push(child);
     }
-    let (mut ok, mut failed) = (0, 0);
+    let mut ready = Ready::default();
     for mut l in lines {
         let line = tokio::time::timeout(Duration::from_secs(900), l.next_line())
             .await
             .map_err(|_| anyhow!("an idle client did not get ready within 15 min"))??
             .ok_or_else(|| anyhow!("an idle client exited before it was ready"))?;
-        let mut w = line.split_whitespace().skip(1).map(|v| v.parse::<usize>().unwrap_or(0));
-        ok += w.next().unwrap_or(0);
-        failed += w.next().unwrap_or(0);
+        let mut w = line.split_whitespace().skip(1);
+        let mut num = || w.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ready.ok += num() as usize;
+        ready.failed += num() as usize;
+        ready.retries += num();
+        for us in line.split_whitespace().nth(4).unwrap_or("").split(',').filter_map(|v| v.parse().ok()) {
+            ready.connect.record_us(us);
+        }
     }
-    Ok((kids, ok, failed))
+    Ok((kids, ready))
 }
 
 /// Runs the scenario.
@@ -284,12 +318,16 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     let t0 = std::time::Instant::now();
     let mut _held = vec![];
     let mut _kids = None;
+    let mut connect = Lat::default();
+    let mut retries = 0;
     let (ok, failed) = match &cfg.exe {
         None => {
             let (mut ok, mut failed) = (0, 0);
             for (gw, toks) in tokens.into_iter().enumerate() {
                 let h = hold(&dialer, gw, toks, cfg.ping, cfg.concurrency).await;
                 (ok, failed) = (ok + h.ok, failed + h.failed);
+                h.connect_us.iter().for_each(|us| connect.record_us(*us));
+                retries += h.retries;
                 if let Some(e) = &h.first_error {
                     r.note(format!("first connection failure: {e}"));
                 }
@@ -311,6 +349,8 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
                         file.display().to_string(),
                         "--ping-secs".into(),
                         cfg.ping.as_secs_f64().to_string(),
+                        "--concurrency".into(),
+                        cfg.concurrency.to_string(),
                     ];
                     if quic {
                         let q = &t.quic[gw % t.quic.len()];
@@ -324,12 +364,17 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
             for f in files {
                 let _ = std::fs::remove_file(f);
             }
-            let (kids, ok, failed) = spawned?;
+            let (kids, ready) = spawned?;
             _kids = Some(kids);
-            (ok, failed)
+            connect = ready.connect;
+            retries += ready.retries;
+            (ready.ok, ready.failed)
         }
     };
     r.metric("connect_s", t0.elapsed().as_secs_f64());
+    r.metric("connect_retries", retries as f64);
+    let what = if quic { "QUIC handshake + auth" } else { "TCP + WebSocket upgrade" };
+    r.latencies.push(connect.row(&format!("connect ({what}, retries included)"), None));
     r.metric("connected", ok as f64);
     r.metric("failed", failed as f64);
     if let Some(h) = crate::client::consumer_limit_hint(failed, ok + failed) {
@@ -398,8 +443,8 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
                 left -= n;
                 jobs.push(vec!["--nats".into(), t.nats_url.clone(), "--count".into(), n.to_string()]);
             }
-            let (kids, nok, _) = match spawn_clients(exe, jobs).await {
-                Ok(k) => k,
+            let (kids, nok) = match spawn_clients(exe, jobs).await {
+                Ok((kids, ready)) => (kids, ready.ok),
                 Err(e) => {
                     r.note(format!("baseline failed: {e:#}"));
                     return Ok(r);

@@ -38,7 +38,7 @@ scenario options (with `all`, prefix one with the scenario, e.g. --history-messa
   catchup  --messages 10000 --senders 8 --repeats 3
   history  --messages 1000000 --queries 500 --limit 50
   idle     --conns 15000 --users 100 --per-process 5000 --ping 30 --cpu-window 10 --in-process
-           --transport ws|quic
+           --concurrency 64 (connections opened at once per client process) --transport ws|quic
   storm    --clients 1000 --devices-per-user 10 --missed 2
   fanout   --groups 2 --members 100 --devices 1 --senders 4 --rate 100 --duration 10
   heartbeat --conns 5000 --users 100 --interval 1 (per connection) or --rates 5000,10000,20000
@@ -151,7 +151,7 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
                 ping: o.secs("ping", d.ping)?,
                 settle: d.settle,
                 cpu_window: o.secs("cpu-window", d.cpu_window)?,
-                concurrency: d.concurrency,
+                concurrency: o.num("concurrency", d.concurrency)?,
                 baselines: base,
                 exe: if o.flag("in-process") { None } else { d.exe },
                 transport: o.transport()?,
@@ -298,6 +298,7 @@ async fn main() -> Result<()> {
             nats: o.raw("nats"),
             count: o.num("count", 0)?,
             ping: o.secs("ping-secs", Duration::from_secs(30))?,
+            concurrency: o.num("concurrency", 64)?,
         };
         return idle::child_main(args).await;
     }

@@ -11,6 +11,9 @@ use chat_nats::provision::StorageSettings;
 pub struct GatewayConfig {
     /// `CHAT_HTTP_ADDR`: HTTP and WebSocket listen address.
     pub http_addr: SocketAddr,
+    /// `CHAT_LISTEN_BACKLOG`: the HTTP listener's accept queue (the kernel
+    /// caps it at `net.core.somaxconn`).
+    pub listen_backlog: u32,
     /// `CHAT_NATS_URL`.
     pub nats_url: String,
     /// `CHAT_DATABASE_URL`: PostgreSQL connection string.
@@ -128,6 +131,12 @@ impl PushProviders {
     }
 }
 
+/// Default `CHAT_LISTEN_BACKLOG`: connections the kernel completes and
+/// queues before the gateway accepts them. tokio's `TcpListener::bind`
+/// asks for 128, which a ramp of thousands of clients overflows (the
+/// kernel then drops SYNs and each client waits ~1 s to retransmit).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 impl GatewayConfig {
     /// Reads and validates the configuration.
     pub fn from_source(src: &dyn Source) -> Result<GatewayConfig, ConfigError> {
@@ -142,6 +151,7 @@ impl GatewayConfig {
         }
         Ok(GatewayConfig {
             http_addr: var(src, "CHAT_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            listen_backlog: bounded(src, "CHAT_LISTEN_BACKLOG", LISTEN_BACKLOG.into(), 1, 65_535)? as u32,
             nats_url: var(src, "CHAT_NATS_URL", "nats://127.0.0.1:4222".to_string())?,
             database_url: var(src, "CHAT_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat".to_string())?,
             db_pool_size: bounded(src, "CHAT_DB_POOL_SIZE", 16, 1, 1000)? as usize,
@@ -197,3 +207,29 @@ impl GatewayConfig {
 
 /// Re-exported so `main` reads the process environment.
 pub use config::Env;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A source with a token secret (at least 32 characters) and `vars`.
+    fn source(vars: &[(&str, &str)]) -> HashMap<String, String> {
+        let mut src: HashMap<String, String> =
+            [("CHAT_TOKEN_SECRET".into(), "a-test-secret-of-at-least-32-characters".into())].into();
+        src.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        src
+    }
+
+    #[test]
+    fn listen_backlog_defaults_to_production_size_and_is_bounded() {
+        let backlog = |v: &str| GatewayConfig::from_source(&source(&[("CHAT_LISTEN_BACKLOG", v)]));
+        assert_eq!(GatewayConfig::from_source(&source(&[])).unwrap().listen_backlog, LISTEN_BACKLOG);
+        assert_eq!(backlog("128").unwrap().listen_backlog, 128);
+        assert_eq!(backlog("65535").unwrap().listen_backlog, 65_535);
+        for bad in ["0", "65536", "-1", "many"] {
+            let e = backlog(bad).unwrap_err().to_string();
+            assert!(e.contains("CHAT_LISTEN_BACKLOG") && e.contains(bad), "{bad}: {e}");
+        }
+    }
+}

@@ -181,9 +181,15 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the addresses of `cfg`.
+    /// Binds the addresses of `cfg`; the HTTP listener with an accept
+    /// queue of `CHAT_LISTEN_BACKLOG` (tokio's `bind` would ask for 128).
     pub async fn bind(cfg: &GatewayConfig) -> std::io::Result<Listeners> {
-        let http = TcpListener::bind(cfg.http_addr).await?;
+        let socket = socket2::Socket::new(socket2::Domain::for_address(cfg.http_addr), socket2::Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&cfg.http_addr.into())?;
+        socket.listen(cfg.listen_backlog as i32)?;
+        let http = TcpListener::from_std(socket.into())?;
         let quic = match cfg.quic_addr {
             Some(a) => Some(std::net::UdpSocket::bind(a)?),
             None => None,

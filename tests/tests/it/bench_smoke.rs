@@ -127,6 +127,8 @@ async fn idle_over(transport: Transport) -> Result<()> {
     assert!(r.get("gw0_rss_after_kib") > 0.0, "{}", r.table());
     assert!(r.get("gw0_cpu_idle_pct") >= 0.0, "{}", r.table());
     assert!(r.get("kernel_tcp_mem_per_conn_bytes").is_finite(), "{}", r.table());
+    let handshake = if transport == Transport::Quic { "QUIC handshake + auth" } else { "TCP + WebSocket upgrade" };
+    lat_positive(&r, &format!("connect ({handshake}, retries included)"), 50);
     Ok(())
 }
 
