@@ -124,6 +124,9 @@ pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T,
         .to_bytes();
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
     if let Some(path) = nul_at(&value, "$") {
         return Err(ApiError::bad_request(format!("{path} contains U+0000 (NUL), which no text field may hold")));
     }

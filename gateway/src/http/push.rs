@@ -136,25 +136,27 @@ pub async fn put_device(st: &AppState, req: Request<Incoming>, device: &str) -> 
     let me = authenticate(st, &req).await?.user;
     own_device(st, me, device).await?;
     let providers = st.cfg.push_providers;
-    let (provider, token) = match read_json::<PushReq>(req).await? {
-        PushReq::Fcm { token } => ("fcm", token),
-        PushReq::Apns { token } => ("apns", token),
-        PushReq::Webpush { subscription } => {
-            subscription.validate(st.cfg.webpush_allow_http).map_err(ApiError::bad_request)?;
-            ("webpush", serde_json::to_string(&subscription).map_err(ApiError::unavailable)?)
-        }
+    let req = read_json::<PushReq>(req).await?;
+    let (provider, enabled) = match &req {
+        PushReq::Fcm { .. } => ("fcm", providers.fcm),
+        PushReq::Apns { .. } => ("apns", providers.apns),
+        PushReq::Webpush { .. } => ("webpush", providers.webpush),
     };
-    let enabled = match provider {
-        "fcm" => providers.fcm,
-        "apns" => providers.apns,
-        _ => providers.webpush,
-    };
+    // A provider this deployment does not run is refused before its
+    // credentials are looked at, the same for every provider.
     if !enabled {
         return Err(disabled(provider));
     }
-    if provider != "webpush" {
-        check_token(provider, &token)?;
-    }
+    let token = match req {
+        PushReq::Fcm { token } | PushReq::Apns { token } => {
+            check_token(provider, &token)?;
+            token
+        }
+        PushReq::Webpush { subscription } => {
+            subscription.validate(st.cfg.webpush_allow_http).map_err(ApiError::bad_request)?;
+            serde_json::to_string(&subscription).map_err(ApiError::unavailable)?
+        }
+    };
     st.db.put_registration(me, device, provider, &token).await?;
     changed(st, me).await;
     Ok(json(StatusCode::OK, &json!({"device_id": device, "provider": provider})))

@@ -342,6 +342,13 @@ async fn registrations_are_validated_owned_and_refused_for_providers_not_configu
     let b = s.user("bob", "phone").await?;
     let (st, v) = register(&s, &b, fcm("tok")).await?;
     assert_eq!((st, v["error"]["code"].as_str()), (400, Some("push_provider_disabled")), "{v}");
+    // The same answer whatever the credentials look like: a disabled
+    // provider is refused before a malformed token or subscription.
+    let bad_sub = serde_json::json!({"provider": "webpush", "subscription": {"endpoint": "ftp://x", "keys": {"p256dh": "x", "auth": "y"}}});
+    for body in [fcm("with space"), bad_sub] {
+        let (st, v) = register(&s, &b, body).await?;
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some("push_provider_disabled")), "{v}");
+    }
     Ok(())
 }
 

@@ -49,6 +49,9 @@ async fn text_with_nul_is_a_400_before_the_database() -> Result<()> {
         assert_eq!((status, err_code(&v)), (400, "bad_request"), "{method} {path} {body}: {v}");
         assert!(v["error"]["message"].as_str().unwrap_or("").contains("NUL"), "{v}");
     }
+    // A body must be an object: an array is not read as fields in order.
+    let (status, v) = call(&s, Method::POST, "/v1/signup", None, Some(json!(["carol", "password123"]))).await?;
+    assert_eq!((status, err_code(&v)), (400, "bad_request"), "{v}");
     // Nothing was half-done: the same requests without NUL work.
     let (status, v) = call(&s, Method::POST, "/v1/groups", t, Some(json!({"name": "ab"}))).await?;
     assert_eq!(status, 201, "{v}");
