@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod error;
 pub mod http;
 pub mod messaging;
 pub mod store;
@@ -38,7 +39,9 @@ use tokio::sync::broadcast;
 use auth::revoked;
 pub use config::GatewayConfig;
 use conn::quic;
-use messaging::send::{Refusal, Sender};
+
+use error::ClientError;
+use messaging::send::Sender;
 use messaging::{history, hub, live, marks, service};
 use store::{self as db, Db};
 
@@ -103,16 +106,11 @@ pub struct AppState {
 impl AppState {
     /// True when the user exists (positive answers are cached: accounts are
     /// never deleted).
-    pub async fn user_exists(&self, id: i64) -> Result<bool, Refusal> {
+    pub async fn user_exists(&self, id: i64) -> Result<bool, ClientError> {
         if self.known_users.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) {
             return Ok(true);
         }
-        let found = self
-            .db
-            .user(id)
-            .await
-            .map_err(|e| Refusal::new(chat_nats::wire::ErrorCode::Unavailable, e.to_string()))?
-            .is_some();
+        let found = self.db.user(id).await.map_err(|e| ClientError::unavailable(e))?.is_some();
         if found {
             let mut known = self.known_users.lock().unwrap_or_else(|p| p.into_inner());
             if known.len() > 1_000_000 {

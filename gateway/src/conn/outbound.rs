@@ -12,29 +12,10 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 
-/// Close code: the client did not read fast enough.
-pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
-/// Close code: the server could not keep the session going (NATS lost);
-/// reconnect and `sync` from the last cursor.
-pub const CLOSE_INTERNAL: u16 = 1011;
-/// Close code (QUIC): the first frame was not a valid `auth`.
-pub const CLOSE_UNAUTHORIZED: u16 = 4003;
-/// Close code: the device logged out (`POST /v1/logout`).
-pub const CLOSE_LOGGED_OUT: u16 = 4001;
-/// Close code: the connection was idle past the idle timeout.
-pub const CLOSE_IDLE: u16 = 4002;
-/// Close code: the client closed the session; the gateway answers (over
-/// WebSocket it echoes the client's own close code, RFC 6455 §5.5.1).
-pub const CLOSE_NORMAL: u16 = 1000;
-/// Close code: the client broke the WebSocket framing rules (unmasked
-/// frame, reserved opcode or RSV bits, continuation without a start).
-pub const CLOSE_PROTOCOL: u16 = 1002;
-/// Close code: the gateway is shutting down; reconnect (to any gateway).
-pub const CLOSE_GOING_AWAY: u16 = 1001;
-/// Close code: a message larger than the configured maximum frame size.
-pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Close code: a text frame that is not valid UTF-8.
-pub const CLOSE_BAD_UTF8: u16 = 1007;
+pub use crate::error::{
+    CLOSE_BAD_UTF8, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_LOGGED_OUT, CLOSE_NORMAL, CLOSE_PROTOCOL,
+    CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED,
+};
 
 /// Frames a control frame (ack, error, pong) may add beyond the frame
 /// limit, so that a queue filled by message delivery does not turn a pong

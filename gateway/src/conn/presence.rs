@@ -27,8 +27,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::conn::outbound::{Outbound, CLOSE_LOGGED_OUT};
+use crate::error::frame;
 use crate::http::friends::status_of;
-use crate::messaging::delivery::frame;
 use crate::messaging::hub::HubRx;
 use crate::AppState;
 
@@ -189,7 +189,10 @@ async fn subscribe(st: &AppState, me: i64, f: &mut Follows, mut users: Vec<i64>,
     }
     let allowed = match st.db.visible(me, &users).await {
         Ok(v) => v,
-        Err(e) => return error(out, ErrorCode::Unavailable, e.to_string()),
+        Err(e) => {
+            out.push(frame(&crate::error::ClientError::unavailable(e).into_frame(None)));
+            return;
+        }
     };
     if allowed.len() < users.len() {
         let refused: Vec<String> = users.iter().filter(|u| !allowed.contains(u)).map(i64::to_string).collect();
@@ -225,7 +228,7 @@ async fn recheck(st: &AppState, me: i64, f: &mut Follows, users: &[i64]) {
 }
 
 fn error(out: &Outbound, code: ErrorCode, message: String) {
-    out.push(frame(&ServerFrame::Error { cid: None, code, message }));
+    out.push(frame(&crate::error::ClientError::new(code, message).into_frame(None)));
 }
 
 /// Tells both sides that a relationship between `user` and `others` ended

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use chat_nats::wire::{parse_client_frame, ClientFrame, ErrorCode, ServerFrame};
+use chat_nats::wire::{parse_client_frame, ClientFrame, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -21,7 +21,8 @@ use crate::conn::cmd::{self, send::SendReq};
 use crate::conn::outbound::Outbound;
 use crate::conn::presence;
 use crate::conn::rate::TokenBucket;
-use crate::messaging::delivery::frame;
+use crate::error::frame;
+use crate::error::ClientError;
 use crate::AppState;
 
 /// One authenticated connection.
@@ -90,7 +91,7 @@ impl Session {
 
     /// Queues an `error` frame for the client.
     pub(in crate::conn) fn error(&self, cid: Option<String>, code: ErrorCode, message: &str) {
-        self.out.push(frame(&ServerFrame::Error { cid, code, message: message.into() }));
+        self.out.push(frame(&ClientError::new(code, message).into_frame(cid)));
     }
 
     /// The session's user id.

@@ -101,18 +101,4 @@ pub async fn drive(state: Arc<AppState>, claims: Claims, mut source: impl Source
     let _ = writer.await;
 }
 
-/// The reason text sent with each close code.
-pub fn close_reason(code: u16) -> &'static str {
-    match code {
-        outbound::CLOSE_SLOW_CONSUMER => "slow_consumer",
-        outbound::CLOSE_INTERNAL => "internal",
-        outbound::CLOSE_IDLE => "idle",
-        outbound::CLOSE_LOGGED_OUT => "logged_out",
-        outbound::CLOSE_TOO_BIG => "too_large",
-        outbound::CLOSE_BAD_UTF8 => "bad_utf8",
-        outbound::CLOSE_UNAUTHORIZED => "unauthorized",
-        outbound::CLOSE_NORMAL => "bye",
-        outbound::CLOSE_PROTOCOL => "protocol_error",
-        _ => "going_away",
-    }
-}
+pub use crate::error::close_reason;

@@ -19,7 +19,8 @@ use tokio_tungstenite::WebSocketStream;
 use crate::auth::Claims;
 use crate::conn::outbound::{CLOSE_BAD_UTF8, CLOSE_PROTOCOL, CLOSE_TOO_BIG};
 use crate::conn::transport::{self, Inbound, Sink, Source};
-use crate::http::{ApiError, Resp};
+use crate::error::ClientError;
+use crate::http::Resp;
 use crate::AppState;
 
 /// Answers the upgrade request and spawns the connection.
@@ -31,7 +32,7 @@ pub fn upgrade(state: Arc<AppState>, claims: Claims, mut req: Request<Incoming>)
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let (true, Some(key)) = (is_ws, key) else {
-        return ApiError::bad_request("expected a WebSocket upgrade request").into_response();
+        return ClientError::bad_request("expected a WebSocket upgrade request").into_response();
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -9,8 +9,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{self, Claims};
+use crate::error::ClientError;
 use crate::http::friends::notify;
-use crate::http::{json, read_json, token, ApiError, Resp};
+use crate::http::{json, read_json, token, Resp};
 use crate::AppState;
 
 #[derive(Deserialize)]
@@ -34,12 +35,12 @@ pub fn normalize_username(u: &str) -> Option<String> {
     ok.then_some(u)
 }
 
-fn bad_credentials(m: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, chat_nats::wire::ErrorCode::BadCredentials, m)
+fn bad_credentials(m: &str) -> ClientError {
+    ClientError::new(chat_nats::wire::ErrorCode::BadCredentials, m)
 }
 
 /// `POST /v1/signup`.
-pub async fn signup(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn signup(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
     let r: SignupReq = read_json(req).await?;
     let username = normalize_username(&r.username)
         .ok_or_else(|| bad_credentials("username must be 3-32 characters of a-z, 0-9, '_', '.', '-'"))?;
@@ -51,20 +52,18 @@ pub async fn signup(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
         .hasher
         .run(move || auth::hash_password(&r.password))
         .await
-        .ok_or_else(|| ApiError::unavailable("password hashing queue is full"))?;
+        .ok_or_else(|| ClientError::unavailable("password hashing queue is full"))?;
     match st.db.create_user(&username, &hash).await? {
         Some(id) => Ok(json(StatusCode::CREATED, &json!({"user_id": id.to_string(), "username": username}))),
-        None => {
-            Err(ApiError::new(StatusCode::CONFLICT, chat_nats::wire::ErrorCode::UsernameTaken, "username is taken"))
-        }
+        None => Err(ClientError::new(chat_nats::wire::ErrorCode::UsernameTaken, "username is taken")),
     }
 }
 
 /// `POST /v1/login`.
-pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
     let r: LoginReq = read_json(req).await?;
     if !auth::is_client_device(&r.device_id) {
-        return Err(ApiError::bad_request(
+        return Err(ClientError::bad_request(
             "device_id must be 1-64 characters of [A-Za-z0-9_-], not \"sys\" nor starting with \"svc-\" (reserved)",
         ));
     }
@@ -83,9 +82,9 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErr
         .hasher
         .run(move || auth::verify_password(&password, &hash))
         .await
-        .ok_or_else(|| ApiError::unavailable("password hashing queue is full"))?;
+        .ok_or_else(|| ClientError::unavailable("password hashing queue is full"))?;
     let Some(user) = user.filter(|_| ok) else {
-        return Err(ApiError::unauthorized("wrong username or password"));
+        return Err(ClientError::unauthorized("wrong username or password"));
     };
     let gen = st.db.touch_device(user, &r.device_id).await?;
     let exp = auth::now_secs() + st.cfg.token_ttl.as_secs();
@@ -98,15 +97,15 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErr
 }
 
 /// The caller's claims, from the bearer token.
-pub async fn authenticate<B>(st: &AppState, req: &Request<B>) -> Result<Claims, ApiError> {
-    let t = token(req).ok_or_else(|| ApiError::unauthorized("missing token"))?;
+pub async fn authenticate<B>(st: &AppState, req: &Request<B>) -> Result<Claims, ClientError> {
+    let t = token(req).ok_or_else(|| ClientError::unauthorized("missing token"))?;
     check_token(st, &t).await
 }
 
 /// Checks a token: signature, expiry, contents, not logged out, and a user
 /// that exists.
-pub async fn check_token(st: &AppState, token: &str) -> Result<Claims, ApiError> {
-    let invalid = || ApiError::unauthorized("invalid, expired or logged-out token");
+pub async fn check_token(st: &AppState, token: &str) -> Result<Claims, ClientError> {
+    let invalid = || ClientError::unauthorized("invalid, expired or logged-out token");
     let claims = auth::verify(&st.cfg.token_secrets, token, auth::now_secs())
         .filter(|c| st.revoked.allows(c))
         .ok_or_else(invalid)?;
@@ -117,10 +116,10 @@ pub async fn check_token(st: &AppState, token: &str) -> Result<Claims, ApiError>
 }
 
 /// `GET /v1/users/{id}`.
-pub async fn user(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ApiError> {
+pub async fn user(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ClientError> {
     authenticate(st, &req).await?;
     let id = crate::http::id(id, "user id")?;
-    let u = st.db.user(id).await?.ok_or_else(|| ApiError::not_found("no such user"))?;
+    let u = st.db.user(id).await?.ok_or_else(|| ClientError::not_found("no such user"))?;
     Ok(json(StatusCode::OK, &json!({"user_id": u.id.to_string(), "username": u.username, "created_at": u.created_ms})))
 }
 
@@ -137,13 +136,13 @@ pub async fn readyz(st: &AppState) -> Resp {
 
 /// `POST /v1/logout`: the device's sessions close and its presence ends
 /// at once.
-pub async fn logout(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn logout(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
     let claims = authenticate(st, &req).await?;
     // Every token of this device issued so far stops working, on every
     // gateway (see `revoked`); a new login gets the new generation.
     if let Some(gen) = st.db.bump_token_gen(claims.user, &claims.device).await? {
         let key = format!("{}.{}", claims.user, claims.device);
-        st.revoked_kv.put(&key, gen.to_string().into()).await.map_err(ApiError::unavailable)?;
+        st.revoked_kv.put(&key, gen.to_string().into()).await.map_err(ClientError::unavailable)?;
         // This gateway refuses them at once; the others as their watch
         // delivers the entry (milliseconds).
         st.revoked.apply(&key, Some(gen.to_string().as_bytes()));
@@ -154,6 +153,6 @@ pub async fn logout(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
     st.db.delete_registration(claims.user, &claims.device).await?;
     // The open sessions delete their own keys as they close; this also ends
     // connections that dropped without a close and are not yet expired.
-    crate::conn::presence::end_device(st, claims.user, &claims.device).await.map_err(ApiError::unavailable)?;
+    crate::conn::presence::end_device(st, claims.user, &claims.device).await.map_err(ClientError::unavailable)?;
     Ok(json(StatusCode::OK, &json!({"logged_out": claims.device})))
 }

@@ -1,10 +1,8 @@
-//! HTTP plumbing: JSON responses, the error shape, body and token reading.
-//!
-//! Every error is `{"error":{"code":"...","message":"..."}}` with a stable
-//! code from [`ErrorCode`].
+//! HTTP plumbing: JSON responses, body, token and id reading. Errors are
+//! `crate::error::ClientError`, answered as
+//! `{"error":{"code":"...","message":"..."}}`.
 
 use bytes::Bytes;
-use chat_nats::wire::ErrorCode;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -17,92 +15,23 @@ pub type Resp = Response<Full<Bytes>>;
 /// Largest JSON request body accepted by the HTTP API.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// An HTTP error with a stable code.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable code.
-    pub code: ErrorCode,
-    /// Detail for humans.
-    pub message: String,
-}
-
-impl ApiError {
-    /// Builds an error.
-    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
-    }
-
-    /// 400 `bad_request`.
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, message)
-    }
-
-    /// 401 `unauthorized`.
-    pub fn unauthorized(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message)
-    }
-
-    /// 403 `forbidden`.
-    pub fn forbidden(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::FORBIDDEN, ErrorCode::Forbidden, message)
-    }
-
-    /// 404 `not_found`.
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
-    }
-
-    /// 503 `unavailable`, logging the cause.
-    pub fn unavailable(cause: impl std::fmt::Display) -> ApiError {
-        tracing::warn!(error = %cause, "dependency unavailable");
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "a dependency is unavailable; retry later")
-    }
-
-    /// The error as a response.
-    pub fn into_response(self) -> Resp {
-        json(self.status, &serde_json::json!({"error": {"code": self.code, "message": self.message}}))
-    }
-}
-
-impl From<crate::store::DbError> for ApiError {
-    fn from(e: crate::store::DbError) -> ApiError {
-        ApiError::unavailable(e)
-    }
-}
-
-impl From<crate::messaging::send::Refusal> for ApiError {
-    fn from(r: crate::messaging::send::Refusal) -> ApiError {
-        let status = match r.code {
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            // Not confirmed in time (e.g. a group change's announcement while
-            // a partition fails over): the change is committed and will be
-            // sequenced; the caller may retry or re-read.
-            ErrorCode::Timeout => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, r.code, r.message)
-    }
-}
+use crate::error::ClientError;
 
 /// An id from a path, a query or a body in its canonical form (decimal, no
 /// sign, no leading zero: see [`chat_nats::subjects::parse_id`]); anything
 /// else is 400 `bad_request`, so one spelling means one id everywhere.
-pub fn id(s: &str, what: &str) -> Result<i64, ApiError> {
+pub fn id(s: &str, what: &str) -> Result<i64, ClientError> {
     chat_nats::subjects::parse_id(s).ok_or_else(|| {
-        ApiError::bad_request(format!("{what} must be a user or group id (decimal, no sign or leading zero)"))
+        ClientError::bad_request(format!("{what} must be a user or group id (decimal, no sign or leading zero)"))
     })
 }
 
 /// A conversation id from a path: 400 when malformed (a well-formed id
 /// of a conversation the caller is not in is 403 later).
-pub fn conv(s: &str) -> Result<chat_nats::subjects::ConvId, ApiError> {
-    chat_nats::subjects::ConvId::parse(s)
-        .ok_or_else(|| ApiError::bad_request("conversation id must be dm-<user>-<user> (lower id first) or g-<group>"))
+pub fn conv(s: &str) -> Result<chat_nats::subjects::ConvId, ClientError> {
+    chat_nats::subjects::ConvId::parse(s).ok_or_else(|| {
+        ClientError::bad_request("conversation id must be dm-<user>-<user> (lower id first) or g-<group>")
+    })
 }
 
 /// A JSON response.
@@ -116,21 +45,21 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Resp {
 }
 
 /// Reads a JSON body of at most [`MAX_BODY_BYTES`].
-pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ClientError> {
     let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
-        .map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?
+        .map_err(|e| ClientError::bad_request(format!("cannot read body: {e}")))?
         .to_bytes();
     let value: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::bad_request(format!("invalid JSON body: {e}")))?;
     if !value.is_object() {
-        return Err(ApiError::bad_request("the body must be a JSON object"));
+        return Err(ClientError::bad_request("the body must be a JSON object"));
     }
     if let Some(path) = nul_at(&value, "$") {
-        return Err(ApiError::bad_request(format!("{path} contains U+0000 (NUL), which no text field may hold")));
+        return Err(ClientError::bad_request(format!("{path} contains U+0000 (NUL), which no text field may hold")));
     }
-    serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_value(value).map_err(|e| ClientError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// Where a NUL character sits in a JSON value (a key or a string), as a

@@ -7,12 +7,13 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 
+use crate::error::ClientError;
 use crate::http::accounts::authenticate;
-use crate::http::{json, ApiError, Resp};
+use crate::http::{json, Resp};
 use crate::AppState;
 
 /// Lists the caller's conversations.
-pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let mut convs: Vec<(ConvId, Value)> = Vec::new();
     for peer in st.db.direct_peers(me).await? {
@@ -31,7 +32,7 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErro
     }
     let mut out = Vec::with_capacity(convs.len());
     for ((conv, mut info), last) in convs.into_iter().zip(lasts) {
-        let last = last.map_err(ApiError::unavailable)?;
+        let last = last.map_err(ClientError::unavailable)?;
         info["conv"] = json!(conv.to_string());
         info["last_message"] = match &last {
             Some(m) => {

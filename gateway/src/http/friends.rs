@@ -7,8 +7,9 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 
+use crate::error::ClientError;
 use crate::http::accounts::authenticate;
-use crate::http::{json, ApiError, Resp};
+use crate::http::{json, Resp};
 use crate::store::friends::Outcome;
 use crate::AppState;
 
@@ -24,19 +25,19 @@ pub(crate) async fn notify(st: &AppState, user: i64, ev: &Ephemeral) {
     }
 }
 
-fn other_user(s: &str) -> Result<i64, ApiError> {
+fn other_user(s: &str) -> Result<i64, ClientError> {
     crate::http::id(s, "user id")
 }
 
 /// `PUT /v1/friends/{user}`: request, or accept theirs.
-pub async fn put(st: &AppState, req: Request<Incoming>, user: &str) -> Result<Resp, ApiError> {
+pub async fn put(st: &AppState, req: Request<Incoming>, user: &str) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let other = other_user(user)?;
     if other == me {
-        return Err(ApiError::bad_request("you cannot befriend yourself"));
+        return Err(ClientError::bad_request("you cannot befriend yourself"));
     }
     if st.db.user(other).await?.is_none() {
-        return Err(ApiError::not_found("no such user"));
+        return Err(ClientError::not_found("no such user"));
     }
     let outcome = st.db.befriend(me, other).await?;
     if outcome == Outcome::Friends {
@@ -51,7 +52,7 @@ pub async fn put(st: &AppState, req: Request<Incoming>, user: &str) -> Result<Re
 }
 
 /// `DELETE /v1/friends/{user}`: unfriend, withdraw or decline.
-pub async fn delete(st: &AppState, req: Request<Incoming>, user: &str) -> Result<Resp, ApiError> {
+pub async fn delete(st: &AppState, req: Request<Incoming>, user: &str) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let other = other_user(user)?;
     if st.db.unfriend(me, other).await? {
@@ -62,7 +63,7 @@ pub async fn delete(st: &AppState, req: Request<Incoming>, user: &str) -> Result
 }
 
 /// `GET /v1/friends`.
-pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let (mut friends, mut incoming, mut outgoing) = (Vec::new(), Vec::new(), Vec::new());
     for (kind, id, username) in st.db.friend_list(me).await? {

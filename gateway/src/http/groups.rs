@@ -14,31 +14,30 @@ use hyper::{Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::error::ClientError;
 use crate::http::accounts::authenticate;
-use crate::http::{json, read_json, ApiError, Resp};
+use crate::http::{json, read_json, Resp};
 use crate::store::groups::{Change, GroupError, Op, Role};
 use crate::AppState;
 
-impl From<GroupError> for ApiError {
-    fn from(e: GroupError) -> ApiError {
+impl From<GroupError> for ClientError {
+    fn from(e: GroupError) -> ClientError {
         match e {
-            GroupError::NotFound => ApiError::not_found("no such group"),
-            GroupError::Forbidden(m) => ApiError::forbidden(m),
-            GroupError::Full(n) => {
-                ApiError::new(StatusCode::CONFLICT, ErrorCode::GroupFull, format!("the group is full ({n} members)"))
-            }
-            GroupError::UnknownUser => ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::UnknownUser, "no such user"),
-            GroupError::Invalid(m) => ApiError::new(StatusCode::CONFLICT, ErrorCode::Conflict, m),
-            GroupError::Db(e) => ApiError::unavailable(e),
+            GroupError::NotFound => ClientError::not_found("no such group"),
+            GroupError::Forbidden(m) => ClientError::forbidden(m),
+            GroupError::Full(n) => ClientError::new(ErrorCode::GroupFull, format!("the group is full ({n} members)")),
+            GroupError::UnknownUser => ClientError::new(ErrorCode::UnknownUser, "no such user"),
+            GroupError::Invalid(m) => ClientError::new(ErrorCode::Conflict, m),
+            GroupError::Db(e) => ClientError::unavailable(e),
         }
     }
 }
 
-fn parse_id(s: &str, what: &str) -> Result<i64, ApiError> {
+fn parse_id(s: &str, what: &str) -> Result<i64, ClientError> {
     crate::http::id(s, what)
 }
 
-fn path_group(s: &str) -> Result<i64, ApiError> {
+fn path_group(s: &str) -> Result<i64, ClientError> {
     crate::http::id(s, "group id")
 }
 
@@ -68,7 +67,7 @@ async fn announce(
     op: GroupOp,
     user: Option<i64>,
     change: &Change,
-) -> Result<(), ApiError> {
+) -> Result<(), ClientError> {
     let event = GroupEvent {
         op,
         actor,
@@ -90,12 +89,12 @@ async fn announce(
 }
 
 /// `POST /v1/groups`.
-pub async fn create(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn create(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let r: CreateReq = read_json(req).await?;
     let name = r.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::bad_request("name must be 1-100 characters"));
+        return Err(ClientError::bad_request("name must be 1-100 characters"));
     }
     let members = r.members.iter().map(|m| parse_id(m, "members[]")).collect::<Result<Vec<_>, _>>()?;
     let (gid, change) = st.db.create_group(me, &name, &members, st.cfg.group_max_members).await?;
@@ -108,7 +107,7 @@ pub async fn create(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiEr
 }
 
 /// `GET /v1/groups`.
-pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiError> {
+pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let groups: Vec<_> = st
         .db
@@ -124,12 +123,12 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ApiErro
 }
 
 /// `GET /v1/groups/{id}` (members only).
-pub async fn show(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ApiError> {
+pub async fn show(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let gid = path_group(id)?;
-    let (name, members) = st.db.group(gid).await?.ok_or_else(|| ApiError::not_found("no such group"))?;
+    let (name, members) = st.db.group(gid).await?.ok_or_else(|| ClientError::not_found("no such group"))?;
     if !members.iter().any(|m| m.user_id == me) {
-        return Err(ApiError::forbidden("not a member of this group"));
+        return Err(ClientError::forbidden("not a member of this group"));
     }
     let members: Vec<_> = members
         .iter()
@@ -142,7 +141,7 @@ pub async fn show(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Res
     ))
 }
 
-async fn change(st: &AppState, me: i64, gid: i64, user: i64, op: Op) -> Result<Resp, ApiError> {
+async fn change(st: &AppState, me: i64, gid: i64, user: i64, op: Op) -> Result<Resp, ClientError> {
     let changed = st.db.change_member(gid, me, user, op, st.cfg.group_max_members).await?;
     let version = match changed {
         Some((kind, change)) => {
@@ -160,7 +159,7 @@ async fn change(st: &AppState, me: i64, gid: i64, user: i64, op: Op) -> Result<R
 }
 
 /// `POST /v1/groups/{id}/members` (owner or admin).
-pub async fn add(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ApiError> {
+pub async fn add(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let gid = path_group(id)?;
     let r: AddReq = read_json(req).await?;
@@ -168,18 +167,18 @@ pub async fn add(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp
 }
 
 /// `DELETE /v1/groups/{id}/members/{user}`: remove (owner/admin) or leave.
-pub async fn remove(st: &AppState, req: Request<Incoming>, id: &str, user: &str) -> Result<Resp, ApiError> {
+pub async fn remove(st: &AppState, req: Request<Incoming>, id: &str, user: &str) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let gid = path_group(id)?;
     change(st, me, gid, parse_id(user, "user")?, Op::Remove).await
 }
 
 /// `PUT /v1/groups/{id}/members/{user}/role` (owner).
-pub async fn set_role(st: &AppState, req: Request<Incoming>, id: &str, user: &str) -> Result<Resp, ApiError> {
+pub async fn set_role(st: &AppState, req: Request<Incoming>, id: &str, user: &str) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let gid = path_group(id)?;
     let user = parse_id(user, "user")?;
     let r: RoleReq = read_json(req).await?;
-    let role = Role::parse(&r.role).ok_or_else(|| ApiError::bad_request("role must be admin or member"))?;
+    let role = Role::parse(&r.role).ok_or_else(|| ClientError::bad_request("role must be admin or member"))?;
     change(st, me, gid, user, Op::SetRole(role)).await
 }

@@ -6,13 +6,14 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
+use crate::error::ClientError;
 use crate::http::accounts::authenticate;
-use crate::http::{json, query, ApiError, Resp};
+use crate::http::{json, query, Resp};
 use crate::messaging::history::{self, Page};
 use crate::AppState;
 
 /// True when `user` takes part in `conv` (for groups: is a member now).
-pub async fn participant(st: &AppState, conv: &ConvId, user: i64) -> Result<bool, ApiError> {
+pub async fn participant(st: &AppState, conv: &ConvId, user: i64) -> Result<bool, ClientError> {
     match conv.kind() {
         ConvKind::Direct(a, b) => Ok(user == a || user == b),
         ConvKind::Group(g) => Ok(st.db.role(g, user).await?.is_some()),
@@ -20,21 +21,21 @@ pub async fn participant(st: &AppState, conv: &ConvId, user: i64) -> Result<bool
 }
 
 /// `GET /v1/conversations/{conv}/messages?before=&after=&limit=`.
-pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<Resp, ApiError> {
+pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<Resp, ClientError> {
     let claims = authenticate(st, &req).await?;
     let conv = crate::http::conv(conv)?;
     if !participant(st, &conv, claims.user).await? {
-        return Err(ApiError::forbidden("not a participant of this conversation"));
+        return Err(ClientError::forbidden("not a participant of this conversation"));
     }
-    let id_param = |name: &str| -> Result<Option<u64>, ApiError> {
+    let id_param = |name: &str| -> Result<Option<u64>, ClientError> {
         query(&req, name)
             .map(|v| {
-                subjects::parse_seq(&v).ok_or_else(|| ApiError::bad_request(format!("{name} must be a message id")))
+                subjects::parse_seq(&v).ok_or_else(|| ClientError::bad_request(format!("{name} must be a message id")))
             })
             .transpose()
     };
     let page = match (id_param("before")?, id_param("after")?) {
-        (Some(_), Some(_)) => return Err(ApiError::bad_request("give before or after, not both")),
+        (Some(_), Some(_)) => return Err(ClientError::bad_request("give before or after, not both")),
         (Some(b), None) => Page::Before(b),
         (None, Some(a)) => Page::After(a),
         (None, None) => Page::Latest,
@@ -44,11 +45,11 @@ pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<R
         Some(l) => subjects::parse_seq(&l)
             .filter(|l| (1..=100).contains(l))
             .map(|l| l as usize)
-            .ok_or_else(|| ApiError::bad_request("limit must be 1-100"))?,
+            .ok_or_else(|| ClientError::bad_request("limit must be 1-100"))?,
     };
     let out = history::page(history::Reader { storage: &st.storage, cache: &st.history_index }, &conv, page, limit)
         .await
-        .map_err(ApiError::unavailable)?;
+        .map_err(ClientError::unavailable)?;
     let messages: Vec<_> = out
         .messages
         .into_iter()

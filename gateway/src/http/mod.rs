@@ -22,6 +22,7 @@ use chat_nats::wire::ErrorCode;
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 
+use crate::error::ClientError;
 use crate::AppState;
 
 /// Answers `method` from the handlers listed for one path, or 405 naming
@@ -30,9 +31,7 @@ macro_rules! methods {
     ($method:expr, $path:expr; $($m:ident => $handler:expr),+ $(,)?) => {
         match $method {
             $(Method::$m => $handler,)+
-            other => Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                ErrorCode::MethodNotAllowed,
+            other => Err(ClientError::new(ErrorCode::MethodNotAllowed,
                 format!("{other} is not allowed on {} (allowed: {})", $path, [$(stringify!($m)),+].join(", ")),
             )),
         }
@@ -45,7 +44,7 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
     let st = &state;
-    let result: Result<Resp, ApiError> = match segs.as_slice() {
+    let result: Result<Resp, ClientError> = match segs.as_slice() {
         ["healthz"] => methods!(method, path; GET => Ok(json(StatusCode::OK, &serde_json::json!({"ok": true})))),
         ["readyz"] => methods!(method, path; GET => Ok(accounts::readyz(st).await)),
         ["v1", "signup"] => methods!(method, path; POST => accounts::signup(st, req).await),
@@ -82,7 +81,7 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
             PUT => push::put_device(st, req, device).await,
             GET => push::get_device(st, req, device).await,
             DELETE => push::delete_device(st, req, device).await),
-        _ => Err(ApiError::not_found(format!("no route for {path}"))),
+        _ => Err(ClientError::not_found(format!("no route for {path}"))),
     };
-    result.unwrap_or_else(ApiError::into_response)
+    result.unwrap_or_else(ClientError::into_response)
 }

@@ -18,9 +18,10 @@ use hyper::{Request, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::error::ClientError;
 use crate::http::accounts::authenticate;
 use crate::http::messages::participant;
-use crate::http::{json, read_json, ApiError, Resp};
+use crate::http::{json, read_json, Resp};
 use crate::AppState;
 
 /// Longest FCM or APNs token accepted.
@@ -89,7 +90,7 @@ impl Subscription {
     }
 }
 
-fn check_token(provider: &str, token: &str) -> Result<(), ApiError> {
+fn check_token(provider: &str, token: &str) -> Result<(), ClientError> {
     let ok = match provider {
         // APNs device tokens are hex (64 characters today).
         "apns" => (16..=512).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_hexdigit()),
@@ -98,30 +99,29 @@ fn check_token(provider: &str, token: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(match provider {
+        Err(ClientError::bad_request(match provider {
             "apns" => "token must be 16-512 hexadecimal characters".to_string(),
             _ => format!("token must be 1-{MAX_TOKEN_CHARS} printable ASCII characters"),
         }))
     }
 }
 
-fn disabled(provider: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_REQUEST,
+fn disabled(provider: &str) -> ClientError {
+    ClientError::new(
         ErrorCode::PushProviderDisabled,
         format!("push provider {provider} is not configured on this deployment"),
     )
 }
 
 /// Checks the path's device belongs to the caller.
-async fn own_device(st: &AppState, user: i64, device: &str) -> Result<(), ApiError> {
+async fn own_device(st: &AppState, user: i64, device: &str) -> Result<(), ClientError> {
     if !subjects::is_token(device) {
-        return Err(ApiError::bad_request("device id must be 1-64 characters of [A-Za-z0-9_-]"));
+        return Err(ClientError::bad_request("device id must be 1-64 characters of [A-Za-z0-9_-]"));
     }
     if st.db.has_device(user, device).await? {
         Ok(())
     } else {
-        Err(ApiError::not_found("no such device for this user (log in from it first)"))
+        Err(ClientError::not_found("no such device for this user (log in from it first)"))
     }
 }
 
@@ -132,7 +132,7 @@ async fn changed(st: &AppState, user: i64) {
 }
 
 /// `PUT /v1/devices/{device}/push`.
-pub async fn put_device(st: &AppState, req: Request<Incoming>, device: &str) -> Result<Resp, ApiError> {
+pub async fn put_device(st: &AppState, req: Request<Incoming>, device: &str) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     own_device(st, me, device).await?;
     let providers = st.cfg.push_providers;
@@ -153,8 +153,8 @@ pub async fn put_device(st: &AppState, req: Request<Incoming>, device: &str) -> 
             token
         }
         PushReq::Webpush { subscription } => {
-            subscription.validate(st.cfg.webpush_allow_http).map_err(ApiError::bad_request)?;
-            serde_json::to_string(&subscription).map_err(ApiError::unavailable)?
+            subscription.validate(st.cfg.webpush_allow_http).map_err(ClientError::bad_request)?;
+            serde_json::to_string(&subscription).map_err(ClientError::unavailable)?
         }
     };
     st.db.put_registration(me, device, provider, &token).await?;
@@ -163,11 +163,11 @@ pub async fn put_device(st: &AppState, req: Request<Incoming>, device: &str) -> 
 }
 
 /// `GET /v1/devices/{device}/push`.
-pub async fn get_device(st: &AppState, req: Request<Incoming>, device: &str) -> Result<Resp, ApiError> {
+pub async fn get_device(st: &AppState, req: Request<Incoming>, device: &str) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     own_device(st, me, device).await?;
     let (provider, token) =
-        st.db.registration(me, device).await?.ok_or_else(|| ApiError::not_found("no push registration"))?;
+        st.db.registration(me, device).await?.ok_or_else(|| ClientError::not_found("no push registration"))?;
     let mut body = json!({"device_id": device, "provider": provider});
     if provider == "webpush" {
         body["subscription"] = serde_json::from_str(&token).unwrap_or_default();
@@ -178,7 +178,7 @@ pub async fn get_device(st: &AppState, req: Request<Incoming>, device: &str) -> 
 }
 
 /// `DELETE /v1/devices/{device}/push`.
-pub async fn delete_device(st: &AppState, req: Request<Incoming>, device: &str) -> Result<Resp, ApiError> {
+pub async fn delete_device(st: &AppState, req: Request<Incoming>, device: &str) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     own_device(st, me, device).await?;
     let deleted = st.db.delete_registration(me, device).await?;
@@ -187,11 +187,11 @@ pub async fn delete_device(st: &AppState, req: Request<Incoming>, device: &str) 
 }
 
 /// `PUT` (mute) or `DELETE` (unmute) `/v1/conversations/{conv}/mute`.
-pub async fn mute(st: &AppState, req: Request<Incoming>, conv: &str, on: bool) -> Result<Resp, ApiError> {
+pub async fn mute(st: &AppState, req: Request<Incoming>, conv: &str, on: bool) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let conv = crate::http::conv(conv)?;
     if !participant(st, &conv, me).await? {
-        return Err(ApiError::forbidden("not a participant of this conversation"));
+        return Err(ClientError::forbidden("not a participant of this conversation"));
     }
     st.db.set_mute(me, conv.as_str(), on).await?;
     changed(st, me).await;

@@ -24,6 +24,7 @@ use chat_nats::wire::{ErrorCode, MsgFrame, ServerFrame};
 use futures::StreamExt;
 
 use crate::conn::outbound::{Outbound, CLOSE_INTERNAL};
+use crate::error::frame;
 use crate::AppState;
 
 /// Where delivery starts.
@@ -72,8 +73,8 @@ async fn stream(
     let Start::After(cursor) = start;
     let info = Box::pin(inbox.get_info()).await?.state;
     if cursor > info.last_sequence {
-        let message = "cursor is ahead of the inbox: not issued by this deployment".into();
-        Box::pin(out.push(&ServerFrame::Error { cid: None, code: ErrorCode::BadCursor, message })).await;
+        let message = "cursor is ahead of the inbox: not issued by this deployment";
+        Box::pin(out.push(&crate::error::ClientError::new(ErrorCode::BadCursor, message).into_frame(None))).await;
         return Ok(());
     }
     // Copies older than the retention may have expired unseen.
@@ -185,9 +186,4 @@ async fn deliver(state: &AppState, user: i64, device: &str, seq: u64, payload: &
     }
     state.delivered.record(user, seq);
     true
-}
-
-/// Serializes a server frame.
-pub fn frame(f: &ServerFrame) -> String {
-    serde_json::to_string(f).expect("server frames always serialize")
 }

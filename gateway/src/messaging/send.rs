@@ -19,23 +19,8 @@ use chat_nats::wire::{ErrorCode, ServerFrame, Target};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
+use crate::error::ClientError;
 use crate::AppState;
-
-/// A failed request: a stable code and a detail.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Refusal {
-    /// Stable code.
-    pub code: ErrorCode,
-    /// Detail for humans.
-    pub message: String,
-}
-
-impl Refusal {
-    /// Builds a refusal.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
-        Refusal { code, message: message.into() }
-    }
-}
 
 /// Sends waiting for their outcome: dedupe key → (token, reply channel).
 type Waiters = HashMap<String, Vec<(u64, oneshot::Sender<SeqResult>)>>;
@@ -101,7 +86,7 @@ impl Sender {
         kind: MessageKind,
         body: String,
         event: Option<GroupEvent>,
-    ) -> Result<(u64, u64, String), Refusal> {
+    ) -> Result<(u64, u64, String), ClientError> {
         let key = subjects::dedupe_key(from, device, cid);
         let (tx, mut rx) = oneshot::channel();
         let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -128,7 +113,7 @@ impl Sender {
         }
         match outcome? {
             SeqResult::Ok { id, ts, conv } => Ok((id, ts, conv)),
-            SeqResult::Err { code, message } => Err(Refusal { code, message }),
+            SeqResult::Err { code, message } => Err(ClientError { code, message }),
         }
     }
 
@@ -138,13 +123,14 @@ impl Sender {
         conv: &ConvId,
         env: IngressSend,
         rx: &mut oneshot::Receiver<SeqResult>,
-    ) -> Result<SeqResult, Refusal> {
+    ) -> Result<SeqResult, ClientError> {
         let payload =
-            Bytes::from(serde_json::to_vec(&env).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?);
+            Bytes::from(serde_json::to_vec(&env).map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))?);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", key);
         let subject = subjects::ingress(conv.partition(self.storage.settings.partitions));
-        let unavailable = |e: String| Refusal::new(ErrorCode::Unavailable, format!("message store unavailable: {e}"));
+        let unavailable =
+            |e: String| ClientError::new(ErrorCode::Unavailable, format!("message store unavailable: {e}"));
         let ack = self
             .storage
             .js
@@ -159,7 +145,7 @@ impl Sender {
             return tokio::time::timeout(self.timeout, self.recorded(key)).await.unwrap_or_else(|_| Err(timed_out()));
         }
         tokio::select! {
-            r = &mut *rx => r.map_err(|_| Refusal::new(ErrorCode::Internal, "gateway shutting down")),
+            r = &mut *rx => r.map_err(|_| ClientError::new(ErrorCode::Internal, "gateway shutting down")),
             _ = tokio::time::sleep(self.timeout) => {
                 match self.storage.acks.get(key).await {
                     Ok(Some(v)) => parse_recorded(&v),
@@ -170,13 +156,8 @@ impl Sender {
     }
 
     /// Waits for the recorded outcome of a send (the acks bucket).
-    async fn recorded(&self, key: &str) -> Result<SeqResult, Refusal> {
-        let mut watch = self
-            .storage
-            .acks
-            .watch_with_history(key)
-            .await
-            .map_err(|e| Refusal::new(ErrorCode::Unavailable, e.to_string()))?;
+    async fn recorded(&self, key: &str) -> Result<SeqResult, ClientError> {
+        let mut watch = self.storage.acks.watch_with_history(key).await.map_err(|e| ClientError::unavailable(e))?;
         while let Some(entry) = watch.next().await {
             if let Ok(entry) = entry {
                 if entry.operation == async_nats::jetstream::kv::Operation::Put {
@@ -188,29 +169,31 @@ impl Sender {
     }
 }
 
-fn timed_out() -> Refusal {
-    Refusal::new(ErrorCode::Timeout, "not confirmed in time; it may still be stored: retry with the same cid")
+fn timed_out() -> ClientError {
+    ClientError::new(ErrorCode::Timeout, "not confirmed in time; it may still be stored: retry with the same cid")
 }
 
-fn parse_recorded(v: &[u8]) -> Result<SeqResult, Refusal> {
-    serde_json::from_slice::<SeqAck>(v).map(|a| a.result).map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))
+fn parse_recorded(v: &[u8]) -> Result<SeqResult, ClientError> {
+    serde_json::from_slice::<SeqAck>(v)
+        .map(|a| a.result)
+        .map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))
 }
 
-fn bad_id(field: &str) -> Refusal {
-    Refusal::new(ErrorCode::BadFrame, format!("{field} must be an id: decimal, no sign or leading zero"))
+fn bad_id(field: &str) -> ClientError {
+    ClientError::new(ErrorCode::BadFrame, format!("{field} must be an id: decimal, no sign or leading zero"))
 }
 
 /// Validates a send and resolves its conversation.
-pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: &str) -> Result<ConvId, Refusal> {
+pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: &str) -> Result<ConvId, ClientError> {
     if !subjects::is_token(cid) {
-        return Err(Refusal::new(ErrorCode::BadCid, "cid must be 1-64 characters of [A-Za-z0-9_-]"));
+        return Err(ClientError::new(ErrorCode::BadCid, "cid must be 1-64 characters of [A-Za-z0-9_-]"));
     }
     if body.trim().is_empty() {
-        return Err(Refusal::new(ErrorCode::EmptyBody, "body is empty"));
+        return Err(ClientError::new(ErrorCode::EmptyBody, "body is empty"));
     }
     let max = state.cfg.max_body_chars;
     if body.len() > max && body.chars().count() > max {
-        return Err(Refusal::new(ErrorCode::TooLarge, format!("body exceeds {max} characters")));
+        return Err(ClientError::new(ErrorCode::TooLarge, format!("body exceeds {max} characters")));
     }
     match to {
         Target::User(u) => {
@@ -218,17 +201,17 @@ pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: 
             if state.user_exists(id).await? {
                 Ok(ConvId::direct(from, id))
             } else {
-                Err(Refusal::new(ErrorCode::UnknownUser, format!("no user {u:?}")))
+                Err(ClientError::new(ErrorCode::UnknownUser, format!("no user {u:?}")))
             }
         }
         Target::Group(g) => {
-            let unknown = || Refusal::new(ErrorCode::UnknownGroup, format!("no group {g:?}"));
+            let unknown = || ClientError::new(ErrorCode::UnknownGroup, format!("no group {g:?}"));
             let gid = subjects::parse_id(g).ok_or_else(|| bad_id("to.group"))?;
-            let db = |e: crate::store::DbError| Refusal::new(ErrorCode::Unavailable, e.to_string());
+            let db = |e: crate::store::DbError| ClientError::unavailable(e);
             if state.db.role(gid, from).await.map_err(db)?.is_some() {
                 Ok(ConvId::group(gid))
             } else if state.db.group_exists(gid).await.map_err(db)? {
-                Err(Refusal::new(ErrorCode::Forbidden, "not a member of this group"))
+                Err(ClientError::new(ErrorCode::Forbidden, "not a member of this group"))
             } else {
                 Err(unknown())
             }
@@ -249,15 +232,15 @@ pub async fn send_frame(
         let conv = prepare(state, from, &cid, to, &body).await?;
         // A retry of an earlier send reports where that message went.
         let (id, ts, conv) = state.sender.send(from, device, &cid, &conv, MessageKind::Text, body, None).await?;
-        let conv = ConvId::parse(&conv).ok_or_else(|| Refusal::new(ErrorCode::Internal, "bad conversation id"))?;
+        let conv = ConvId::parse(&conv).ok_or_else(|| ClientError::new(ErrorCode::Internal, "bad conversation id"))?;
         if let chat_nats::subjects::ConvKind::Direct(a, b) = conv.kind() {
             state.remember_direct(a, b).await;
         }
-        Ok::<_, Refusal>((conv, id, ts))
+        Ok::<_, ClientError>((conv, id, ts))
     }
     .await;
     match result {
         Ok((conv, id, ts)) => ServerFrame::Ack { cid, id: id.to_string(), conv: conv.to_string(), ts },
-        Err(r) => ServerFrame::Error { cid: Some(cid), code: r.code, message: r.message },
+        Err(r) => r.into_frame(Some(cid)),
     }
 }

@@ -11,7 +11,8 @@ use chat_nats::subjects;
 use chat_nats::wire::{ErrorCode, ServerFrame};
 use futures::StreamExt;
 
-use crate::messaging::delivery::frame;
+use crate::error::frame;
+use crate::error::ClientError;
 use crate::messaging::send::send_frame;
 use crate::AppState;
 
@@ -36,26 +37,19 @@ pub async fn start(state: Arc<AppState>) -> Result<(), async_nats::Error> {
 async fn handle(state: &AppState, payload: &[u8]) -> ServerFrame {
     let req: ServiceSend = match serde_json::from_slice(payload) {
         Ok(r) => r,
-        Err(e) => return ServerFrame::Error { cid: None, code: ErrorCode::BadFrame, message: e.to_string() },
+        Err(e) => return ClientError::new(ErrorCode::BadFrame, e.to_string()).into_frame(None),
     };
     let device = format!("svc-{}", req.service);
     if req.service.is_empty() || req.service.len() > 60 || !subjects::is_token(&device) {
-        return ServerFrame::Error {
-            cid: Some(req.cid),
-            code: ErrorCode::BadFrame,
-            message: "service must be 1-60 characters of [A-Za-z0-9_-]".into(),
-        };
+        let message = "service must be 1-60 characters of [A-Za-z0-9_-]";
+        return ClientError::new(ErrorCode::BadFrame, message).into_frame(Some(req.cid));
     }
     match state.user_exists(req.as_user).await {
         Ok(true) => {}
         Ok(false) => {
-            return ServerFrame::Error {
-                cid: Some(req.cid),
-                code: ErrorCode::UnknownUser,
-                message: "no such service account".into(),
-            }
+            return ClientError::new(ErrorCode::UnknownUser, "no such service account").into_frame(Some(req.cid))
         }
-        Err(r) => return ServerFrame::Error { cid: Some(req.cid), code: r.code, message: r.message },
+        Err(r) => return r.into_frame(Some(req.cid)),
     }
     send_frame(state, req.as_user, &device, req.cid, &req.to, req.body).await
 }

@@ -6,7 +6,7 @@ use chat_nats::wire::{ErrorCode, ServerFrame};
 
 use crate::conn::presence::Cmd;
 use crate::conn::session::Session;
-use crate::messaging::delivery::frame;
+use crate::error::frame;
 
 /// Handles `ping`.
 pub(crate) fn ping(s: &mut Session) {

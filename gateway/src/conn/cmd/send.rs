@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use crate::auth::Claims;
 use crate::conn::outbound::Outbound;
 use crate::conn::session::Session;
-use crate::messaging::delivery::frame;
+use crate::error::frame;
 use crate::messaging::send::send_frame;
 use crate::AppState;
 

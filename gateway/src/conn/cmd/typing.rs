@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use chat_nats::wire::{ErrorCode, ServerFrame};
+use chat_nats::wire::ErrorCode;
 
 use crate::conn::session::Session;
-use crate::messaging::delivery::frame;
+use crate::error::frame;
 use crate::AppState;
 
 /// Handles a `typing` frame.
@@ -19,23 +19,21 @@ pub(crate) fn typing(s: &mut Session, conv: String) {
     let (state, out, user) = (s.state.clone(), s.out.clone(), s.user);
     tokio::spawn(async move {
         if let Err(r) = relay_typing(&state, user, &conv).await {
-            out.push(frame(&ServerFrame::Error { cid: None, code: r.code, message: r.message }));
+            out.push(frame(&r.into_frame(None)));
         }
     });
 }
 
 /// Relays a typing event to the conversation's other participants.
-async fn relay_typing(state: &AppState, user: i64, conv: &str) -> Result<(), crate::messaging::send::Refusal> {
+async fn relay_typing(state: &AppState, user: i64, conv: &str) -> Result<(), crate::error::ClientError> {
     use chat_nats::subjects::{ConvId, ConvKind};
-    let forbidden =
-        || crate::messaging::send::Refusal::new(ErrorCode::Forbidden, "not a participant of this conversation");
+    let forbidden = || crate::error::ClientError::new(ErrorCode::Forbidden, "not a participant of this conversation");
     let c = ConvId::parse(conv).ok_or_else(forbidden)?;
     let others: Vec<i64> = match c.kind() {
         ConvKind::Direct(a, b) if a == user || b == user => vec![if a == user { b } else { a }],
         ConvKind::Direct(..) => return Err(forbidden()),
         ConvKind::Group(g) => {
-            let db =
-                |e: crate::store::DbError| crate::messaging::send::Refusal::new(ErrorCode::Unavailable, e.to_string());
+            let db = |e: crate::store::DbError| crate::error::ClientError::unavailable(e);
             let (_, members) = state.db.group(g).await.map_err(db)?.ok_or_else(forbidden)?;
             if !members.iter().any(|m| m.user_id == user) {
                 return Err(forbidden());

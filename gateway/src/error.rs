@@ -1,0 +1,177 @@
+//! The one client-facing error, and the tables that map it.
+//!
+//! [`ClientError`] is a stable [`ErrorCode`] and a message for humans. It
+//! becomes, by one table each: an HTTP status with the JSON body
+//! `{"error":{"code","message"}}` ([`ClientError::into_response`]), or a
+//! session `error` frame ([`ClientError::into_frame`]). Session close codes
+//! and their reasons are one table too ([`close_reason`]), and [`frame`]
+//! is the one serializer of server frames.
+
+use bytes::Bytes;
+use chat_nats::wire::{ErrorCode, ServerFrame};
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+
+/// A refused request: a stable code and a detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientError {
+    /// Stable code (`docs/protocol.md`).
+    pub code: ErrorCode,
+    /// Detail for humans.
+    pub message: String,
+}
+
+impl ClientError {
+    /// Builds an error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ClientError {
+        ClientError { code, message: message.into() }
+    }
+
+    /// `bad_request` (400).
+    pub fn bad_request(message: impl Into<String>) -> ClientError {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    /// `unauthorized` (401).
+    pub fn unauthorized(message: impl Into<String>) -> ClientError {
+        Self::new(ErrorCode::Unauthorized, message)
+    }
+
+    /// `forbidden` (403).
+    pub fn forbidden(message: impl Into<String>) -> ClientError {
+        Self::new(ErrorCode::Forbidden, message)
+    }
+
+    /// `not_found` (404).
+    pub fn not_found(message: impl Into<String>) -> ClientError {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    /// `unavailable` (503), logging the cause (the client only learns that
+    /// a dependency is down and it may retry).
+    pub fn unavailable(cause: impl std::fmt::Display) -> ClientError {
+        tracing::warn!(error = %cause, "dependency unavailable");
+        Self::new(ErrorCode::Unavailable, "a dependency is unavailable; retry later")
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        status_of(self.code)
+    }
+
+    /// The error as an HTTP response.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        crate::http::json(self.status(), &body)
+    }
+
+    /// The error as a session `error` frame, echoing the request's `cid`.
+    pub fn into_frame(self, cid: Option<String>) -> ServerFrame {
+        ServerFrame::Error { cid, code: self.code, message: self.message }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), self.message)
+    }
+}
+
+impl From<crate::store::DbError> for ClientError {
+    fn from(e: crate::store::DbError) -> ClientError {
+        ClientError::unavailable(e)
+    }
+}
+
+/// The HTTP status of each code: the one table.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    use ErrorCode as E;
+    match code {
+        E::BadJson
+        | E::UnknownType
+        | E::BadFrame
+        | E::TooLarge
+        | E::EmptyBody
+        | E::BadCid
+        | E::BadCursor
+        | E::BadRequest
+        | E::BadCredentials
+        | E::UnknownUser
+        | E::UnknownGroup
+        | E::LimitExceeded
+        | E::PushProviderDisabled => StatusCode::BAD_REQUEST,
+        E::Unauthorized => StatusCode::UNAUTHORIZED,
+        E::Forbidden => StatusCode::FORBIDDEN,
+        E::NotFound => StatusCode::NOT_FOUND,
+        E::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        E::UsernameTaken | E::GroupFull | E::Conflict => StatusCode::CONFLICT,
+        E::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        // Not confirmed in time (e.g. a group change's announcement while a
+        // partition fails over): committed and will be sequenced; retry or
+        // re-read.
+        E::Timeout | E::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        E::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A server frame as the text a transport writes.
+pub fn frame(f: &ServerFrame) -> String {
+    serde_json::to_string(f).expect("server frames always serialize")
+}
+
+/// Declares the close codes and their reasons as one table.
+macro_rules! close_codes {
+    ($($(#[$doc:meta])* $name:ident = $code:literal, $reason:literal;)+) => {
+        $($(#[$doc])* pub const $name: u16 = $code;)+
+
+        /// The reason text sent with each close code.
+        pub fn close_reason(code: u16) -> &'static str {
+            match code {
+                $($code => $reason,)+
+                _ => "going_away",
+            }
+        }
+    };
+}
+
+close_codes! {
+    /// The client closed the session; the gateway answers (over WebSocket
+    /// it echoes the client's own close code, RFC 6455 §5.5.1).
+    CLOSE_NORMAL = 1000, "bye";
+    /// The gateway is shutting down; reconnect (to any gateway).
+    CLOSE_GOING_AWAY = 1001, "going_away";
+    /// The client broke the WebSocket framing rules (unmasked frame,
+    /// reserved opcode or RSV bits, continuation without a start).
+    CLOSE_PROTOCOL = 1002, "protocol_error";
+    /// A text frame that is not valid UTF-8.
+    CLOSE_BAD_UTF8 = 1007, "bad_utf8";
+    /// A message larger than the configured maximum frame size.
+    CLOSE_TOO_BIG = 1009, "too_large";
+    /// The server could not keep the session going (NATS lost); reconnect
+    /// and `sync` from the last cursor.
+    CLOSE_INTERNAL = 1011, "internal";
+    /// The device logged out (`POST /v1/logout`).
+    CLOSE_LOGGED_OUT = 4001, "logged_out";
+    /// The connection was idle past the idle timeout.
+    CLOSE_IDLE = 4002, "idle";
+    /// (QUIC) no valid `auth` frame in time.
+    CLOSE_UNAUTHORIZED = 4003, "unauthorized";
+    /// The client did not read fast enough.
+    CLOSE_SLOW_CONSUMER = 4008, "slow_consumer";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_its_status_and_close_codes_their_reasons() {
+        assert_eq!(ClientError::not_found("x").status(), StatusCode::NOT_FOUND);
+        assert_eq!(status_of(ErrorCode::Timeout), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status_of(ErrorCode::UsernameTaken), StatusCode::CONFLICT);
+        let f = ClientError::new(ErrorCode::TooLarge, "m").into_frame(Some("c".into()));
+        assert_eq!(frame(&f), r#"{"type":"error","cid":"c","code":"too_large","message":"m"}"#);
+        assert_eq!(close_reason(CLOSE_SLOW_CONSUMER), "slow_consumer");
+        assert_eq!(close_reason(CLOSE_NORMAL), "bye");
+    }
+}
