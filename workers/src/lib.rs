@@ -125,9 +125,12 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
         };
         tracing::info!(machine = ids.machine(), worker = %cfg.name, "machine id leased");
         let shared = Arc::new(Shared { client: client.clone(), storage: storage.clone(), ids, clock });
-        let presence = tokio::spawn(presence::run(shared.clone(), cfg.name.clone(), ttl));
+        let (stop_presence, stop) = tokio::sync::oneshot::channel();
+        let presence = tokio::spawn(presence::run(shared.clone(), cfg.name.clone(), ttl, stop));
         let stopped = manage(&cfg, shared, machine, &mut shutdown).await;
-        presence.abort();
+        // Not aborted: it releases the presence lease on its way out.
+        let _ = stop_presence.send(());
+        let _ = presence.await;
         if stopped {
             return Ok(());
         }

@@ -21,18 +21,23 @@ use chat_nats::envelope::PresenceState;
 use chat_nats::subjects;
 use chat_nats::wire::Status;
 use futures::StreamExt;
+use tokio::sync::oneshot;
 
 use crate::lease::Lease;
 use crate::Shared;
 
 /// Runs the presence worker: stand by until the lease is free, then derive
-/// transitions until the lease is lost. Never returns.
-pub async fn run(sh: Arc<Shared>, name: String, ttl: Duration) {
+/// transitions until the lease is lost. Returns when `stop` fires (or its
+/// sender is dropped), after releasing the lease so that a restarted or
+/// another worker takes over at once.
+pub async fn run(sh: Arc<Shared>, name: String, ttl: Duration, mut stop: oneshot::Receiver<()>) {
     loop {
         let Some(mut lease) = Lease::acquire(&sh.storage.leases, subjects::PRESENCE_LEASE.into(), &name, ttl).await
         else {
-            tokio::time::sleep(ttl / 4).await;
-            continue;
+            tokio::select! {
+                _ = tokio::time::sleep(ttl / 4) => continue,
+                _ = &mut stop => return,
+            }
         };
         tracing::info!("presence worker active");
         let renew = async {
@@ -44,11 +49,19 @@ pub async fn run(sh: Arc<Shared>, name: String, ttl: Duration) {
                 }
             }
         };
-        tokio::select! {
-            r = derive(&sh) => if let Err(e) = r { tracing::warn!(error = %e, "presence worker failed; restarting") },
-            _ = renew => {}
-        }
+        let stopping = tokio::select! {
+            r = derive(&sh) => {
+                if let Err(e) = r { tracing::warn!(error = %e, "presence worker failed; restarting") }
+                false
+            }
+            _ = renew => false,
+            _ = &mut stop => true,
+        };
         lease.release().await;
+        if stopping {
+            tracing::info!("presence lease released");
+            return;
+        }
     }
 }
 
