@@ -32,6 +32,9 @@ use tokio::task::JoinHandle;
 use idgen::{Clock, IdWorker};
 use lease::Lease;
 
+/// Default of `CHAT_WORKER_SUBSCRIPTION_CAPACITY`.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 4096;
+
 /// Worker settings, read from `CHAT_*` variables.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -44,6 +47,9 @@ pub struct WorkerConfig {
     pub clock_offset_ms: i64,
     /// `CHAT_WORKER_NAME`: how this worker names itself in leases and logs.
     pub name: String,
+    /// `CHAT_WORKER_SUBSCRIPTION_CAPACITY`: messages the NATS client buffers
+    /// per subscription before it drops them (a slow consumer).
+    pub subscription_capacity: usize,
     /// Push notification settings.
     pub push: push::PushConfig,
 }
@@ -56,6 +62,13 @@ impl WorkerConfig {
             storage: StorageSettings::from_source(src)?,
             clock_offset_ms: config::var(src, "CHAT_WORKER_CLOCK_OFFSET_MS", 0)?,
             name: config::var(src, "CHAT_WORKER_NAME", format!("worker-{}", std::process::id()))?,
+            subscription_capacity: config::bounded(
+                src,
+                "CHAT_WORKER_SUBSCRIPTION_CAPACITY",
+                DEFAULT_SUBSCRIPTION_CAPACITY as u64,
+                1,
+                1 << 20,
+            )? as usize,
             push: push::PushConfig::from_source(src)?,
         })
     }
@@ -98,7 +111,7 @@ struct Owned {
 /// Runs a worker until `shutdown` resolves; then releases its leases so
 /// other workers take over at once.
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), async_nats::Error> {
-    let client = provision::connect(&cfg.nats_url, &cfg.name, 4096).await?;
+    let client = provision::connect(&cfg.nats_url, &cfg.name, cfg.subscription_capacity).await?;
     client.flush().await?;
     let storage = provision::provision(&client, &cfg.storage).await?;
     let clock = Clock { offset_ms: cfg.clock_offset_ms };
