@@ -1,6 +1,7 @@
 //! Worker processes: ID generation, sequencing and fan-out.
 //!
 //! - [`lease`]: leases in the KV leases bucket (machine ids, partitions).
+//! - [`bucket`]: reading a KV bucket in bounded batches.
 //! - [`idgen`]: the leased machine id and the snowflake generator.
 //! - [`sequencer`]: per-partition ordering, history, inbox copies, acks.
 //! - [`presence`]: online/offline transitions derived from heartbeats.
@@ -12,6 +13,7 @@
 //! active owner at a time.
 #![forbid(unsafe_code)]
 
+pub mod bucket;
 pub mod idgen;
 pub mod lease;
 pub mod presence;
@@ -85,6 +87,9 @@ pub struct Shared {
     pub ids: IdWorker,
     /// The worker's clock.
     pub clock: Clock,
+    /// Messages the NATS client buffers per subscription
+    /// (`CHAT_WORKER_SUBSCRIPTION_CAPACITY`): consumers ask for less.
+    pub subscription_capacity: usize,
 }
 
 /// Until when a partition task may act on its lease.
@@ -137,7 +142,13 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
             }
         };
         tracing::info!(machine = ids.machine(), worker = %cfg.name, "machine id leased");
-        let shared = Arc::new(Shared { client: client.clone(), storage: storage.clone(), ids, clock });
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            storage: storage.clone(),
+            ids,
+            clock,
+            subscription_capacity: cfg.subscription_capacity,
+        });
         let (stop_presence, stop) = tokio::sync::oneshot::channel();
         let presence = tokio::spawn(presence::run(shared.clone(), cfg.name.clone(), ttl, stop));
         let stopped = manage(&cfg, shared, machine, &mut shutdown).await;
