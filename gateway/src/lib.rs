@@ -110,7 +110,7 @@ impl AppState {
         if self.known_users.lock().unwrap_or_else(|p| p.into_inner()).contains(&id) {
             return Ok(true);
         }
-        let found = self.db.user(id).await.map_err(|e| ClientError::unavailable(e))?.is_some();
+        let found = self.db.user(id).await.map_err(ClientError::unavailable)?.is_some();
         if found {
             let mut known = self.known_users.lock().unwrap_or_else(|p| p.into_inner());
             if known.len() > 1_000_000 {

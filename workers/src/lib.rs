@@ -1,6 +1,7 @@
 //! Worker processes: ID generation, sequencing and fan-out.
 //!
 //! - [`lease`]: leases in the KV leases bucket (machine ids, partitions).
+//! - [`bucket`]: reading a KV bucket in bounded batches.
 //! - [`idgen`]: the leased machine id and the snowflake generator.
 //! - [`sequencer`]: per-partition ordering, history, inbox copies, acks.
 //! - [`presence`]: online/offline transitions derived from heartbeats.
@@ -12,6 +13,7 @@
 //! active owner at a time.
 #![forbid(unsafe_code)]
 
+pub mod bucket;
 pub mod idgen;
 pub mod lease;
 pub mod presence;
@@ -32,6 +34,9 @@ use tokio::task::JoinHandle;
 use idgen::{Clock, IdWorker};
 use lease::Lease;
 
+/// Default of `CHAT_WORKER_SUBSCRIPTION_CAPACITY`.
+pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 4096;
+
 /// Worker settings, read from `CHAT_*` variables.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -44,6 +49,9 @@ pub struct WorkerConfig {
     pub clock_offset_ms: i64,
     /// `CHAT_WORKER_NAME`: how this worker names itself in leases and logs.
     pub name: String,
+    /// `CHAT_WORKER_SUBSCRIPTION_CAPACITY`: messages the NATS client buffers
+    /// per subscription before it drops them (a slow consumer).
+    pub subscription_capacity: usize,
     /// Push notification settings.
     pub push: push::PushConfig,
 }
@@ -56,6 +64,13 @@ impl WorkerConfig {
             storage: StorageSettings::from_source(src)?,
             clock_offset_ms: config::var(src, "CHAT_WORKER_CLOCK_OFFSET_MS", 0)?,
             name: config::var(src, "CHAT_WORKER_NAME", format!("worker-{}", std::process::id()))?,
+            subscription_capacity: config::bounded(
+                src,
+                "CHAT_WORKER_SUBSCRIPTION_CAPACITY",
+                DEFAULT_SUBSCRIPTION_CAPACITY as u64,
+                1,
+                1 << 20,
+            )? as usize,
             push: push::PushConfig::from_source(src)?,
         })
     }
@@ -72,6 +87,9 @@ pub struct Shared {
     pub ids: IdWorker,
     /// The worker's clock.
     pub clock: Clock,
+    /// Messages the NATS client buffers per subscription
+    /// (`CHAT_WORKER_SUBSCRIPTION_CAPACITY`): consumers ask for less.
+    pub subscription_capacity: usize,
 }
 
 /// Until when a partition task may act on its lease.
@@ -98,7 +116,7 @@ struct Owned {
 /// Runs a worker until `shutdown` resolves; then releases its leases so
 /// other workers take over at once.
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), async_nats::Error> {
-    let client = provision::connect(&cfg.nats_url, &cfg.name, 4096).await?;
+    let client = provision::connect(&cfg.nats_url, &cfg.name, cfg.subscription_capacity).await?;
     client.flush().await?;
     let storage = provision::provision(&client, &cfg.storage).await?;
     let clock = Clock { offset_ms: cfg.clock_offset_ms };
@@ -124,10 +142,19 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
             }
         };
         tracing::info!(machine = ids.machine(), worker = %cfg.name, "machine id leased");
-        let shared = Arc::new(Shared { client: client.clone(), storage: storage.clone(), ids, clock });
-        let presence = tokio::spawn(presence::run(shared.clone(), cfg.name.clone(), ttl));
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            storage: storage.clone(),
+            ids,
+            clock,
+            subscription_capacity: cfg.subscription_capacity,
+        });
+        let (stop_presence, stop) = tokio::sync::oneshot::channel();
+        let presence = tokio::spawn(presence::run(shared.clone(), cfg.name.clone(), ttl, stop));
         let stopped = manage(&cfg, shared, machine, &mut shutdown).await;
-        presence.abort();
+        // Not aborted: it releases the presence lease on its way out.
+        let _ = stop_presence.send(());
+        let _ = presence.await;
         if stopped {
             return Ok(());
         }

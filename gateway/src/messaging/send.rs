@@ -157,7 +157,7 @@ impl Sender {
 
     /// Waits for the recorded outcome of a send (the acks bucket).
     async fn recorded(&self, key: &str) -> Result<SeqResult, ClientError> {
-        let mut watch = self.storage.acks.watch_with_history(key).await.map_err(|e| ClientError::unavailable(e))?;
+        let mut watch = self.storage.acks.watch_with_history(key).await.map_err(ClientError::unavailable)?;
         while let Some(entry) = watch.next().await {
             if let Ok(entry) = entry {
                 if entry.operation == async_nats::jetstream::kv::Operation::Put {

@@ -9,6 +9,7 @@ mod groups;
 mod limits;
 mod presence;
 mod push;
+mod restarts;
 mod robustness;
 mod service;
 mod stack;

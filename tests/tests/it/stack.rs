@@ -197,6 +197,19 @@ impl Stack {
         let _ = self.workers[i].child.wait();
     }
 
+    /// SIGTERMs worker `i` (a clean stop) and waits until it has exited.
+    pub async fn term_worker(&mut self, i: usize) -> Result<std::process::ExitStatus> {
+        let pid = self.workers[i].child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().context("run kill")?;
+        anyhow::ensure!(sent.success(), "kill -TERM {pid} failed");
+        let child = &mut self.workers[i].child;
+        wait_for(&format!("worker {i} (pid {pid}) to exit after SIGTERM"), Duration::from_secs(15), || {
+            let exited = child.try_wait().ok().flatten();
+            async move { exited }
+        })
+        .await
+    }
+
     /// Stops gateway `i` (gracefully if in-process, SIGKILL if a process).
     pub async fn stop_gateway(&mut self, i: usize) {
         match &mut self.gateways[i] {
