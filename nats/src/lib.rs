@@ -11,6 +11,8 @@
 //!   messages, ack records).
 //! - [`history`]: the history index block, last-message lookup and the
 //!   direct-get protocol, shared by the sequencer and the readers.
+//! - [`process`]: tracing set-up and the shutdown signal every binary
+//!   shares.
 //! - [`wire`]: the client-facing WebSocket frames and error codes.
 //! - [`snowflake`]: the 64-bit message id generator (pure, clock injected).
 #![forbid(unsafe_code)]
@@ -18,6 +20,7 @@
 pub mod config;
 pub mod envelope;
 pub mod history;
+pub mod process;
 pub mod provision;
 pub mod snowflake;
 pub mod subjects;

@@ -269,28 +269,4 @@ async fn live_workers(sh: &Shared) -> u32 {
     keys.filter(|k| futures::future::ready(matches!(k, Ok(k) if k.starts_with("machine.")))).count().await as u32
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
-/// Initialises tracing from `CHAT_LOG` (filter, default `info`) and
-/// `CHAT_LOG_FORMAT` (`plain` or `json`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CHAT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if std::env::var("CHAT_LOG_FORMAT").as_deref() == Ok("json") {
-        let _ = builder.json().try_init();
-    } else {
-        let _ = builder.try_init();
-    }
-}
+pub use chat_nats::process::{init_tracing, shutdown_signal};
