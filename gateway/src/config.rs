@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use chat_nats::config::{self, bounded, var, ConfigError, Source};
+use chat_nats::config::{self, bounded, shared, var, ConfigError, Source};
 use chat_nats::provision::StorageSettings;
 
 /// Every gateway setting (see the README's configuration table).
@@ -124,9 +124,9 @@ impl PushProviders {
     /// Reads which providers have credentials.
     pub fn from_source(src: &dyn Source) -> PushProviders {
         PushProviders {
-            fcm: src.get("CHAT_FCM_CREDENTIALS").is_some(),
-            apns: src.get("CHAT_APNS_KEY").is_some(),
-            webpush: src.get("CHAT_VAPID_PRIVATE_KEY").is_some(),
+            fcm: src.get(shared::FCM_CREDENTIALS).is_some(),
+            apns: src.get(shared::APNS_KEY).is_some(),
+            webpush: src.get(shared::VAPID_PRIVATE_KEY).is_some(),
         }
     }
 }
@@ -152,9 +152,9 @@ impl GatewayConfig {
         Ok(GatewayConfig {
             http_addr: var(src, "CHAT_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             listen_backlog: bounded(src, "CHAT_LISTEN_BACKLOG", LISTEN_BACKLOG.into(), 1, 65_535)? as u32,
-            nats_url: var(src, "CHAT_NATS_URL", "nats://127.0.0.1:4222".to_string())?,
-            database_url: var(src, "CHAT_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat".to_string())?,
-            db_pool_size: bounded(src, "CHAT_DB_POOL_SIZE", 16, 1, 1000)? as usize,
+            nats_url: shared::nats_url(src)?,
+            database_url: shared::database_url(src)?,
+            db_pool_size: shared::db_pool_size(src)?,
             token_secrets,
             token_ttl: Duration::from_secs(bounded(src, "CHAT_TOKEN_TTL_SECS", 7 * 24 * 3600, 1, 365 * 24 * 3600)?),
             max_body_chars: bounded(src, "CHAT_MAX_BODY_CHARS", 100_000, 1, 200_000)? as usize,

@@ -26,6 +26,42 @@ pub enum ConfigError {
     },
 }
 
+/// Settings read by more than one process: each name is one constant here,
+/// with its one default, so the gateway and the worker cannot drift apart.
+/// (A setting only one process reads is named once, in that process's
+/// config.)
+pub mod shared {
+    use super::{bounded, var, ConfigError, Source};
+
+    /// NATS server URL(s), comma-separated.
+    pub const NATS_URL: &str = "CHAT_NATS_URL";
+    /// PostgreSQL connection string.
+    pub const DATABASE_URL: &str = "CHAT_DATABASE_URL";
+    /// PostgreSQL connections per process (1-1000, default 16).
+    pub const DB_POOL_SIZE: &str = "CHAT_DB_POOL_SIZE";
+    /// FCM service-account JSON file; set = FCM configured.
+    pub const FCM_CREDENTIALS: &str = "CHAT_FCM_CREDENTIALS";
+    /// APNs `.p8` key file; set = APNs configured.
+    pub const APNS_KEY: &str = "CHAT_APNS_KEY";
+    /// VAPID private key file; set = Web Push configured.
+    pub const VAPID_PRIVATE_KEY: &str = "CHAT_VAPID_PRIVATE_KEY";
+
+    /// [`NATS_URL`], default `nats://127.0.0.1:4222`.
+    pub fn nats_url(src: &dyn Source) -> Result<String, ConfigError> {
+        var(src, NATS_URL, "nats://127.0.0.1:4222".to_string())
+    }
+
+    /// [`DATABASE_URL`], default `postgres://postgres@127.0.0.1:5432/chat`.
+    pub fn database_url(src: &dyn Source) -> Result<String, ConfigError> {
+        var(src, DATABASE_URL, "postgres://postgres@127.0.0.1:5432/chat".to_string())
+    }
+
+    /// [`DB_POOL_SIZE`], default 16.
+    pub fn db_pool_size(src: &dyn Source) -> Result<usize, ConfigError> {
+        Ok(bounded(src, DB_POOL_SIZE, 16, 1, 1000)? as usize)
+    }
+}
+
 /// Where settings come from: the process environment, or a map in tests.
 pub trait Source {
     /// The raw value of a variable, if set.

@@ -60,7 +60,7 @@ impl WorkerConfig {
     /// Reads the configuration.
     pub fn from_source(src: &dyn Source) -> Result<WorkerConfig, ConfigError> {
         Ok(WorkerConfig {
-            nats_url: config::var(src, "CHAT_NATS_URL", "nats://127.0.0.1:4222".to_string())?,
+            nats_url: config::shared::nats_url(src)?,
             storage: StorageSettings::from_source(src)?,
             clock_offset_ms: config::var(src, "CHAT_WORKER_CLOCK_OFFSET_MS", 0)?,
             name: config::var(src, "CHAT_WORKER_NAME", format!("worker-{}", std::process::id()))?,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chat_nats::config::{bounded, var, ConfigError, Source};
+use chat_nats::config::{bounded, shared, var, ConfigError, Source};
 
 /// Firebase Cloud Messaging settings.
 #[derive(Debug, Clone)]
@@ -100,29 +100,29 @@ fn ms(src: &dyn Source, name: &str, default: u64, min: u64, max: u64) -> Result<
 impl PushConfig {
     /// Reads and validates the push settings.
     pub fn from_source(src: &dyn Source) -> Result<PushConfig, ConfigError> {
-        let fcm = match src.get("CHAT_FCM_CREDENTIALS") {
+        let fcm = match src.get(shared::FCM_CREDENTIALS) {
             None => None,
             Some(credentials) => Some(FcmConfig {
                 credentials,
                 endpoint: var(src, "CHAT_FCM_ENDPOINT", "https://fcm.googleapis.com".to_string())?,
             }),
         };
-        let apns = match src.get("CHAT_APNS_KEY") {
+        let apns = match src.get(shared::APNS_KEY) {
             None => None,
             Some(key) => Some(ApnsConfig {
                 key,
-                key_id: required(src, "CHAT_APNS_KEY_ID", "CHAT_APNS_KEY")?,
-                team_id: required(src, "CHAT_APNS_TEAM_ID", "CHAT_APNS_KEY")?,
-                topic: required(src, "CHAT_APNS_TOPIC", "CHAT_APNS_KEY")?,
+                key_id: required(src, "CHAT_APNS_KEY_ID", shared::APNS_KEY)?,
+                team_id: required(src, "CHAT_APNS_TEAM_ID", shared::APNS_KEY)?,
+                topic: required(src, "CHAT_APNS_TOPIC", shared::APNS_KEY)?,
                 endpoint: var(src, "CHAT_APNS_ENDPOINT", "https://api.push.apple.com".to_string())?,
             }),
         };
         let allow_http = var(src, "CHAT_WEBPUSH_ALLOW_HTTP", false)?;
-        let webpush = match src.get("CHAT_VAPID_PRIVATE_KEY") {
+        let webpush = match src.get(shared::VAPID_PRIVATE_KEY) {
             None => None,
             Some(key) => Some(WebPushConfig {
                 key,
-                subject: required(src, "CHAT_VAPID_SUBJECT", "CHAT_VAPID_PRIVATE_KEY")?,
+                subject: required(src, "CHAT_VAPID_SUBJECT", shared::VAPID_PRIVATE_KEY)?,
                 ttl: Duration::from_secs(bounded(src, "CHAT_WEBPUSH_TTL_SECS", 86_400, 0, 2_419_200)?),
                 allow_http,
             }),
@@ -140,8 +140,8 @@ impl PushConfig {
         let retry_max = ms(src, "CHAT_PUSH_RETRY_MAX_MS", 300_000, 10, 86_400_000)?.max(retry_base);
         Ok(PushConfig {
             enabled: var(src, "CHAT_PUSH_ENABLED", true)?,
-            database_url: var(src, "CHAT_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chat".to_string())?,
-            db_pool_size: bounded(src, "CHAT_DB_POOL_SIZE", 8, 1, 1000)? as usize,
+            database_url: shared::database_url(src)?,
+            db_pool_size: shared::db_pool_size(src)?,
             delay: ms(src, "CHAT_PUSH_DELAY_MS", 3_000, 0, 600_000)?,
             max_age: Duration::from_secs(bounded(src, "CHAT_PUSH_MAX_AGE_SECS", 3_600, 1, 7 * 86_400)?),
             preview: var(src, "CHAT_PUSH_PREVIEW", true)?,
