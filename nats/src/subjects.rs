@@ -36,6 +36,9 @@ pub const IDHW_BUCKET: &str = "chat_idhw";
 /// sequence a gateway has handed to any of the user's devices (key
 /// [`delivered_key`]). The push planner does not push what is below it.
 pub const DELIVERED_BUCKET: &str = "chat_delivered";
+/// KV bucket of device token generations raised by logout (key
+/// [`revoked_key`]); every gateway watches it into memory.
+pub const REVOKED_BUCKET: &str = "chat_revoked";
 /// Work-queue stream of push jobs, one per (message, device).
 pub const PUSH_STREAM: &str = "CHAT_PUSH";
 /// Stream of push jobs that failed for good (dead letters), kept for
@@ -114,6 +117,17 @@ pub fn presence(user: i64) -> String {
 /// friend changes): never persisted.
 pub fn ephemeral(user: i64) -> String {
     format!("{PREFIX}.eph.{user}")
+}
+
+/// KV key of a device in [`REVOKED_BUCKET`]: `<user>.<device>`.
+pub fn revoked_key(user: i64, device: &str) -> String {
+    format!("{user}.{device}")
+}
+
+/// The user and device of a [`revoked_key`].
+pub fn parse_revoked_key(key: &str) -> Option<(i64, &str)> {
+    let (user, device) = key.split_once('.')?;
+    Some((parse_id(user)?, device)).filter(|(_, d)| is_token(d))
 }
 
 /// KV key of one connection in [`PRESENCE_BUCKET`].
@@ -328,6 +342,14 @@ mod tests {
         for bad in ["", "a.b", "a*", ">", "a b", &"x".repeat(65)] {
             assert!(!is_token(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn revoked_keys_round_trip() {
+        assert_eq!(parse_revoked_key(&revoked_key(7, "phone")), Some((7, "phone")));
+        assert_eq!(parse_revoked_key("07.phone"), None);
+        assert_eq!(parse_revoked_key("7"), None);
+        assert_eq!(parse_revoked_key("7.a.b"), None);
     }
 
     #[test]

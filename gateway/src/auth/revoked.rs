@@ -17,7 +17,7 @@ use futures::StreamExt;
 use crate::auth::Claims;
 
 /// The bucket of revocations.
-pub const BUCKET: &str = "chat_revoked";
+pub use chat_nats::subjects::REVOKED_BUCKET as BUCKET;
 
 /// The lowest token generation still valid, per device with a logout.
 #[derive(Debug, Default)]
@@ -35,8 +35,7 @@ impl Revoked {
 
     /// Records a generation (or, with `None`, forgets the device's entry).
     pub fn apply(&self, key: &str, value: Option<&[u8]>) {
-        let Some((user, device)) = key.split_once('.') else { return };
-        let Ok(user) = user.parse::<i64>() else { return };
+        let Some((user, device)) = chat_nats::subjects::parse_revoked_key(key) else { return };
         let mut map = self.min_gen.write().unwrap_or_else(|p| p.into_inner());
         match value.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse::<u64>().ok()) {
             Some(gen) => {

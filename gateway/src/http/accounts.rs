@@ -141,7 +141,7 @@ pub async fn logout(st: &AppState, req: Request<Incoming>) -> Result<Resp, Clien
     // Every token of this device issued so far stops working, on every
     // gateway (see `revoked`); a new login gets the new generation.
     if let Some(gen) = st.db.bump_token_gen(claims.user, &claims.device).await? {
-        let key = format!("{}.{}", claims.user, claims.device);
+        let key = chat_nats::subjects::revoked_key(claims.user, &claims.device);
         st.revoked_kv.put(&key, gen.to_string().into()).await.map_err(ClientError::unavailable)?;
         // This gateway refuses them at once; the others as their watch
         // delivers the entry (milliseconds).
