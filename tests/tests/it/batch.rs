@@ -206,3 +206,32 @@ async fn provisioned_history_and_inbox_take_batches_and_the_server_is_new_enough
     assert_eq!(batch(&[&history], 3).commit(&t.client).await?.count, 3);
     Ok(())
 }
+
+/// `chat-bench fsync` with tiny sizes keeps working (what it measures is
+/// not checked: benchmarks do not gate CI).
+#[tokio::test]
+async fn the_fsync_bench_scenario_runs_tiny() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let t = chat_bench::Target {
+        gateways: vec![],
+        quic: vec![],
+        nats_url: nats.url.clone(),
+        gateway_pids: vec![],
+        nats_pid: None,
+        token_secret: None,
+    };
+    let cfg = chat_bench::fsync::Cfg {
+        fsyncs: 20,
+        batch_sizes: vec![1, 5],
+        window: 8,
+        duration: std::time::Duration::from_millis(50),
+        ..Default::default()
+    };
+    let r = chat_bench::fsync::run(&t, &cfg).await?;
+    for m in ["raw_fsyncs_per_s", "plain_8_in_flight_msgs_per_s", "batch_1_msgs_per_s", "batch_5_msgs_per_s"] {
+        assert!(r.get(m) > 0.0, "{m} in\n{}", r.table());
+    }
+    assert_eq!(r.lat("raw write+fsync, one thread").map(|l| l.count), Some(20), "{}", r.table());
+    assert!(r.lat("commit of a batch of 5").is_some_and(|l| l.count >= 3), "{}", r.table());
+    Ok(())
+}
