@@ -20,6 +20,9 @@
 //! - [`heartbeat`]: N connections sending `ping` heartbeats at a rising
 //!   total rate; pongs per second and their latency, presence KV writes
 //!   per second, gateway CPU, against raw KV puts at the same rate.
+//! - [`fsync`]: this disk's raw fsync rate and latency, and stored
+//!   messages per second with atomic batches of 1 to 999 entries against
+//!   plain publishes (nats-server only, no stack).
 //!
 //! `latency`, `idle` and `heartbeat` run over WebSocket or QUIC
 //! ([`client::Transport`]).
@@ -32,6 +35,7 @@ pub mod baseline;
 pub mod catchup;
 pub mod client;
 pub mod fanout;
+pub mod fsync;
 pub mod heartbeat;
 pub mod history;
 pub mod idle;

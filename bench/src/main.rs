@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use chat_bench::client::Transport;
 use chat_bench::stack::{OwnStack, StackCfg};
-use chat_bench::{catchup, fanout, heartbeat, history, idle, latency, storm, QuicTarget, Report, Target};
+use chat_bench::{catchup, fanout, fsync, heartbeat, history, idle, latency, storm, QuicTarget, Report, Target};
 
 const HELP: &str = "\
 chat-bench <scenario> [options]
 
-scenarios: latency catchup history idle storm fanout heartbeat all
+scenarios: latency catchup history idle storm fanout heartbeat fsync all
 
 stack (default: start nats-server, PostgreSQL and target/release binaries):
   --gateways N            gateway processes [1] (idle: 2 shows scaling)
@@ -43,9 +43,11 @@ scenario options (with `all`, prefix one with the scenario, e.g. --history-messa
   fanout   --groups 2 --members 100 --devices 1 --senders 4 --rate 100 --duration 10
   heartbeat --conns 5000 --users 100 --interval 1 (per connection) or --rates 5000,10000,20000
            (total per second, stepped until saturated) --duration 10 --warmup 2 --transport ws|quic
+  fsync    --fsyncs 1000 --batch-sizes 1,20,100,500,999 --window 256 --duration 3 --size 200
+           (starts only nats-server; with --nats URL uses that one, and --dir for the fsync file)
 ";
 
-const SCENARIOS: [&str; 7] = ["latency", "catchup", "history", "idle", "storm", "fanout", "heartbeat"];
+const SCENARIOS: [&str; 8] = ["latency", "catchup", "history", "idle", "storm", "fanout", "heartbeat", "fsync"];
 
 /// Parsed `--key value` options (repeatable) and flags.
 struct Opts {
@@ -209,6 +211,25 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
             };
             heartbeat::run(t, &cfg).await?
         }
+        "fsync" => {
+            let d = fsync::Cfg::default();
+            let batch_sizes = match o.raw("batch-sizes") {
+                None => d.batch_sizes,
+                Some(v) => v
+                    .split(',')
+                    .map(|x| x.trim().parse::<usize>().map_err(|_| anyhow!("--batch-sizes: not a number: {x:?}")))
+                    .collect::<Result<_>>()?,
+            };
+            let cfg = fsync::Cfg {
+                fsyncs: o.num("fsyncs", d.fsyncs)?,
+                dir: o.raw("dir").map(PathBuf::from).unwrap_or(d.dir),
+                batch_sizes,
+                window: o.num("window", d.window)?,
+                duration: o.secs("duration", d.duration)?,
+                size: o.num("size", d.size)?,
+            };
+            fsync::run(t, &cfg).await?
+        }
         other => bail!("unknown scenario {other:?} (see --help)"),
     })
 }
@@ -229,7 +250,31 @@ fn machine() -> serde_json::Value {
 async fn scenario(name: &str, o: &mut Opts, out: &Path) -> Result<Report> {
     o.scenario = name.to_owned();
     let external = o.all("gateway");
-    let mut report = if external.is_empty() {
+    let mut report = if name == "fsync" && o.raw("nats").is_none() {
+        // Only nats-server matters here: no gateway, worker or database.
+        eprintln!("chat-bench: fsync: starting nats-server");
+        let nats = chat_tests::NatsServer::start()?;
+        let t = Target {
+            gateways: vec![],
+            quic: vec![],
+            nats_url: nats.url.clone(),
+            gateway_pids: vec![],
+            nats_pid: None,
+            token_secret: None,
+        };
+        run_one(name, o, &t).await?
+    } else if name == "fsync" {
+        let nats_url = o.raw("nats").unwrap_or_default().to_owned();
+        let t = Target {
+            gateways: vec![],
+            quic: vec![],
+            nats_url,
+            gateway_pids: vec![],
+            nats_pid: None,
+            token_secret: None,
+        };
+        run_one(name, o, &t).await?
+    } else if external.is_empty() {
         let d = StackCfg::default();
         let cfg = StackCfg {
             gateways: o.num("gateways", d.gateways)?,

@@ -6,6 +6,8 @@
 //!   conversation ids and ingress partitioning.
 //! - [`provision`]: stream and KV bucket definitions, idempotent creation and
 //!   the start-up check of the nats-server version and JetStream.
+//! - [`batch`]: atomic batch publishing (one stream, all or nothing, one
+//!   fsync per batch on nats-server 2.15.1).
 //! - [`config`]: typed `CHAT_*` settings read once at start-up.
 //! - [`envelope`]: what travels between processes (ingress sends, stored
 //!   messages, ack records).
@@ -17,6 +19,7 @@
 //! - [`snowflake`]: the 64-bit message id generator (pure, clock injected).
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod config;
 pub mod envelope;
 pub mod history;

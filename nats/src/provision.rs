@@ -1,8 +1,9 @@
 //! Stream and KV bucket definitions, their idempotent provisioning, and the
 //! start-up check of the nats-server.
 //!
-//! Every process calls [`check_server`] then [`provision`] at start-up. Both
-//! are safe to run from many processes at once: creating a stream with the
+//! Every process calls [`check_server`] then [`provision`] at start-up; a
+//! process that commits atomic batches ([`crate::batch`]) also calls
+//! [`check_batch_server`]. All are safe to run from many processes at once: creating a stream with the
 //! same configuration is a no-op on the server, and a changed configuration
 //! (a new retention setting, say) is applied as an update.
 
@@ -17,6 +18,12 @@ use crate::subjects;
 /// this system relies on (such as multiple filter subjects).
 pub const MIN_SERVER_VERSION: (u32, u32) = (2, 11);
 
+/// Oldest nats-server whose atomic batch commit fsyncs the whole batch once
+/// (PR #8539, "coalesce atomic batch syncs"). 2.12-2.14 accept atomic
+/// batches but fsync every message in them, so a batched write path would
+/// be no faster than plain publishes there.
+pub const MIN_BATCH_SERVER_VERSION: (u32, u32, u32) = (2, 15, 1);
+
 /// A push job not sent within this time is dropped by the stream (a
 /// notification a day late is worse than none).
 pub const PUSH_JOB_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -29,6 +36,13 @@ pub enum ProvisionError {
     /// The server's version is older than [`MIN_SERVER_VERSION`] or unreadable.
     #[error("nats-server {found} is too old: version 2.11 or newer is required (older servers silently ignore consumer options); install nats-server 2.15.1")]
     ServerTooOld {
+        /// The version the server reported.
+        found: String,
+    },
+    /// The server is older than [`MIN_BATCH_SERVER_VERSION`] (or its version
+    /// is unreadable) and a process relies on one fsync per atomic batch.
+    #[error("nats-server {found} is too old for batched writes: version 2.15.1 or newer is required, because older servers fsync every message of an atomic batch separately (2.15.1 commits a batch with one fsync, nats-server PR #8539); install nats-server 2.15.1")]
+    NoCoalescedBatchCommit {
         /// The version the server reported.
         found: String,
     },
@@ -170,6 +184,35 @@ pub fn parse_version(v: &str) -> Option<(u32, u32)> {
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
+/// Parses `major.minor.patch` out of a server version string, and whether
+/// it is a pre-release (`2.15.1-beta.2`, which precedes `2.15.1`).
+pub fn parse_release(v: &str) -> Option<((u32, u32, u32), bool)> {
+    let v = v.trim_start_matches('v');
+    let (core, pre) = match v.split_once('-') {
+        Some((core, _)) => (core, true),
+        None => (v, false),
+    };
+    let mut it = core.split('.').map(|n| n.parse().ok());
+    let version = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some((version, pre))
+}
+
+/// Refuses a server version older than [`MIN_BATCH_SERVER_VERSION`] (a
+/// pre-release of 2.15.1 counts as older).
+pub fn check_batch_version(version: &str) -> Result<(), ProvisionError> {
+    match parse_release(version) {
+        Some((v, pre)) if v > MIN_BATCH_SERVER_VERSION || (v == MIN_BATCH_SERVER_VERSION && !pre) => Ok(()),
+        _ => Err(ProvisionError::NoCoalescedBatchCommit { found: version.into() }),
+    }
+}
+
+/// Refuses a server that cannot commit an atomic batch with one fsync (see
+/// [`MIN_BATCH_SERVER_VERSION`]); for processes that write through
+/// [`crate::batch`], in addition to [`check_server`].
+pub fn check_batch_server(client: &async_nats::Client) -> Result<(), ProvisionError> {
+    check_batch_version(&client.server_info().version)
+}
+
 /// Refuses a server that is too old or has no JetStream.
 pub fn check_server(client: &async_nats::Client) -> Result<(), ProvisionError> {
     let info = client.server_info();
@@ -214,6 +257,9 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
             description: Some("permanent conversation history".into()),
             subjects: vec![subjects::HISTORY_ALL.into()],
             duplicate_window: Duration::from_secs(600),
+            // Written by atomic batches (crate::batch); plain publishes are
+            // unaffected by the flag.
+            allow_atomic_publish: true,
             ..base.clone()
         },
     )
@@ -226,6 +272,7 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
             subjects: vec![subjects::INBOX_ALL.into()],
             max_age: s.inbox_retention,
             duplicate_window: Duration::from_secs(600),
+            allow_atomic_publish: true,
             ..base.clone()
         },
     )
@@ -358,5 +405,21 @@ mod tests {
         assert_eq!(parse_version("garbage"), None);
         assert!(parse_version("2.9.10").unwrap() < MIN_SERVER_VERSION);
         assert!(parse_version("2.15.1").unwrap() >= MIN_SERVER_VERSION);
+    }
+
+    #[test]
+    fn batched_writes_need_2_15_1() {
+        assert_eq!(parse_release("v2.15.1"), Some(((2, 15, 1), false)));
+        assert_eq!(parse_release("2.15.1-beta.2"), Some(((2, 15, 1), true)));
+        assert_eq!(parse_release("2.15"), None);
+        assert_eq!(parse_release("2.15.1.4"), None);
+        for ok in ["2.15.1", "2.15.2", "2.16.0-dev", "3.0.0"] {
+            assert!(check_batch_version(ok).is_ok(), "{ok}");
+        }
+        for old in ["2.15.0", "2.15.1-RC.1", "2.14.9", "2.12.0", "garbage", ""] {
+            let e = check_batch_version(old).unwrap_err();
+            assert!(matches!(&e, ProvisionError::NoCoalescedBatchCommit { found } if found == old), "{old}");
+            assert!(e.to_string().contains("fsync"), "{e}");
+        }
     }
 }

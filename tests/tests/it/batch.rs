@@ -1,0 +1,237 @@
+//! Atomic batches (`chat_nats::batch`) against a real nats-server 2.15.1:
+//! all or nothing, consecutive sequences in batch order, typed rejections.
+
+use anyhow::{Context, Result};
+use async_nats::jetstream::{self, stream};
+use async_nats::HeaderMap;
+use chat_nats::batch::{AtomicBatch, BatchConfig, BatchError};
+use chat_nats::provision;
+use chat_tests::NatsServer;
+
+/// A server, a client and a JetStream context on it.
+struct Js {
+    _nats: NatsServer,
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+async fn js() -> Result<Js> {
+    let nats = NatsServer::start()?;
+    let client = async_nats::connect(&nats.url).await?;
+    let js = jetstream::new(client.clone());
+    Ok(Js { _nats: nats, client, js })
+}
+
+impl Js {
+    /// A file stream on `<prefix>.>` with direct get, atomic publish as asked.
+    async fn stream(&self, name: &str, prefix: &str, atomic: bool) -> Result<stream::Stream> {
+        let config = stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{prefix}.>")],
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            allow_atomic_publish: atomic,
+            ..Default::default()
+        };
+        self.js.create_stream(config).await.with_context(|| format!("create stream {name}"))
+    }
+
+    /// Plain publishes, each awaited to its ack; returns the last sequence.
+    async fn publish(&self, subject: &str, n: usize) -> Result<u64> {
+        let mut last = 0;
+        for i in 0..n {
+            last = self.js.publish(subject.to_string(), format!("plain {i}").into()).await?.await?.sequence;
+        }
+        Ok(last)
+    }
+}
+
+async fn stored(s: &mut stream::Stream) -> Result<(u64, u64)> {
+    let state = &s.info().await?.state;
+    Ok((state.messages, state.last_sequence))
+}
+
+fn msg_id(id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", id);
+    h
+}
+
+/// A batch of `n` entries on `subjects` in turn, payloads `e0`, `e1`, ...
+fn batch(subjects: &[&str], n: usize) -> AtomicBatch {
+    let mut b = AtomicBatch::new(BatchConfig::default());
+    for i in 0..n {
+        b.push(subjects[i % subjects.len()].to_string(), HeaderMap::new(), format!("e{i}").into()).unwrap();
+    }
+    b
+}
+
+#[tokio::test]
+async fn a_batch_of_500_over_two_subjects_lands_in_order_at_the_acked_sequences() -> Result<()> {
+    let t = js().await?;
+    let mut s = t.stream("B", "b", true).await?;
+    let before = t.publish("b.x", 3).await?;
+    let b = batch(&["b.x", "b.y"], 500);
+
+    let c = b.commit(&t.client).await?;
+    assert_eq!((c.stream.as_str(), c.count, c.first_seq(), c.last_seq), ("B", 500, before + 1, before + 500));
+    assert_eq!(stored(&mut s).await?, (503, 503));
+    for (i, (entry, seq)) in b.entries().iter().zip(c.sequences()).enumerate() {
+        let m = s.direct_get(seq).await.with_context(|| format!("direct get {seq}"))?;
+        assert_eq!((m.sequence, &m.subject, &m.payload), (seq, &entry.subject, &entry.payload), "entry {i}");
+        assert_eq!(m.headers.get("Nats-Batch-Sequence").map(|v| v.as_str()), Some((i + 1).to_string().as_str()));
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_of_one_entry_commits() -> Result<()> {
+    let t = js().await?;
+    let mut s = t.stream("B", "b", true).await?;
+    t.publish("b.x", 2).await?;
+    let c = batch(&["b.y"], 1).commit(&t.client).await?;
+    assert_eq!((c.count, c.first_seq(), c.last_seq), (1, 3, 3));
+    assert_eq!(s.direct_get(3).await?.payload, "e0");
+    assert_eq!(stored(&mut s).await?, (3, 3));
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_already_stored_msg_id_rejects_the_whole_batch() -> Result<()> {
+    let t = js().await?;
+    let mut s = t.stream("B", "b", true).await?;
+    t.js.publish_with_headers("b.x", msg_id("dup"), "first".into()).await?.await?;
+    let ids = ["m0", "m1", "dup", "m3", "m4"];
+    let mut b = AtomicBatch::new(BatchConfig::default());
+    for id in ids {
+        b.push("b.y", msg_id(id), id.to_string().into())?;
+    }
+
+    let e = b.commit(&t.client).await.unwrap_err();
+    assert!(matches!(e, BatchError::DuplicateMsgId { .. }), "{e:?}");
+    assert!(!e.outcome_unknown());
+    assert_eq!(stored(&mut s).await?, (1, 1), "a rejected batch stored something");
+
+    // The rejection recorded none of the other ids: without the duplicate,
+    // the same entries commit.
+    let mut retry = AtomicBatch::new(BatchConfig::default());
+    for e in b.entries().iter().filter(|e| e.payload != "dup") {
+        retry.push(e.subject.clone(), e.headers.clone(), e.payload.clone())?;
+    }
+    let c = retry.commit(&t.client).await?;
+    assert_eq!(c.sequences(), 2..=5);
+    assert_eq!(stored(&mut s).await?, (5, 5));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_expected_last_sequence_reports_the_actual_one_and_tells_a_lost_ack_apart() -> Result<()> {
+    let t = js().await?;
+    let mut s = t.stream("B", "b", true).await?;
+    let last = t.publish("b.x", 3).await?;
+    let mut b = batch(&["b.x", "b.y"], 4);
+
+    b.expect_last_sequence(last - 1);
+    let e = b.commit(&t.client).await.unwrap_err();
+    assert!(matches!(e, BatchError::WrongLastSequence { expected: Some(2), actual: Some(3) }), "{e:?}");
+    assert_eq!(stored(&mut s).await?, (3, 3));
+
+    b.expect_last_sequence(last);
+    let c = b.commit(&t.client).await?;
+    assert_eq!(c.sequences(), 4..=7);
+
+    // A single writer that lost that ack commits the same batch again with
+    // the same expectation: the actual last sequence says it had landed.
+    let e = b.commit(&t.client).await.unwrap_err();
+    assert!(matches!(e, BatchError::WrongLastSequence { expected: Some(3), actual: Some(7) }), "{e:?}");
+    assert_eq!(stored(&mut s).await?, (7, 7));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stream_without_atomic_publish_refuses_a_batch() -> Result<()> {
+    let t = js().await?;
+    let mut s = t.stream("PLAIN", "p", false).await?;
+    for n in [3, 1] {
+        let e = batch(&["p.x"], n).commit(&t.client).await.unwrap_err();
+        assert!(matches!(&e, BatchError::AtomicPublishDisabled { stream: Some(s) } if s == "PLAIN"), "{n}: {e:?}");
+    }
+    assert_eq!(stored(&mut s).await?, (0, 0));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_spanning_two_streams_stores_nothing() -> Result<()> {
+    let t = js().await?;
+    let mut a = t.stream("A", "a", true).await?;
+    let mut b = t.stream("B", "b", true).await?;
+    // Commit on the second stream, then on the first.
+    for subjects in [["a.1", "a.2", "b.1", "b.2"], ["b.1", "b.2", "a.1", "a.2"]] {
+        let mut batch = AtomicBatch::new(BatchConfig::default());
+        for s in subjects {
+            batch.push(s, HeaderMap::new(), s.to_string().into())?;
+        }
+        let e = batch.commit(&t.client).await.unwrap_err();
+        assert!(matches!(e, BatchError::Incomplete { .. }), "{subjects:?}: {e:?}");
+    }
+    assert_eq!((stored(&mut a).await?, stored(&mut b).await?), ((0, 0), (0, 0)));
+    // Both streams still take batches.
+    batch(&["a.1"], 2).commit(&t.client).await?;
+    batch(&["b.1"], 2).commit(&t.client).await?;
+    assert_eq!((stored(&mut a).await?, stored(&mut b).await?), ((2, 2), (2, 2)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_commit_nobody_stores_is_no_stream_and_an_overfull_batch_is_refused() -> Result<()> {
+    let t = js().await?;
+    let e = batch(&["nowhere.x"], 2).commit(&t.client).await.unwrap_err();
+    assert!(matches!(e, BatchError::NoStream { .. }), "{e:?}");
+    assert!(matches!(AtomicBatch::new(BatchConfig::default()).commit(&t.client).await, Err(BatchError::Empty)));
+    let mut full = batch(&["b.x"], 1000);
+    assert!(matches!(full.push("b.x", HeaderMap::new(), "one more".into()), Err(BatchError::Full { max: 1000 })));
+    Ok(())
+}
+
+#[tokio::test]
+async fn provisioned_history_and_inbox_take_batches_and_the_server_is_new_enough() -> Result<()> {
+    let t = js().await?;
+    provision::check_batch_server(&t.client)?;
+    let storage = provision::provision(&t.client, &provision::StorageSettings::default()).await?;
+    for mut s in [storage.history, storage.inbox] {
+        assert!(s.info().await?.config.allow_atomic_publish, "{}", s.cached_info().config.name);
+    }
+    assert!(!storage.ingress.cached_info().config.allow_atomic_publish, "ingress is unchanged");
+    let history = chat_nats::subjects::HISTORY_ALL.trim_end_matches('>').to_string() + "batchtest";
+    assert_eq!(batch(&[&history], 3).commit(&t.client).await?.count, 3);
+    Ok(())
+}
+
+/// `chat-bench fsync` with tiny sizes keeps working (what it measures is
+/// not checked: benchmarks do not gate CI).
+#[tokio::test]
+async fn the_fsync_bench_scenario_runs_tiny() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let t = chat_bench::Target {
+        gateways: vec![],
+        quic: vec![],
+        nats_url: nats.url.clone(),
+        gateway_pids: vec![],
+        nats_pid: None,
+        token_secret: None,
+    };
+    let cfg = chat_bench::fsync::Cfg {
+        fsyncs: 20,
+        batch_sizes: vec![1, 5],
+        window: 8,
+        duration: std::time::Duration::from_millis(50),
+        ..Default::default()
+    };
+    let r = chat_bench::fsync::run(&t, &cfg).await?;
+    for m in ["raw_fsyncs_per_s", "plain_8_in_flight_msgs_per_s", "batch_1_msgs_per_s", "batch_5_msgs_per_s"] {
+        assert!(r.get(m) > 0.0, "{m} in\n{}", r.table());
+    }
+    assert_eq!(r.lat("raw write+fsync, one thread").map(|l| l.count), Some(20), "{}", r.table());
+    assert!(r.lat("commit of a batch of 5").is_some_and(|l| l.count >= 3), "{}", r.table());
+    Ok(())
+}
