@@ -125,8 +125,8 @@ async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8], fresh: bool) 
     let result = match ConvId::parse(&send.conv) {
         None => SeqResult::Err { code: ErrorCode::BadFrame, message: "malformed conversation id".into() },
         Some(conv) => match recipients(sh, caches, &conv, &send).await? {
-            Err((code, message)) => SeqResult::Err { code, message },
-            Ok(members) => sequence(sh, &mut caches.convs, &send, &key, conv, &members, fresh).await?,
+            Recipients::Refused { code, message } => SeqResult::Err { code, message },
+            Recipients::To(members) => sequence(sh, &mut caches.convs, &send, &key, conv, &members, fresh).await?,
         },
     };
     let ack = Bytes::from(serde_json::to_vec(&SeqAck { key: key.clone(), result })?);
@@ -138,6 +138,25 @@ async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8], fresh: bool) 
     Ok(())
 }
 
+/// Whose inboxes get a copy of a message, or why its send is refused.
+enum Recipients {
+    /// These users' inboxes (sorted, no duplicates for groups).
+    To(Vec<i64>),
+    /// The send is refused (unknown group, sender not a member).
+    Refused {
+        /// Stable code for the sender.
+        code: ErrorCode,
+        /// Detail.
+        message: String,
+    },
+}
+
+impl Recipients {
+    fn refused(code: ErrorCode, message: impl Into<String>) -> Recipients {
+        Recipients::Refused { code, message: message.into() }
+    }
+}
+
 /// Whose inboxes get a copy, or why the send is refused. For a group the
 /// member list is the sequencer's own (applied in conversation order), so
 /// a member removed before this message gets nothing, and a sender who is
@@ -147,10 +166,10 @@ async fn recipients(
     caches: &mut Caches,
     conv: &ConvId,
     send: &IngressSend,
-) -> Result<Result<Vec<i64>, (ErrorCode, String)>, async_nats::Error> {
+) -> Result<Recipients, async_nats::Error> {
     let group = match conv.kind() {
-        ConvKind::Direct(a, b) if a == b => return Ok(Ok(vec![a])),
-        ConvKind::Direct(a, b) => return Ok(Ok(vec![a, b])),
+        ConvKind::Direct(a, b) if a == b => return Ok(Recipients::To(vec![a])),
+        ConvKind::Direct(a, b) => return Ok(Recipients::To(vec![a, b])),
         ConvKind::Group(g) => g,
     };
     if let std::collections::hash_map::Entry::Vacant(slot) = caches.groups.entry(group) {
@@ -180,20 +199,23 @@ async fn recipients(
             // The old and the new members both see the change.
             to.sort_unstable();
             to.dedup();
-            Ok(Ok(to))
+            Ok(Recipients::To(to))
         }
-        (_, None) => Ok(Err((ErrorCode::UnknownGroup, format!("no group {group}")))),
+        (_, None) => Ok(Recipients::refused(ErrorCode::UnknownGroup, format!("no group {group}"))),
         (_, Some(cur)) => {
             let members = ids(cur);
             if members.contains(&send.from) {
-                Ok(Ok(members))
+                Ok(Recipients::To(members))
             } else {
-                Ok(Err((ErrorCode::Forbidden, "not a member of this group".into())))
+                Ok(Recipients::refused(ErrorCode::Forbidden, "not a member of this group"))
             }
         }
     }
 }
 
+/// Sequences one accepted message, as named steps: assign its id, store it
+/// (history and every inbox copy), wake the members' delivery, index it for
+/// history pages, and remember the conversation's new state.
 async fn sequence(
     sh: &Shared,
     convs: &mut HashMap<ConvId, ConvState>,
@@ -207,9 +229,33 @@ async fn sequence(
         Some(s) => *s,
         None => load_state(sh, &conv).await?,
     };
-    let id = sh.ids.next_after(state.last_id).await?;
-    let mut stored = StoredMessage {
-        id,
+    let draft = assign_id(sh, send, &conv, state).await?;
+    let stored = store(sh, key, &conv, draft, members, fresh).await?;
+    wake(sh, &stored.copies).await?;
+    index(sh, &conv, &stored).await?;
+    let next = ConvState { last_id: stored.msg.id.max(state.last_id), n: stored.msg.n.max(state.n) };
+    convs.insert(conv.clone(), next);
+    Ok(SeqResult::Ok { id: stored.msg.id, conv: conv.to_string(), ts: stored.msg.ts })
+}
+
+/// A message as stored: the history entry (its sequence) and the inbox
+/// copies (member, inbox sequence).
+struct Stored {
+    msg: StoredMessage,
+    history_seq: u64,
+    copies: Vec<(i64, u64)>,
+}
+
+/// Step 1: the message with its id (above the conversation's last) and its
+/// ordinal in the conversation.
+async fn assign_id(
+    sh: &Shared,
+    send: &IngressSend,
+    conv: &ConvId,
+    state: ConvState,
+) -> Result<StoredMessage, async_nats::Error> {
+    Ok(StoredMessage {
+        id: sh.ids.next_after(state.last_id).await?,
         conv: conv.to_string(),
         from: send.from,
         device: send.device.clone(),
@@ -219,22 +265,35 @@ async fn sequence(
         ts: sh.clock.now_ms(),
         n: state.n + 1,
         event: send.event.clone(),
-    };
-    let mut payload = Bytes::from(serde_json::to_vec(&stored)?);
-    let copies = |stored: &StoredMessage, payload: &Bytes| {
+    })
+}
+
+/// Step 2: the history append and one inbox copy per member. A history
+/// duplicate (an earlier attempt stored it and died) finishes that stored
+/// message, with its id, instead of the draft.
+async fn store(
+    sh: &Shared,
+    key: &str,
+    conv: &ConvId,
+    mut msg: StoredMessage,
+    members: &[i64],
+    fresh: bool,
+) -> Result<Stored, async_nats::Error> {
+    let mut payload = Bytes::from(serde_json::to_vec(&msg)?);
+    let copies = |msg: &StoredMessage, payload: &Bytes| {
         let writes: Vec<_> = members
             .iter()
-            .map(|&m| publish(sh, subjects::inbox(m), subjects::inbox_copy_id(stored.id, m), payload.clone()))
+            .map(|&m| publish(sh, subjects::inbox(m), subjects::inbox_copy_id(msg.id, m), payload.clone()))
             .collect();
         futures::future::join_all(writes)
     };
-    let (ack, stored_copies) = if fresh {
+    let (ack, written) = if fresh {
         // Nothing of this message can be stored yet, so the history append
         // cannot turn out a duplicate: write it and the copies at once (one
         // fsync wait instead of two). Message k+1 still waits for all of k.
         let (ack, first) = futures::future::join(
-            publish(sh, subjects::history(&conv), key.to_owned(), payload.clone()),
-            copies(&stored, &payload),
+            publish(sh, subjects::history(conv), key.to_owned(), payload.clone()),
+            copies(&msg, &payload),
         )
         .await;
         let ack = ack?;
@@ -242,38 +301,45 @@ async fn sequence(
             // Not expected (see `run_partition`); the copies above carry a
             // new id, so finish the stored message too and say so.
             tracing::error!(key, "history duplicate on a fresh message: finishing the stored one as well");
-            (stored, payload) = stored_at(sh, ack.sequence).await?;
-            (ack, copies(&stored, &payload).await)
+            (msg, payload) = stored_at(sh, ack.sequence).await?;
+            (ack, copies(&msg, &payload).await)
         } else {
             (ack, first)
         }
     } else {
-        let ack = publish(sh, subjects::history(&conv), key.to_owned(), payload.clone()).await?;
+        let ack = publish(sh, subjects::history(conv), key.to_owned(), payload.clone()).await?;
         if ack.duplicate {
             // Stored by an earlier attempt that died before finishing: finish
             // that message, with its id.
-            (stored, payload) = stored_at(sh, ack.sequence).await?;
+            (msg, payload) = stored_at(sh, ack.sequence).await?;
         }
-        (ack, copies(&stored, &payload).await)
+        (ack, copies(&msg, &payload).await)
     };
-    let mut wakeups = Vec::with_capacity(members.len());
-    for (w, &m) in stored_copies.into_iter().zip(members) {
-        wakeups.push((m, w?.sequence));
+    let mut copies = Vec::with_capacity(members.len());
+    for (w, &m) in written.into_iter().zip(members) {
+        copies.push((m, w?.sequence));
     }
-    // Wake the members' delivery (gateways read the inbox from their own
-    // position; a lost wake-up only delays). Also after a duplicate, so a
-    // message finished after a crash is announced too.
-    for (m, seq) in wakeups {
-        sh.client.publish(subjects::live(m), Bytes::from(seq.to_string())).await?;
+    Ok(Stored { msg, history_seq: ack.sequence, copies })
+}
+
+/// Step 3: wake the members' delivery (gateways read the inbox from their
+/// own position; a lost wake-up only delays). Also after a duplicate, so a
+/// message finished after a crash is announced too.
+async fn wake(sh: &Shared, copies: &[(i64, u64)]) -> Result<(), async_nats::Error> {
+    for (m, seq) in copies {
+        sh.client.publish(subjects::live(*m), Bytes::from(seq.to_string())).await?;
     }
-    if stored.n % INDEX_BLOCK == 1 {
-        let block = stored.n / INDEX_BLOCK;
-        let entry = format!("{} {}", ack.sequence, stored.id);
-        sh.storage.hindex.put(subjects::hindex_key(&conv, block), Bytes::from(entry)).await?;
+    Ok(())
+}
+
+/// Step 4: the history index entry of a block's first message.
+async fn index(sh: &Shared, conv: &ConvId, stored: &Stored) -> Result<(), async_nats::Error> {
+    if stored.msg.n % INDEX_BLOCK == 1 {
+        let block = stored.msg.n / INDEX_BLOCK;
+        let entry = format!("{} {}", stored.history_seq, stored.msg.id);
+        sh.storage.hindex.put(subjects::hindex_key(conv, block), Bytes::from(entry)).await?;
     }
-    let next = ConvState { last_id: stored.id.max(state.last_id), n: stored.n.max(state.n) };
-    convs.insert(conv.clone(), next);
-    Ok(SeqResult::Ok { id: stored.id, conv: conv.to_string(), ts: stored.ts })
+    Ok(())
 }
 
 /// The history message stored at `seq`, decoded and as stored.

@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::error::ClientError;
 use crate::http::accounts::authenticate;
 use crate::http::{json, read_json, Resp};
+use crate::messaging::send::Outgoing;
 use crate::store::groups::{Change, GroupError, Op, Role};
 use crate::AppState;
 
@@ -84,7 +85,17 @@ async fn announce(
         _ => "membership changed".to_string(),
     };
     let cid = format!("g{group}v{}", change.version);
-    st.sender.send(actor, "sys", &cid, &ConvId::group(group), MessageKind::System, body, Some(event)).await?;
+    let conv = ConvId::group(group);
+    let out = Outgoing {
+        from: actor,
+        device: "sys",
+        cid: &cid,
+        conv: &conv,
+        kind: MessageKind::System,
+        body,
+        event: Some(event),
+    };
+    st.sender.send(out).await?;
     Ok(())
 }
 

@@ -22,6 +22,25 @@ use tokio::sync::oneshot;
 use crate::error::ClientError;
 use crate::AppState;
 
+/// One message for the sequencer.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// Sender user id.
+    pub from: i64,
+    /// Sending device (`sys` for system messages, `svc-<name>` for services).
+    pub device: &'a str,
+    /// Client message id (dedupe with `from` and `device`).
+    pub cid: &'a str,
+    /// Where it goes.
+    pub conv: &'a ConvId,
+    /// Text or system.
+    pub kind: MessageKind,
+    /// The text.
+    pub body: String,
+    /// A group membership change, on system messages.
+    pub event: Option<GroupEvent>,
+}
+
 /// Sends waiting for their outcome: dedupe key → (token, reply channel).
 type Waiters = HashMap<String, Vec<(u64, oneshot::Sender<SeqResult>)>>;
 
@@ -75,18 +94,10 @@ impl Sender {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes one send and waits for its outcome.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn send(
-        &self,
-        from: i64,
-        device: &str,
-        cid: &str,
-        conv: &ConvId,
-        kind: MessageKind,
-        body: String,
-        event: Option<GroupEvent>,
-    ) -> Result<(u64, u64, String), ClientError> {
+    /// Publishes one send and waits for its outcome: the message id, its
+    /// timestamp and its conversation (a retry reports the first attempt's).
+    pub async fn send(&self, m: Outgoing<'_>) -> Result<(u64, u64, String), ClientError> {
+        let Outgoing { from, device, cid, conv, kind, body, event } = m;
         let key = subjects::dedupe_key(from, device, cid);
         let (tx, mut rx) = oneshot::channel();
         let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -231,7 +242,8 @@ pub async fn send_frame(
     let result = async {
         let conv = prepare(state, from, &cid, to, &body).await?;
         // A retry of an earlier send reports where that message went.
-        let (id, ts, conv) = state.sender.send(from, device, &cid, &conv, MessageKind::Text, body, None).await?;
+        let out = Outgoing { from, device, cid: &cid, conv: &conv, kind: MessageKind::Text, body, event: None };
+        let (id, ts, conv) = state.sender.send(out).await?;
         let conv = ConvId::parse(&conv).ok_or_else(|| ClientError::new(ErrorCode::Internal, "bad conversation id"))?;
         if let chat_nats::subjects::ConvKind::Direct(a, b) = conv.kind() {
             state.remember_direct(a, b).await;
