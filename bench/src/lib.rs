@@ -69,6 +69,13 @@ pub struct Target {
     pub token_secret: Option<Vec<u8>>,
 }
 
+impl Target {
+    /// Only a nats-server (for scenarios that measure NATS alone).
+    pub fn nats_only(nats_url: String) -> Target {
+        Target { gateways: vec![], quic: vec![], nats_url, gateway_pids: vec![], nats_pid: None, token_secret: None }
+    }
+}
+
 /// A gateway's QUIC endpoint.
 #[derive(Debug, Clone)]
 pub struct QuicTarget {

@@ -254,14 +254,7 @@ async fn scenario(name: &str, o: &mut Opts, out: &Path) -> Result<Report> {
         // Only nats-server matters here: no gateway, worker or database.
         eprintln!("chat-bench: fsync: starting nats-server");
         let nats = chat_tests::NatsServer::start()?;
-        let t = Target {
-            gateways: vec![],
-            quic: vec![],
-            nats_url: nats.url.clone(),
-            gateway_pids: vec![],
-            nats_pid: None,
-            token_secret: None,
-        };
+        let t = Target::nats_only(nats.url.clone());
         run_one(name, o, &t).await?
     } else if name == "fsync" {
         let nats_url = o.raw("nats").unwrap_or_default().to_owned();

@@ -212,14 +212,7 @@ async fn provisioned_history_and_inbox_take_batches_and_the_server_is_new_enough
 #[tokio::test]
 async fn the_fsync_bench_scenario_runs_tiny() -> Result<()> {
     let nats = NatsServer::start()?;
-    let t = chat_bench::Target {
-        gateways: vec![],
-        quic: vec![],
-        nats_url: nats.url.clone(),
-        gateway_pids: vec![],
-        nats_pid: None,
-        token_secret: None,
-    };
+    let t = chat_bench::Target::nats_only(nats.url.clone());
     let cfg = chat_bench::fsync::Cfg {
         fsyncs: 20,
         batch_sizes: vec![1, 5],
