@@ -312,6 +312,8 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
     };
     let leases = ensure_bucket(&js, bucket(subjects::LEASES_BUCKET, s.lease_ttl)).await?;
     let acks = ensure_bucket(&js, bucket(subjects::ACKS_BUCKET, s.dedupe_window)).await?;
+    // The sequencer writes a round's outcome records as one atomic batch.
+    allow_atomic(&js, &format!("KV_{}", subjects::ACKS_BUCKET)).await?;
     let hindex = ensure_bucket(&js, bucket(subjects::HINDEX_BUCKET, Duration::ZERO)).await?;
     let idhw = ensure_bucket(&js, bucket(subjects::IDHW_BUCKET, Duration::ZERO)).await?;
     let groups = ensure_bucket(&js, bucket(subjects::GROUPS_BUCKET, Duration::ZERO)).await?;
@@ -381,6 +383,19 @@ async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Resul
             js.get_stream(&name).await.map_err(|e| err(e.into()))
         }
     }
+}
+
+/// Lets a stream take atomic batches (a KV bucket's stream, whose
+/// configuration the KV API does not expose).
+pub async fn allow_atomic(js: &jetstream::Context, stream_name: &str) -> Result<(), ProvisionError> {
+    let err = |e: async_nats::Error| ProvisionError::Bucket { name: stream_name.to_owned(), source: e };
+    let mut s = js.get_stream(stream_name).await.map_err(|e| err(e.into()))?;
+    let mut config = s.info().await.map_err(|e| err(e.into()))?.config.clone();
+    if !config.allow_atomic_publish {
+        config.allow_atomic_publish = true;
+        js.update_stream(config).await.map_err(|e| err(e.into()))?;
+    }
+    Ok(())
 }
 
 /// Creates a KV bucket, or brings an existing one to `config`.

@@ -18,6 +18,7 @@ pub mod idgen;
 pub mod lease;
 pub mod presence;
 pub mod push;
+pub mod round;
 pub mod sequencer;
 
 use std::collections::HashMap;
@@ -119,6 +120,8 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
     let client = provision::connect(&cfg.nats_url, &cfg.name, cfg.subscription_capacity).await?;
     client.flush().await?;
     let storage = provision::provision(&client, &cfg.storage).await?;
+    // Group commit relies on 2.15.1's one-fsync atomic batch commit.
+    provision::check_batch_server(&client)?;
     let clock = Clock { offset_ms: cfg.clock_offset_ms };
     // Before any partition is sequenced, so the planner sees every copy.
     let _push = if cfg.push.enabled {

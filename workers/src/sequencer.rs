@@ -22,7 +22,7 @@ use bytes::Bytes;
 use chat_nats::envelope::{GroupMembers, IngressSend, MessageKind, SeqAck, SeqResult, StoredMessage};
 use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::ErrorCode;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::Shared;
 
@@ -30,9 +30,9 @@ pub use chat_nats::history::INDEX_BLOCK;
 
 /// Last id and ordinal of a conversation, as the owner last wrote it.
 #[derive(Debug, Clone, Copy, Default)]
-struct ConvState {
-    last_id: u64,
-    n: u64,
+pub(crate) struct ConvState {
+    pub(crate) last_id: u64,
+    pub(crate) n: u64,
 }
 
 /// Runs one owned partition until the lease lapses or the consumer fails.
@@ -62,41 +62,88 @@ pub async fn run_partition(
         })
         .await?;
     let mut messages =
-        consumer.stream().max_messages_per_batch(64).max_bytes_per_batch(8 * 1024 * 1024).messages().await?;
+        consumer.stream().max_messages_per_batch(256).max_bytes_per_batch(8 * 1024 * 1024).messages().await?;
     let mut convs = Caches::default();
     tracing::info!(partition, "partition acquired");
-    while let Some(msg) = messages.next().await {
-        let msg = msg?;
-        let mut backoff = Duration::from_millis(20);
-        let mut fresh = msg.info().is_ok_and(|i| i.delivered == 1 && i.stream_sequence > takeover_seq);
-        loop {
-            if !valid.holds() {
-                return Ok(());
+    while let Some(first) = messages.next().await {
+        // A round: the first message and whatever else is already waiting.
+        let mut round = vec![first?];
+        while round.len() < crate::round::round_limit() {
+            match messages.next().now_or_never() {
+                Some(Some(m)) => round.push(m?),
+                _ => break,
             }
-            match process(&sh, &mut convs, &msg.payload, fresh).await {
-                Ok(()) => break,
+        }
+        if !valid.holds() {
+            return Ok(());
+        }
+        let fresh =
+            |m: &jetstream::Message| m.info().is_ok_and(|i| i.delivered == 1 && i.stream_sequence > takeover_seq);
+        let payloads: Vec<&[u8]> = round.iter().map(|m| m.payload.as_ref()).collect();
+        let batched = round.iter().all(fresh).then(|| crate::round::batchable(&payloads)).flatten();
+        let tried = batched.is_some();
+        let mut done = false;
+        if let Some(sends) = batched {
+            match crate::round::run(&sh, &mut convs, sends).await {
+                Ok(()) => done = true,
                 Err(e) => {
-                    tracing::warn!(partition, error = %e, "sequencing failed; retrying");
-                    // The failed attempt may have stored some of its writes.
-                    fresh = false;
+                    // Part of it may be stored: finish each message one by
+                    // one (idempotent), never as fresh.
+                    tracing::warn!(partition, error = %e, "batched round failed; redoing its messages one by one");
                     convs.clear();
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
-        if let Err(e) = msg.ack_with(AckKind::Ack).await {
-            tracing::warn!(partition, error = %e, "ingress ack failed; the message will be redelivered and deduped");
+        if !done {
+            for msg in &round {
+                if !one_by_one(&sh, &mut convs, msg, fresh(msg) && !tried, &valid, partition).await {
+                    return Ok(());
+                }
+            }
+        }
+        for msg in round {
+            if let Err(e) = msg.ack_with(AckKind::Ack).await {
+                tracing::warn!(partition, error = %e, "ingress ack failed; the message will be redelivered and deduped");
+            }
         }
     }
     Ok(())
 }
 
+/// Sequences one message, retrying with backoff until it is done; false
+/// once the lease is lost.
+async fn one_by_one(
+    sh: &Shared,
+    convs: &mut Caches,
+    msg: &jetstream::Message,
+    mut fresh: bool,
+    valid: &crate::Validity,
+    partition: u32,
+) -> bool {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        if !valid.holds() {
+            return false;
+        }
+        match process(sh, convs, &msg.payload, fresh).await {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "sequencing failed; retrying");
+                // The failed attempt may have stored some of its writes.
+                fresh = false;
+                convs.clear();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
 /// What a partition owner remembers between messages; rebuilt from
 /// history and KV after any failure or change of owner.
 #[derive(Debug, Default)]
-struct Caches {
-    convs: HashMap<ConvId, ConvState>,
+pub(crate) struct Caches {
+    pub(crate) convs: HashMap<ConvId, ConvState>,
     groups: HashMap<i64, GroupMembers>,
 }
 
@@ -139,7 +186,7 @@ async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8], fresh: bool) 
 }
 
 /// Whose inboxes get a copy of a message, or why its send is refused.
-enum Recipients {
+pub(crate) enum Recipients {
     /// These users' inboxes (sorted, no duplicates for groups).
     To(Vec<i64>),
     /// The send is refused (unknown group, sender not a member).
@@ -161,7 +208,7 @@ impl Recipients {
 /// member list is the sequencer's own (applied in conversation order), so
 /// a member removed before this message gets nothing, and a sender who is
 /// no longer a member is refused even if the gateway's check raced.
-async fn recipients(
+pub(crate) async fn recipients(
     sh: &Shared,
     caches: &mut Caches,
     conv: &ConvId,
@@ -248,7 +295,7 @@ struct Stored {
 
 /// Step 1: the message with its id (above the conversation's last) and its
 /// ordinal in the conversation.
-async fn assign_id(
+pub(crate) async fn assign_id(
     sh: &Shared,
     send: &IngressSend,
     conv: &ConvId,
@@ -359,7 +406,7 @@ async fn publish(
     Ok(sh.storage.js.publish_with_headers(subject, headers, payload).await?.await?)
 }
 
-async fn load_state(sh: &Shared, conv: &ConvId) -> Result<ConvState, async_nats::Error> {
+pub(crate) async fn load_state(sh: &Shared, conv: &ConvId) -> Result<ConvState, async_nats::Error> {
     Ok(match chat_nats::history::last_message(&sh.storage.history, conv).await? {
         Some((_, last)) => ConvState { last_id: last.id, n: last.n },
         None => ConvState::default(),

@@ -6,6 +6,7 @@ mod bench_smoke;
 mod core;
 mod durability;
 mod fake_push;
+mod group_commit;
 mod groups;
 mod limits;
 mod presence;

@@ -1,0 +1,181 @@
+//! Group commit: sends that arrive together are sequenced as one round,
+//! stored with atomic batches, and every invariant still holds, also when
+//! the worker is SIGKILLed in the middle of rounds.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use chat_client::{Conn, Login};
+use chat_tests::wait_for;
+use serde_json::{json, Value};
+
+use crate::stack::{stack, Stack};
+
+const SENDERS: usize = 10;
+const PER_SENDER: usize = 40;
+
+/// Sends `n` messages to `to` without waiting between them, then collects
+/// every ack; a send refused as `timeout`/`unavailable` is sent again with
+/// the same cid (what a client does). Returns cid → message id.
+async fn pipelined(c: &mut Conn, prefix: &str, to: Value, n: usize) -> Result<HashMap<String, u64>> {
+    let frame = |cid: &str| json!({"type": "send", "cid": cid, "to": to, "body": format!("body {cid}")});
+    let mut pending: BTreeSet<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    for cid in &pending {
+        c.send_json(&frame(cid)).await?;
+    }
+    let mut acked = HashMap::new();
+    let mut retries = 0;
+    while !pending.is_empty() {
+        let v = c.wait_for("ack or error", |v| v["type"] == "ack" || v["type"] == "error").await?;
+        let cid = v["cid"].as_str().unwrap_or_default().to_owned();
+        match v["type"].as_str() {
+            Some("ack") => {
+                pending.remove(&cid);
+                acked.insert(cid, v["id"].as_str().unwrap().parse()?);
+            }
+            _ if matches!(v["code"].as_str(), Some("timeout" | "unavailable")) && retries < 200 => {
+                retries += 1;
+                c.send_json(&frame(&cid)).await?;
+            }
+            _ => bail!("send {cid} refused: {v}"),
+        }
+    }
+    Ok(acked)
+}
+
+/// Users, one group of all of them, and one idle connection per sender.
+async fn setup(s: &Stack) -> Result<(Vec<Login>, String, String)> {
+    let mut users = Vec::new();
+    for i in 0..SENDERS {
+        users.push(s.user(&format!("gc{i}"), "d1").await?);
+    }
+    let others: Vec<&str> = users[1..].iter().map(|u| u.user_id.as_str()).collect();
+    let g = s.create_group(&users[0], "busy", &others).await?;
+    Ok((users, g["group_id"].as_str().unwrap().to_owned(), g["conv"].as_str().unwrap().to_owned()))
+}
+
+/// Every sender sends PER_SENDER messages to the group at once (the first
+/// two also 1:1 to each other); returns every acked id per conversation.
+async fn send_all(s: &Stack, users: &[Login], gid: &str) -> Result<Vec<tokio::task::JoinHandle<Result<Vec<u64>>>>> {
+    let mut tasks = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let mut c = s.connect(0, u).await?;
+        let to = json!({"group": gid});
+        let peer = users[(i + 1) % 2].user_id.clone();
+        let direct = i < 2;
+        tasks.push(tokio::spawn(async move {
+            c.timeout = Duration::from_secs(60);
+            let mut ids: Vec<u64> = pipelined(&mut c, &format!("g{i}"), to, PER_SENDER).await?.into_values().collect();
+            if direct {
+                ids.extend(pipelined(&mut c, &format!("d{i}"), json!({"user": peer}), PER_SENDER).await?.into_values());
+            }
+            Ok(ids)
+        }));
+    }
+    Ok(tasks)
+}
+
+/// History pages of `conv`, oldest first, read back to the beginning.
+async fn history(s: &Stack, who: &Login, conv: &str) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    let mut query = "limit=100".to_string();
+    loop {
+        let page = s.http(0).history(&who.token, conv, &query).await?;
+        let batch: Vec<u64> =
+            page["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().parse().unwrap()).collect();
+        let Some(first) = batch.first().copied() else { break };
+        ids.splice(0..0, batch);
+        if !page["has_more"].as_bool().unwrap_or(false) {
+            break;
+        }
+        query = format!("limit=100&before={first}");
+    }
+    Ok(ids)
+}
+
+/// The checks: each acked message once in history and once in every
+/// member's inbox (read by a fresh device from the start), in one order
+/// with strictly increasing ids.
+async fn check(s: &Stack, users: &[Login], conv: &str, acked: &HashSet<u64>) -> Result<()> {
+    let hist = history(s, &users[0], conv).await?;
+    assert!(hist.windows(2).all(|w| w[0] < w[1]), "history ids strictly increase");
+    let hist_set: HashSet<u64> = hist.iter().copied().collect();
+    assert_eq!(hist_set.len(), hist.len(), "no message twice in history");
+    assert!(acked.is_subset(&hist_set), "every acked group message is in history");
+    assert_eq!(hist.len(), SENDERS * PER_SENDER + 1, "nothing beyond the acked sends and the creation message");
+    for u in [&users[0], &users[SENDERS / 2], &users[SENDERS - 1]] {
+        let name = format!("gc{}", users.iter().position(|x| x.user_id == u.user_id).unwrap());
+        let fresh = s.device(&name, "reader").await?;
+        let mut c = s.connect(0, &fresh).await?;
+        c.timeout = Duration::from_secs(60);
+        let (msgs, _) = c.sync(None).await?;
+        let inbox: Vec<u64> =
+            msgs.iter().filter(|m| m["conv"] == conv).map(|m| m["id"].as_str().unwrap().parse().unwrap()).collect();
+        assert_eq!(inbox, hist, "{name}'s inbox has the group's messages exactly once, in history order");
+    }
+    Ok(())
+}
+
+/// How many of the inbox stream's messages were stored by an atomic batch.
+async fn batched_copies(s: &Stack) -> Result<usize> {
+    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let stream = js.get_stream(chat_nats::subjects::INBOX_STREAM).await?;
+    let last = stream.get_info().await?.state.last_sequence;
+    let mut n = 0;
+    for seq in 1..=last {
+        let m = stream.direct_get(seq).await?;
+        if m.headers.get("Nats-Batch-Id").is_some() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_are_batched_and_keep_every_invariant() -> Result<()> {
+    let s = stack().start().await?;
+    let (users, gid, conv) = setup(&s).await?;
+    let mut acked = HashSet::new();
+    let mut direct = Vec::new();
+    for (i, t) in send_all(&s, &users, &gid).await?.into_iter().enumerate() {
+        let ids = t.await??;
+        if i < 2 {
+            direct.extend(ids[PER_SENDER..].iter().copied());
+        }
+        acked.extend(ids.into_iter().take(PER_SENDER));
+    }
+    assert_eq!(acked.len(), SENDERS * PER_SENDER, "every send acked with its own id");
+    check(&s, &users, &conv, &acked).await?;
+    let dm = chat_client::direct_conv(&users[0].user_id, &users[1].user_id);
+    let dm_hist = history(&s, &users[0], &dm).await?;
+    let direct: HashSet<u64> = direct.into_iter().collect();
+    assert_eq!(dm_hist.iter().copied().collect::<HashSet<_>>(), direct, "1:1 messages once each");
+    let batched = batched_copies(&s).await?;
+    assert!(batched > 0, "no inbox copy was stored by an atomic batch: rounds never formed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_round_loses_and_duplicates_nothing() -> Result<()> {
+    let mut s = stack().env("CHAT_SEND_TIMEOUT_MS", "3000").start().await?;
+    let (users, gid, conv) = setup(&s).await?;
+    let tasks = send_all(&s, &users, &gid).await?;
+    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    wait_for("a fifth of the messages stored", Duration::from_secs(60), || {
+        let js = js.clone();
+        async move {
+            let mut st = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await.ok()?;
+            (st.info().await.ok()?.state.messages >= (SENDERS * PER_SENDER / 5) as u64).then_some(())
+        }
+    })
+    .await?;
+    s.kill_worker(0);
+    s.add_worker(0)?;
+    let mut acked = HashSet::new();
+    for t in tasks {
+        acked.extend(t.await??.into_iter().take(PER_SENDER));
+    }
+    assert_eq!(acked.len(), SENDERS * PER_SENDER, "every send acked once its retries went through");
+    check(&s, &users, &conv, &acked).await
+}

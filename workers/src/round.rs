@@ -1,0 +1,249 @@
+//! Group commit: a partition owner sequences every ingress message already
+//! waiting as one round, stored with one atomic batch commit (one fsync) per
+//! stream instead of one fsync per write.
+//!
+//! A round is taken only when batching pays (at least [`MIN_BATCH_ENTRIES`]
+//! stored entries: an atomic batch has a fixed cost of several ms, so a lone
+//! message keeps the plain, concurrent writes of `sequencer::process`), and
+//! only of messages no earlier attempt can have touched (`fresh`), with no
+//! membership change among them. Otherwise, and after any failure, the
+//! messages go one by one through `sequencer::process`, which is idempotent.
+//!
+//! Order of a round, and what a crash at each step leaves:
+//! 1. ids and ordinals are assigned in ingress order (nothing stored);
+//! 2. the history batch commits (all or nothing; a crash before the ack is
+//!    completed or rolled back by the server at restart);
+//! 3. the inbox batches commit, in order, each all or nothing. Only after
+//!    history: a failure here is redone by `process`, whose history append
+//!    turns out a duplicate and leads to the stored message and its id, so
+//!    the copies it writes carry the same copy ids and dedupe;
+//! 4. wake-ups and index entries, then each sender's reply (the message and
+//!    every copy are durable), then the outcome records as one batch.
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use chat_nats::batch::{AtomicBatch, BatchConfig, Committed, DEFAULT_MAX_ENTRIES};
+use chat_nats::envelope::{IngressSend, SeqAck, SeqResult, StoredMessage};
+use chat_nats::subjects::{self, ConvId};
+use chat_nats::wire::ErrorCode;
+
+use crate::sequencer::{self, Caches, ConvState, Recipients};
+use crate::Shared;
+
+/// Fewest stored entries (history appends plus inbox copies) for which a
+/// round is committed as atomic batches rather than plain writes.
+pub const MIN_BATCH_ENTRIES: usize = 24;
+
+/// Most ingress messages in one round.
+pub const MAX_ROUND: usize = 256;
+
+/// One message of a round once its recipients are known.
+struct Planned {
+    send: IngressSend,
+    key: String,
+    outcome: Plan,
+}
+
+enum Plan {
+    /// Answered without storing anything (refused, or done before).
+    Answer(Bytes),
+    /// To be stored: the message and its recipients.
+    Store { msg: Box<StoredMessage>, payload: Bytes, members: Vec<i64> },
+}
+
+/// Where a stored message's entries went in the round's batches: its
+/// history entry's index, and per copy (member, inbox batch, index in it).
+struct Placed {
+    history: usize,
+    copies: Vec<(i64, usize, usize)>,
+}
+
+/// Whether `payloads` (all fresh) may be taken as one batched round: enough
+/// entries to pay for a batch, and no membership change among them.
+/// Returns the parsed sends when they may.
+pub fn batchable(payloads: &[&[u8]]) -> Option<Vec<IngressSend>> {
+    let sends: Vec<IngressSend> = payloads.iter().map(|p| serde_json::from_slice(p).ok()).collect::<Option<_>>()?;
+    if sends.iter().any(|s| s.event.is_some()) {
+        return None;
+    }
+    // A 1:1 message is one history entry and two copies; a group message
+    // at least that. The exact count is known after `recipients`.
+    (sends.len() * 3 >= MIN_BATCH_ENTRIES).then_some(sends)
+}
+
+/// Sequences a round of fresh messages as atomic batches. On an error the
+/// caller redoes every message of the round through `sequencer::process`
+/// (not fresh), which finishes whatever the round stored.
+pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<(), async_nats::Error> {
+    let planned = plan(sh, caches, sends).await?;
+    let mut history = AtomicBatch::new(BatchConfig::default());
+    let mut inboxes: Vec<AtomicBatch> = vec![AtomicBatch::new(BatchConfig::default())];
+    // Where each message's entries went: its history index, then
+    // (member, inbox batch, index in it) per copy.
+    let mut placed: Vec<Option<Placed>> = Vec::with_capacity(planned.len());
+    for p in &planned {
+        let Plan::Store { msg, payload, members } = &p.outcome else {
+            placed.push(None);
+            continue;
+        };
+        let h = history.len();
+        history.push(subjects::history(&conv_of(msg)), msg_id(&p.key), payload.clone())?;
+        let mut copies = Vec::with_capacity(members.len());
+        for &m in members {
+            if inboxes.last().is_some_and(|b| b.len() >= DEFAULT_MAX_ENTRIES) {
+                inboxes.push(AtomicBatch::new(BatchConfig::default()));
+            }
+            let b = inboxes.len() - 1;
+            let batch = inboxes.last_mut().expect("at least one batch");
+            copies.push((m, b, batch.len()));
+            batch.push(subjects::inbox(m), msg_id(&subjects::inbox_copy_id(msg.id, m)), payload.clone())?;
+        }
+        placed.push(Some(Placed { history: h, copies }));
+    }
+    let (history_done, inbox_done) = if history.is_empty() {
+        (None, Vec::new())
+    } else {
+        let h = history.commit(&sh.client).await?;
+        let mut done = Vec::with_capacity(inboxes.len());
+        for b in inboxes.iter().filter(|b| !b.is_empty()) {
+            done.push(b.commit(&sh.client).await?);
+        }
+        (Some(h), done)
+    };
+    finish(sh, planned, placed, history_done.as_ref(), &inbox_done).await
+}
+
+/// Assigns ids and ordinals in ingress order and works out who gets a copy.
+async fn plan(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<Vec<Planned>, async_nats::Error> {
+    let keys: Vec<String> = sends.iter().map(|s| subjects::dedupe_key(s.from, &s.device, &s.cid)).collect();
+    let done = futures::future::join_all(keys.iter().map(|k| sh.storage.acks.get(k))).await;
+    let mut planned = Vec::with_capacity(sends.len());
+    for ((send, key), done) in sends.into_iter().zip(keys).zip(done) {
+        if let Some(recorded) = done? {
+            planned.push(Planned { send, key, outcome: Plan::Answer(recorded) });
+            continue;
+        }
+        let refuse = |code: ErrorCode, message: String, key: &str| -> Result<Plan, async_nats::Error> {
+            let ack = SeqAck { key: key.to_owned(), result: SeqResult::Err { code, message } };
+            Ok(Plan::Answer(Bytes::from(serde_json::to_vec(&ack)?)))
+        };
+        let outcome = match ConvId::parse(&send.conv) {
+            None => refuse(ErrorCode::BadFrame, "malformed conversation id".into(), &key)?,
+            Some(conv) => match sequencer::recipients(sh, caches, &conv, &send).await? {
+                Recipients::Refused { code, message } => refuse(code, message, &key)?,
+                Recipients::To(members) => {
+                    let state = match caches.convs.get(&conv) {
+                        Some(s) => *s,
+                        None => sequencer::load_state(sh, &conv).await?,
+                    };
+                    let msg = sequencer::assign_id(sh, &send, &conv, state).await?;
+                    caches.convs.insert(conv, ConvState { last_id: msg.id, n: msg.n });
+                    let payload = Bytes::from(serde_json::to_vec(&msg)?);
+                    Plan::Store { msg: Box::new(msg), payload, members }
+                }
+            },
+        };
+        planned.push(Planned { send, key, outcome });
+    }
+    Ok(planned)
+}
+
+/// After the commits: wake-ups, index entries, replies, outcome records.
+async fn finish(
+    sh: &Shared,
+    planned: Vec<Planned>,
+    placed: Vec<Option<Placed>>,
+    history: Option<&Committed>,
+    inboxes: &[Committed],
+) -> Result<(), async_nats::Error> {
+    let mut acks = AtomicBatch::new(BatchConfig::default());
+    let mut index = Vec::new();
+    let mut replies = Vec::with_capacity(planned.len());
+    for (p, place) in planned.into_iter().zip(placed) {
+        let ack = match (p.outcome, place, history) {
+            (Plan::Answer(recorded), _, _) => {
+                replies.push((p.send.reply, recorded));
+                continue;
+            }
+            (Plan::Store { msg, .. }, Some(Placed { history: h, copies }), Some(history)) => {
+                for (m, b, i) in copies {
+                    let seq = inboxes.get(b).and_then(|c| c.seq_of(i)).ok_or("inbox batch without its sequence")?;
+                    sh.client.publish(subjects::live(m), Bytes::from(seq.to_string())).await?;
+                }
+                let history_seq = history.seq_of(h).ok_or("history batch without its sequence")?;
+                if msg.n % sequencer::INDEX_BLOCK == 1 {
+                    let conv = conv_of(&msg);
+                    index.push((subjects::hindex_key(&conv, msg.n / sequencer::INDEX_BLOCK), history_seq, msg.id));
+                }
+                let result = SeqResult::Ok { id: msg.id, conv: msg.conv.clone(), ts: msg.ts };
+                Bytes::from(serde_json::to_vec(&SeqAck { key: p.key.clone(), result })?)
+            }
+            _ => return Err("a stored message of the round has no place in its batches".into()),
+        };
+        acks.push(format!("$KV.{}.{}", subjects::ACKS_BUCKET, p.key), HeaderMap::new(), ack.clone())?;
+        replies.push((p.send.reply, ack));
+    }
+    let puts = index.iter().map(|(k, seq, id)| sh.storage.hindex.put(k.clone(), Bytes::from(format!("{seq} {id}"))));
+    for r in futures::future::join_all(puts).await {
+        r?;
+    }
+    // Every message and copy is durable: the senders may hear of it now.
+    for (reply, ack) in replies {
+        if let Some(reply) = reply {
+            sh.client.publish(reply, ack).await?;
+        }
+    }
+    // The outcome records (for retries after the ingress dedupe window) in
+    // one commit; should it fail, a redelivery finds the history duplicate.
+    if !acks.is_empty() {
+        if let Err(e) = acks.commit(&sh.client).await {
+            tracing::warn!(error = %e, "outcome records not written; retries will find the stored messages");
+        }
+    }
+    Ok(())
+}
+
+fn conv_of(msg: &StoredMessage) -> ConvId {
+    ConvId::parse(&msg.conv).expect("the round only stores messages of well-formed conversations")
+}
+
+fn msg_id(id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", id);
+    h
+}
+
+/// Rounds sized for the atomic batch limits: at most [`MAX_ROUND`]
+/// messages. (Entries beyond one batch are split by `run`.)
+pub fn round_limit() -> usize {
+    MAX_ROUND.min(DEFAULT_MAX_ENTRIES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(event: bool) -> Vec<u8> {
+        let mut v = serde_json::json!({"from": "1", "device": "d", "cid": "c", "conv": "dm-1-2", "kind": "text",
+                                       "body": "x", "reply": null});
+        if event {
+            v["event"] = serde_json::json!({"op": "added", "actor": "1", "version": 2, "members": ["1", "2"]});
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn only_large_rounds_without_membership_changes_are_batched() {
+        let one = send(false);
+        let few: Vec<&[u8]> = vec![&one; 2];
+        assert!(batchable(&few).is_none(), "a lone message keeps plain writes");
+        let many: Vec<&[u8]> = vec![&one; 8];
+        assert_eq!(batchable(&many).map(|s| s.len()), Some(8));
+        let change = send(true);
+        let mut mixed = many.clone();
+        mixed.push(&change);
+        assert!(batchable(&mixed).is_none(), "membership changes go one by one");
+        let bad: Vec<&[u8]> = vec![b"{".as_slice(); 10];
+        assert!(batchable(&bad).is_none());
+    }
+}
