@@ -246,6 +246,8 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
             subjects: vec![subjects::INGRESS_ALL.into()],
             retention: stream::RetentionPolicy::WorkQueue,
             duplicate_window: Duration::from_secs(120),
+            // Gateways store concurrent sends as one atomic batch.
+            allow_atomic_publish: true,
             ..base.clone()
         },
     )

@@ -5,6 +5,7 @@
 pub mod delivery;
 pub mod history;
 pub mod hub;
+pub mod ingress;
 pub mod live;
 pub mod marks;
 pub mod send;

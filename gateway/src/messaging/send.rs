@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use chat_nats::envelope::{GroupEvent, IngressSend, MessageKind, SeqAck, SeqResult};
 use chat_nats::provision::Storage;
@@ -48,6 +47,7 @@ type Waiters = HashMap<String, Vec<(u64, oneshot::Sender<SeqResult>)>>;
 #[derive(Debug)]
 pub struct Sender {
     storage: Storage,
+    ingress: crate::messaging::ingress::Ingress,
     ack_subject: String,
     /// Waiting sends by dedupe key; several may wait on one key (the same
     /// device retrying on two connections), each with its own token.
@@ -67,6 +67,7 @@ impl Sender {
         let ack_subject = subjects::gateway_acks(gateway_id);
         let mut sub = client.subscribe(ack_subject.clone()).await?;
         let sender = Arc::new(Sender {
+            ingress: crate::messaging::ingress::Ingress::start(storage.js.clone()),
             storage,
             ack_subject,
             waiters: Mutex::default(),
@@ -137,19 +138,12 @@ impl Sender {
     ) -> Result<SeqResult, ClientError> {
         let payload =
             Bytes::from(serde_json::to_vec(&env).map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))?);
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", key);
         let subject = subjects::ingress(conv.partition(self.storage.settings.partitions));
         let unavailable =
             |e: String| ClientError::new(ErrorCode::Unavailable, format!("message store unavailable: {e}"));
-        let ack = self
-            .storage
-            .js
-            .publish_with_headers(subject, headers, payload)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+        // Stored with the sends of other sessions that wait at the same time
+        // (one fsync for many, see `ingress`).
+        let ack = self.ingress.publish(subject, key, payload).await.map_err(unavailable)?;
         if ack.duplicate {
             // A retry: the first attempt's outcome may already be recorded,
             // or may still be in flight to another waiter.

@@ -194,14 +194,15 @@ async fn a_commit_nobody_stores_is_no_stream_and_an_overfull_batch_is_refused() 
 }
 
 #[tokio::test]
-async fn provisioned_history_and_inbox_take_batches_and_the_server_is_new_enough() -> Result<()> {
+async fn provisioned_streams_take_batches_and_the_server_is_new_enough() -> Result<()> {
     let t = js().await?;
     provision::check_batch_server(&t.client)?;
     let storage = provision::provision(&t.client, &provision::StorageSettings::default()).await?;
-    for mut s in [storage.history, storage.inbox] {
+    for mut s in [storage.history, storage.inbox, storage.ingress] {
         assert!(s.info().await?.config.allow_atomic_publish, "{}", s.cached_info().config.name);
     }
-    assert!(!storage.ingress.cached_info().config.allow_atomic_publish, "ingress is unchanged");
+    let acks = t.js.get_stream(format!("KV_{}", chat_nats::subjects::ACKS_BUCKET)).await?;
+    assert!(acks.cached_info().config.allow_atomic_publish, "outcome records");
     let history = chat_nats::subjects::HISTORY_ALL.trim_end_matches('>').to_string() + "batchtest";
     assert_eq!(batch(&[&history], 3).commit(&t.client).await?.count, 3);
     Ok(())

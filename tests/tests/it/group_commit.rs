@@ -179,3 +179,51 @@ async fn a_worker_killed_mid_round_loses_and_duplicates_nothing() -> Result<()> 
     assert_eq!(acked.len(), SENDERS * PER_SENDER, "every send acked once its retries went through");
     check(&s, &users, &conv, &acked).await
 }
+
+/// The gateway's ingress writer: concurrent sends share an atomic batch,
+/// a round holding a retry falls back to one publish each (the retry is
+/// reported as a duplicate, the new sends are stored once), and a lone
+/// send is a plain publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_rounds_are_batched_and_retries_in_them_dedupe() -> Result<()> {
+    use chat_gateway::messaging::ingress::Ingress;
+    let nats = chat_tests::NatsServer::start()?;
+    let client = async_nats::connect(&nats.url).await?;
+    let storage = chat_nats::provision::provision(&client, &Default::default()).await?;
+    let ingress = Ingress::start(storage.js.clone());
+    let subject = chat_nats::subjects::ingress(0);
+    let publish_all = |ids: Vec<String>| {
+        let (ingress, subject) = (ingress.clone(), subject.clone());
+        async move {
+            let writes = ids.iter().map(|id| ingress.publish(subject.clone(), id, bytes::Bytes::from(id.clone())));
+            futures::future::join_all(writes).await.into_iter().collect::<Result<Vec<_>, _>>()
+        }
+    };
+    let first: Vec<String> = (0..200).map(|i| format!("k{i}")).collect();
+    let stored = publish_all(first.clone()).await.map_err(anyhow::Error::msg)?;
+    assert!(stored.iter().all(|s| !s.duplicate));
+    let stream = storage.ingress.clone();
+    let count = || async { anyhow::Ok(stream.clone().info().await?.state.messages) };
+    assert_eq!(count().await?, 200);
+    let mut batched = 0;
+    for seq in 1..=200 {
+        if stream.direct_get(seq).await?.headers.get("Nats-Batch-Id").is_some() {
+            batched += 1;
+        }
+    }
+    assert!(batched > 0, "200 concurrent sends never shared a batch");
+
+    // Retries of half of them, mixed with new ones.
+    let mixed: Vec<String> = (100..300).map(|i| format!("k{i}")).collect();
+    let stored = publish_all(mixed).await.map_err(anyhow::Error::msg)?;
+    for (i, s) in (100..300).zip(&stored) {
+        assert_eq!(s.duplicate, i < 200, "k{i}");
+    }
+    assert_eq!(count().await?, 300, "each new send once, no retry twice");
+
+    let lone = ingress.publish(subject.clone(), "lone", "x".into()).await.map_err(anyhow::Error::msg)?;
+    assert!(!lone.duplicate);
+    let last = stream.clone().info().await?.state.last_sequence;
+    assert!(stream.direct_get(last).await?.headers.get("Nats-Batch-Id").is_none(), "a lone send is a plain publish");
+    Ok(())
+}
