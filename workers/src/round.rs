@@ -58,24 +58,27 @@ struct Placed {
     copies: Vec<(i64, usize, usize)>,
 }
 
-/// Whether `payloads` (all fresh) may be taken as one batched round: enough
-/// entries to pay for a batch, and no membership change among them.
-/// Returns the parsed sends when they may.
+/// Whether `payloads` (all fresh) may be taken as one batched round: they
+/// parse and hold no membership change. Returns the parsed sends when they
+/// may. (Whether the round is large enough is known once its recipients
+/// are: see [`run`].)
 pub fn batchable(payloads: &[&[u8]]) -> Option<Vec<IngressSend>> {
     let sends: Vec<IngressSend> = payloads.iter().map(|p| serde_json::from_slice(p).ok()).collect::<Option<_>>()?;
-    if sends.iter().any(|s| s.event.is_some()) {
-        return None;
-    }
-    // A 1:1 message is one history entry and two copies; a group message
-    // at least that. The exact count is known after `recipients`.
-    (sends.len() * 3 >= MIN_BATCH_ENTRIES).then_some(sends)
+    (!sends.iter().any(|s| s.event.is_some())).then_some(sends)
 }
 
-/// Sequences a round of fresh messages as atomic batches. On an error the
-/// caller redoes every message of the round through `sequencer::process`
-/// (not fresh), which finishes whatever the round stored.
-pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<(), async_nats::Error> {
-    let planned = plan(sh, caches, sends).await?;
+/// Sequences a round of fresh messages as atomic batches; `Ok(false)`,
+/// with nothing stored, when the round has too few entries to pay for a
+/// batch (the caller then goes message by message). On an error the caller
+/// redoes every message of the round through `sequencer::process` (not
+/// fresh), which finishes whatever the round stored.
+pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<bool, async_nats::Error> {
+    let routed = route(sh, caches, sends).await?;
+    let entries: usize = routed.iter().map(|(_, _, to)| to.as_ref().map_or(0, |m| 1 + m.len())).sum();
+    if entries < MIN_BATCH_ENTRIES {
+        return Ok(false);
+    }
+    let planned = plan(sh, caches, routed).await?;
     let mut history = AtomicBatch::new(BatchConfig::default());
     let mut inboxes: Vec<AtomicBatch> = vec![AtomicBatch::new(BatchConfig::default())];
     // Where each message's entries went: its history index, then
@@ -110,38 +113,58 @@ pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend
         }
         (Some(h), done)
     };
-    finish(sh, planned, placed, history_done.as_ref(), &inbox_done).await
+    finish(sh, planned, placed, history_done.as_ref(), &inbox_done).await?;
+    Ok(true)
 }
 
-/// Assigns ids and ordinals in ingress order and works out who gets a copy.
-async fn plan(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<Vec<Planned>, async_nats::Error> {
+/// A send of the round with its dedupe key and either its recipients or
+/// the answer it gets without storing anything.
+type Routed = (IngressSend, String, Result<Vec<i64>, Bytes>);
+
+/// Works out, for each send, who gets a copy (or its answer: done before,
+/// refused). Stores nothing and assigns no id.
+async fn route(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<Vec<Routed>, async_nats::Error> {
     let keys: Vec<String> = sends.iter().map(|s| subjects::dedupe_key(s.from, &s.device, &s.cid)).collect();
     let done = futures::future::join_all(keys.iter().map(|k| sh.storage.acks.get(k))).await;
-    let mut planned = Vec::with_capacity(sends.len());
+    let mut routed = Vec::with_capacity(sends.len());
     for ((send, key), done) in sends.into_iter().zip(keys).zip(done) {
         if let Some(recorded) = done? {
-            planned.push(Planned { send, key, outcome: Plan::Answer(recorded) });
+            routed.push((send, key, Err(recorded)));
             continue;
         }
-        let refuse = |code: ErrorCode, message: String, key: &str| -> Result<Plan, async_nats::Error> {
+        let refuse = |code: ErrorCode, message: String, key: &str| -> Result<Bytes, async_nats::Error> {
             let ack = SeqAck { key: key.to_owned(), result: SeqResult::Err { code, message } };
-            Ok(Plan::Answer(Bytes::from(serde_json::to_vec(&ack)?)))
+            Ok(Bytes::from(serde_json::to_vec(&ack)?))
         };
-        let outcome = match ConvId::parse(&send.conv) {
-            None => refuse(ErrorCode::BadFrame, "malformed conversation id".into(), &key)?,
+        let to = match ConvId::parse(&send.conv) {
+            None => Err(refuse(ErrorCode::BadFrame, "malformed conversation id".into(), &key)?),
             Some(conv) => match sequencer::recipients(sh, caches, &conv, &send).await? {
-                Recipients::Refused { code, message } => refuse(code, message, &key)?,
-                Recipients::To(members) => {
-                    let state = match caches.convs.get(&conv) {
-                        Some(s) => *s,
-                        None => sequencer::load_state(sh, &conv).await?,
-                    };
-                    let msg = sequencer::assign_id(sh, &send, &conv, state).await?;
-                    caches.convs.insert(conv, ConvState { last_id: msg.id, n: msg.n });
-                    let payload = Bytes::from(serde_json::to_vec(&msg)?);
-                    Plan::Store { msg: Box::new(msg), payload, members }
-                }
+                Recipients::Refused { code, message } => Err(refuse(code, message, &key)?),
+                Recipients::To(members) => Ok(members),
             },
+        };
+        routed.push((send, key, to));
+    }
+    Ok(routed)
+}
+
+/// Assigns ids and ordinals in ingress order.
+async fn plan(sh: &Shared, caches: &mut Caches, routed: Vec<Routed>) -> Result<Vec<Planned>, async_nats::Error> {
+    let mut planned = Vec::with_capacity(routed.len());
+    for (send, key, to) in routed {
+        let outcome = match to {
+            Err(answer) => Plan::Answer(answer),
+            Ok(members) => {
+                let conv = ConvId::parse(&send.conv).ok_or("routed send without a conversation")?;
+                let state = match caches.convs.get(&conv) {
+                    Some(s) => *s,
+                    None => sequencer::load_state(sh, &conv).await?,
+                };
+                let msg = sequencer::assign_id(sh, &send, &conv, state).await?;
+                caches.convs.insert(conv, ConvState { last_id: msg.id, n: msg.n });
+                let payload = Bytes::from(serde_json::to_vec(&msg)?);
+                Plan::Store { msg: Box::new(msg), payload, members }
+            }
         };
         planned.push(Planned { send, key, outcome });
     }
@@ -233,10 +256,8 @@ mod tests {
     }
 
     #[test]
-    fn only_large_rounds_without_membership_changes_are_batched() {
+    fn only_rounds_without_membership_changes_are_batchable() {
         let one = send(false);
-        let few: Vec<&[u8]> = vec![&one; 2];
-        assert!(batchable(&few).is_none(), "a lone message keeps plain writes");
         let many: Vec<&[u8]> = vec![&one; 8];
         assert_eq!(batchable(&many).map(|s| s.len()), Some(8));
         let change = send(true);

@@ -81,14 +81,15 @@ pub async fn run_partition(
             |m: &jetstream::Message| m.info().is_ok_and(|i| i.delivered == 1 && i.stream_sequence > takeover_seq);
         let payloads: Vec<&[u8]> = round.iter().map(|m| m.payload.as_ref()).collect();
         let batched = round.iter().all(fresh).then(|| crate::round::batchable(&payloads)).flatten();
-        let tried = batched.is_some();
+        let mut tried = false;
         let mut done = false;
         if let Some(sends) = batched {
             match crate::round::run(&sh, &mut convs, sends).await {
-                Ok(()) => done = true,
+                Ok(batched) => done = batched,
                 Err(e) => {
                     // Part of it may be stored: finish each message one by
                     // one (idempotent), never as fresh.
+                    tried = true;
                     tracing::warn!(partition, error = %e, "batched round failed; redoing its messages one by one");
                     convs.clear();
                 }

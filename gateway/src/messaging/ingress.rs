@@ -2,12 +2,13 @@
 //! one fsync.
 //!
 //! Every send's ingress publish goes through one writer task per gateway.
-//! It takes whatever sends are waiting as a round and stores the round,
-//! then takes the next: a lone send (light load) is one plain publish, so
-//! it waits for one fsync as before; under load the sends that queued while
-//! the previous round was stored form the next one, and a round of at least
-//! [`MIN_BATCH`] sends is stored as one atomic batch (one fsync for all; a
-//! batch has a fixed cost of several ms, which only pays for many).
+//! It takes whatever sends are waiting as a round and stores it, with at
+//! most [`ROUNDS_IN_FLIGHT`] rounds being stored at once: at light load a
+//! send starts at once as one plain publish and waits for one fsync, as
+//! before; under load the sends that queue while the rounds in flight are
+//! stored form the next round, and a round of at least [`MIN_BATCH`] sends
+//! is stored as one atomic batch (one fsync for all; a batch has a fixed
+//! cost of several ms, which only pays for many).
 //!
 //! A batch is all or nothing. If it is refused (one of its sends is a
 //! client's retry, whose `Nats-Msg-Id` is already stored, rejects the whole
@@ -26,6 +27,10 @@ pub const MIN_BATCH: usize = 16;
 
 /// Most sends in one round (the server's default batch limit is 1,000).
 pub const MAX_ROUND: usize = 500;
+
+/// Rounds being stored at once (a new send never waits behind a round
+/// while fewer are in flight).
+pub const ROUNDS_IN_FLIGHT: usize = 4;
 
 /// Sends waiting for the writer before new ones wait for room.
 const QUEUE: usize = 4096;
@@ -69,8 +74,11 @@ impl Ingress {
 }
 
 async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Job>) {
-    let client = js.client();
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(ROUNDS_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        // Wait for room first, so that the sends arriving meanwhile join
+        // this round.
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let mut round = vec![first];
         while round.len() < MAX_ROUND {
             match rx.try_recv() {
@@ -78,35 +86,41 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if round.len() >= MIN_BATCH {
-            let mut batch = AtomicBatch::new(BatchConfig::default());
-            let mut ok = true;
-            for j in &round {
-                ok &= batch.push(j.subject.clone(), msg_id(&j.msg_id), j.payload.clone()).is_ok();
-            }
-            match if ok { Some(batch.commit(&client).await) } else { None } {
-                Some(Ok(_)) => {
-                    for j in round {
-                        let _ = j.done.send(Ok(Stored { duplicate: false }));
-                    }
-                    continue;
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, sends = round.len(), "ingress batch not stored as one; publishing one by one");
-                }
-                None => {}
-            }
-        }
-        // One by one, concurrently: each waits for its own fsync.
-        let writes = round.into_iter().map(|j| {
-            let js = js.clone();
-            async move {
-                let r = plain(&js, j.subject, &j.msg_id, j.payload).await;
-                let _ = j.done.send(r);
-            }
+        let js = js.clone();
+        tokio::spawn(async move {
+            store(&js, round).await;
+            drop(permit);
         });
-        futures::future::join_all(writes).await;
     }
+}
+
+/// Stores one round: as one atomic batch when it is large enough and the
+/// batch is taken, else one plain publish per send, concurrently.
+async fn store(js: &jetstream::Context, round: Vec<Job>) {
+    if round.len() >= MIN_BATCH {
+        let mut batch = AtomicBatch::new(BatchConfig::default());
+        let mut ok = true;
+        for j in &round {
+            ok &= batch.push(j.subject.clone(), msg_id(&j.msg_id), j.payload.clone()).is_ok();
+        }
+        match if ok { Some(batch.commit(&js.client()).await) } else { None } {
+            Some(Ok(_)) => {
+                for j in round {
+                    let _ = j.done.send(Ok(Stored { duplicate: false }));
+                }
+                return;
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, sends = round.len(), "ingress batch not stored as one; publishing one by one");
+            }
+            None => {}
+        }
+    }
+    let writes = round.into_iter().map(|j| async move {
+        let r = plain(js, j.subject, &j.msg_id, j.payload).await;
+        let _ = j.done.send(r);
+    });
+    futures::future::join_all(writes).await;
 }
 
 async fn plain(js: &jetstream::Context, subject: String, id: &str, payload: Bytes) -> Result<Stored, String> {
