@@ -158,19 +158,25 @@ async fn connection(state: Arc<AppState>, conn: quinn::Connection) {
     // a stream is closed like one that never authenticates (the server's
     // keep-alives would otherwise hold the connection up for ever).
     let deadline = tokio::time::Instant::now() + state.cfg.quic_auth_timeout;
+    // The stream is kept until the connection is closed on a refusal:
+    // dropping it first would finish it, and the client would read a clean
+    // end of stream instead of the close code.
+    let mut stream: Option<(QuicSource, QuicSink)> = None;
     let login = async {
         let (send, recv) = conn.accept_bi().await.ok()?;
-        let mut source = QuicSource { recv, max: state.cfg.max_frame_bytes };
-        let sink = QuicSink { send, conn: conn.clone() };
+        let (source, _) =
+            stream.insert((QuicSource { recv, max: state.cfg.max_frame_bytes }, QuicSink { send, conn: conn.clone() }));
         let Inbound::Text(t) = source.recv().await else { return None };
         let First::Auth { token } = serde_json::from_str::<First>(&t).ok()?;
-        let claims = check_token(&state, &token).await.ok()?;
-        Some((source, sink, claims))
+        check_token(&state, &token).await.ok()
     };
-    let Ok(Some((source, mut sink, claims))) = tokio::time::timeout_at(deadline, login).await else {
+    let claims = tokio::time::timeout_at(deadline, login).await.ok().flatten();
+    let Some(claims) = claims else {
         conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED.into()), b"unauthorized");
+        drop(stream);
         return;
     };
+    let Some((source, mut sink)) = stream.take() else { return };
     if !sink.send(frame_ready()).await {
         return;
     }
