@@ -227,3 +227,80 @@ async fn ingress_rounds_are_batched_and_retries_in_them_dedupe() -> Result<()> {
     assert!(stream.direct_get(last).await?.headers.get("Nats-Batch-Id").is_none(), "a lone send is a plain publish");
     Ok(())
 }
+
+/// Sends `n` messages to `to` without waiting between them and collects
+/// acks until every one is acked or the connection goes (nats-server
+/// killed under it); returns the ids acked.
+async fn until_cut_off(c: &mut Conn, prefix: &str, to: Value, n: usize) -> Vec<u64> {
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let frame = json!({"type": "send", "cid": format!("{prefix}-{i}"), "to": to, "body": format!("{prefix} {i}")});
+        if c.send_json(&frame).await.is_err() {
+            return acked;
+        }
+    }
+    while acked.len() < n {
+        match c.wait_for("ack", |v| v["type"] == "ack" || v["type"] == "error").await {
+            Ok(v) if v["type"] == "ack" => acked.push(v["id"].as_str().unwrap().parse().unwrap()),
+            Ok(_) => continue, // refused while NATS is down: not acked
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_mid_round_keeps_every_acked_message_and_shows_nothing_half_done() -> Result<()> {
+    let mut s = stack().env("CHAT_SEND_TIMEOUT_MS", "3000").start().await?;
+    let (users, gid, conv) = setup(&s).await?;
+    let mut tasks = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        let mut c = s.connect(0, u).await?;
+        let to = json!({"group": gid});
+        tasks.push(tokio::spawn(async move {
+            c.timeout = Duration::from_secs(5);
+            until_cut_off(&mut c, &format!("n{i}"), to, PER_SENDER).await
+        }));
+    }
+    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    wait_for("a fifth of the messages stored", Duration::from_secs(60), || {
+        let js = js.clone();
+        async move {
+            let mut st = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await.ok()?;
+            (st.info().await.ok()?.state.messages >= (SENDERS * PER_SENDER / 5) as u64).then_some(())
+        }
+    })
+    .await?;
+    s.nats.kill(); // SIGKILL, mid-round
+    let mut acked = HashSet::new();
+    for t in tasks {
+        acked.extend(t.await?);
+    }
+    assert!(!acked.is_empty(), "nothing was acked before the kill: the test proves nothing");
+    s.restart_all().await?; // nats-server on the same store, new gateway and worker
+                            // What was accepted but not finished is finished by the new owner.
+    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    wait_for("ingress drained", Duration::from_secs(60), || {
+        let js = js.clone();
+        async move {
+            let mut st = js.get_stream(chat_nats::subjects::INGRESS_STREAM).await.ok()?;
+            (st.info().await.ok()?.state.messages == 0).then_some(())
+        }
+    })
+    .await?;
+    let hist = history(&s, &users[0], &conv).await?;
+    assert!(hist.windows(2).all(|w| w[0] < w[1]), "history ids strictly increase");
+    let hist_set: HashSet<u64> = hist.iter().copied().collect();
+    assert_eq!(hist_set.len(), hist.len(), "no message twice in history");
+    assert!(acked.is_subset(&hist_set), "an acked message was lost ({} acked)", acked.len());
+    for u in [&users[0], &users[SENDERS - 1]] {
+        let name = format!("gc{}", users.iter().position(|x| x.user_id == u.user_id).unwrap());
+        let mut c = s.connect(0, &s.device(&name, "after").await?).await?;
+        c.timeout = Duration::from_secs(60);
+        let (msgs, _) = c.sync(None).await?;
+        let inbox: Vec<u64> =
+            msgs.iter().filter(|m| m["conv"] == conv).map(|m| m["id"].as_str().unwrap().parse().unwrap()).collect();
+        assert_eq!(inbox, hist, "{name}: every stored message in the inbox once, in order: nothing half-visible");
+    }
+    Ok(())
+}
