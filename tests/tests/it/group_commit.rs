@@ -304,3 +304,52 @@ async fn nats_killed_mid_round_keeps_every_acked_message_and_shows_nothing_half_
     }
     Ok(())
 }
+
+/// A group whose copies do not fit one batch (1,200 members: two inbox
+/// batches per message) through a worker SIGKILL: every acked message is
+/// in history once and in every member's inbox once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_larger_than_one_batch_survives_a_worker_kill() -> Result<()> {
+    const MEMBERS: usize = 1200;
+    let mut s = stack().env("CHAT_GROUP_MAX_MEMBERS", "1500").env("CHAT_SEND_TIMEOUT_MS", "3000").start().await?;
+    let owner = s.user("bigowner", "d1").await?;
+    // Members straight into PostgreSQL (one argon2 hash for all of them).
+    let db = chat_gateway::store::Db::connect(&s.pg.url, 4)?;
+    let hash = chat_gateway::auth::hash_password("password123");
+    let mut ids = Vec::new();
+    for i in 1..MEMBERS {
+        ids.push(db.create_user(&format!("member{i:04}"), &hash).await?.expect("new user").to_string());
+    }
+    let members: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let g = s.create_group(&owner, "stadium", &members).await?;
+    let (gid, conv) = (g["group_id"].as_str().unwrap().to_owned(), g["conv"].as_str().unwrap().to_owned());
+    let mut c = s.connect(0, &owner).await?;
+    c.timeout = Duration::from_secs(60);
+    let sends = tokio::spawn(async move { pipelined(&mut c, "big", json!({"group": gid}), 20).await });
+    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    wait_for("a few messages stored", Duration::from_secs(60), || {
+        let js = js.clone();
+        async move {
+            let mut st = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await.ok()?;
+            (st.info().await.ok()?.state.messages >= 5).then_some(())
+        }
+    })
+    .await?;
+    s.kill_worker(0);
+    s.add_worker(0)?;
+    let acked: HashSet<u64> = sends.await??.into_values().collect();
+    assert_eq!(acked.len(), 20);
+    let hist = history(&s, &owner, &conv).await?;
+    assert!(hist.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(hist.len(), 21, "the creation message and each send once");
+    assert!(acked.iter().all(|id| hist.contains(id)));
+    for name in ["member0001", "member0600", "member1199"] {
+        let mut m = s.connect(0, &s.device(name, "phone").await?).await?;
+        m.timeout = Duration::from_secs(60);
+        let (msgs, _) = m.sync(None).await?;
+        let inbox: Vec<u64> =
+            msgs.iter().filter(|m| m["conv"] == conv).map(|m| m["id"].as_str().unwrap().parse().unwrap()).collect();
+        assert_eq!(inbox, hist, "{name}'s inbox");
+    }
+    Ok(())
+}
