@@ -71,16 +71,7 @@ async fn a_worker_killed_mid_stream_loses_and_duplicates_nothing() -> Result<()>
         anyhow::Ok(acked)
     });
     // Kill the only worker while sends are in flight, then start another.
-    let nats = async_nats::connect(&s.nats.url).await?;
-    let js = async_nats::jetstream::new(nats);
-    wait_for("40 messages stored", Duration::from_secs(30), || {
-        let js = js.clone();
-        async move {
-            let mut st = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await.ok()?;
-            (st.info().await.ok()?.state.messages >= 40).then_some(())
-        }
-    })
-    .await?;
+    s.wait_stored(40).await?;
     s.kill_worker(0);
     s.add_worker(0)?;
     let acked = sends.await??;

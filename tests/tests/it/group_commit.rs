@@ -106,15 +106,19 @@ async fn check(s: &Stack, users: &[Login], conv: &str, acked: &HashSet<u64>) -> 
     assert_eq!(hist.len(), SENDERS * PER_SENDER + 1, "nothing beyond the acked sends and the creation message");
     for u in [&users[0], &users[SENDERS / 2], &users[SENDERS - 1]] {
         let name = format!("gc{}", users.iter().position(|x| x.user_id == u.user_id).unwrap());
-        let fresh = s.device(&name, "reader").await?;
-        let mut c = s.connect(0, &fresh).await?;
-        c.timeout = Duration::from_secs(60);
-        let (msgs, _) = c.sync(None).await?;
-        let inbox: Vec<u64> =
-            msgs.iter().filter(|m| m["conv"] == conv).map(|m| m["id"].as_str().unwrap().parse().unwrap()).collect();
+        let inbox = inbox_of(s, &name, "reader", conv).await?;
         assert_eq!(inbox, hist, "{name}'s inbox has the group's messages exactly once, in history order");
     }
     Ok(())
+}
+
+/// The ids of `conv`'s messages in the inbox of user `name`, read by a new
+/// device `device` from the beginning.
+async fn inbox_of(s: &Stack, name: &str, device: &str, conv: &str) -> Result<Vec<u64>> {
+    let mut c = s.connect(0, &s.device(name, device).await?).await?;
+    c.timeout = Duration::from_secs(60);
+    let (msgs, _) = c.sync(None).await?;
+    Ok(msgs.iter().filter(|m| m["conv"] == conv).map(|m| m["id"].as_str().unwrap().parse().unwrap()).collect())
 }
 
 /// How many of the inbox stream's messages were stored by an atomic batch.
@@ -161,15 +165,7 @@ async fn a_worker_killed_mid_round_loses_and_duplicates_nothing() -> Result<()> 
     let mut s = stack().env("CHAT_SEND_TIMEOUT_MS", "3000").start().await?;
     let (users, gid, conv) = setup(&s).await?;
     let tasks = send_all(&s, &users, &gid).await?;
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
-    wait_for("a fifth of the messages stored", Duration::from_secs(60), || {
-        let js = js.clone();
-        async move {
-            let mut st = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await.ok()?;
-            (st.info().await.ok()?.state.messages >= (SENDERS * PER_SENDER / 5) as u64).then_some(())
-        }
-    })
-    .await?;
+    s.wait_stored((SENDERS * PER_SENDER / 5) as u64).await?;
     s.kill_worker(0);
     s.add_worker(0)?;
     let mut acked = HashSet::new();
@@ -262,15 +258,7 @@ async fn nats_killed_mid_round_keeps_every_acked_message_and_shows_nothing_half_
             until_cut_off(&mut c, &format!("n{i}"), to, PER_SENDER).await
         }));
     }
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
-    wait_for("a fifth of the messages stored", Duration::from_secs(60), || {
-        let js = js.clone();
-        async move {
-            let mut st = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await.ok()?;
-            (st.info().await.ok()?.state.messages >= (SENDERS * PER_SENDER / 5) as u64).then_some(())
-        }
-    })
-    .await?;
+    s.wait_stored((SENDERS * PER_SENDER / 5) as u64).await?;
     s.nats.kill(); // SIGKILL, mid-round
     let mut acked = HashSet::new();
     for t in tasks {
@@ -295,11 +283,7 @@ async fn nats_killed_mid_round_keeps_every_acked_message_and_shows_nothing_half_
     assert!(acked.is_subset(&hist_set), "an acked message was lost ({} acked)", acked.len());
     for u in [&users[0], &users[SENDERS - 1]] {
         let name = format!("gc{}", users.iter().position(|x| x.user_id == u.user_id).unwrap());
-        let mut c = s.connect(0, &s.device(&name, "after").await?).await?;
-        c.timeout = Duration::from_secs(60);
-        let (msgs, _) = c.sync(None).await?;
-        let inbox: Vec<u64> =
-            msgs.iter().filter(|m| m["conv"] == conv).map(|m| m["id"].as_str().unwrap().parse().unwrap()).collect();
+        let inbox = inbox_of(&s, &name, "after", &conv).await?;
         assert_eq!(inbox, hist, "{name}: every stored message in the inbox once, in order: nothing half-visible");
     }
     Ok(())
@@ -326,15 +310,7 @@ async fn a_group_larger_than_one_batch_survives_a_worker_kill() -> Result<()> {
     let mut c = s.connect(0, &owner).await?;
     c.timeout = Duration::from_secs(60);
     let sends = tokio::spawn(async move { pipelined(&mut c, "big", json!({"group": gid}), 20).await });
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
-    wait_for("a few messages stored", Duration::from_secs(60), || {
-        let js = js.clone();
-        async move {
-            let mut st = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await.ok()?;
-            (st.info().await.ok()?.state.messages >= 5).then_some(())
-        }
-    })
-    .await?;
+    s.wait_stored(5).await?;
     s.kill_worker(0);
     s.add_worker(0)?;
     let acked: HashSet<u64> = sends.await??.into_values().collect();
@@ -344,11 +320,7 @@ async fn a_group_larger_than_one_batch_survives_a_worker_kill() -> Result<()> {
     assert_eq!(hist.len(), 21, "the creation message and each send once");
     assert!(acked.iter().all(|id| hist.contains(id)));
     for name in ["member0001", "member0600", "member1199"] {
-        let mut m = s.connect(0, &s.device(name, "phone").await?).await?;
-        m.timeout = Duration::from_secs(60);
-        let (msgs, _) = m.sync(None).await?;
-        let inbox: Vec<u64> =
-            msgs.iter().filter(|m| m["conv"] == conv).map(|m| m["id"].as_str().unwrap().parse().unwrap()).collect();
+        let inbox = inbox_of(&s, name, "phone", &conv).await?;
         assert_eq!(inbox, hist, "{name}'s inbox");
     }
     Ok(())

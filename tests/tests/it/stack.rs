@@ -249,6 +249,19 @@ impl Stack {
         Ok(())
     }
 
+    /// Waits until the history stream holds at least `n` messages.
+    pub async fn wait_stored(&self, n: u64) -> Result<()> {
+        let js = async_nats::jetstream::new(async_nats::connect(&self.nats.url).await?);
+        wait_for(&format!("{n} messages stored"), Duration::from_secs(60), || {
+            let js = js.clone();
+            async move {
+                let mut st = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await.ok()?;
+                (st.info().await.ok()?.state.messages >= n).then_some(())
+            }
+        })
+        .await
+    }
+
     /// Signs a user up and logs a device in.
     pub async fn user(&self, name: &str, device: &str) -> Result<Login> {
         let http = self.http(0);
