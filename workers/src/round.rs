@@ -18,9 +18,7 @@
 //!    turns out a duplicate and leads to the stored message and its id, so
 //!    the copies it writes carry the same copy ids and dedupe;
 //! 4. wake-ups and index entries, then each sender's reply (the message and
-//!    every copy are durable), then the outcome records as one batch, which
-//!    runs beside the next round (nothing waits for them: without its
-//!    record a redelivered message finds its history duplicate).
+//!    every copy are durable), then the outcome records as one batch.
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -74,12 +72,7 @@ pub fn batchable(payloads: &[&[u8]]) -> Option<Vec<IngressSend>> {
 /// batch (the caller then goes message by message). On an error the caller
 /// redoes every message of the round through `sequencer::process` (not
 /// fresh), which finishes whatever the round stored.
-pub(crate) async fn run(
-    sh: &Shared,
-    caches: &mut Caches,
-    sends: Vec<IngressSend>,
-    records: &mut Records,
-) -> Result<bool, async_nats::Error> {
+pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<bool, async_nats::Error> {
     let routed = route(sh, caches, sends).await?;
     let entries: usize = routed.iter().map(|(_, _, to)| to.as_ref().map_or(0, |m| 1 + m.len())).sum();
     if entries < MIN_BATCH_ENTRIES {
@@ -120,7 +113,7 @@ pub(crate) async fn run(
         }
         (Some(h), done)
     };
-    finish(sh, planned, placed, history_done.as_ref(), &inbox_done, records).await?;
+    finish(sh, planned, placed, history_done.as_ref(), &inbox_done).await?;
     Ok(true)
 }
 
@@ -178,10 +171,6 @@ async fn plan(sh: &Shared, caches: &mut Caches, routed: Vec<Routed>) -> Result<V
     Ok(planned)
 }
 
-/// A partition's outcome-record commit still running, if any: it overlaps
-/// the next round's commits, and at most one runs at a time.
-pub(crate) type Records = Option<tokio::task::JoinHandle<()>>;
-
 /// After the commits: wake-ups, index entries, replies, outcome records.
 async fn finish(
     sh: &Shared,
@@ -189,7 +178,6 @@ async fn finish(
     placed: Vec<Option<Placed>>,
     history: Option<&Committed>,
     inboxes: &[Committed],
-    records: &mut Records,
 ) -> Result<(), async_nats::Error> {
     let mut acks = AtomicBatch::new(BatchConfig::default());
     let mut index = Vec::new();
@@ -229,18 +217,11 @@ async fn finish(
         }
     }
     // The outcome records (for retries after the ingress dedupe window) in
-    // one commit, beside the next round: nothing waits for them (should one
-    // be missing, a redelivery finds the history duplicate and its id).
+    // one commit; should it fail, a redelivery finds the history duplicate.
     if !acks.is_empty() {
-        if let Some(previous) = records.take() {
-            let _ = previous.await;
+        if let Err(e) = acks.commit(&sh.client).await {
+            tracing::warn!(error = %e, "outcome records not written; retries will find the stored messages");
         }
-        let client = sh.client.clone();
-        *records = Some(tokio::spawn(async move {
-            if let Err(e) = acks.commit(&client).await {
-                tracing::warn!(error = %e, "outcome records not written; retries will find the stored messages");
-            }
-        }));
     }
     Ok(())
 }

@@ -64,7 +64,6 @@ pub async fn run_partition(
     let mut messages =
         consumer.stream().max_messages_per_batch(256).max_bytes_per_batch(8 * 1024 * 1024).messages().await?;
     let mut convs = Caches::default();
-    let mut records: crate::round::Records = None;
     tracing::info!(partition, "partition acquired");
     while let Some(first) = messages.next().await {
         // A round: the first message and whatever else is already waiting.
@@ -85,7 +84,7 @@ pub async fn run_partition(
         let mut tried = false;
         let mut done = false;
         if let Some(sends) = batched {
-            match crate::round::run(&sh, &mut convs, sends, &mut records).await {
+            match crate::round::run(&sh, &mut convs, sends).await {
                 Ok(batched) => done = batched,
                 Err(e) => {
                     // Part of it may be stored: finish each message one by
