@@ -64,7 +64,10 @@ struct Placed {
 /// are: see [`run`].)
 pub fn batchable(payloads: &[&[u8]]) -> Option<Vec<IngressSend>> {
     let sends: Vec<IngressSend> = payloads.iter().map(|p| serde_json::from_slice(p).ok()).collect::<Option<_>>()?;
-    (!sends.iter().any(|s| s.event.is_some())).then_some(sends)
+    // The same send twice in a round goes one by one (the second finds the
+    // first in history).
+    let keys: std::collections::HashSet<_> = sends.iter().map(|s| (s.from, &s.device, &s.cid)).collect();
+    (keys.len() == sends.len() && !sends.iter().any(|s| s.event.is_some())).then_some(sends)
 }
 
 /// Sequences a round of fresh messages as atomic batches; `Ok(false)`,
@@ -246,8 +249,8 @@ pub fn round_limit() -> usize {
 mod tests {
     use super::*;
 
-    fn send(event: bool) -> Vec<u8> {
-        let mut v = serde_json::json!({"from": "1", "device": "d", "cid": "c", "conv": "dm-1-2", "kind": "text",
+    fn send(cid: &str, event: bool) -> Vec<u8> {
+        let mut v = serde_json::json!({"from": "1", "device": "d", "cid": cid, "conv": "dm-1-2", "kind": "text",
                                        "body": "x", "reply": null});
         if event {
             v["event"] = serde_json::json!({"op": "added", "actor": "1", "version": 2, "members": ["1", "2"]});
@@ -256,11 +259,13 @@ mod tests {
     }
 
     #[test]
-    fn only_rounds_without_membership_changes_are_batchable() {
-        let one = send(false);
-        let many: Vec<&[u8]> = vec![&one; 8];
+    fn rounds_with_a_membership_change_or_a_repeated_send_are_not_batchable() {
+        let sends: Vec<Vec<u8>> = (0..8).map(|i| send(&format!("c{i}"), false)).collect();
+        let many: Vec<&[u8]> = sends.iter().map(Vec::as_slice).collect();
         assert_eq!(batchable(&many).map(|s| s.len()), Some(8));
-        let change = send(true);
+        let twice: Vec<&[u8]> = vec![&sends[0], &sends[1], &sends[0]];
+        assert!(batchable(&twice).is_none(), "the same send twice goes one by one");
+        let change = send("g", true);
         let mut mixed = many.clone();
         mixed.push(&change);
         assert!(batchable(&mixed).is_none(), "membership changes go one by one");

@@ -97,7 +97,10 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Job>) {
 /// Stores one round: as one atomic batch when it is large enough and the
 /// batch is taken, else one plain publish per send, concurrently.
 async fn store(js: &jetstream::Context, round: Vec<Job>) {
-    if round.len() >= MIN_BATCH {
+    // The same send twice in one round (a device retrying on two
+    // connections at once) goes one by one, so the store dedupes it.
+    let distinct = round.iter().map(|j| j.msg_id.as_str()).collect::<std::collections::HashSet<_>>().len();
+    if round.len() >= MIN_BATCH && distinct == round.len() {
         let mut batch = AtomicBatch::new(BatchConfig::default());
         let mut ok = true;
         for j in &round {

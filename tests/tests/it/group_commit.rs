@@ -217,6 +217,13 @@ async fn ingress_rounds_are_batched_and_retries_in_them_dedupe() -> Result<()> {
     }
     assert_eq!(count().await?, 300, "each new send once, no retry twice");
 
+    // The same send twice in one round (a device on two connections): once.
+    let mut again: Vec<String> = (300..320).map(|i| format!("k{i}")).collect();
+    again.push("k300".into());
+    let stored = publish_all(again).await.map_err(anyhow::Error::msg)?;
+    assert_eq!(stored.iter().filter(|s| s.duplicate).count(), 1, "one of the two k300 is the duplicate");
+    assert_eq!(count().await?, 320);
+
     let lone = ingress.publish(subject.clone(), "lone", "x".into()).await.map_err(anyhow::Error::msg)?;
     assert!(!lone.duplicate);
     let last = stream.clone().info().await?.state.last_sequence;
