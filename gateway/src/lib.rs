@@ -208,6 +208,9 @@ pub async fn run(
         .await
         .map_err(|e| GatewayError::Nats { url: cfg.nats_url.clone(), source: e })?;
     let storage = provision::provision(&client, &cfg.storage).await?;
+    // The ingress writer stores concurrent sends as atomic batches, which
+    // only 2.15.1 commits with one fsync.
+    provision::check_batch_server(&client)?;
     let db = Db::connect(&cfg.database_url, cfg.db_pool_size)?;
     db.migrate().await?;
     let revoked_kv =
