@@ -77,6 +77,15 @@ pub fn is_token(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Headers carrying `id` as JetStream's dedupe id (`Nats-Msg-Id`): a
+/// second message with the same id within the stream's duplicate window is
+/// not stored again (its publish ack says `duplicate`).
+pub fn msg_id(id: &str) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", id);
+    h
+}
+
 /// Ingress subject of a partition.
 pub fn ingress(partition: u32) -> String {
     format!("{PREFIX}.ingress.{partition}")

@@ -24,7 +24,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chat_nats::batch::{AtomicBatch, BatchConfig, Committed, DEFAULT_MAX_ENTRIES};
 use chat_nats::envelope::{IngressSend, SeqAck, SeqResult, StoredMessage};
-use chat_nats::subjects::{self, ConvId};
+use chat_nats::subjects::{self, msg_id, ConvId};
 use chat_nats::wire::ErrorCode;
 
 use crate::sequencer::{self, Caches, ConvState, Recipients};
@@ -231,12 +231,6 @@ async fn finish(
 
 fn conv_of(msg: &StoredMessage) -> ConvId {
     ConvId::parse(&msg.conv).expect("the round only stores messages of well-formed conversations")
-}
-
-fn msg_id(id: &str) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert("Nats-Msg-Id", id);
-    h
 }
 
 /// Rounds sized for the atomic batch limits: at most [`MAX_ROUND`]

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
-use async_nats::HeaderMap;
 use bytes::Bytes;
 use chat_nats::envelope::{GroupMembers, IngressSend, MessageKind, SeqAck, SeqResult, StoredMessage};
 use chat_nats::subjects::{self, ConvId, ConvKind};
@@ -402,9 +401,7 @@ async fn publish(
     msg_id: String,
     payload: Bytes,
 ) -> Result<jetstream::publish::PublishAck, async_nats::Error> {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", msg_id.as_str());
-    Ok(sh.storage.js.publish_with_headers(subject, headers, payload).await?.await?)
+    Ok(sh.storage.js.publish_with_headers(subject, subjects::msg_id(&msg_id), payload).await?.await?)
 }
 
 pub(crate) async fn load_state(sh: &Shared, conv: &ConvId) -> Result<ConvState, async_nats::Error> {

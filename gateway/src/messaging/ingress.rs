@@ -17,9 +17,9 @@
 //! (`duplicate`) from a new one, so nothing is stored twice or lost.
 
 use async_nats::jetstream;
-use async_nats::HeaderMap;
 use bytes::Bytes;
-use chat_nats::batch::{AtomicBatch, BatchConfig};
+use chat_nats::batch::{AtomicBatch, BatchConfig, BatchError};
+use chat_nats::subjects::msg_id;
 use tokio::sync::{mpsc, oneshot};
 
 /// Fewest sends in a round stored as one atomic batch.
@@ -101,22 +101,16 @@ async fn store(js: &jetstream::Context, round: Vec<Job>) {
     // connections at once) goes one by one, so the store dedupes it.
     let distinct = round.iter().map(|j| j.msg_id.as_str()).collect::<std::collections::HashSet<_>>().len();
     if round.len() >= MIN_BATCH && distinct == round.len() {
-        let mut batch = AtomicBatch::new(BatchConfig::default());
-        let mut ok = true;
-        for j in &round {
-            ok &= batch.push(j.subject.clone(), msg_id(&j.msg_id), j.payload.clone()).is_ok();
-        }
-        match if ok { Some(batch.commit(&js.client()).await) } else { None } {
-            Some(Ok(_)) => {
+        match commit(js, &round).await {
+            Ok(()) => {
                 for j in round {
                     let _ = j.done.send(Ok(Stored { duplicate: false }));
                 }
                 return;
             }
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, sends = round.len(), "ingress batch not stored as one; publishing one by one");
+            Err(e) => {
+                tracing::debug!(error = %e, sends = round.len(), "ingress batch not stored as one; publishing one by one")
             }
-            None => {}
         }
     }
     let writes = round.into_iter().map(|j| async move {
@@ -126,14 +120,17 @@ async fn store(js: &jetstream::Context, round: Vec<Job>) {
     futures::future::join_all(writes).await;
 }
 
+/// The round as one atomic batch.
+async fn commit(js: &jetstream::Context, round: &[Job]) -> Result<(), BatchError> {
+    let mut batch = AtomicBatch::new(BatchConfig::default());
+    for j in round {
+        batch.push(j.subject.clone(), msg_id(&j.msg_id), j.payload.clone())?;
+    }
+    batch.commit(&js.client()).await.map(|_| ())
+}
+
 async fn plain(js: &jetstream::Context, subject: String, id: &str, payload: Bytes) -> Result<Stored, String> {
     let ack = js.publish_with_headers(subject, msg_id(id), payload).await.map_err(|e| e.to_string())?;
     let ack = ack.await.map_err(|e| e.to_string())?;
     Ok(Stored { duplicate: ack.duplicate })
-}
-
-fn msg_id(id: &str) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert("Nats-Msg-Id", id);
-    h
 }

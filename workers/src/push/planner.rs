@@ -193,10 +193,10 @@ impl Inner {
         for r in targets {
             let job = PushJob { device: r.device.clone(), ..job.clone() };
             let id = subjects::push_job_id(stored.id, user, &r.device);
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", id.as_str());
             let payload = serde_json::to_vec(&job)?.into();
-            acks.push(self.storage.js.publish_with_headers(subjects::push_job(user), headers, payload).await?);
+            acks.push(
+                self.storage.js.publish_with_headers(subjects::push_job(user), subjects::msg_id(&id), payload).await?,
+            );
         }
         for a in acks {
             a.await?;

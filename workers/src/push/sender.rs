@@ -213,10 +213,8 @@ impl Inner {
         let id = subjects::push_job_id(message_id, user, &device);
         let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis();
         let dead = DeadPush { job, provider: provider.to_owned(), error: error.clone(), attempts, at: at as u64 };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
         let payload = serde_json::to_vec(&dead)?.into();
-        self.storage.js.publish_with_headers(subjects::push_dead(user), headers, payload).await?.await?;
+        self.storage.js.publish_with_headers(subjects::push_dead(user), subjects::msg_id(&id), payload).await?.await?;
         tracing::error!(push_outcome = "dead", provider, user_id = user, device = %device, message_id, attempts, error = %error, "push dead-lettered to CHAT_PUSH_DEAD");
         m.ack().await
     }
