@@ -23,19 +23,19 @@
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chat_nats::batch::{AtomicBatch, BatchConfig, Committed, DEFAULT_MAX_ENTRIES};
-use chat_nats::envelope::{IngressSend, SeqAck, SeqResult, StoredMessage};
+use chat_nats::envelope::{IngressSend, SeqResult, StoredMessage};
 use chat_nats::subjects::{self, msg_id, ConvId};
-use chat_nats::wire::ErrorCode;
 
-use crate::sequencer::{self, Caches, ConvState, Recipients};
+use crate::sequencer::{self, outcome, Caches, ConvState, Route};
 use crate::Shared;
 
 /// Fewest stored entries (history appends plus inbox copies) for which a
 /// round is committed as atomic batches rather than plain writes.
 pub const MIN_BATCH_ENTRIES: usize = 24;
 
-/// Most ingress messages in one round.
+/// Most ingress messages in one round (its history appends fit one batch).
 pub const MAX_ROUND: usize = 256;
+const _: () = assert!(MAX_ROUND <= DEFAULT_MAX_ENTRIES);
 
 /// One message of a round once its recipients are known.
 struct Planned {
@@ -47,8 +47,8 @@ struct Planned {
 enum Plan {
     /// Answered without storing anything (refused, or done before).
     Answer(Bytes),
-    /// To be stored: the message and its recipients.
-    Store { msg: Box<StoredMessage>, payload: Bytes, members: Vec<i64> },
+    /// To be stored: the message, its conversation and its recipients.
+    Store { conv: ConvId, msg: Box<StoredMessage>, payload: Bytes, members: Vec<i64> },
 }
 
 /// Where a stored message's entries went in the round's batches: its
@@ -77,7 +77,7 @@ pub fn batchable(payloads: &[&[u8]]) -> Option<Vec<IngressSend>> {
 /// fresh), which finishes whatever the round stored.
 pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<bool, async_nats::Error> {
     let routed = route(sh, caches, sends).await?;
-    let entries: usize = routed.iter().map(|(_, _, to)| to.as_ref().map_or(0, |m| 1 + m.len())).sum();
+    let entries: usize = routed.iter().map(|(_, _, to)| to.as_ref().map_or(0, |(_, m)| 1 + m.len())).sum();
     if entries < MIN_BATCH_ENTRIES {
         return Ok(false);
     }
@@ -88,12 +88,12 @@ pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend
     // (member, inbox batch, index in it) per copy.
     let mut placed: Vec<Option<Placed>> = Vec::with_capacity(planned.len());
     for p in &planned {
-        let Plan::Store { msg, payload, members } = &p.outcome else {
+        let Plan::Store { conv, msg, payload, members } = &p.outcome else {
             placed.push(None);
             continue;
         };
         let h = history.len();
-        history.push(subjects::history(&conv_of(msg)), msg_id(&p.key), payload.clone())?;
+        history.push(subjects::history(conv), msg_id(&p.key), payload.clone())?;
         let mut copies = Vec::with_capacity(members.len());
         for &m in members {
             if inboxes.last().is_some_and(|b| b.len() >= DEFAULT_MAX_ENTRIES) {
@@ -120,9 +120,9 @@ pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend
     Ok(true)
 }
 
-/// A send of the round with its dedupe key and either its recipients or
-/// the answer it gets without storing anything.
-type Routed = (IngressSend, String, Result<Vec<i64>, Bytes>);
+/// A send of the round with its dedupe key and either its conversation and
+/// recipients or the answer it gets without storing anything.
+type Routed = (IngressSend, String, Result<(ConvId, Vec<i64>), Bytes>);
 
 /// Works out, for each send, who gets a copy (or its answer: done before,
 /// refused). Stores nothing and assigns no id.
@@ -135,16 +135,9 @@ async fn route(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Res
             routed.push((send, key, Err(recorded)));
             continue;
         }
-        let refuse = |code: ErrorCode, message: String, key: &str| -> Result<Bytes, async_nats::Error> {
-            let ack = SeqAck { key: key.to_owned(), result: SeqResult::Err { code, message } };
-            Ok(Bytes::from(serde_json::to_vec(&ack)?))
-        };
-        let to = match ConvId::parse(&send.conv) {
-            None => Err(refuse(ErrorCode::BadFrame, "malformed conversation id".into(), &key)?),
-            Some(conv) => match sequencer::recipients(sh, caches, &conv, &send).await? {
-                Recipients::Refused { code, message } => Err(refuse(code, message, &key)?),
-                Recipients::To(members) => Ok(members),
-            },
+        let to = match sequencer::route(sh, caches, &send).await? {
+            Route::Refused(refusal) => Err(outcome(&key, refusal)?),
+            Route::To(conv, members) => Ok((conv, members)),
         };
         routed.push((send, key, to));
     }
@@ -157,16 +150,12 @@ async fn plan(sh: &Shared, caches: &mut Caches, routed: Vec<Routed>) -> Result<V
     for (send, key, to) in routed {
         let outcome = match to {
             Err(answer) => Plan::Answer(answer),
-            Ok(members) => {
-                let conv = ConvId::parse(&send.conv).ok_or("routed send without a conversation")?;
-                let state = match caches.convs.get(&conv) {
-                    Some(s) => *s,
-                    None => sequencer::load_state(sh, &conv).await?,
-                };
+            Ok((conv, members)) => {
+                let state = sequencer::conv_state(sh, &caches.convs, &conv).await?;
                 let msg = sequencer::assign_id(sh, &send, &conv, state).await?;
-                caches.convs.insert(conv, ConvState { last_id: msg.id, n: msg.n });
+                caches.convs.insert(conv.clone(), ConvState { last_id: msg.id, n: msg.n });
                 let payload = Bytes::from(serde_json::to_vec(&msg)?);
-                Plan::Store { msg: Box::new(msg), payload, members }
+                Plan::Store { conv, msg: Box::new(msg), payload, members }
             }
         };
         planned.push(Planned { send, key, outcome });
@@ -191,25 +180,23 @@ async fn finish(
                 replies.push((p.send.reply, recorded));
                 continue;
             }
-            (Plan::Store { msg, .. }, Some(Placed { history: h, copies }), Some(history)) => {
+            (Plan::Store { conv, msg, .. }, Some(Placed { history: h, copies }), Some(history)) => {
+                let mut woken = Vec::with_capacity(copies.len());
                 for (m, b, i) in copies {
-                    let seq = inboxes.get(b).and_then(|c| c.seq_of(i)).ok_or("inbox batch without its sequence")?;
-                    sh.client.publish(subjects::live(m), Bytes::from(seq.to_string())).await?;
+                    woken
+                        .push((m, inboxes.get(b).and_then(|c| c.seq_of(i)).ok_or("inbox batch without its sequence")?));
                 }
+                sequencer::wake(sh, &woken).await?;
                 let history_seq = history.seq_of(h).ok_or("history batch without its sequence")?;
-                if msg.n % sequencer::INDEX_BLOCK == 1 {
-                    let conv = conv_of(&msg);
-                    index.push((subjects::hindex_key(&conv, msg.n / sequencer::INDEX_BLOCK), history_seq, msg.id));
-                }
-                let result = SeqResult::Ok { id: msg.id, conv: msg.conv.clone(), ts: msg.ts };
-                Bytes::from(serde_json::to_vec(&SeqAck { key: p.key.clone(), result })?)
+                index.extend(sequencer::index_entry(&conv, &msg, history_seq));
+                outcome(&p.key, SeqResult::Ok { id: msg.id, conv: msg.conv.clone(), ts: msg.ts })?
             }
             _ => return Err("a stored message of the round has no place in its batches".into()),
         };
         acks.push(format!("$KV.{}.{}", subjects::ACKS_BUCKET, p.key), HeaderMap::new(), ack.clone())?;
         replies.push((p.send.reply, ack));
     }
-    let puts = index.iter().map(|(k, seq, id)| sh.storage.hindex.put(k.clone(), Bytes::from(format!("{seq} {id}"))));
+    let puts = index.into_iter().map(|(key, entry)| sh.storage.hindex.put(key, entry));
     for r in futures::future::join_all(puts).await {
         r?;
     }
@@ -227,16 +214,6 @@ async fn finish(
         }
     }
     Ok(())
-}
-
-fn conv_of(msg: &StoredMessage) -> ConvId {
-    ConvId::parse(&msg.conv).expect("the round only stores messages of well-formed conversations")
-}
-
-/// Rounds sized for the atomic batch limits: at most [`MAX_ROUND`]
-/// messages. (Entries beyond one batch are split by `run`.)
-pub fn round_limit() -> usize {
-    MAX_ROUND.min(DEFAULT_MAX_ENTRIES)
 }
 
 #[cfg(test)]

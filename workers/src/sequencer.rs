@@ -67,7 +67,7 @@ pub async fn run_partition(
     while let Some(first) = messages.next().await {
         // A round: the first message and whatever else is already waiting.
         let mut round = vec![first?];
-        while round.len() < crate::round::round_limit() {
+        while round.len() < crate::round::MAX_ROUND {
             match messages.next().now_or_never() {
                 Some(Some(m)) => round.push(m?),
                 _ => break,
@@ -79,24 +79,19 @@ pub async fn run_partition(
         let fresh =
             |m: &jetstream::Message| m.info().is_ok_and(|i| i.delivered == 1 && i.stream_sequence > takeover_seq);
         let payloads: Vec<&[u8]> = round.iter().map(|m| m.payload.as_ref()).collect();
-        let batched = round.iter().all(fresh).then(|| crate::round::batchable(&payloads)).flatten();
-        let mut tried = false;
-        let mut done = false;
-        if let Some(sends) = batched {
-            match crate::round::run(&sh, &mut convs, sends).await {
-                Ok(batched) => done = batched,
-                Err(e) => {
-                    // Part of it may be stored: finish each message one by
-                    // one (idempotent), never as fresh.
-                    tried = true;
-                    tracing::warn!(partition, error = %e, "batched round failed; redoing its messages one by one");
-                    convs.clear();
-                }
-            }
-        }
-        if !done {
+        // Ok(true): stored as a batched round; Ok(false): not batched, one
+        // by one as delivered; Err: part of it may be stored, so one by one
+        // (idempotent) and never as fresh.
+        let batched = match round.iter().all(fresh).then(|| crate::round::batchable(&payloads)).flatten() {
+            Some(sends) => crate::round::run(&sh, &mut convs, sends).await.map_err(|e| {
+                tracing::warn!(partition, error = %e, "batched round failed; redoing its messages one by one");
+                convs.clear();
+            }),
+            None => Ok(false),
+        };
+        if batched != Ok(true) {
             for msg in &round {
-                if !one_by_one(&sh, &mut convs, msg, fresh(msg) && !tried, &valid, partition).await {
+                if !one_by_one(&sh, &mut convs, msg, fresh(msg) && batched.is_ok(), &valid, partition).await {
                     return Ok(());
                 }
             }
@@ -169,14 +164,11 @@ async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8], fresh: bool) 
     if let Some(done) = sh.storage.acks.get(&key).await? {
         return reply(sh, &send, done).await;
     }
-    let result = match ConvId::parse(&send.conv) {
-        None => SeqResult::Err { code: ErrorCode::BadFrame, message: "malformed conversation id".into() },
-        Some(conv) => match recipients(sh, caches, &conv, &send).await? {
-            Recipients::Refused { code, message } => SeqResult::Err { code, message },
-            Recipients::To(members) => sequence(sh, &mut caches.convs, &send, &key, conv, &members, fresh).await?,
-        },
+    let result = match route(sh, caches, &send).await? {
+        Route::Refused(refusal) => refusal,
+        Route::To(conv, members) => sequence(sh, &mut caches.convs, &send, &key, conv, &members, fresh).await?,
     };
-    let ack = Bytes::from(serde_json::to_vec(&SeqAck { key: key.clone(), result })?);
+    let ack = outcome(&key, result)?;
     // Everything is stored: the sender may hear of it before the outcome is
     // recorded. Should the record fail, the ingress message is redone and
     // the history dedupe id leads it back to the stored message.
@@ -185,8 +177,35 @@ async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8], fresh: bool) 
     Ok(())
 }
 
+/// The outcome record of a send, as replied to its gateway and kept in the
+/// acks bucket.
+pub(crate) fn outcome(key: &str, result: SeqResult) -> Result<Bytes, serde_json::Error> {
+    Ok(Bytes::from(serde_json::to_vec(&SeqAck { key: key.to_owned(), result })?))
+}
+
+/// Where a send goes: its conversation and who gets a copy, or the refusal
+/// the sender gets.
+pub(crate) enum Route {
+    /// Stored in this conversation, copied to these users.
+    To(ConvId, Vec<i64>),
+    /// Refused (malformed conversation, unknown group, not a member).
+    Refused(SeqResult),
+}
+
+/// Routes one send (see [`recipients`]).
+pub(crate) async fn route(sh: &Shared, caches: &mut Caches, send: &IngressSend) -> Result<Route, async_nats::Error> {
+    let Some(conv) = ConvId::parse(&send.conv) else {
+        let message = "malformed conversation id".into();
+        return Ok(Route::Refused(SeqResult::Err { code: ErrorCode::BadFrame, message }));
+    };
+    Ok(match recipients(sh, caches, &conv, send).await? {
+        Recipients::Refused { code, message } => Route::Refused(SeqResult::Err { code, message }),
+        Recipients::To(members) => Route::To(conv, members),
+    })
+}
+
 /// Whose inboxes get a copy of a message, or why its send is refused.
-pub(crate) enum Recipients {
+enum Recipients {
     /// These users' inboxes (sorted, no duplicates for groups).
     To(Vec<i64>),
     /// The send is refused (unknown group, sender not a member).
@@ -208,7 +227,7 @@ impl Recipients {
 /// member list is the sequencer's own (applied in conversation order), so
 /// a member removed before this message gets nothing, and a sender who is
 /// no longer a member is refused even if the gateway's check raced.
-pub(crate) async fn recipients(
+async fn recipients(
     sh: &Shared,
     caches: &mut Caches,
     conv: &ConvId,
@@ -272,10 +291,7 @@ async fn sequence(
     members: &[i64],
     fresh: bool,
 ) -> Result<SeqResult, async_nats::Error> {
-    let state = match convs.get(&conv) {
-        Some(s) => *s,
-        None => load_state(sh, &conv).await?,
-    };
+    let state = conv_state(sh, convs, &conv).await?;
     let draft = assign_id(sh, send, &conv, state).await?;
     let stored = store(sh, key, &conv, draft, members, fresh).await?;
     wake(sh, &stored.copies).await?;
@@ -372,7 +388,7 @@ async fn store(
 /// Step 3: wake the members' delivery (gateways read the inbox from their
 /// own position; a lost wake-up only delays). Also after a duplicate, so a
 /// message finished after a crash is announced too.
-async fn wake(sh: &Shared, copies: &[(i64, u64)]) -> Result<(), async_nats::Error> {
+pub(crate) async fn wake(sh: &Shared, copies: &[(i64, u64)]) -> Result<(), async_nats::Error> {
     for (m, seq) in copies {
         sh.client.publish(subjects::live(*m), Bytes::from(seq.to_string())).await?;
     }
@@ -381,12 +397,17 @@ async fn wake(sh: &Shared, copies: &[(i64, u64)]) -> Result<(), async_nats::Erro
 
 /// Step 4: the history index entry of a block's first message.
 async fn index(sh: &Shared, conv: &ConvId, stored: &Stored) -> Result<(), async_nats::Error> {
-    if stored.msg.n % INDEX_BLOCK == 1 {
-        let block = stored.msg.n / INDEX_BLOCK;
-        let entry = format!("{} {}", stored.history_seq, stored.msg.id);
-        sh.storage.hindex.put(subjects::hindex_key(conv, block), Bytes::from(entry)).await?;
+    if let Some((key, entry)) = index_entry(conv, &stored.msg, stored.history_seq) {
+        sh.storage.hindex.put(key, entry).await?;
     }
     Ok(())
+}
+
+/// The history index entry (key, value) a message writes when it is the
+/// first of its block: the block's first stream sequence and id.
+pub(crate) fn index_entry(conv: &ConvId, msg: &StoredMessage, history_seq: u64) -> Option<(String, Bytes)> {
+    (msg.n % INDEX_BLOCK == 1)
+        .then(|| (subjects::hindex_key(conv, msg.n / INDEX_BLOCK), Bytes::from(format!("{history_seq} {}", msg.id))))
 }
 
 /// The history message stored at `seq`, decoded and as stored.
@@ -404,7 +425,16 @@ async fn publish(
     Ok(sh.storage.js.publish_with_headers(subject, subjects::msg_id(&msg_id), payload).await?.await?)
 }
 
-pub(crate) async fn load_state(sh: &Shared, conv: &ConvId) -> Result<ConvState, async_nats::Error> {
+/// The conversation's last id and ordinal: as this owner last wrote them,
+/// else read from history.
+pub(crate) async fn conv_state(
+    sh: &Shared,
+    convs: &HashMap<ConvId, ConvState>,
+    conv: &ConvId,
+) -> Result<ConvState, async_nats::Error> {
+    if let Some(s) = convs.get(conv) {
+        return Ok(*s);
+    }
     Ok(match chat_nats::history::last_message(&sh.storage.history, conv).await? {
         Some((_, last)) => ConvState { last_id: last.id, n: last.n },
         None => ConvState::default(),
