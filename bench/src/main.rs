@@ -94,6 +94,16 @@ impl Opts {
         }
     }
 
+    /// A comma-separated list of numbers, or `default` when not given.
+    fn nums<T: std::str::FromStr>(&self, k: &str, default: Vec<T>) -> Result<Vec<T>> {
+        match self.raw(k) {
+            None => Ok(default),
+            Some(v) => {
+                v.split(',').map(|x| x.trim().parse().map_err(|_| anyhow!("--{k}: not a number: {x:?}"))).collect()
+            }
+        }
+    }
+
     fn secs(&self, k: &str, default: Duration) -> Result<Duration> {
         Ok(Duration::from_secs_f64(self.num(k, default.as_secs_f64())?))
     }
@@ -190,13 +200,7 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
         }
         "heartbeat" => {
             let d = heartbeat::Cfg::default();
-            let rates = match o.raw("rates") {
-                None => vec![],
-                Some(v) => v
-                    .split(',')
-                    .map(|x| x.trim().parse::<f64>().map_err(|_| anyhow!("--rates: not a number: {x:?}")))
-                    .collect::<Result<_>>()?,
-            };
+            let rates = o.nums("rates", vec![])?;
             let cfg = heartbeat::Cfg {
                 conns: o.num("conns", d.conns)?,
                 users: o.num("users", d.users)?,
@@ -213,13 +217,7 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
         }
         "fsync" => {
             let d = fsync::Cfg::default();
-            let batch_sizes = match o.raw("batch-sizes") {
-                None => d.batch_sizes,
-                Some(v) => v
-                    .split(',')
-                    .map(|x| x.trim().parse::<usize>().map_err(|_| anyhow!("--batch-sizes: not a number: {x:?}")))
-                    .collect::<Result<_>>()?,
-            };
+            let batch_sizes = o.nums("batch-sizes", d.batch_sizes.clone())?;
             let cfg = fsync::Cfg {
                 fsyncs: o.num("fsyncs", d.fsyncs)?,
                 dir: o.raw("dir").map(PathBuf::from).unwrap_or(d.dir),
