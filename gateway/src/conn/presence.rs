@@ -241,13 +241,18 @@ pub async fn relationship_ended(st: &AppState, user: i64, others: &[i64]) {
     if others.is_empty() {
         return;
     }
-    let payload = |users| bytes::Bytes::from(serde_json::to_vec(&Ephemeral::Recheck { users }).expect("serializable"));
-    let (to_user, to_others) = (payload(others.clone()), payload(vec![user]));
-    let sends = std::iter::once((user, to_user)).chain(others.into_iter().map(|o| (o, to_others.clone())));
-    for (u, p) in sends {
-        if let Err(e) = st.client.publish(subjects::ephemeral(u), p).await {
-            tracing::warn!(user_id = u, error = %e, "cannot publish a presence re-check");
-        }
+    notify(st, user, &Ephemeral::Recheck { users: others.clone() }).await;
+    let to_others = Ephemeral::Recheck { users: vec![user] };
+    for o in others {
+        notify(st, o, &to_others).await;
+    }
+}
+
+/// Publishes an event to every session of `user`, on every gateway.
+pub(crate) async fn notify(st: &AppState, user: i64, ev: &Ephemeral) {
+    let payload = bytes::Bytes::from(serde_json::to_vec(ev).expect("events always serialize"));
+    if let Err(e) = st.client.publish(subjects::ephemeral(user), payload).await {
+        tracing::warn!(user_id = user, error = %e, "cannot publish an ephemeral event");
     }
 }
 

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::{self, Claims};
+use crate::conn::presence::notify;
 use crate::error::ClientError;
-use crate::http::friends::notify;
 use crate::http::{json, read_json, token, Resp};
 use crate::AppState;
 

@@ -7,6 +7,7 @@ use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::{json, Value};
 
+use crate::conn::presence::notify;
 use crate::error::ClientError;
 use crate::http::accounts::authenticate;
 use crate::http::{json, Resp};
@@ -17,12 +18,6 @@ use crate::AppState;
 pub async fn status_of(st: &AppState, user: i64) -> Option<PresenceState> {
     let v = st.storage.status.get(subjects::status_key(user)).await.ok()??;
     serde_json::from_slice(&v).ok()
-}
-
-pub(crate) async fn notify(st: &AppState, user: i64, ev: &Ephemeral) {
-    if let Ok(payload) = serde_json::to_vec(ev) {
-        let _ = st.client.publish(subjects::ephemeral(user), payload.into()).await;
-    }
 }
 
 fn other_user(s: &str) -> Result<i64, ClientError> {
