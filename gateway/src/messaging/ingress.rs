@@ -99,8 +99,8 @@ async fn run(js: jetstream::Context, mut rx: mpsc::Receiver<Job>) {
 async fn store(js: &jetstream::Context, round: Vec<Job>) {
     // The same send twice in one round (a device retrying on two
     // connections at once) goes one by one, so the store dedupes it.
-    let distinct = round.iter().map(|j| j.msg_id.as_str()).collect::<std::collections::HashSet<_>>().len();
-    if round.len() >= MIN_BATCH && distinct == round.len() {
+    let distinct = || round.iter().map(|j| j.msg_id.as_str()).collect::<std::collections::HashSet<_>>().len();
+    if round.len() >= MIN_BATCH && distinct() == round.len() {
         match commit(js, &round).await {
             Ok(()) => {
                 for j in round {
