@@ -121,6 +121,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
         size: cfg.size,
         drain: cfg.drain,
         deliveries_per_send: dps,
+        procs: traffic::stack_procs(t),
     };
     let tr = traffic::run(peers, &tc).await?;
     let deliveries_per_s = per_s(tr.delivered, tr.delivery_span_s);
@@ -128,6 +129,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     r.metric("acked", tr.acked as f64);
     r.metric("errors", tr.errors as f64);
     r.metric("delivered", tr.delivered as f64);
+    traffic::report_cpu(&mut r, &tr.cpu, tr.delivered, "delivery");
     r.metric("expected_deliveries", (tr.acked * dps) as f64);
     r.metric("deliveries_per_s", deliveries_per_s);
     r.metric("sends_acked_per_s", per_s(tr.acked, tr.ack_span_s));

@@ -217,6 +217,7 @@ pub async fn child_main(a: ChildArgs<'_>) -> Result<()> {
                 gateway_pids: vec![],
                 nats_pid: None,
                 token_secret: None,
+                other_pids: vec![],
             };
             let dialer = Dialer::new(&t, transport, tokens.len().div_ceil(CONNS_PER_ENDPOINT))?;
             let held = hold(&dialer, 0, tokens, a.ping, a.concurrency).await;

@@ -83,6 +83,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
         size: cfg.size,
         drain: cfg.drain,
         deliveries_per_send: 1,
+        procs: traffic::stack_procs(t),
     };
     let drops0 = crate::procfs::udp_rcvbuf_errors();
     let tr = traffic::run(peers, &tc).await?;
@@ -96,6 +97,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     r.metric("errors", tr.errors as f64);
     r.metric("ack_rate_per_s", per_s(tr.acked, tr.ack_span_s));
     r.metric("delivery_rate_per_s", per_s(tr.delivered, tr.delivery_span_s));
+    traffic::report_cpu(&mut r, &tr.cpu, tr.acked, "send");
     if let Some(e) = &tr.first_error {
         r.note(format!("first error frame: {e}"));
     }

@@ -67,12 +67,23 @@ pub struct Target {
     /// The gateways' `CHAT_TOKEN_SECRET`, if known: the bench then mints
     /// device tokens itself instead of one argon2 login per device.
     pub token_secret: Option<Vec<u8>>,
+    /// The stack's other processes by role (workers, PostgreSQL's
+    /// postmaster, whose backends are counted with it), for CPU readings.
+    pub other_pids: Vec<(String, u32)>,
 }
 
 impl Target {
     /// Only a nats-server (for scenarios that measure NATS alone).
     pub fn nats_only(nats_url: String) -> Target {
-        Target { gateways: vec![], quic: vec![], nats_url, gateway_pids: vec![], nats_pid: None, token_secret: None }
+        Target {
+            gateways: vec![],
+            quic: vec![],
+            nats_url,
+            gateway_pids: vec![],
+            nats_pid: None,
+            token_secret: None,
+            other_pids: vec![],
+        }
     }
 }
 

@@ -263,6 +263,7 @@ async fn scenario(name: &str, o: &mut Opts, out: &Path) -> Result<Report> {
             gateway_pids: vec![],
             nats_pid: None,
             token_secret: None,
+            other_pids: vec![],
         };
         run_one(name, o, &t).await?
     } else if external.is_empty() {
@@ -300,6 +301,7 @@ async fn scenario(name: &str, o: &mut Opts, out: &Path) -> Result<Report> {
             gateway_pids: o.all("gateway-pid").iter().map(|p| p.parse()).collect::<Result<_, _>>()?,
             nats_pid: None,
             token_secret: o.raw("token-secret").map(|s| s.as_bytes().to_vec()),
+            other_pids: vec![],
         };
         run_one(name, o, &t).await?
     };

@@ -25,6 +25,54 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / USER_HZ)
 }
 
+/// CPU time of `pid` and its live children (PostgreSQL's backends are
+/// children of its postmaster), in seconds.
+pub fn tree_cpu_secs(pid: u32) -> Option<f64> {
+    let own = cpu_secs(pid)?;
+    let children: f64 = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&c| parent(c) == Some(pid))
+        .filter_map(cpu_secs)
+        .sum();
+    Some(own + children)
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time used by each process of a stack over an interval.
+#[derive(Debug)]
+pub struct CpuMeter {
+    start: Instant,
+    procs: Vec<(String, u32, f64)>,
+}
+
+impl CpuMeter {
+    /// Starts measuring `procs` (role, pid; a pid counts with its children).
+    pub fn start(procs: &[(String, u32)]) -> CpuMeter {
+        let procs = procs.iter().filter_map(|(r, p)| Some((r.clone(), *p, tree_cpu_secs(*p)?))).collect();
+        CpuMeter { start: Instant::now(), procs }
+    }
+
+    /// Wall-clock seconds so far and, per role, CPU seconds used since the
+    /// start (processes of one role summed).
+    pub fn read(&self) -> (f64, Vec<(String, f64)>) {
+        let mut by_role: Vec<(String, f64)> = Vec::new();
+        for (role, pid, before) in &self.procs {
+            let used = tree_cpu_secs(*pid).map_or(0.0, |now| (now - before).max(0.0));
+            match by_role.iter_mut().find(|(r, _)| r == role) {
+                Some((_, t)) => *t += used,
+                None => by_role.push((role.clone(), used)),
+            }
+        }
+        (self.start.elapsed().as_secs_f64(), by_role)
+    }
+}
+
 /// Open file descriptors of `pid`.
 pub fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())

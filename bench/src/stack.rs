@@ -141,6 +141,12 @@ impl OwnStack {
             gateway_pids: self.gateways.iter().map(|(_, c)| c.id()).collect(),
             nats_pid: self.nats.store_dir().to_str().and_then(procfs::find_pid),
             token_secret: Some(self.secret.clone().into_bytes()),
+            other_pids: self
+                .workers
+                .iter()
+                .map(|c| ("worker".to_owned(), c.id()))
+                .chain(self.pg.data_dir().to_str().and_then(procfs::find_pid).map(|p| ("postgres".to_owned(), p)))
+                .collect(),
         }
     }
 

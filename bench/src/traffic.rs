@@ -47,6 +47,8 @@ pub struct TrafficCfg {
     /// Deliveries each acked send should cause (excluding the sender's own
     /// device), for knowing when the run has drained.
     pub deliveries_per_send: u64,
+    /// Processes whose CPU is measured (role, pid), e.g. [`stack_procs`].
+    pub procs: Vec<(String, u32)>,
 }
 
 /// Counters and histograms of a run (the measured part only).
@@ -72,6 +74,9 @@ pub struct Traffic {
     pub delivery_span_s: f64,
     /// The first error frame, if any.
     pub first_error: Option<String>,
+    /// CPU used by the stack's processes over the measured run (after the
+    /// warm-up, through the drain): wall seconds and CPU seconds by role.
+    pub cpu: (f64, Vec<(String, f64)>),
 }
 
 #[derive(Default)]
@@ -182,6 +187,7 @@ pub async fn run(peers: Vec<Peer>, cfg: &TrafficCfg) -> Result<Traffic> {
         .await;
     }
     sh.from_ns.store(now_ns(), Relaxed);
+    let meter = crate::procfs::CpuMeter::start(&cfg.procs);
     let paced = pace::join(pace::pace(cfg.rate, cfg.duration, seq, senders)).await;
     let (scheduled, start_ns) = (paced.ticks, paced.start_ns);
     settle(cfg.drain, || {
@@ -189,6 +195,7 @@ pub async fn run(peers: Vec<Peer>, cfg: &TrafficCfg) -> Result<Traffic> {
         acked + sh.errors.load(Relaxed) >= scheduled && sh.delivered.load(Relaxed) >= acked * dps
     })
     .await;
+    let cpu = meter.read();
     for t in &tasks {
         t.abort();
     }
@@ -208,7 +215,42 @@ pub async fn run(peers: Vec<Peer>, cfg: &TrafficCfg) -> Result<Traffic> {
         ack: sh.ack,
         delivery: sh.delivery,
         lateness: paced.lateness,
+        cpu,
     })
+}
+
+/// The stack's processes by role for CPU readings: nats-server, gateways,
+/// the others the target knows of, and this load generator.
+pub fn stack_procs(t: &crate::Target) -> Vec<(String, u32)> {
+    let mut procs: Vec<(String, u32)> = t.nats_pid.map(|p| ("nats-server".to_owned(), p)).into_iter().collect();
+    procs.extend(t.gateway_pids.iter().map(|&p| ("gateway".to_owned(), p)));
+    procs.extend(t.other_pids.iter().cloned());
+    let me = std::process::id();
+    if !t.gateway_pids.contains(&me) {
+        procs.push(("load generator".to_owned(), me));
+    }
+    procs
+}
+
+/// Reports the CPU of a run: per role, % of one core over the run and µs
+/// per `unit` (acked sends or deliveries), and the stack's total without
+/// the load generator.
+pub fn report_cpu(r: &mut crate::Report, cpu: &(f64, Vec<(String, f64)>), count: u64, unit: &str) {
+    let (wall, roles) = cpu;
+    if *wall <= 0.0 || count == 0 || roles.is_empty() {
+        return;
+    }
+    let mut stack = 0.0;
+    for (role, secs) in roles {
+        let key = role.replace(' ', "_");
+        r.metric(&format!("cpu_pct_{key}"), 100.0 * secs / wall);
+        r.metric(&format!("cpu_us_per_{unit}_{key}"), 1e6 * secs / count as f64);
+        if role != "load generator" {
+            stack += secs;
+        }
+    }
+    r.metric("cpu_pct_stack", 100.0 * stack / wall);
+    r.metric(&format!("cpu_us_per_{unit}_stack"), 1e6 * stack / count as f64);
 }
 
 /// `n / secs`, or 0.

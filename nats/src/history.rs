@@ -43,4 +43,50 @@ pub mod direct_get {
 
     /// Header carrying each reply's stream sequence.
     pub const SEQUENCE_HEADER: &str = "Nats-Sequence";
+
+    /// Header carrying each reply's subject.
+    pub const SUBJECT_HEADER: &str = "Nats-Subject";
+
+    /// Most subjects asked for in one [`last_of_many`] request (the server
+    /// answers at most 1,024).
+    pub const MAX_SUBJECTS: usize = 1024;
+
+    /// The last message of each of `subjects` in `stream`, by subject, in
+    /// one request (`multi_last`) instead of one per subject. A subject
+    /// with no message, or whose last message is a KV delete or purge
+    /// marker, is absent from the answer.
+    pub async fn last_of_many(
+        client: &async_nats::Client,
+        stream: &str,
+        subjects: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<std::collections::HashMap<String, bytes::Bytes>, async_nats::Error> {
+        use futures::StreamExt;
+        let mut out = std::collections::HashMap::with_capacity(subjects.len());
+        for chunk in subjects.chunks(MAX_SUBJECTS) {
+            let reply = client.new_inbox();
+            let mut responses = client.subscribe(reply.clone()).await?;
+            let req = serde_json::json!({"multi_last": chunk, "batch": chunk.len()});
+            client.publish_with_reply(subject(stream), reply, serde_json::to_vec(&req)?.into()).await?;
+            loop {
+                let Ok(Some(m)) = tokio::time::timeout(timeout, responses.next()).await else {
+                    return Err(format!("direct get of {} subjects from {stream} timed out", chunk.len()).into());
+                };
+                match m.status {
+                    Some(s) if s.as_u16() == END_OF_BATCH || s.as_u16() == NOT_FOUND => break,
+                    Some(s) => return Err(format!("direct get from {stream} failed: {s} {:?}", m.description).into()),
+                    None => {}
+                }
+                let headers = m.headers.as_ref();
+                let deleted = headers.and_then(|h| h.get("KV-Operation")).is_some();
+                let Some(subject) = headers.and_then(|h| h.get(SUBJECT_HEADER)) else {
+                    return Err("direct get reply without Nats-Subject".into());
+                };
+                if !deleted {
+                    out.insert(subject.as_str().to_owned(), m.payload);
+                }
+            }
+        }
+        Ok(out)
+    }
 }

@@ -24,6 +24,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use chat_nats::batch::{AtomicBatch, BatchConfig, Committed, DEFAULT_MAX_ENTRIES};
 use chat_nats::envelope::{IngressSend, SeqResult, StoredMessage};
+use chat_nats::history::direct_get;
 use chat_nats::subjects::{self, msg_id, ConvId};
 
 use crate::sequencer::{self, outcome, Caches, ConvState, Route};
@@ -36,6 +37,14 @@ pub const MIN_BATCH_ENTRIES: usize = 24;
 /// Most ingress messages in one round (its history appends fit one batch).
 pub const MAX_ROUND: usize = 256;
 const _: () = assert!(MAX_ROUND <= DEFAULT_MAX_ENTRIES);
+
+/// How long the round's lookup of recorded outcomes may take.
+const RECORDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The subject of a send's outcome record in the acks bucket.
+fn ack_record_subject(key: &str) -> String {
+    format!("$KV.{}.{key}", subjects::ACKS_BUCKET)
+}
 
 /// One message of a round once its recipients are known.
 struct Planned {
@@ -128,10 +137,14 @@ type Routed = (IngressSend, String, Result<(ConvId, Vec<i64>), Bytes>);
 /// refused). Stores nothing and assigns no id.
 async fn route(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<Vec<Routed>, async_nats::Error> {
     let keys: Vec<String> = sends.iter().map(|s| subjects::dedupe_key(s.from, &s.device, &s.cid)).collect();
-    let done = futures::future::join_all(keys.iter().map(|k| sh.storage.acks.get(k))).await;
+    // Outcomes already recorded (retries of completed sends), all in one
+    // request instead of one get per send.
+    let records: Vec<String> = keys.iter().map(|k| ack_record_subject(k)).collect();
+    let stream = format!("KV_{}", subjects::ACKS_BUCKET);
+    let mut done = direct_get::last_of_many(&sh.client, &stream, &records, RECORDS_TIMEOUT).await?;
     let mut routed = Vec::with_capacity(sends.len());
-    for ((send, key), done) in sends.into_iter().zip(keys).zip(done) {
-        if let Some(recorded) = done? {
+    for ((send, key), record) in sends.into_iter().zip(keys).zip(&records) {
+        if let Some(recorded) = done.remove(record) {
             routed.push((send, key, Err(recorded)));
             continue;
         }
@@ -193,7 +206,7 @@ async fn finish(
             }
             _ => return Err("a stored message of the round has no place in its batches".into()),
         };
-        acks.push(format!("$KV.{}.{}", subjects::ACKS_BUCKET, p.key), HeaderMap::new(), ack.clone())?;
+        acks.push(ack_record_subject(&p.key), HeaderMap::new(), ack.clone())?;
         replies.push((p.send.reply, ack));
     }
     let puts = index.into_iter().map(|(key, entry)| sh.storage.hindex.put(key, entry));

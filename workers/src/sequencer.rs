@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use bytes::Bytes;
+use chat_nats::batch::{AtomicBatch, BatchConfig, DEFAULT_MAX_ENTRIES};
 use chat_nats::envelope::{GroupMembers, IngressSend, MessageKind, SeqAck, SeqResult, StoredMessage};
 use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::ErrorCode;
@@ -343,13 +344,7 @@ async fn store(
     fresh: bool,
 ) -> Result<Stored, async_nats::Error> {
     let mut payload = Bytes::from(serde_json::to_vec(&msg)?);
-    let copies = |msg: &StoredMessage, payload: &Bytes| {
-        let writes: Vec<_> = members
-            .iter()
-            .map(|&m| publish(sh, subjects::inbox(m), subjects::inbox_copy_id(msg.id, m), payload.clone()))
-            .collect();
-        futures::future::join_all(writes)
-    };
+    let copies = |msg: &StoredMessage, payload: &Bytes| copy_all(sh, msg.id, members, payload.clone());
     let (ack, written) = if fresh {
         // Nothing of this message can be stored yet, so the history append
         // cannot turn out a duplicate: write it and the copies at once (one
@@ -378,11 +373,44 @@ async fn store(
         }
         (ack, copies(&msg, &payload).await)
     };
-    let mut copies = Vec::with_capacity(members.len());
-    for (w, &m) in written.into_iter().zip(members) {
-        copies.push((m, w?.sequence));
-    }
+    let copies = members.iter().copied().zip(written?).collect();
     Ok(Stored { msg, history_seq: ack.sequence, copies })
+}
+
+/// Stores the inbox copies of message `id` for `members` and returns each
+/// copy's inbox sequence, in member order. A few go as concurrent plain
+/// publishes (one fsync wait); a big group's go as atomic batches of up to
+/// [`DEFAULT_MAX_ENTRIES`], one fsync each instead of one per copy (5,000
+/// plain copies would hold the partition for seconds). A batch refused
+/// because some of its copies are already stored (a redo after a crash:
+/// one duplicate `Nats-Msg-Id` rejects the batch) or whose outcome is
+/// unknown goes again as plain publishes, which dedupe copy by copy.
+async fn copy_all(sh: &Shared, id: u64, members: &[i64], payload: Bytes) -> Result<Vec<u64>, async_nats::Error> {
+    if members.len() < crate::round::MIN_BATCH_ENTRIES {
+        return copy_plain(sh, id, members, &payload).await;
+    }
+    let mut seqs = Vec::with_capacity(members.len());
+    for chunk in members.chunks(DEFAULT_MAX_ENTRIES) {
+        let mut batch = AtomicBatch::new(BatchConfig::default());
+        for &m in chunk {
+            batch.push(subjects::inbox(m), subjects::msg_id(&subjects::inbox_copy_id(id, m)), payload.clone())?;
+        }
+        match batch.commit(&sh.client).await {
+            Ok(done) => seqs.extend(done.sequences()),
+            Err(e) => {
+                tracing::debug!(error = %e, copies = chunk.len(), "copies not stored as one batch; one by one");
+                seqs.extend(copy_plain(sh, id, chunk, &payload).await?);
+            }
+        }
+    }
+    Ok(seqs)
+}
+
+/// The copies as concurrent plain publishes, each deduplicated by its id.
+async fn copy_plain(sh: &Shared, id: u64, members: &[i64], payload: &Bytes) -> Result<Vec<u64>, async_nats::Error> {
+    let writes =
+        members.iter().map(|&m| publish(sh, subjects::inbox(m), subjects::inbox_copy_id(id, m), payload.clone()));
+    futures::future::join_all(writes).await.into_iter().map(|w| w.map(|a| a.sequence)).collect()
 }
 
 /// Step 3: wake the members' delivery (gateways read the inbox from their

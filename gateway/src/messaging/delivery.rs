@@ -5,7 +5,8 @@
 //! Live delivery holds no consumer: the device's task subscribes to its
 //! user's wake-ups (see `live`) *before* catch-up starts, and on every
 //! wake-up reads the inbox stream forward from the last sequence it
-//! delivered (direct gets of the next message on the user's subject). Both
+//! delivered (direct gets of the next message on the user's subject, up to
+//! the copy the wake-up names). Both
 //! phases read the stream in sequence order from the last delivered
 //! message, so the seam has no gap and no duplicate, and a lost wake-up
 //! delays a message until the next one instead of losing it.
@@ -25,6 +26,7 @@ use futures::StreamExt;
 
 use crate::conn::outbound::{Outbound, CLOSE_INTERNAL};
 use crate::error::frame;
+use crate::messaging::live::Wake;
 use crate::AppState;
 
 /// Where delivery starts.
@@ -97,9 +99,19 @@ async fn stream(
     }
     // Live: read the inbox forward from the last delivered message on every
     // wake-up (and once now, for what arrived during catch-up). Reading the
-    // stream, not the notifications, keeps inbox order with no gap.
+    // stream, not the notifications, keeps inbox order with no gap. A
+    // wake-up names the copy it announces: the reader stops once that copy
+    // is delivered instead of asking once more to learn that nothing
+    // follows (one read per delivered copy, not two); a copy stored after
+    // it has a wake-up of its own.
+    let mut wake = Wake::All;
     loop {
         loop {
+            if let Wake::UpTo(seq) = wake {
+                if delivered >= seq {
+                    break;
+                }
+            }
             let m = match Box::pin(inbox.direct_get_next_for_subject(&subject, Some(delivered + 1))).await {
                 Ok(m) => m,
                 Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
@@ -110,9 +122,7 @@ async fn stream(
                 return Ok(());
             }
         }
-        if !wakeups.changed().await {
-            return Err("live wake-ups ended".into());
-        }
+        wake = wakeups.changed().await.ok_or("live wake-ups ended")?;
     }
 }
 

@@ -18,7 +18,8 @@ use tokio::task::JoinHandle;
 
 /// Messages buffered per subject for a receiver that falls behind; past
 /// that it skips to the newest (ephemeral events and presence states are
-/// not worth holding a connection for). Wake-up subjects need only one.
+/// not worth holding a connection for). Wake-up subjects need a few (see
+/// `live`).
 pub const BUFFER: usize = 64;
 
 /// The gateway's shared subscriptions.
@@ -119,16 +120,24 @@ impl HubRx {
     /// The next payload; `None` if the subscription ended.
     pub async fn recv(&mut self) -> Option<Bytes> {
         loop {
-            match self.rx.recv().await {
-                Ok(b) => return Some(b),
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::debug!(subject = %self.subject, skipped = n, "slow receiver skipped messages");
-                    if self.rx.is_empty() {
-                        return Some(Bytes::new());
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+            match self.recv_or_skipped().await? {
+                Some(b) => return Some(b),
+                None if self.rx.is_empty() => return Some(Bytes::new()),
+                None => {}
             }
+        }
+    }
+
+    /// The next payload, or `Some(None)` when this receiver fell behind and
+    /// skipped some; `None` if the subscription ended.
+    pub async fn recv_or_skipped(&mut self) -> Option<Option<Bytes>> {
+        match self.rx.recv().await {
+            Ok(b) => Some(Some(b)),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::debug!(subject = %self.subject, skipped = n, "slow receiver skipped messages");
+                Some(None)
+            }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 }

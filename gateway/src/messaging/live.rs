@@ -6,7 +6,7 @@
 //! stored on `chat.live.<user>` (core NATS, not persisted). A notification
 //! carries no message: it only wakes the user's delivery tasks, which then
 //! read the inbox *stream* forward from their own last delivered sequence
-//! (see `delivery`). So a lost, late or reordered notification can delay a
+//! up to the copy it names (see `delivery`). So a lost, late or reordered notification can delay a
 //! message but never skip, reorder or duplicate one. Notifications can be
 //! lost while the gateway's NATS connection is down; every user is woken
 //! when it comes back, and every `CHAT_LIVE_POLL_SECS` as a last resort.
@@ -28,17 +28,40 @@ use crate::messaging::hub::{Hub, HubRx};
 #[derive(Debug)]
 pub struct Wakeups(HubRx);
 
+/// Wake-ups buffered per user: a reader busy writing to its socket keeps
+/// the few that arrive meanwhile (each names its copy, so one already
+/// delivered costs nothing) instead of skipping them and reading until
+/// nothing is left.
+const WAKE_BUFFER: usize = 4;
+
+/// What a wake-up asks the reader to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A copy was stored at this inbox sequence: read forward until it has
+    /// been delivered (everything before it in the user's inbox comes
+    /// first). A reader already past it has nothing to read.
+    UpTo(u64),
+    /// Read forward until nothing is left (the safety net, a reconnect, or
+    /// notifications skipped by a slow reader).
+    All,
+}
+
 /// Wake-ups of `user`, once its subscription is in place: anything stored in
 /// the inbox after this returns is followed by a wake-up (or is found by the
 /// first read, which the caller does anyway).
 pub async fn watch(hub: &Arc<Hub>, user: i64) -> Result<Wakeups, async_nats::Error> {
-    Ok(Wakeups(hub.subscribe(subjects::live(user), 1).await?))
+    Ok(Wakeups(hub.subscribe(subjects::live(user), WAKE_BUFFER).await?))
 }
 
 impl Wakeups {
-    /// Waits for the next wake-up; `false` if the feed ended.
-    pub async fn changed(&mut self) -> bool {
-        self.0.recv().await.is_some()
+    /// Waits for the next wake-up; `None` if the feed ended.
+    pub async fn changed(&mut self) -> Option<Wake> {
+        // The sequencer's payload is the copy's sequence. The hub's pokes are
+        // empty, and notifications skipped by a slow reader (the buffer holds
+        // buffer) may have named a later copy than the one left: read all.
+        let payload = self.0.recv_or_skipped().await?;
+        let seq = payload.as_deref().and_then(|p| std::str::from_utf8(p).ok()).and_then(subjects::parse_seq);
+        Some(seq.map_or(Wake::All, Wake::UpTo))
     }
 }
 

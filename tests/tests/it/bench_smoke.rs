@@ -33,6 +33,7 @@ fn target(s: &Stack) -> Target {
         gateway_pids: vec![std::process::id()],
         nats_pid: s.nats.store_dir().to_str().and_then(procfs::find_pid),
         token_secret: Some(s.env["CHAT_TOKEN_SECRET"].clone().into_bytes()),
+        other_pids: vec![],
     }
 }
 

@@ -330,5 +330,180 @@ async fn a_group_larger_than_one_batch_survives_a_worker_kill() -> Result<()> {
         let inbox = inbox_of(&s, name, "phone", &conv).await?;
         assert_eq!(inbox, hist, "{name}'s inbox");
     }
+
+    // A membership change is sequenced on its own (not in a batched round):
+    // its 1,201 copies still go as atomic batches, not 1,201 fsyncs.
+    let late = db.create_user("latecomer", &hash).await?.expect("new user").to_string();
+    let path = format!("/v1/groups/{}/members", g["group_id"].as_str().unwrap());
+    let (status, v) =
+        s.http(0).request(chat_client::Method::POST, &path, Some(&owner.token), Some(json!({"user_id": late}))).await?;
+    assert!(status < 300, "add member: {status} {v}");
+    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let inbox = js.get_stream(chat_nats::subjects::INBOX_STREAM).await?;
+    // The newcomer has the highest id, so its copy is in the last batch.
+    let newcomer = chat_nats::subjects::inbox(late.parse()?);
+    wait_for("the newcomer's copy of the change", Duration::from_secs(60), || {
+        let (inbox, newcomer) = (inbox.clone(), newcomer.clone());
+        async move { inbox.direct_get_last_for_subject(newcomer).await.ok().map(|_| ()) }
+    })
+    .await?;
+    for user in [&late, &ids[0], &ids[MEMBERS - 2]] {
+        let user: i64 = user.parse()?;
+        let copy = inbox.direct_get_last_for_subject(chat_nats::subjects::inbox(user)).await?;
+        let m: Value = serde_json::from_slice(&copy.payload)?;
+        assert_eq!(m["kind"], "system", "user {user}'s last copy is the membership change");
+        assert!(copy.headers.get("Nats-Batch-Id").is_some(), "user {user}'s copy of the change was not batched");
+    }
+    Ok(())
+}
+
+/// A device token minted with the stack's secret (no argon2 login): the
+/// load tests need many devices quickly.
+fn mint(s: &Stack, user_id: &str, device: &str) -> Result<Login> {
+    let claims = chat_gateway::auth::Claims {
+        user: user_id.parse()?,
+        device: device.to_owned(),
+        exp: chat_gateway::auth::now_secs() + 3600,
+        gen: 0,
+    };
+    let token = chat_gateway::auth::issue(s.env["CHAT_TOKEN_SECRET"].as_bytes(), &claims);
+    Ok(Login { token, user_id: user_id.to_owned(), device_id: device.to_owned() })
+}
+
+/// What one paced sender saw: every acked cid's id, and the cursors of the
+/// inbox messages its live connection delivered, in arrival order.
+struct Paced {
+    acked: HashMap<String, u64>,
+    cursors: Vec<u64>,
+}
+
+/// Sends `n` messages to `to`, one every `every`, without waiting for acks;
+/// a send refused as `timeout`/`unavailable` goes again with the same cid.
+/// Reads its live deliveries meanwhile and keeps reading until every send
+/// is acked.
+async fn paced(mut c: Conn, prefix: String, to: Value, n: usize, every: Duration) -> Result<Paced> {
+    let frame = |cid: &str| json!({"type": "send", "cid": cid, "to": to, "body": format!("body {cid}")});
+    c.timeout = Duration::from_secs(60);
+    // Synced first, so that the inbox is delivered live from here on.
+    let (before, _) = c.sync(None).await?;
+    let cursors = before.iter().map(|m| m["cursor"].as_str().unwrap().parse()).collect::<Result<_, _>>()?;
+    let mut out = Paced { acked: HashMap::new(), cursors };
+    let mut tick = tokio::time::interval(every);
+    let (mut sent, mut retries) = (0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while out.acked.len() < n {
+        tokio::select! {
+            _ = tick.tick(), if sent < n => {
+                c.send_json(&frame(&format!("{prefix}-{sent}"))).await?;
+                sent += 1;
+            }
+            v = c.next() => {
+                let v = v?;
+                let cid = v["cid"].as_str().unwrap_or_default().to_owned();
+                match v["type"].as_str() {
+                    Some("ack") => {
+                        out.acked.insert(cid, v["id"].as_str().unwrap().parse()?);
+                    }
+                    Some("msg") => out.cursors.push(v["cursor"].as_str().unwrap().parse()?),
+                    Some("error") if matches!(v["code"].as_str(), Some("timeout" | "unavailable")) && retries < 500 => {
+                        retries += 1;
+                        c.send_json(&frame(&cid)).await?;
+                    }
+                    Some("error") => bail!("send {cid} refused: {v}"),
+                    _ => {}
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => bail!("{prefix}: {} of {n} acked in 120 s", out.acked.len()),
+        }
+    }
+    Ok(out)
+}
+
+/// Issue #13's crash test: 50 senders (25 pairs) at 1,000 msgs/s offered in
+/// total, plus a 500-member group message stream, and the worker that owns
+/// every partition SIGKILLed in the middle. Afterwards: every conversation's
+/// history holds each sent cid exactly once (retries with the same cid
+/// included), ids strictly increasing; every member's inbox holds the
+/// conversation exactly as history does; and each sender's live deliveries
+/// followed by a catch-up from its last live cursor are its whole inbox,
+/// with no gap and no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_under_fifty_senders_and_a_500_member_group_loses_and_duplicates_nothing() -> Result<()> {
+    const SENDERS: usize = 50;
+    const PER_SENDER: usize = 40;
+    const MEMBERS: usize = 500;
+    const GROUP_SENDS: usize = 10;
+    // 50 senders, one send every 50 ms each: 1,000 sends/s offered.
+    const EVERY: Duration = Duration::from_millis(50);
+    let mut s = stack().env("CHAT_GROUP_MAX_MEMBERS", "600").env("CHAT_SEND_TIMEOUT_MS", "3000").start().await?;
+    let owner = s.user("crowdowner", "d1").await?;
+    let db = chat_gateway::store::Db::connect(&s.pg.url, 4)?;
+    let hash = chat_gateway::auth::hash_password("password123");
+    let mut ids = Vec::new();
+    for i in 1..MEMBERS {
+        ids.push(db.create_user(&format!("crowd{i:03}"), &hash).await?.expect("new user").to_string());
+    }
+    let members: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let g = s.create_group(&owner, "crowd", &members).await?;
+    let (gid, gconv) = (g["group_id"].as_str().unwrap().to_owned(), g["conv"].as_str().unwrap().to_owned());
+    // The senders are the first 50 members, paired 2k <-> 2k+1.
+    let senders: Vec<Login> = ids[..SENDERS].iter().map(|u| mint(&s, u, "d1")).collect::<Result<_>>()?;
+    let mut tasks = Vec::new();
+    for (i, u) in senders.iter().enumerate() {
+        let c = s.connect(0, u).await?;
+        let peer = &senders[i ^ 1].user_id;
+        tasks.push(tokio::spawn(paced(c, format!("p{i}"), json!({"user": peer}), PER_SENDER, EVERY)));
+    }
+    let mut oc = s.connect(0, &owner).await?;
+    oc.timeout = Duration::from_secs(60);
+    let group = tokio::spawn(async move { pipelined(&mut oc, "crowd", json!({"group": gid}), GROUP_SENDS).await });
+    s.wait_stored((SENDERS * PER_SENDER / 4) as u64).await?;
+    s.kill_worker(0); // SIGKILL, with rounds in flight
+    s.add_worker(0)?;
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await??);
+    }
+    let group_acked: HashSet<u64> = group.await??.into_values().collect();
+    assert_eq!(group_acked.len(), GROUP_SENDS);
+
+    // Each pair's conversation: every cid of both senders exactly once.
+    for k in 0..SENDERS / 2 {
+        let (a, b) = (&senders[2 * k], &senders[2 * k + 1]);
+        let conv = chat_client::direct_conv(&a.user_id, &b.user_id);
+        let hist = history(&s, a, &conv).await?;
+        assert!(hist.windows(2).all(|w| w[0] < w[1]), "{conv}: ids strictly increase");
+        let acked: HashSet<u64> = seen[2 * k].acked.values().chain(seen[2 * k + 1].acked.values()).copied().collect();
+        assert_eq!(acked.len(), 2 * PER_SENDER, "{conv}: every cid acked with its own id");
+        assert_eq!(hist.iter().copied().collect::<HashSet<_>>(), acked, "{conv}: history is exactly the acked sends");
+        assert_eq!(hist.len(), 2 * PER_SENDER, "{conv}: nothing stored twice");
+    }
+    // The group: history and three members' inboxes agree.
+    let ghist = history(&s, &owner, &gconv).await?;
+    assert!(ghist.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(ghist.len(), GROUP_SENDS + 1, "the creation message and each group send once");
+    assert!(group_acked.iter().all(|id| ghist.contains(id)));
+    for name in ["crowd001", "crowd250", "crowd499"] {
+        assert_eq!(inbox_of(&s, name, "tablet", &gconv).await?, ghist, "{name}'s inbox");
+    }
+    // Every sender's inbox, read whole by its own device, is what it got
+    // live followed by a catch-up from its last live cursor.
+    for (i, u) in senders.iter().enumerate() {
+        let mut c = s.connect(0, u).await?;
+        c.timeout = Duration::from_secs(60);
+        let (all, _) = c.sync(None).await?;
+        let all: Vec<u64> = all.iter().map(|m| m["cursor"].as_str().unwrap().parse().unwrap()).collect();
+        let live = &seen[i].cursors;
+        let from = live.last().map(u64::to_string);
+        let mut c = s.connect(0, u).await?;
+        c.timeout = Duration::from_secs(60);
+        let (rest, _) = c.sync(from.as_deref()).await?;
+        let mut joined = live.clone();
+        joined.extend(rest.iter().map(|m| m["cursor"].as_str().unwrap().parse::<u64>().unwrap()));
+        assert_eq!(joined, all, "sender {i}: live then catch-up from the cursor is the whole inbox, once each");
+        // Its inbox holds its pair's conversation and the group's messages.
+        let expected = 2 * PER_SENDER + ghist.len();
+        assert_eq!(all.len(), expected, "sender {i}: inbox size");
+    }
     Ok(())
 }
