@@ -16,3 +16,4 @@ mod robustness;
 mod service;
 mod stack;
 mod transports;
+mod web;
