@@ -16,4 +16,5 @@ mod robustness;
 mod service;
 mod stack;
 mod transports;
+mod users;
 mod web;
