@@ -145,6 +145,10 @@ async fn two_people_chat_both_ways_and_a_second_tab_sees_both_sides() -> Result<
         bob.click("#conv-list .conv").await?;
         ensure!(!wait_shown(&bob, "bob", "hi bob, it's alice").await?, "bob sees alice's message as his");
         ensure!(unread_badge(&bob, "alice").await? == json!(0), "opening did not clear the badge");
+        // Typing shows on the other side.
+        bob.fill("#composer-input", "hel").await?;
+        alice.wait("bob typing", "document.getElementById('typing').textContent === 'bob is typing…'").await?;
+        bob.fill("#composer-input", "").await?;
         say(&bob, "hello alice").await?;
         ensure!(!wait_shown(&alice, "alice", "hello alice").await?);
         // Alice's second tab is another device: it logs in and catches up
@@ -212,8 +216,13 @@ async fn history_loads_older_pages_on_scroll() -> Result<()> {
     let mut browser = Browser::launch().await?;
     let result = async {
         let bob = browser.context().await?.tab("bob", &url(&s)).await?;
+        // A phone-sized screen: the list, then the conversation, in turn.
+        bob.viewport(390, 800).await?;
         enter(&bob, "bob", false).await?;
+        let shown = |id: &str| format!("getComputedStyle(document.getElementById('{id}')).display !== 'none'");
+        ensure!(bob.eval(&shown("sidebar")).await? == true && bob.eval(&shown("conv-view")).await? == false);
         chat_with(&bob, "alice").await?;
+        ensure!(bob.eval(&shown("sidebar")).await? == false && bob.eval(&shown("conv-view")).await? == true);
         let count = "document.querySelectorAll('#message-list .msg').length";
         bob.wait("the newest page", &format!("{count} === 30")).await?;
         ensure!(wait_shown(&bob, "bob", "message 69").await? == false);
@@ -274,7 +283,8 @@ async fn a_message_sent_while_the_gateway_restarts_is_delivered_once_after_recon
         }
         // The server stored it once, too.
         let token = s.http(0).login("bob", "password123", "check").await?.token;
-        let conv = chat_client::direct_conv("1", "2");
+        let v = s.http(0).request(Method::GET, "/v1/conversations", Some(&token), None).await?.1;
+        let conv = v["conversations"][0]["conv"].as_str().unwrap_or_default().to_owned();
         let page = s.http(0).history(&token, &conv, "limit=10").await?;
         let n = page["messages"].as_array().into_iter().flatten().filter(|m| m["body"] == "sent while down").count();
         ensure!(n == 1, "stored {n} times: {page}");
@@ -308,6 +318,44 @@ async fn markup_in_a_message_is_shown_as_text() -> Result<()> {
             ensure!(imgs == json!(0), "{who}'s page has {imgs} <img> elements");
             ensure!(p.dialogs().is_empty(), "{who} saw dialogs: {:?}", p.dialogs());
         }
+        Ok(())
+    }
+    .await;
+    browser.guard(result).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_send_is_retried_with_its_cid_and_stored_once() -> Result<()> {
+    let mut s = stack().env("CHAT_SEND_TIMEOUT_MS", "1000").start().await?;
+    let mut browser = Browser::launch().await?;
+    let (ca, cb) = (browser.context().await?, browser.context().await?);
+    let result = async {
+        let alice = ca.tab("alice", &url(&s)).await?;
+        let bob = cb.tab("bob", &url(&s)).await?;
+        enter(&alice, "alice", true).await?;
+        enter(&bob, "bob", true).await?;
+        chat_with(&alice, "bob").await?;
+        // No worker: the send is stored in ingress but not sequenced in
+        // time, so the gateway answers `timeout` and the message fails.
+        s.term_worker(0).await?;
+        say(&alice, "try again").await?;
+        alice.wait("the message failed", "document.querySelector('.msg[data-state=\"failed\"] .retry')").await?;
+        let cid = alice.eval("document.querySelector('.msg[data-state=\"failed\"]').dataset.cid").await?;
+        s.add_worker(0)?;
+        alice.click(".msg[data-state=\"failed\"] .retry").await?;
+        ensure!(wait_shown(&alice, "alice", "try again").await?);
+        let after = alice.eval("document.querySelector('.msg[data-state=\"sent\"]').dataset.cid").await?;
+        ensure!(after == cid, "the retry used another cid: {cid} then {after}");
+        bob.wait("the conversation in bob's list", "document.querySelector('#conv-list .conv')").await?;
+        bob.click("#conv-list .conv").await?;
+        ensure!(!wait_shown(&bob, "bob", "try again").await?);
+        s.wait_stored(1).await?;
+        let token = s.http(0).login("bob", "password123", "check").await?.token;
+        let v = s.http(0).request(Method::GET, "/v1/conversations", Some(&token), None).await?.1;
+        let conv = v["conversations"][0]["conv"].as_str().unwrap_or_default().to_owned();
+        let page = s.http(0).history(&token, &conv, "limit=10").await?;
+        let n = page["messages"].as_array().into_iter().flatten().filter(|m| m["body"] == "try again").count();
+        ensure!(n == 1, "stored {n} times: {page}");
         Ok(())
     }
     .await;
