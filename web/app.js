@@ -100,7 +100,7 @@ function refreshConversations() {
 }
 
 function setLast(c, m) {
-  c.last = { id: m.id, from: m.from, kind: m.kind, body: displayText(m), fromName: "" };
+  c.last = { id: m.id, from: m.from, kind: m.kind, raw: m.body, event: m.event, body: m.body, fromName: "" };
   c.ts = m.ts || Date.now();
 }
 
@@ -128,7 +128,7 @@ function merge(c, m) {
     Object.assign(x, { id: m.id, ts: m.ts, state: "sent", error: null });
     return x;
   }
-  const entry = { id: m.id, cid: m.cid, from: m.from, kind: m.kind, event: m.event, text: displayText(m), ts: m.ts, state: "sent" };
+  const entry = { id: m.id, cid: m.cid, from: m.from, kind: m.kind, event: m.event, text: m.body, ts: m.ts, state: "sent" };
   c.msgs.push(entry);
   sortMsgs(c);
   return entry;
@@ -276,7 +276,10 @@ function render(toBottom) {
   for (const c of convs.values()) {
     // Names may arrive after the conversation did.
     if (c.type === "direct") c.title = nameOf(c.peer);
-    if (c.last) c.last.fromName = c.last.kind === "system" || c.last.from === saved.user_id ? "" : nameOf(c.last.from);
+    if (c.last) {
+      c.last.fromName = c.last.kind === "system" || c.last.from === saved.user_id ? "" : nameOf(c.last.from);
+      c.last.body = displayText({ kind: c.last.kind, event: c.last.event, body: c.last.raw });
+    }
   }
   const list = [...convs.values()].sort((a, b) => b.ts - a.ts || (a.conv < b.conv ? -1 : 1));
   $("conv-list").replaceChildren(...list.map((c) =>
@@ -302,7 +305,8 @@ function renderConv(toBottom) {
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 30;
   const before = box.scrollHeight, top = box.scrollTop;
   const items = (c.msgs || []).map((m) =>
-    messageItem(m, m.from === saved.user_id, nameOf(m.from), () => retry(c, m)));
+    messageItem(m.kind === "system" ? { ...m, text: displayText({ ...m, body: m.text }) } : m,
+      m.from === saved.user_id, nameOf(m.from), () => retry(c, m)));
   if (c.loading) items.unshift(el("li", { class: "muted", text: "loading…" }));
   else if (c.msgs && !c.hasMore) items.unshift(el("li", { class: "muted", "data-start": "1", text: "start of the conversation" }));
   $("message-list").replaceChildren(...items);

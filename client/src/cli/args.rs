@@ -49,6 +49,7 @@ const GLOBAL: &str = "Options (before or after the command):
   --ca <pem file>        trust a CA instead
   -h, --help             this help; `chat <command> --help` for one command
 
+A user is a name or an id (a name of digits only is read as an id).
 Environment: CHAT_SERVER (gateway address), CHAT_CLI_STATE (login, cursor and
 read positions; default ~/.chat-cli.json).
 Exit codes: 0 ok, 1 refused by the server, 2 bad command line, 3 not logged in,

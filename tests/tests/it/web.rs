@@ -187,6 +187,15 @@ async fn two_people_chat_both_ways_and_a_second_tab_sees_both_sides() -> Result<
         bob.wait("the creation shown with names", "[...document.querySelectorAll('.msg.system .body')].some(b => b.textContent === 'alice created the group')").await?;
         alice.click("#members-btn").await?;
         alice.wait("both members listed", "document.querySelectorAll('#member-list li').length === 2").await?;
+        // Member management: the owner adds carol by name, then removes her.
+        s.user("carol", "phone").await?;
+        alice.fill("#member-name", "carol").await?;
+        alice.eval("document.getElementById('add-member').requestSubmit(), true").await?;
+        alice.wait("carol listed", "document.querySelectorAll('#member-list li').length === 3").await?;
+        bob.wait("bob told of carol", "[...document.querySelectorAll('.msg.system .body')].some(b => b.textContent === 'alice added carol')").await?;
+        alice.click("#member-list li:last-child button").await?;
+        alice.wait("carol removed", "document.querySelectorAll('#member-list li').length === 2").await?;
+        bob.wait("bob told carol left", "[...document.querySelectorAll('.msg.system .body')].some(b => b.textContent === 'alice removed carol')").await?;
         if let Some(path) = std::env::var_os("CHAT_WEB_SCREENSHOT") {
             say(&bob, "yes, see you there").await?;
             wait_shown(&alice, "alice", "yes, see you there").await?;
