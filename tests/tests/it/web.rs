@@ -370,3 +370,37 @@ async fn a_failed_send_is_retried_with_its_cid_and_stored_once() -> Result<()> {
     .await;
     browser.guard(result).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn friends_are_requested_by_name_accepted_and_shown_online() -> Result<()> {
+    let s = stack().start().await?;
+    let mut browser = Browser::launch().await?;
+    let result = async {
+        let (ca, cb) = (browser.context().await?, browser.context().await?);
+        let alice = ca.tab("alice", &url(&s)).await?;
+        let bob = cb.tab("bob", &url(&s)).await?;
+        enter(&alice, "alice", true).await?;
+        enter(&bob, "bob", true).await?;
+        bob.click("#show-friends").await?;
+        bob.fill("#friend-name", "nobody").await?;
+        bob.eval("document.getElementById('add-friend').requestSubmit(), true").await?;
+        bob.wait("an unknown name refused", "document.getElementById('sidebar-error').textContent === 'no such user'").await?;
+        bob.fill("#friend-name", "alice").await?;
+        bob.eval("document.getElementById('add-friend').requestSubmit(), true").await?;
+        bob.wait("the request listed", "document.getElementById('friend-list').textContent.includes('alice (request sent)')").await?;
+        alice.click("#show-friends").await?;
+        alice.wait("bob's request", "document.getElementById('friend-list').textContent.includes('bob wants to be friends')").await?;
+        alice
+            .eval("[...document.querySelectorAll('#friend-list button')].find(b => b.textContent === 'Accept').click(), true")
+            .await?;
+        // Friends see each other's presence: bob's dot turns green for alice.
+        alice
+            .wait("bob online among alice's friends", "document.querySelector('#friend-list li .dot[data-status=\"online\"]')")
+            .await?;
+        alice.eval("[...document.querySelectorAll('#friend-list button')].find(b => b.textContent === 'Chat').click(), true").await?;
+        alice.wait("the chat with bob", "document.getElementById('conv-title').textContent === 'bob'").await?;
+        Ok(())
+    }
+    .await;
+    browser.guard(result).await
+}
