@@ -4,7 +4,7 @@
 
 import { Api, ApiError, directConv, cmpId } from "/api.js";
 import { Session } from "/session.js";
-import { el, $, convItem, messageItem } from "/view.js";
+import { el, $, convItem, messageItem, memberItems, friendItems } from "/view.js";
 
 const PAGE = 30;
 const TYPING_SEND_MS = 2000;
@@ -318,16 +318,9 @@ function renderConv(toBottom) {
 
 function renderMembers(c) {
   const g = c.type === "group" ? groups.get(c.group) : null;
-  if (!g) { $("member-list").replaceChildren(); return; }
-  const canRemove = (m) => m.user_id !== saved.user_id && m.role !== "owner" &&
-    (g.role === "owner" || (g.role === "admin" && m.role === "member"));
-  $("member-list").replaceChildren(...g.members.map((m) => el("li", { "data-user": m.user_id },
-    el("span", { class: "dot", "data-status": presence.get(m.user_id) || "offline" }),
-    el("span", { class: "name", text: m.username + (m.user_id === saved.user_id ? " (you)" : "") }),
-    el("span", { class: "muted", text: m.role }),
-    canRemove(m) ? el("button", { type: "button", text: "Remove", "aria-label": "Remove " + m.username,
-      onclick: () => groupChange(() => api.removeMember(c.group, m.user_id)) }) : null)));
-  $("add-member").hidden = !(g.role === "owner" || g.role === "admin");
+  $("member-list").replaceChildren(...(g ? memberItems(g, saved.user_id, presence,
+    (m) => groupChange(() => api.removeMember(c.group, m.user_id))) : []));
+  $("add-member").hidden = !g || !(g.role === "owner" || g.role === "admin");
 }
 
 function renderTyping() {
@@ -336,27 +329,17 @@ function renderTyping() {
 }
 
 async function renderFriends() {
-  const box = $("friend-list");
   try {
     const f = await api.friends();
-    const rows = [];
     for (const x of f.friends) {
       names.set(x.user_id, x.username);
       if (!presence.has(x.user_id)) presence.set(x.user_id, x.status);
-      rows.push(el("li", { "data-user": x.user_id },
-        el("span", { class: "dot", "data-status": presence.get(x.user_id) }),
-        el("span", { class: "name", text: x.username }),
-        el("button", { type: "button", text: "Chat", onclick: () => openConv(directConv(saved.user_id, x.user_id)) })));
     }
-    for (const x of f.incoming) rows.push(el("li", { "data-user": x.user_id },
-      el("span", { class: "name", text: x.username + " wants to be friends" }),
-      el("button", { type: "button", text: "Accept", onclick: () => api.befriend(x.user_id).then(renderFriends) }),
-      el("button", { type: "button", text: "Decline", onclick: () => api.unfriend(x.user_id).then(renderFriends) })));
-    for (const x of f.outgoing) rows.push(el("li", { "data-user": x.user_id },
-      el("span", { class: "name", text: x.username + " (request sent)" }),
-      el("button", { type: "button", text: "Cancel", onclick: () => api.unfriend(x.user_id).then(renderFriends) })));
-    if (!rows.length) rows.push(el("li", { class: "muted", text: "no friends yet" }));
-    box.replaceChildren(...rows);
+    $("friend-list").replaceChildren(...friendItems(f, presence, {
+      chat: (x) => openConv(directConv(saved.user_id, x.user_id)),
+      accept: (x) => api.befriend(x.user_id).then(renderFriends),
+      drop: (x) => api.unfriend(x.user_id).then(renderFriends),
+    }));
   } catch (e) {
     $("sidebar-error").textContent = e.message;
   }

@@ -58,3 +58,32 @@ export function messageItem(m, mine, fromName, onRetry) {
     el("span", { class: "meta", text: clock(m.ts) + (mine && !system ? " · " + label : "") + (m.error ? " · " + m.error : "") },
       state === "failed" ? el("button", { class: "retry", type: "button", onclick: onRetry, text: "Retry" }) : null));
 }
+
+// A group's members; owners and admins get Remove where their role allows.
+export function memberItems(g, me, presence, onRemove) {
+  const canRemove = (m) => m.user_id !== me && m.role !== "owner" &&
+    (g.role === "owner" || (g.role === "admin" && m.role === "member"));
+  return g.members.map((m) => el("li", { "data-user": m.user_id },
+    el("span", { class: "dot", "data-status": presence.get(m.user_id) || "offline" }),
+    el("span", { class: "name", text: m.username + (m.user_id === me ? " (you)" : "") }),
+    el("span", { class: "muted", text: m.role }),
+    canRemove(m) ? el("button", { type: "button", text: "Remove", "aria-label": "Remove " + m.username, onclick: () => onRemove(m) }) : null));
+}
+
+// Friends (with presence and Chat), requests to answer, requests sent.
+export function friendItems(f, presence, on) {
+  const rows = [];
+  for (const x of f.friends) rows.push(el("li", { "data-user": x.user_id },
+    el("span", { class: "dot", "data-status": presence.get(x.user_id) }),
+    el("span", { class: "name", text: x.username }),
+    el("button", { type: "button", text: "Chat", onclick: () => on.chat(x) })));
+  for (const x of f.incoming) rows.push(el("li", { "data-user": x.user_id },
+    el("span", { class: "name", text: x.username + " wants to be friends" }),
+    el("button", { type: "button", text: "Accept", onclick: () => on.accept(x) }),
+    el("button", { type: "button", text: "Decline", onclick: () => on.drop(x) })));
+  for (const x of f.outgoing) rows.push(el("li", { "data-user": x.user_id },
+    el("span", { class: "name", text: x.username + " (request sent)" }),
+    el("button", { type: "button", text: "Cancel", onclick: () => on.drop(x) })));
+  if (!rows.length) rows.push(el("li", { class: "muted", text: "no friends yet" }));
+  return rows;
+}
