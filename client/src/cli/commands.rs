@@ -103,6 +103,27 @@ async fn send(o: &Opts, a: &[String]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A system message told with names ("alice added carol").
+async fn system_text(names: &mut Names, m: &Value) -> String {
+    let event = &m["event"];
+    if !event.is_object() {
+        return s(&m["body"]).to_owned();
+    }
+    let actor = names.name_of(s(&event["actor"])).await;
+    let user = match event["user"].as_str() {
+        Some(u) => names.name_of(u).await,
+        None => String::new(),
+    };
+    match s(&event["op"]) {
+        "created" => format!("{actor} created the group"),
+        "added" => format!("{actor} added {user}"),
+        "removed" => format!("{actor} removed {user}"),
+        "left" => format!("{user} left"),
+        "role" => format!("{actor} changed the role of {user}"),
+        _ => s(&m["body"]).to_owned(),
+    }
+}
+
 /// A message as printed: `[title] name: body`.
 async fn print_msg(o: &Opts, names: &mut Names, m: &Value) {
     let conv = s(&m["conv"]).to_owned();
@@ -114,24 +135,7 @@ async fn print_msg(o: &Opts, names: &mut Names, m: &Value) {
     if let Some(o) = v.as_object_mut() {
         o.remove("type");
     }
-    let event = &m["event"];
-    let system = if m["kind"] == "system" && event.is_object() {
-        let actor = names.name_of(s(&event["actor"])).await;
-        let user = match event["user"].as_str() {
-            Some(u) => names.name_of(u).await,
-            None => String::new(),
-        };
-        match s(&event["op"]) {
-            "created" => format!("{actor} created the group"),
-            "added" => format!("{actor} added {user}"),
-            "removed" => format!("{actor} removed {user}"),
-            "left" => format!("{user} left"),
-            "role" => format!("{actor} changed the role of {user}"),
-            _ => s(&m["body"]).to_owned(),
-        }
-    } else {
-        s(&m["body"]).to_owned()
-    };
+    let system = if m["kind"] == "system" { system_text(names, m).await } else { String::new() };
     out(o, &v, || {
         if m["kind"] == "system" {
             format!("[{title}] * {system}")
@@ -142,15 +146,18 @@ async fn print_msg(o: &Opts, names: &mut Names, m: &Value) {
 }
 
 async fn listen(o: &Opts) -> Result<(), CliError> {
-    let (mut st, mut names) = session(o)?;
+    let (st, mut names) = session(o)?;
     let mut conn = connect(o, &names, s(&st["token"])).await?;
     let (msgs, cursor) = conn.sync(st["cursor"].as_str()).await.map_err(|e| names.err(e))?;
     for m in &msgs {
         print_msg(o, &mut names, m).await;
-        state::mark_read(&mut st, s(&m["conv"]), s(&m["id"]));
     }
-    st["cursor"] = json!(cursor);
-    state::save(&st)?;
+    state::update(|st| {
+        for m in &msgs {
+            state::mark_read(st, s(&m["conv"]), s(&m["id"]));
+        }
+        st["cursor"] = json!(cursor);
+    })?;
     if o.json {
         println!("{}", json!({"synced": cursor}));
     } else {
@@ -163,9 +170,10 @@ async fn listen(o: &Opts) -> Result<(), CliError> {
         match conn.next_msg().await {
             Ok(m) => {
                 print_msg(o, &mut names, &m).await;
-                state::mark_read(&mut st, s(&m["conv"]), s(&m["id"]));
-                st["cursor"] = m["cursor"].clone();
-                state::save(&st)?;
+                state::update(|st| {
+                    state::mark_read(st, s(&m["conv"]), s(&m["id"]));
+                    st["cursor"] = m["cursor"].clone();
+                })?;
             }
             Err(crate::ClientError::Timeout(_)) => {
                 conn.send_json(&json!({"type": "ping"})).await.map_err(|e| names.err(e))?
@@ -177,7 +185,7 @@ async fn listen(o: &Opts) -> Result<(), CliError> {
 
 async fn history(o: &Opts, a: &[String]) -> Result<(), CliError> {
     let to = arg(a, 0, "to")?;
-    let (mut st, mut names) = session(o)?;
+    let (_, mut names) = session(o)?;
     let conv = names.target(&to).await?.conv;
     let limit = a.get(2).map(String::as_str).unwrap_or("50");
     let mut path = format!("/v1/conversations/{conv}/messages?limit={limit}");
@@ -188,9 +196,12 @@ async fn history(o: &Opts, a: &[String]) -> Result<(), CliError> {
     let msgs = page["messages"].as_array().cloned().unwrap_or_default();
     for m in &msgs {
         print_msg(o, &mut names, m).await;
-        state::mark_read(&mut st, &conv, s(&m["id"]));
     }
-    state::save(&st)?;
+    state::update(|st| {
+        for m in &msgs {
+            state::mark_read(st, &conv, s(&m["id"]));
+        }
+    })?;
     if page["has_more"] == true {
         let first = s(&msgs[0]["id"]);
         if o.json {
@@ -227,8 +238,10 @@ async fn conversations(o: &Opts) -> Result<(), CliError> {
         let (n, more) = unread(&names, &st, c).await?;
         let last = &c["last_message"];
         let from = if last.is_null() { String::new() } else { names.name_of(s(&last["from"])).await };
+        let body =
+            if last["kind"] == "system" { system_text(&mut names, last).await } else { s(&last["body"]).to_owned() };
         rows.push(json!({"conv": c["conv"], "type": c["type"], "title": c["title"], "unread": n, "unread_more": more,
-            "last_message": if last.is_null() { Value::Null } else { json!({"id": last["id"], "from": last["from"], "from_name": from, "body": last["body"], "ts": last["ts"]}) }}));
+            "last_message": if last.is_null() { Value::Null } else { json!({"id": last["id"], "from": last["from"], "from_name": from, "kind": last["kind"], "body": body, "ts": last["ts"]}) }}));
     }
     if o.json {
         println!("{}", json!({"conversations": rows}));
@@ -243,9 +256,11 @@ async fn conversations(o: &Opts) -> Result<(), CliError> {
             (n, true) => format!(" ({n}+ unread)"),
             (n, false) => format!(" ({n} unread)"),
         };
-        let last = match r["last_message"].is_null() {
-            true => "no messages".to_owned(),
-            false => format!("{}: {}", s(&r["last_message"]["from_name"]), s(&r["last_message"]["body"])),
+        let l = &r["last_message"];
+        let last = match (l.is_null(), l["kind"] == "system") {
+            (true, _) => "no messages".to_owned(),
+            (false, true) => format!("* {}", s(&l["body"])),
+            (false, false) => format!("{}: {}", s(&l["from_name"]), s(&l["body"])),
         };
         println!("{:<10} {}{badge}  {last}", s(&r["conv"]), s(&r["title"]));
     }

@@ -42,6 +42,15 @@ pub fn save(v: &Value) -> Result<(), CliError> {
         .map_err(|e| CliError::Local(format!("cannot write {}: {e}", p.display())))
 }
 
+/// Re-reads the state, changes it and writes it back: another `chat`
+/// (a `listen` saving its cursor, a `history` its read positions) may have
+/// written since this one loaded it.
+pub fn update(change: impl FnOnce(&mut Value)) -> Result<(), CliError> {
+    let mut st = load()?;
+    change(&mut st);
+    save(&st)
+}
+
 /// Forgets the login.
 pub fn clear() -> Result<(), CliError> {
     match std::fs::remove_file(path()) {

@@ -39,7 +39,7 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientE
         info["conv"] = json!(conv.to_string());
         info["last_message"] = match &last {
             Some(m) => {
-                json!({"id": m.id.to_string(), "from": m.from.to_string(), "kind": m.kind, "body": m.body, "ts": m.ts})
+                json!({"id": m.id.to_string(), "from": m.from.to_string(), "kind": m.kind, "body": m.body, "ts": m.ts, "event": m.event})
             }
             None => Value::Null,
         };

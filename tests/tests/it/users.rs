@@ -82,6 +82,8 @@ async fn the_conversation_list_names_people_and_groups() -> Result<()> {
     assert_eq!(titles, ["team", "alice"], "{v}");
     assert_eq!(convs[1]["username"], "alice");
     assert_eq!(convs[0]["name"], "team");
+    assert_eq!(convs[0]["last_message"]["event"]["op"], "created", "{v}");
+    assert_eq!(convs[1]["last_message"]["event"], serde_json::Value::Null, "{v}");
     let (_, v) = s.http(0).request(Method::GET, "/v1/conversations", Some(&a.token), None).await?;
     let mine: Vec<(&str, &str)> = v["conversations"]
         .as_array()
