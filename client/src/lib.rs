@@ -1,9 +1,10 @@
 //! A Rust client for the chat gateway: the HTTP API ([`Http`]) and a
 //! WebSocket connection ([`Conn`]) speaking the frames of `docs/protocol.md`.
-//! The `chat` command-line tool is built on it, and so are the integration
-//! tests and the benchmark.
+//! The `chat` command-line tool ([`cli`]) is built on it, and so are the
+//! integration tests and the benchmark.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod quic;
 
 use std::collections::VecDeque;

@@ -66,6 +66,11 @@ pub struct GatewayConfig {
     pub presence_subscribe_max: usize,
     /// `CHAT_GROUP_MAX_MEMBERS`: largest group, owner included.
     pub group_max_members: usize,
+    /// `CHAT_USER_LOOKUP_PER_MIN`: profile lookups (by id or by name) a
+    /// user may make per minute on one gateway.
+    pub user_lookup_per_min: u32,
+    /// `CHAT_USER_LOOKUP_BURST`: lookups a user may make at once.
+    pub user_lookup_burst: u32,
     /// `CHAT_QUIC_ADDR`: UDP address of the QUIC endpoint; `off` disables it.
     pub quic_addr: Option<SocketAddr>,
     /// `CHAT_TLS_CERT` and `CHAT_TLS_KEY`: PEM certificate chain and key
@@ -178,6 +183,8 @@ impl GatewayConfig {
             typing_interval: Duration::from_millis(bounded(src, "CHAT_TYPING_INTERVAL_MS", 1000, 0, 60_000)?),
             presence_subscribe_max: bounded(src, "CHAT_PRESENCE_SUBSCRIBE_MAX", 256, 0, 10_000)? as usize,
             group_max_members: bounded(src, "CHAT_GROUP_MAX_MEMBERS", 100, 2, 5000)? as usize,
+            user_lookup_per_min: bounded(src, "CHAT_USER_LOOKUP_PER_MIN", 60, 1, 100_000)? as u32,
+            user_lookup_burst: bounded(src, "CHAT_USER_LOOKUP_BURST", 30, 1, 100_000)? as u32,
             quic_addr: match src.get("CHAT_QUIC_ADDR").as_deref() {
                 Some("off") => None,
                 _ => Some(var(src, "CHAT_QUIC_ADDR", SocketAddr::from(([127, 0, 0, 1], 8443)))?),

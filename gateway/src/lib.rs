@@ -101,6 +101,8 @@ pub struct AppState {
     pub revoked: Arc<revoked::Revoked>,
     /// Where logouts record them.
     pub revoked_kv: async_nats::jetstream::kv::Store,
+    /// Each user's budget of profile lookups.
+    pub lookups: http::users::Lookups,
 }
 
 impl AppState {
@@ -223,6 +225,7 @@ pub async fn run(
     let history_index = history::IndexCache::new(cfg.history_index_cache);
     let hasher = auth::Hasher::start(cfg.password_hash_concurrency);
     let hub = hub::Hub::new(client.clone());
+    let cfg_lookups = (cfg.user_lookup_per_min, cfg.user_lookup_burst);
     let state = Arc::new(AppState {
         cfg,
         db,
@@ -239,6 +242,7 @@ pub async fn run(
         hasher,
         revoked,
         revoked_kv,
+        lookups: http::users::Lookups::new(cfg_lookups.0, cfg_lookups.1),
     });
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));
     tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));

@@ -25,12 +25,14 @@
 //! When running as root, PostgreSQL commands run as the `postgres` user
 //! through `runuser` (initdb refuses root).//!
 //! Modules, by what they start: `nats` ([`NatsServer`]), `postgres`
-//! ([`Postgres`]) and `support` (temp dirs, log tails, commands). The
+//! ([`Postgres`]), [`browser`] (a headless Chromium over the DevTools
+//! protocol, for the web client) and `support` (temp dirs, log tails, commands). The
 //! whole stack (gateways, workers) is built by the suite itself, in
 //! `tests/tests/it/stack.rs`, because it runs the suite's own binaries.
 
 #![forbid(unsafe_code)]
 
+pub mod browser;
 mod nats;
 mod postgres;
 mod support;

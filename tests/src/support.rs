@@ -47,6 +47,13 @@ impl TempDir {
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Keeps the directory (a failed test's evidence) and returns its path.
+    pub(crate) fn keep(self) -> PathBuf {
+        let path = self.path.clone();
+        std::mem::forget(self);
+        path
+    }
 }
 
 impl Drop for TempDir {

@@ -14,7 +14,18 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket.
     pub fn new(rate: u32, burst: u32) -> TokenBucket {
-        TokenBucket { rate: rate.into(), burst: burst.into(), tokens: burst.into(), at: Instant::now() }
+        TokenBucket::with_rate(rate.into(), burst)
+    }
+
+    /// A full bucket refilled at `rate` tokens per second (a fraction for
+    /// budgets counted per minute).
+    pub fn with_rate(rate: f64, burst: u32) -> TokenBucket {
+        TokenBucket { rate, burst: burst.into(), tokens: burst.into(), at: Instant::now() }
+    }
+
+    /// True when the bucket would be full now (nothing to remember).
+    pub fn is_full(&self) -> bool {
+        self.tokens + self.at.elapsed().as_secs_f64() * self.rate >= self.burst
     }
 
     /// Takes a token if one is there.

@@ -1,4 +1,4 @@
-//! Accounts: signup, login, logout, profiles, token checks and health.
+//! Accounts: signup, login, logout, token checks and health.
 
 use std::sync::OnceLock;
 
@@ -113,14 +113,6 @@ pub async fn check_token(st: &AppState, token: &str) -> Result<Claims, ClientErr
         return Err(invalid());
     }
     Ok(claims)
-}
-
-/// `GET /v1/users/{id}`.
-pub async fn user(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ClientError> {
-    authenticate(st, &req).await?;
-    let id = crate::http::id(id, "user id")?;
-    let u = st.db.user(id).await?.ok_or_else(|| ClientError::not_found("no such user"))?;
-    Ok(json(StatusCode::OK, &json!({"user_id": u.id.to_string(), "username": u.username, "created_at": u.created_ms})))
 }
 
 /// `GET /readyz`: NATS, JetStream, KV and PostgreSQL reachable.

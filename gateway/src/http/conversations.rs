@@ -16,13 +16,16 @@ use crate::AppState;
 pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let mut convs: Vec<(ConvId, Value)> = Vec::new();
-    for peer in st.db.direct_peers(me).await? {
-        convs.push((ConvId::direct(me, peer), json!({"type": "direct", "user_id": peer.to_string()})));
+    for (peer, username) in st.db.direct_peers(me).await? {
+        convs.push((
+            ConvId::direct(me, peer),
+            json!({"type": "direct", "user_id": peer.to_string(), "username": username, "title": username}),
+        ));
     }
     for (gid, name, role, count) in st.db.my_groups(me).await? {
         convs.push((
             ConvId::group(gid),
-            json!({"type": "group", "group_id": gid.to_string(), "name": name, "role": role.as_str(), "members_count": count}),
+            json!({"type": "group", "group_id": gid.to_string(), "name": name, "title": name, "role": role.as_str(), "members_count": count}),
         ));
     }
     // The last message of each, 32 lookups at a time.
@@ -36,7 +39,7 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientE
         info["conv"] = json!(conv.to_string());
         info["last_message"] = match &last {
             Some(m) => {
-                json!({"id": m.id.to_string(), "from": m.from.to_string(), "kind": m.kind, "body": m.body, "ts": m.ts})
+                json!({"id": m.id.to_string(), "from": m.from.to_string(), "kind": m.kind, "body": m.body, "ts": m.ts, "event": m.event})
             }
             None => Value::Null,
         };

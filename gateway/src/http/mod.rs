@@ -13,6 +13,8 @@ pub mod friends;
 pub mod groups;
 pub mod messages;
 pub mod push;
+pub mod users;
+pub mod web;
 
 pub use body::*;
 
@@ -45,12 +47,15 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
     let method = req.method().clone();
     let st = &state;
     let result: Result<Resp, ClientError> = match segs.as_slice() {
+        [""] => methods!(method, path; GET => Ok(web::file("index.html"))),
+        [name] if web::has(name) => methods!(method, path; GET => Ok(web::file(name))),
         ["healthz"] => methods!(method, path; GET => Ok(json(StatusCode::OK, &serde_json::json!({"ok": true})))),
         ["readyz"] => methods!(method, path; GET => Ok(accounts::readyz(st).await)),
         ["v1", "signup"] => methods!(method, path; POST => accounts::signup(st, req).await),
         ["v1", "login"] => methods!(method, path; POST => accounts::login(st, req).await),
         ["v1", "logout"] => methods!(method, path; POST => accounts::logout(st, req).await),
-        ["v1", "users", id] => methods!(method, path; GET => accounts::user(st, req, id).await),
+        ["v1", "users", "by-name", name] => methods!(method, path; GET => users::by_name(st, req, name).await),
+        ["v1", "users", id] => methods!(method, path; GET => users::by_id(st, req, id).await),
         ["v1", "ws"] => methods!(method, path; GET => match accounts::authenticate(st, &req).await {
             Ok(claims) => Ok(crate::conn::ws::upgrade(state.clone(), claims, req)),
             Err(e) => Err(e),

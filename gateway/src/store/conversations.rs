@@ -11,16 +11,19 @@ impl Db {
         Ok(())
     }
 
-    /// The other participants of the caller's 1:1 conversations.
-    pub async fn direct_peers(&self, user: i64) -> Result<Vec<i64>, DbError> {
+    /// The other participants of the caller's 1:1 conversations, with
+    /// their usernames.
+    pub async fn direct_peers(&self, user: i64) -> Result<Vec<(i64, String)>, DbError> {
         let c = self.pool.get().await?;
         let rows = c
             .query(
-                "SELECT user_b FROM direct_conversations WHERE user_a = $1
-                 UNION SELECT user_a FROM direct_conversations WHERE user_b = $1",
+                "SELECT p.peer, u.username FROM (
+                   SELECT user_b AS peer FROM direct_conversations WHERE user_a = $1
+                   UNION SELECT user_a FROM direct_conversations WHERE user_b = $1) p
+                 JOIN users u ON u.id = p.peer",
                 &[&user],
             )
             .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

@@ -160,4 +160,16 @@ impl Db {
             .await?;
         Ok(row.map(|r| User { id: r.get(0), username: r.get(1), created_ms: r.get(2) }))
     }
+
+    /// A user by exact (lower-case) username.
+    pub async fn user_by_name(&self, username: &str) -> Result<Option<User>, DbError> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(
+                "SELECT id, username, (extract(epoch from created_at) * 1000)::bigint FROM users WHERE username = $1",
+                &[&username],
+            )
+            .await?;
+        Ok(row.map(|r| User { id: r.get(0), username: r.get(1), created_ms: r.get(2) }))
+    }
 }

@@ -3,6 +3,7 @@
 
 mod batch;
 mod bench_smoke;
+mod cli;
 mod core;
 mod durability;
 mod fake_push;
@@ -16,3 +17,5 @@ mod robustness;
 mod service;
 mod stack;
 mod transports;
+mod users;
+mod web;

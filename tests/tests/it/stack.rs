@@ -134,16 +134,38 @@ impl Stack {
 
     /// Starts another in-process gateway (HTTP, WebSocket and QUIC).
     pub async fn add_gateway(&mut self) -> Result<usize> {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let g = self.spawn_gateway(self.gateways.len(), http).await?;
+        self.gateways.push(g);
+        Ok(self.gateways.len() - 1)
+    }
+
+    /// Stops in-process gateway `i` (unless [`Stack::stop_gateway`] did)
+    /// and starts it again on the same HTTP address (a browser reconnects
+    /// to the same origin).
+    pub async fn restart_gateway(&mut self, i: usize) -> Result<()> {
+        let addr = self.addr(i);
+        if matches!(&self.gateways[i], Gateway::InProcess { stop: Some(_), .. }) {
+            self.stop_gateway(i).await;
+        }
+        let http = wait_for(&format!("{addr} to be free again"), Duration::from_secs(10), || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpListener::bind(&addr).await.ok() }
+        })
+        .await?;
+        self.gateways[i] = self.spawn_gateway(i, http).await?;
+        Ok(())
+    }
+
+    async fn spawn_gateway(&self, n: usize, http: tokio::net::TcpListener) -> Result<Gateway> {
         let mut env = self.env.clone();
         env.insert("CHAT_HTTP_ADDR".into(), "127.0.0.1:0".into());
-        env.insert("CHAT_GATEWAY_ID".into(), format!("gw{}", self.gateways.len()));
-        let data_dir =
-            self.pg.data_dir().parent().unwrap_or(self.pg.data_dir()).join(format!("gw{}", self.gateways.len()));
+        env.insert("CHAT_GATEWAY_ID".into(), format!("gw{n}"));
+        let data_dir = self.pg.data_dir().parent().unwrap_or(self.pg.data_dir()).join(format!("gw{n}"));
         env.insert("CHAT_DATA_DIR".into(), data_dir.display().to_string());
         let cfg = GatewayConfig::from_source(&env)?;
         // Generates the development certificate the gateway will load.
         let (_, _, fingerprint) = chat_gateway::conn::quic::load_or_generate(None, None, &data_dir)?;
-        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
         let (addr, quic) = (http.local_addr()?.to_string(), udp.local_addr()?.to_string());
         let listeners = chat_gateway::Listeners { http, quic: Some(udp) };
@@ -157,9 +179,8 @@ impl Stack {
                 eprintln!("gateway failed: {e}");
             }
         });
-        self.gateways.push(Gateway::InProcess { addr: addr.clone(), quic, fingerprint, stop: Some(tx), task });
         wait_ready(&addr).await?;
-        Ok(self.gateways.len() - 1)
+        Ok(Gateway::InProcess { addr, quic, fingerprint, stop: Some(tx), task })
     }
 
     /// Starts a gateway as a child process (to SIGKILL it).

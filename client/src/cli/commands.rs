@@ -1,0 +1,402 @@
+//! One function per command. Human output by default, one JSON value per
+//! line with `--json`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::{Conn, Http, Method};
+
+use super::args::{arg, Opts};
+use super::names::Names;
+use super::{state, CliError};
+
+/// Runs `cmd` (its name first).
+pub async fn run(o: &Opts, cmd: Vec<String>) -> Result<(), CliError> {
+    let (name, args) = (cmd[0].as_str(), &cmd[1..]);
+    match name {
+        "signup" => signup(o, args).await,
+        "login" => login(o, args).await,
+        "logout" => logout(o).await,
+        "send" => send(o, args).await,
+        "listen" => listen(o).await,
+        "history" => history(o, args).await,
+        "conversations" => conversations(o).await,
+        "group" => group(o, args).await,
+        "friends" => friends(o, args).await,
+        other => Err(CliError::Usage(format!("unknown command {other:?}"))),
+    }
+}
+
+fn out(o: &Opts, v: &Value, human: impl FnOnce() -> String) {
+    if o.json {
+        println!("{v}");
+    } else {
+        println!("{}", human());
+    }
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// The saved login and a resolver for it.
+fn session(o: &Opts) -> Result<(Value, Names), CliError> {
+    let st = state::load()?;
+    let names = Names::new(&o.server, s(&st["token"]), s(&st["user_id"]), st["username"].as_str());
+    Ok((st, names))
+}
+
+async fn signup(o: &Opts, a: &[String]) -> Result<(), CliError> {
+    let (user, pass) = (arg(a, 0, "username")?, arg(a, 1, "password")?);
+    let id = Http::new(&o.server).signup(&user, &pass).await.map_err(|e| CliError::from_client(e, &o.server))?;
+    out(o, &json!({"user_id": id, "username": user.to_lowercase()}), || {
+        format!("signed up {} as user {id}", user.to_lowercase())
+    });
+    Ok(())
+}
+
+async fn login(o: &Opts, a: &[String]) -> Result<(), CliError> {
+    let (user, pass) = (arg(a, 0, "username")?, arg(a, 1, "password")?);
+    let device = a.get(2).cloned().unwrap_or_else(|| "cli".into());
+    let l = Http::new(&o.server).login(&user, &pass, &device).await.map_err(|e| match e {
+        crate::ClientError::Api { status: 401, .. } => CliError::Refused("wrong username or password".into()),
+        e => CliError::from_client(e, &o.server),
+    })?;
+    let username = user.to_lowercase();
+    state::save(&json!({"server": o.server, "token": l.token, "user_id": l.user_id, "username": username,
+        "device_id": l.device_id, "cursor": null, "read": {}}))?;
+    out(o, &json!({"user_id": l.user_id, "username": username, "device_id": l.device_id}), || {
+        format!("logged in as {username} (user {}) on device {}", l.user_id, l.device_id)
+    });
+    Ok(())
+}
+
+async fn logout(o: &Opts) -> Result<(), CliError> {
+    let (_, names) = session(o)?;
+    let v = names.call(Method::POST, "/v1/logout", None).await?;
+    state::clear()?;
+    out(o, &v, || format!("logged out device {}", s(&v["logged_out"])));
+    Ok(())
+}
+
+async fn connect(o: &Opts, names: &Names, token: &str) -> Result<Conn, CliError> {
+    Conn::connect_with(&o.transport, &o.server, token).await.map_err(|e| names.err(e))
+}
+
+async fn send(o: &Opts, a: &[String]) -> Result<(), CliError> {
+    let to = arg(a, 0, "to")?;
+    let body = a[1..].join(" ");
+    if body.trim().is_empty() {
+        return Err(CliError::Usage("missing <text>".into()));
+    }
+    let (st, mut names) = session(o)?;
+    let target = names.target(&to).await?;
+    let mut conn = connect(o, &names, s(&st["token"])).await?;
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let cid = format!("cli-{nanos}");
+    let frame = json!({"type": "send", "cid": cid, "to": target.to, "body": body});
+    let ack = conn.send_frame_and_ack(frame, &cid).await.map_err(|e| names.err(e))?;
+    conn.close().await;
+    let v = json!({"id": ack["id"], "conv": ack["conv"], "title": target.title, "ts": ack["ts"]});
+    out(o, &v, || format!("sent {} to {} ({})", s(&ack["id"]), target.title, s(&ack["conv"])));
+    Ok(())
+}
+
+/// A system message told with names ("alice added carol").
+async fn system_text(names: &mut Names, m: &Value) -> String {
+    let event = &m["event"];
+    if !event.is_object() {
+        return s(&m["body"]).to_owned();
+    }
+    let actor = names.name_of(s(&event["actor"])).await;
+    let user = match event["user"].as_str() {
+        Some(u) => names.name_of(u).await,
+        None => String::new(),
+    };
+    match s(&event["op"]) {
+        "created" => format!("{actor} created the group"),
+        "added" => format!("{actor} added {user}"),
+        "removed" => format!("{actor} removed {user}"),
+        "left" => format!("{user} left"),
+        "role" => format!("{actor} changed the role of {user}"),
+        _ => s(&m["body"]).to_owned(),
+    }
+}
+
+/// A message as printed: `[title] name: body`.
+async fn print_msg(o: &Opts, names: &mut Names, m: &Value) {
+    let conv = s(&m["conv"]).to_owned();
+    let title = names.title_of(&conv).await;
+    let from = names.name_of(s(&m["from"])).await;
+    let mut v = m.clone();
+    v["title"] = json!(title);
+    v["from_name"] = json!(from);
+    if let Some(o) = v.as_object_mut() {
+        o.remove("type");
+    }
+    let system = if m["kind"] == "system" { system_text(names, m).await } else { String::new() };
+    out(o, &v, || {
+        if m["kind"] == "system" {
+            format!("[{title}] * {system}")
+        } else {
+            format!("[{title}] {from}: {}", s(&m["body"]))
+        }
+    });
+}
+
+async fn listen(o: &Opts) -> Result<(), CliError> {
+    let (st, mut names) = session(o)?;
+    let mut conn = connect(o, &names, s(&st["token"])).await?;
+    let (msgs, cursor) = conn.sync(st["cursor"].as_str()).await.map_err(|e| names.err(e))?;
+    for m in &msgs {
+        print_msg(o, &mut names, m).await;
+    }
+    state::update(|st| {
+        for m in &msgs {
+            state::mark_read(st, s(&m["conv"]), s(&m["id"]));
+        }
+        st["cursor"] = json!(cursor);
+    })?;
+    if o.json {
+        println!("{}", json!({"synced": cursor}));
+    } else {
+        println!("-- synced; listening (Ctrl-C to stop)");
+    }
+    // Heartbeat so the gateway neither times the connection out nor
+    // (with presence) shows the user offline.
+    conn.timeout = Duration::from_secs(5);
+    loop {
+        match conn.next_msg().await {
+            Ok(m) => {
+                print_msg(o, &mut names, &m).await;
+                state::update(|st| {
+                    state::mark_read(st, s(&m["conv"]), s(&m["id"]));
+                    st["cursor"] = m["cursor"].clone();
+                })?;
+            }
+            Err(crate::ClientError::Timeout(_)) => {
+                conn.send_json(&json!({"type": "ping"})).await.map_err(|e| names.err(e))?
+            }
+            Err(e) => return Err(names.err(e)),
+        }
+    }
+}
+
+async fn history(o: &Opts, a: &[String]) -> Result<(), CliError> {
+    let to = arg(a, 0, "to")?;
+    let (_, mut names) = session(o)?;
+    let conv = names.target(&to).await?.conv;
+    let limit = a.get(2).map(String::as_str).unwrap_or("50");
+    let mut path = format!("/v1/conversations/{conv}/messages?limit={limit}");
+    if let Some(b) = a.get(1).filter(|b| b.as_str() != "-") {
+        path.push_str(&format!("&before={b}"));
+    }
+    let page = names.call(Method::GET, &path, None).await?;
+    let msgs = page["messages"].as_array().cloned().unwrap_or_default();
+    for m in &msgs {
+        print_msg(o, &mut names, m).await;
+    }
+    state::update(|st| {
+        for m in &msgs {
+            state::mark_read(st, &conv, s(&m["id"]));
+        }
+    })?;
+    if page["has_more"] == true {
+        let first = s(&msgs[0]["id"]);
+        if o.json {
+            println!("{}", json!({"has_more": true, "before": first}));
+        } else {
+            println!("-- more before {first}: chat history {to} {first}");
+        }
+    }
+    Ok(())
+}
+
+/// Messages from others after the read position, up to 100 ("100+").
+async fn unread(names: &Names, st: &Value, c: &Value) -> Result<(u64, bool), CliError> {
+    let conv = s(&c["conv"]);
+    let read = state::read_pos(st, conv);
+    let last = c["last_message"]["id"].as_str().and_then(|i| i.parse::<u64>().ok()).unwrap_or(0);
+    if last <= read.parse::<u64>().unwrap_or(0) {
+        return Ok((0, false));
+    }
+    let mut path = format!("/v1/conversations/{conv}/messages?limit=100");
+    if read != "0" {
+        path.push_str(&format!("&after={read}"));
+    }
+    let page = names.call(Method::GET, &path, None).await?;
+    let n = page["messages"].as_array().into_iter().flatten().filter(|m| m["from"] != names.me.as_str()).count();
+    Ok((n as u64, page["has_more"] == true || n == 100))
+}
+
+async fn conversations(o: &Opts) -> Result<(), CliError> {
+    let (st, mut names) = session(o)?;
+    let list = names.conversations().await?;
+    let mut rows = Vec::new();
+    for c in &list {
+        let (n, more) = unread(&names, &st, c).await?;
+        let last = &c["last_message"];
+        let from = if last.is_null() { String::new() } else { names.name_of(s(&last["from"])).await };
+        let body =
+            if last["kind"] == "system" { system_text(&mut names, last).await } else { s(&last["body"]).to_owned() };
+        rows.push(json!({"conv": c["conv"], "type": c["type"], "title": c["title"], "unread": n, "unread_more": more,
+            "last_message": if last.is_null() { Value::Null } else { json!({"id": last["id"], "from": last["from"], "from_name": from, "kind": last["kind"], "body": body, "ts": last["ts"]}) }}));
+    }
+    if o.json {
+        println!("{}", json!({"conversations": rows}));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        println!("no conversations yet: chat send <user> <text>");
+    }
+    for r in &rows {
+        let badge = match (r["unread"].as_u64().unwrap_or(0), r["unread_more"] == true) {
+            (0, _) => String::new(),
+            (n, true) => format!(" ({n}+ unread)"),
+            (n, false) => format!(" ({n} unread)"),
+        };
+        let l = &r["last_message"];
+        let last = match (l.is_null(), l["kind"] == "system") {
+            (true, _) => "no messages".to_owned(),
+            (false, true) => format!("* {}", s(&l["body"])),
+            (false, false) => format!("{}: {}", s(&l["from_name"]), s(&l["body"])),
+        };
+        println!("{:<10} {}{badge}  {last}", s(&r["conv"]), s(&r["title"]));
+    }
+    Ok(())
+}
+
+async fn group(o: &Opts, a: &[String]) -> Result<(), CliError> {
+    let (_, mut names) = session(o)?;
+    let sub = arg(a, 0, "create|add|remove|leave|list|show")?;
+    match sub.as_str() {
+        "create" => {
+            let name = arg(a, 1, "name")?;
+            let mut ids = Vec::new();
+            for who in &a[2..] {
+                ids.push(names.user(who).await?.0);
+            }
+            let v = names.call(Method::POST, "/v1/groups", Some(json!({"name": name, "members": ids}))).await?;
+            out(o, &v, || {
+                format!(
+                    "created group {} ({}) with {} members",
+                    s(&v["name"]),
+                    s(&v["conv"]),
+                    v["members"].as_array().map_or(0, Vec::len)
+                )
+            });
+        }
+        "add" => {
+            let (gid, gname) = names.group(&arg(a, 1, "group")?).await?;
+            if a.len() < 3 {
+                return Err(CliError::Usage("missing <user>".into()));
+            }
+            for who in &a[2..] {
+                let (uid, uname) = names.user(who).await?;
+                let v = names
+                    .call(Method::POST, &format!("/v1/groups/{gid}/members"), Some(json!({"user_id": uid})))
+                    .await?;
+                out(o, &v, || format!("added {uname} to {gname}"));
+            }
+        }
+        "remove" | "leave" => {
+            let (gid, gname) = names.group(&arg(a, 1, "group")?).await?;
+            let (uid, uname) = if sub == "leave" {
+                (names.me.clone(), "you".to_owned())
+            } else {
+                names.user(&arg(a, 2, "user")?).await?
+            };
+            let v = names.call(Method::DELETE, &format!("/v1/groups/{gid}/members/{uid}"), None).await?;
+            out(
+                o,
+                &v,
+                || if sub == "leave" { format!("left {gname}") } else { format!("removed {uname} from {gname}") },
+            );
+        }
+        "list" => {
+            let v = names.call(Method::GET, "/v1/groups", None).await?;
+            out(o, &v, || {
+                let rows: Vec<String> = v["groups"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|g| {
+                        format!(
+                            "{:<8} {} ({} members, you are {})",
+                            s(&g["conv"]),
+                            s(&g["name"]),
+                            g["members_count"],
+                            s(&g["role"])
+                        )
+                    })
+                    .collect();
+                if rows.is_empty() {
+                    "no groups: chat group create <name> [user...]".into()
+                } else {
+                    rows.join("\n")
+                }
+            });
+        }
+        "show" => {
+            let (gid, _) = names.group(&arg(a, 1, "group")?).await?;
+            let v = names.call(Method::GET, &format!("/v1/groups/{gid}"), None).await?;
+            out(o, &v, || {
+                let mut lines = vec![format!("{} ({})", s(&v["name"]), s(&v["conv"]))];
+                for m in v["members"].as_array().into_iter().flatten() {
+                    lines.push(format!("  {} ({})", s(&m["username"]), s(&m["role"])));
+                }
+                lines.join("\n")
+            });
+        }
+        other => {
+            return Err(CliError::Usage(format!(
+                "unknown group command {other:?}: create, add, remove, leave, list or show"
+            )))
+        }
+    }
+    Ok(())
+}
+
+async fn friends(o: &Opts, a: &[String]) -> Result<(), CliError> {
+    let (_, mut names) = session(o)?;
+    let sub = arg(a, 0, "add|remove|list")?;
+    match sub.as_str() {
+        "add" | "remove" => {
+            let (uid, uname) = names.user(&arg(a, 1, "user")?).await?;
+            let method = if sub == "add" { Method::PUT } else { Method::DELETE };
+            let v = names.call(method, &format!("/v1/friends/{uid}"), None).await?;
+            out(o, &v, || match s(&v["status"]) {
+                "friends" => format!("you and {uname} are friends"),
+                "requested" => format!("friend request sent to {uname}"),
+                _ => format!("{uname} is not your friend"),
+            });
+        }
+        "list" => {
+            let v = names.call(Method::GET, "/v1/friends", None).await?;
+            out(o, &v, || {
+                let mut lines = Vec::new();
+                for f in v["friends"].as_array().into_iter().flatten() {
+                    lines.push(format!("{} ({})", s(&f["username"]), s(&f["status"])));
+                }
+                for f in v["incoming"].as_array().into_iter().flatten() {
+                    lines.push(format!(
+                        "{} wants to be friends: chat friends add {}",
+                        s(&f["username"]),
+                        s(&f["username"])
+                    ));
+                }
+                for f in v["outgoing"].as_array().into_iter().flatten() {
+                    lines.push(format!("{} (request sent)", s(&f["username"])));
+                }
+                if lines.is_empty() {
+                    "no friends yet: chat friends add <user>".into()
+                } else {
+                    lines.join("\n")
+                }
+            });
+        }
+        other => return Err(CliError::Usage(format!("unknown friends command {other:?}: add, remove or list"))),
+    }
+    Ok(())
+}
