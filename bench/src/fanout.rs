@@ -47,6 +47,8 @@ pub struct Cfg {
     pub ceiling_msgs: u64,
     /// Run the raw-NATS baselines.
     pub baselines: bool,
+    /// Count the nats-server's messages per delivery (`--tap`).
+    pub tap: bool,
 }
 
 impl Default for Cfg {
@@ -63,6 +65,7 @@ impl Default for Cfg {
             drain: Duration::from_secs(20),
             ceiling_msgs: 20_000,
             baselines: true,
+            tap: false,
         }
     }
 }
@@ -121,6 +124,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
         size: cfg.size,
         drain: cfg.drain,
         deliveries_per_send: dps,
+        tap: cfg.tap.then(|| t.nats_url.clone()),
         procs: traffic::stack_procs(t),
     };
     let tr = traffic::run(peers, &tc).await?;
@@ -130,6 +134,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     r.metric("errors", tr.errors as f64);
     r.metric("delivered", tr.delivered as f64);
     traffic::report_cpu(&mut r, &tr.cpu, tr.delivered, "delivery");
+    traffic::report_tap(&mut r, &tr.nats_msgs, tr.delivered, "delivery");
     r.metric("expected_deliveries", (tr.acked * dps) as f64);
     r.metric("deliveries_per_s", deliveries_per_s);
     r.metric("sends_acked_per_s", per_s(tr.acked, tr.ack_span_s));

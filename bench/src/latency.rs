@@ -40,6 +40,8 @@ pub struct Cfg {
     pub baselines: bool,
     /// The session transport.
     pub transport: Transport,
+    /// Count the nats-server's messages per send (`--tap`, see `tap`).
+    pub tap: bool,
 }
 
 impl Default for Cfg {
@@ -53,6 +55,7 @@ impl Default for Cfg {
             drain: Duration::from_secs(15),
             baselines: true,
             transport: Transport::Ws,
+            tap: false,
         }
     }
 }
@@ -83,6 +86,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
         size: cfg.size,
         drain: cfg.drain,
         deliveries_per_send: 1,
+        tap: cfg.tap.then(|| t.nats_url.clone()),
         procs: traffic::stack_procs(t),
     };
     let drops0 = crate::procfs::udp_rcvbuf_errors();
@@ -98,6 +102,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     r.metric("ack_rate_per_s", per_s(tr.acked, tr.ack_span_s));
     r.metric("delivery_rate_per_s", per_s(tr.delivered, tr.delivery_span_s));
     traffic::report_cpu(&mut r, &tr.cpu, tr.acked, "send");
+    traffic::report_tap(&mut r, &tr.nats_msgs, tr.acked, "send");
     if let Some(e) = &tr.first_error {
         r.note(format!("first error frame: {e}"));
     }

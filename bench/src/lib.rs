@@ -45,6 +45,7 @@ pub mod procfs;
 pub mod report;
 pub mod stack;
 pub mod storm;
+pub mod tap;
 pub mod traffic;
 
 pub use report::Report;

@@ -33,6 +33,8 @@ stack (default: start nats-server, PostgreSQL and target/release binaries):
 output:
   --out DIR               JSON reports [target/bench]
   --no-baselines          skip the raw-NATS baselines
+  --tap                   latency, fanout: count the nats-server's messages per send or
+                          delivery, by kind (one subscription to '>'; not for timings)
 scenario options (with `all`, prefix one with the scenario, e.g. --history-messages):
   latency  --pairs 50 --rate 2000 --duration 10 --warmup 2 --size 100 --transport ws|quic
   catchup  --messages 10000 --senders 8 --repeats 3
@@ -125,6 +127,7 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
                 warmup: o.secs("warmup", d.warmup)?,
                 size: o.num("size", d.size)?,
                 drain: d.drain,
+                tap: o.flag("tap"),
                 baselines: base,
                 transport: o.transport()?,
             };
@@ -194,6 +197,7 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
                 size: o.num("size", d.size)?,
                 drain: d.drain,
                 ceiling_msgs: o.num("ceiling-msgs", d.ceiling_msgs)?,
+                tap: o.flag("tap"),
                 baselines: base,
             };
             fanout::run(t, &cfg).await?

@@ -49,6 +49,9 @@ pub struct TrafficCfg {
     pub deliveries_per_send: u64,
     /// Processes whose CPU is measured (role, pid), e.g. [`stack_procs`].
     pub procs: Vec<(String, u32)>,
+    /// Count the nats-server's messages by kind over the measured run
+    /// (see `tap`): this server URL.
+    pub tap: Option<String>,
 }
 
 /// Counters and histograms of a run (the measured part only).
@@ -77,6 +80,9 @@ pub struct Traffic {
     /// CPU used by the stack's processes over the measured run (after the
     /// warm-up, through the drain): wall seconds and CPU seconds by role.
     pub cpu: (f64, Vec<(String, f64)>),
+    /// Messages through the nats-server over the measured run by kind, if
+    /// tapped.
+    pub nats_msgs: Vec<(String, u64)>,
 }
 
 #[derive(Default)]
@@ -188,6 +194,10 @@ pub async fn run(peers: Vec<Peer>, cfg: &TrafficCfg) -> Result<Traffic> {
     }
     sh.from_ns.store(now_ns(), Relaxed);
     let meter = crate::procfs::CpuMeter::start(&cfg.procs);
+    let tap = match &cfg.tap {
+        Some(url) => Some(crate::tap::Tap::start(url).await?),
+        None => None,
+    };
     let paced = pace::join(pace::pace(cfg.rate, cfg.duration, seq, senders)).await;
     let (scheduled, start_ns) = (paced.ticks, paced.start_ns);
     settle(cfg.drain, || {
@@ -196,6 +206,7 @@ pub async fn run(peers: Vec<Peer>, cfg: &TrafficCfg) -> Result<Traffic> {
     })
     .await;
     let cpu = meter.read();
+    let nats_msgs = tap.map(crate::tap::Tap::finish).unwrap_or_default();
     for t in &tasks {
         t.abort();
     }
@@ -216,6 +227,7 @@ pub async fn run(peers: Vec<Peer>, cfg: &TrafficCfg) -> Result<Traffic> {
         delivery: sh.delivery,
         lateness: paced.lateness,
         cpu,
+        nats_msgs,
     })
 }
 
@@ -251,6 +263,19 @@ pub fn report_cpu(r: &mut crate::Report, cpu: &(f64, Vec<(String, f64)>), count:
     }
     r.metric("cpu_pct_stack", 100.0 * stack / wall);
     r.metric(&format!("cpu_us_per_{unit}_stack"), 1e6 * stack / count as f64);
+}
+
+/// Reports tapped nats-server messages per `unit` (acked sends or
+/// deliveries), by kind and in all.
+pub fn report_tap(r: &mut crate::Report, msgs: &[(String, u64)], count: u64, unit: &str) {
+    if msgs.is_empty() || count == 0 {
+        return;
+    }
+    let per = |n: u64| (n as f64 / count as f64 * 100.0).round() / 100.0;
+    r.metric(&format!("nats_msgs_per_{unit}"), per(msgs.iter().map(|(_, n)| n).sum()));
+    for (kind, n) in msgs.iter().filter(|(_, n)| per(*n) >= 0.01) {
+        r.metric(&format!("nats_msgs_per_{unit} {kind}"), per(*n));
+    }
 }
 
 /// `n / secs`, or 0.
