@@ -10,14 +10,18 @@
 //! Global options for `send` and `listen`: `--transport ws|quic` (default
 //! `ws`); with QUIC, `--quic host:port` (default `127.0.0.1:8443`) and
 //! `--fingerprint <sha256 hex>` (as the gateway prints it) or `--ca <pem>`.
-//! The server is `CHAT_SERVER` (default `127.0.0.1:8080`); the login and the
-//! cursor are kept in `CHAT_CLI_STATE` (default `~/.chat-cli.json`).
+//! The server is `CHAT_SERVER` (default `127.0.0.1:8080`; a comma-separated
+//! list of gateways is asked for edges in turn); the login and the cursor
+//! are kept in `CHAT_CLI_STATE` (default `~/.chat-cli.json`). `send` and
+//! `listen` survive their gateway: they reconnect with backoff and jitter
+//! to the next edge from discovery (`GET /v1/edges`), resume from the
+//! cursor and send an unacked message again with its `cid`.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use chat_client::quic::Trust;
-use chat_client::{direct_conv, Conn, Http, Transport};
+use chat_client::{direct_conv, Event, Failover, FailoverConfig, Http, Transport};
 use serde_json::{json, Value};
 
 fn state_path() -> PathBuf {
@@ -75,11 +79,22 @@ fn parse_transport(args: Vec<String>) -> Result<(Vec<String>, Transport)> {
     Ok((rest, transport))
 }
 
+/// A session that moves between gateways by itself: the seeds of
+/// `CHAT_SERVER`, QUIC when asked for.
+fn failover(seeds: &[String], transport: &Transport, st: &Value, cursor: Option<String>) -> Failover {
+    let mut cfg = FailoverConfig::new(seeds.to_vec());
+    if let Transport::Quic { trust, .. } = transport {
+        cfg.quic = Some(trust.clone());
+    }
+    Failover::new(cfg, st["token"].as_str().unwrap_or_default(), cursor)
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let (args, transport) = parse_transport(std::env::args().skip(1).collect())?;
     let server = std::env::var("CHAT_SERVER").unwrap_or_else(|_| "127.0.0.1:8080".into());
-    let http = Http::new(&server);
+    let seeds: Vec<String> = server.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let http = Http::new(seeds.first().map(String::as_str).unwrap_or("127.0.0.1:8080"));
     let arg = |i: usize, name: &str| args.get(i).cloned().with_context(|| format!("missing <{name}>"));
     match args.first().map(String::as_str) {
         Some("signup") => {
@@ -101,34 +116,49 @@ async fn main() -> Result<()> {
             if body.is_empty() {
                 bail!("missing <text>");
             }
-            let mut conn = Conn::connect_with(&transport, &server, st["token"].as_str().unwrap_or_default()).await?;
+            let mut session = failover(&seeds, &transport, &st, None);
             let cid = format!("cli-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos());
-            let ack = conn.send_to_user(&cid, &to, &body).await?;
+            let frame = json!({"type": "send", "cid": cid, "to": {"user": to}, "body": body});
+            session.send(&cid, frame).await?;
+            // Until the ack, across reconnects (the same cid every time).
+            let deadline = std::time::Duration::from_secs(60);
+            let ack = tokio::time::timeout(deadline, async {
+                loop {
+                    match session.next().await? {
+                        Event::Ack(a) => return Ok(a),
+                        Event::Refused(e) => bail!("refused: {} {}", e["code"], e["message"]),
+                        Event::Moved { from, to, code, .. } => eprintln!("-- moved from {from} to {to} (close {code})"),
+                        _ => {}
+                    }
+                }
+            })
+            .await
+            .context("no ack within 60 s")??;
             println!("sent {} in {}", ack["id"].as_str().unwrap_or(""), ack["conv"].as_str().unwrap_or(""));
-            conn.close().await;
+            session.close().await;
         }
         Some("listen") => {
             let mut st = load()?;
-            let mut conn = Conn::connect_with(&transport, &server, st["token"].as_str().unwrap_or_default()).await?;
-            let (msgs, cursor) = conn.sync(st["cursor"].as_str()).await?;
-            for m in &msgs {
-                print_msg(m);
-            }
-            st["cursor"] = json!(cursor);
-            save(&st)?;
-            println!("-- synced; listening (Ctrl-C to stop)");
-            // Heartbeat so the gateway neither times the connection out nor
-            // (with presence) shows the user offline.
-            conn.timeout = std::time::Duration::from_secs(5);
+            let cursor = st["cursor"].as_str().map(str::to_owned);
+            let mut session = failover(&seeds, &transport, &st, cursor);
+            // Reconnects by itself (backoff, next edge from discovery,
+            // resume from the cursor); pings after 5 s of silence.
             loop {
-                match conn.next_msg().await {
-                    Ok(m) => {
+                match session.next().await? {
+                    Event::Msg(m) => {
                         print_msg(&m);
                         st["cursor"] = m["cursor"].clone();
                         save(&st)?;
                     }
-                    Err(chat_client::ClientError::Timeout(_)) => conn.send_json(&json!({"type": "ping"})).await?,
-                    Err(e) => return Err(e.into()),
+                    Event::Other(v) if v["type"] == "synced" => {
+                        st["cursor"] = v["cursor"].clone();
+                        save(&st)?;
+                        println!("-- synced; listening (Ctrl-C to stop)");
+                    }
+                    Event::Moved { from, to, code, took } => {
+                        eprintln!("-- moved from {from} to {to} (close {code}) in {} ms", took.as_millis())
+                    }
+                    _ => {}
                 }
             }
         }
