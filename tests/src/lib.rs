@@ -24,13 +24,15 @@
 //!
 //! When running as root, PostgreSQL commands run as the `postgres` user
 //! through `runuser` (initdb refuses root).//!
-//! Modules, by what they start: `nats` ([`NatsServer`]), `postgres`
+//! [`load`] runs senders over several gateways and verifies what they
+//! sent. Modules, by what they start: `nats` ([`NatsServer`]), `postgres`
 //! ([`Postgres`]) and `support` (temp dirs, log tails, commands). The
 //! whole stack (gateways, workers) is built by the suite itself, in
 //! `tests/tests/it/stack.rs`, because it runs the suite's own binaries.
 
 #![forbid(unsafe_code)]
 
+pub mod load;
 mod nats;
 mod postgres;
 mod support;
