@@ -26,6 +26,8 @@ pub struct Edge {
     pub quic_addr: Option<String>,
     /// Its region.
     pub region: String,
+    /// Its load in thousandths (connections / capacity).
+    pub load_permille: u32,
 }
 
 impl Edge {
@@ -39,6 +41,7 @@ impl Edge {
             http,
             quic_addr: v["quic_addr"].as_str().map(str::to_owned),
             region: v["region"].as_str().unwrap_or_default().to_owned(),
+            load_permille: (v["load"].as_f64().unwrap_or(0.0) * 1000.0) as u32,
         })
     }
 }
@@ -147,6 +150,19 @@ pub fn retryable(code: &str) -> bool {
     matches!(code, "timeout" | "unavailable" | "internal" | "draining" | "at_capacity" | "rate_limited")
 }
 
+/// The clients of a lost gateway all ask at once: start at a random one of
+/// the best edges (same region, load within 5 % of the best) so they do not
+/// all land on the same gateway.
+fn spread(edges: &mut [Edge]) {
+    let Some(best) = edges.first().cloned() else { return };
+    let near = edges
+        .iter()
+        .take_while(|e| e.region == best.region && e.load_permille <= best.load_permille + 50)
+        .count();
+    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    edges[..near].rotate_left((r % near as u64) as usize);
+}
+
 /// A session that moves between gateways by itself (see the module docs).
 pub struct Failover {
     cfg: FailoverConfig,
@@ -161,6 +177,7 @@ pub struct Failover {
     silent: u32,
     moves: u64,
     seed_turn: usize,
+    connected_once: bool,
 }
 
 impl Failover {
@@ -181,6 +198,7 @@ impl Failover {
             silent: 0,
             moves: 0,
             seed_turn: 0,
+            connected_once: false,
         }
     }
 
@@ -307,6 +325,15 @@ impl Failover {
     /// Gateways to try, best first: discovery from the last edge or any
     /// seed; the seeds themselves if no gateway answers.
     async fn candidates(&mut self) -> Vec<Edge> {
+        let seeds = |seeds: &[String]| -> Vec<Edge> {
+            seeds.iter().map(|a| Edge { id: a.clone(), http: a.clone(), quic_addr: None, region: String::new(), load_permille: 0 }).collect()
+        };
+        // The first connection goes where the client was told (the seeds,
+        // e.g. the login's best edge); discovery is for moving.
+        if !self.connected_once && self.cfg.quic.is_none() {
+            self.connected_once = true;
+            return seeds(&self.cfg.seeds);
+        }
         let failed = self.lost.as_ref().map(|(_, id, _)| id.clone());
         let n = self.cfg.seeds.len().max(1);
         self.seed_turn = (self.seed_turn + 1) % n;
@@ -324,11 +351,12 @@ impl Failover {
                     edges.retain(|e| e.quic_addr.is_some());
                 }
                 if !edges.is_empty() {
+                    spread(&mut edges);
                     return edges;
                 }
             }
         }
-        ask.into_iter().map(|a| Edge { id: a.clone(), http: a, quic_addr: None, region: String::new() }).collect()
+        seeds(&ask)
     }
 
     /// One round over the candidates, then a backoff wait if none took us.
