@@ -186,6 +186,9 @@ pub async fn drain(state: &AppState) {
     let steps = (state.cfg.drain.as_millis() / 100).max(1) as u32;
     let mut told = 0;
     for k in 1..=steps {
+        if state.connections.count() == 0 {
+            break;
+        }
         let due = (total * k as usize).div_ceil(steps as usize);
         told += state.connections.drain(due.saturating_sub(told));
         tokio::time::sleep_until(started + state.cfg.drain * k / steps).await;
