@@ -155,10 +155,8 @@ pub fn retryable(code: &str) -> bool {
 /// all land on the same gateway.
 fn spread(edges: &mut [Edge]) {
     let Some(best) = edges.first().cloned() else { return };
-    let near = edges
-        .iter()
-        .take_while(|e| e.region == best.region && e.load_permille <= best.load_permille + 50)
-        .count();
+    let near =
+        edges.iter().take_while(|e| e.region == best.region && e.load_permille <= best.load_permille + 50).count();
     let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
     edges[..near].rotate_left((r % near as u64) as usize);
 }
@@ -326,7 +324,16 @@ impl Failover {
     /// seed; the seeds themselves if no gateway answers.
     async fn candidates(&mut self) -> Vec<Edge> {
         let seeds = |seeds: &[String]| -> Vec<Edge> {
-            seeds.iter().map(|a| Edge { id: a.clone(), http: a.clone(), quic_addr: None, region: String::new(), load_permille: 0 }).collect()
+            seeds
+                .iter()
+                .map(|a| Edge {
+                    id: a.clone(),
+                    http: a.clone(),
+                    quic_addr: None,
+                    region: String::new(),
+                    load_permille: 0,
+                })
+                .collect()
         };
         // The first connection goes where the client was told (the seeds,
         // e.g. the login's best edge); discovery is for moving.

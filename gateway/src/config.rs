@@ -258,6 +258,19 @@ mod tests {
     }
 
     #[test]
+    fn scale_out_settings_default_and_are_checked() {
+        let cfg = |vars: &[(&str, &str)]| GatewayConfig::from_source(&source(vars));
+        let d = cfg(&[]).unwrap();
+        assert_eq!((d.region.as_str(), d.max_connections, d.drain.as_secs()), ("local", 10_000, 10));
+        assert!(d.operator_token.is_none() && d.public_ws_url.is_none());
+        let e = cfg(&[("CHAT_OPERATOR_TOKEN", "short")]).unwrap_err().to_string();
+        assert!(e.contains("CHAT_OPERATOR_TOKEN") && !e.contains("short"), "the value is not echoed: {e}");
+        for (k, v) in [("CHAT_REGION", "eu.west"), ("CHAT_MAX_CONNECTIONS", "0"), ("CHAT_DRAIN_SECS", "3601")] {
+            assert!(cfg(&[(k, v)]).unwrap_err().to_string().contains(k), "{k}={v}");
+        }
+    }
+
+    #[test]
     fn listen_backlog_defaults_to_production_size_and_is_bounded() {
         let backlog = |v: &str| GatewayConfig::from_source(&source(&[("CHAT_LISTEN_BACKLOG", v)]));
         assert_eq!(GatewayConfig::from_source(&source(&[])).unwrap().listen_backlog, LISTEN_BACKLOG);

@@ -9,6 +9,7 @@
 //! - [`send`]: the send path (validation, ingress, ack); [`delivery`]:
 //!   catch-up and live delivery from the inbox stream; [`history`]: pages.
 //! - [`service`]: the NATS subject internal services send on.
+//! - [`edge`]: the gateway registry, discovery, capacity and the drain.
 //!
 //! The gateway keeps no state of its own: every message is in JetStream,
 //! every account in PostgreSQL. [`run`] takes a bound listener and a
