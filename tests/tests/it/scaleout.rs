@@ -13,7 +13,7 @@ use chat_tests::load::{self, LoadReport, LoadSpec, SenderSpec};
 use chat_tests::wait_for;
 use serde_json::{json, Value};
 
-use crate::stack::{stack, Stack};
+use crate::stack::{stack, Kind, Stack};
 
 const SECRET: &str = "test-secret-0123456789abcdef0123456789";
 const OPERATOR: &str = "operator-credential-0123456789abcdef";
@@ -119,6 +119,14 @@ async fn discovery_lists_live_gateways_best_first_and_a_full_gateway_refuses_ses
     }
     let (status, _) = s.http(1).request(Method::GET, "/v1/ws", Some(&a[1].token), None).await?;
     assert_eq!(status, 503);
+    // QUIC too: an error frame instead of `ready`, then close 4010.
+    match s.connect_over(Kind::Quic, 1, &a[1]).await {
+        Err(e) => match e.downcast_ref::<ClientError>() {
+            Some(ClientError::Api { status: 503, code, .. }) => assert_eq!(code, "at_capacity"),
+            other => panic!("expected a QUIC at_capacity refusal, got {other:?}"),
+        },
+        Ok(_) => panic!("a full gateway accepted a QUIC session"),
+    }
     wait_for("gw1 out of discovery", Duration::from_secs(10), || async {
         edge_ids(&s, 0, "?region=us").await.ok().filter(|ids| !ids.contains(&"gw1".to_string()))
     })
