@@ -302,3 +302,61 @@ async fn a_drained_gateways_500_devices_all_move_and_none_loses_or_duplicates_a_
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_with_4010_keeps_every_send_once_and_leaves_the_registry_at_once() -> Result<()> {
+    // A long TTL: the entry must go because the gateway deletes it.
+    let mut s = stack().env("CHAT_REGISTRY_TTL_MS", "60000").env("CHAT_DRAIN_SECS", "1").start().await?;
+    let g = s.add_gateway_process().await?;
+    let a = &users(&s, "term", 2, &["d1"]).await?;
+    let (mut c, _) = s.live(g, &a[0][0]).await?;
+    wait_for("gwp1 registered", Duration::from_secs(10), || async {
+        edge_ids(&s, 0, "").await.ok().filter(|ids| ids.contains(&"gwp1".to_string()))
+    })
+    .await?;
+    // Sends in flight when the drain starts are answered before the close.
+    for i in 0..5 {
+        let frame = json!({"type": "send", "cid": format!("t{i}"), "to": {"user": a[1][0].user_id}, "body": "x"});
+        c.send_json(&frame).await?;
+    }
+    let crate::stack::Gateway::Process { child, .. } = &mut s.gateways[g] else { unreachable!() };
+    let pid = child.id().to_string();
+    ensure!(std::process::Command::new("kill").args(["-TERM", &pid]).status()?.success());
+    let mut first: HashMap<String, String> = HashMap::new();
+    let code = loop {
+        match c.next().await {
+            Ok(v) if v["type"] == "ack" => {
+                first.insert(v["cid"].as_str().unwrap().into(), v["id"].as_str().unwrap().into());
+            }
+            Ok(v) if v["type"] == "error" => panic!("a send refused by the drain: {v}"),
+            Ok(_) => {}
+            Err(ClientError::Closed { code, .. }) => break code,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    assert_eq!(code, 4010, "closed with reconnect_elsewhere");
+    let status = wait_for("the gateway to exit", Duration::from_secs(30), || {
+        let exited = child.try_wait().ok().flatten();
+        async move { exited }
+    })
+    .await?;
+    assert!(status.success(), "a drained gateway exits cleanly: {status}");
+    // Elsewhere, every send again with its cid: the acked ones keep their
+    // id, the others (not read before the drain) are stored once.
+    let mut c = s.connect(0, &a[0][0]).await?;
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..5 {
+        let cid = format!("t{i}");
+        let ack = c.send_to_user(&cid, &a[1][0].user_id, "x").await?;
+        let id = ack["id"].as_str().unwrap().to_owned();
+        if let Some(before) = first.get(&cid) {
+            assert_eq!(before, &id, "{cid}: a retry keeps its first id");
+        }
+        ids.insert(id);
+    }
+    assert_eq!(ids.len(), 5);
+    let conv = chat_client::direct_conv(&a[0][0].user_id, &a[1][0].user_id);
+    assert_eq!(load::history(&s.http(0), &a[0][0], &conv).await?.len(), 5, "each send stored once");
+    assert!(!edge_ids(&s, 0, "").await?.contains(&"gwp1".to_string()), "deleted, not left to expire");
+    Ok(())
+}
