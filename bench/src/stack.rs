@@ -125,6 +125,9 @@ impl OwnStack {
             .env("CHAT_TOKEN_SECRET", &self.secret)
             .env("CHAT_WS_RATE_PER_SEC", "1000000")
             .env("CHAT_WS_RATE_BURST", "1000000")
+            // The idle scenario holds more sessions per gateway than the
+            // production default of CHAT_MAX_CONNECTIONS.
+            .env("CHAT_MAX_CONNECTIONS", "1000000")
             .envs(cfg.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -5,7 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod failover;
 pub mod quic;
+
+pub use failover::{Edge, Event, Failover, FailoverConfig};
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -72,6 +75,8 @@ pub struct Login {
     pub user_id: String,
     /// Device id.
     pub device_id: String,
+    /// Gateways to connect to, best first (the login response's `edges`).
+    pub edges: Vec<failover::Edge>,
 }
 
 impl Http {
@@ -109,7 +114,7 @@ impl Http {
         Ok((status, value))
     }
 
-    async fn ok(
+    pub(crate) async fn ok(
         &self,
         method: Method,
         path: &str,
@@ -141,7 +146,8 @@ impl Http {
         let body = json!({"username": username, "password": password, "device_id": device});
         let v = self.ok(Method::POST, "/v1/login", None, Some(body)).await?;
         let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
-        Ok(Login { token: s("token"), user_id: s("user_id"), device_id: s("device_id") })
+        let edges = v["edges"].as_array().into_iter().flatten().filter_map(failover::Edge::from_json).collect();
+        Ok(Login { token: s("token"), user_id: s("user_id"), device_id: s("device_id"), edges })
     }
 
     /// A user's profile.
@@ -195,11 +201,17 @@ impl Conn {
         let mut req = format!("ws://{addr}/v1/ws").into_client_request().map_err(io)?;
         req.headers_mut().insert("authorization", format!("Bearer {token}").parse().map_err(io)?);
         let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => ClientError::Api {
-                status: resp.status().as_u16(),
-                code: "unauthorized".into(),
-                message: "upgrade refused".into(),
-            },
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                let body: Value =
+                    resp.body().as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
+                let code =
+                    body["error"]["code"].as_str().unwrap_or(if resp.status() == 401 { "unauthorized" } else { "" });
+                ClientError::Api {
+                    status: resp.status().as_u16(),
+                    code: code.into(),
+                    message: body["error"]["message"].as_str().unwrap_or("upgrade refused").into(),
+                }
+            }
             e => io(e),
         })?;
         Ok(Conn { inner: Inner::Ws(Box::new(ws)), buffered: VecDeque::new(), timeout: Duration::from_secs(10) })

@@ -179,7 +179,15 @@ pub async fn connect_via(
         Ok(bytes) if bytes == br#"{"type":"ready"}"# => {
             Ok(QuicConn { endpoint: endpoint.clone(), own_endpoint: false, conn, send, recv })
         }
-        Ok(other) => Err(io(format!("unexpected first frame {}", String::from_utf8_lossy(&other)))),
+        Ok(other) => match serde_json::from_slice::<serde_json::Value>(&other) {
+            // A refused session (`at_capacity`, `draining`): as the HTTP 503.
+            Ok(v) if v["type"] == "error" => Err(ClientError::Api {
+                status: 503,
+                code: v["code"].as_str().unwrap_or_default().into(),
+                message: v["message"].as_str().unwrap_or_default().into(),
+            }),
+            _ => Err(io(format!("unexpected first frame {}", String::from_utf8_lossy(&other)))),
+        },
         Err(ClientError::Closed { code: 4003, .. }) => {
             Err(ClientError::Api { status: 401, code: "unauthorized".into(), message: "auth refused".into() })
         }

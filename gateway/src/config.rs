@@ -109,6 +109,24 @@ pub struct GatewayConfig {
     pub gateway_id: String,
     /// Stream and bucket settings shared with the workers.
     pub storage: StorageSettings,
+    /// `CHAT_PUBLIC_WS_URL`: the WebSocket URL clients are given in the
+    /// registry; unset: `ws://<bound HTTP address>/v1/ws`.
+    pub public_ws_url: Option<String>,
+    /// `CHAT_PUBLIC_QUIC_ADDR`: the QUIC address clients are given; unset:
+    /// the bound QUIC address (none when QUIC is off).
+    pub public_quic_addr: Option<String>,
+    /// `CHAT_REGION`: this gateway's region; discovery lists the caller's
+    /// region first.
+    pub region: String,
+    /// `CHAT_MAX_CONNECTIONS`: sessions this gateway holds at most; beyond,
+    /// new sessions get 503 `at_capacity`.
+    pub max_connections: usize,
+    /// `CHAT_DRAIN_SECS`: a draining gateway closes its sessions evenly
+    /// over this long (close 4010, reconnect elsewhere).
+    pub drain: Duration,
+    /// `CHAT_OPERATOR_TOKEN`: the bearer credential of the operator
+    /// endpoints (`POST /v1/admin/drain`); unset, they are disabled.
+    pub operator_token: Option<String>,
 }
 
 /// Which push providers are configured: a provider counts as configured
@@ -146,14 +164,7 @@ impl GatewayConfig {
     /// Reads and validates the configuration.
     pub fn from_source(src: &dyn Source) -> Result<GatewayConfig, ConfigError> {
         let token_secrets = crate::auth::secret::token_secrets(src)?;
-        let gateway_id = var(src, "CHAT_GATEWAY_ID", format!("gw{}", std::process::id()))?;
-        if !chat_nats::subjects::is_token(&gateway_id) {
-            return Err(ConfigError::Invalid {
-                name: "CHAT_GATEWAY_ID".into(),
-                value: gateway_id,
-                reason: "use 1-64 characters of [A-Za-z0-9_-]".into(),
-            });
-        }
+        let gateway_id = token_var(src, "CHAT_GATEWAY_ID", &format!("gw{}", std::process::id()))?;
         Ok(GatewayConfig {
             http_addr: var(src, "CHAT_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             listen_backlog: bounded(src, "CHAT_LISTEN_BACKLOG", LISTEN_BACKLOG.into(), 1, 65_535)? as u32,
@@ -208,7 +219,32 @@ impl GatewayConfig {
             webpush_allow_http: var(src, "CHAT_WEBPUSH_ALLOW_HTTP", false)?,
             gateway_id,
             storage: StorageSettings::from_source(src)?,
+            public_ws_url: src.get("CHAT_PUBLIC_WS_URL"),
+            public_quic_addr: src.get("CHAT_PUBLIC_QUIC_ADDR"),
+            region: token_var(src, "CHAT_REGION", "local")?,
+            max_connections: bounded(src, "CHAT_MAX_CONNECTIONS", 10_000, 1, 10_000_000)? as usize,
+            drain: Duration::from_secs(bounded(src, "CHAT_DRAIN_SECS", 10, 0, 3600)?),
+            operator_token: match src.get("CHAT_OPERATOR_TOKEN") {
+                Some(t) if t.chars().count() < 32 => {
+                    return Err(ConfigError::Invalid {
+                        name: "CHAT_OPERATOR_TOKEN".into(),
+                        value: "<hidden>".into(),
+                        reason: "use at least 32 characters".into(),
+                    })
+                }
+                t => t,
+            },
         })
+    }
+}
+
+/// A variable that must be a subject-safe token (1-64 of `[A-Za-z0-9_-]`).
+fn token_var(src: &dyn Source, name: &str, default: &str) -> Result<String, ConfigError> {
+    let v = var(src, name, default.to_string())?;
+    if chat_nats::subjects::is_token(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError::Invalid { name: name.into(), value: v, reason: "use 1-64 characters of [A-Za-z0-9_-]".into() })
     }
 }
 
@@ -226,6 +262,19 @@ mod tests {
             [("CHAT_TOKEN_SECRET".into(), "a-test-secret-of-at-least-32-characters".into())].into();
         src.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         src
+    }
+
+    #[test]
+    fn scale_out_settings_default_and_are_checked() {
+        let cfg = |vars: &[(&str, &str)]| GatewayConfig::from_source(&source(vars));
+        let d = cfg(&[]).unwrap();
+        assert_eq!((d.region.as_str(), d.max_connections, d.drain.as_secs()), ("local", 10_000, 10));
+        assert!(d.operator_token.is_none() && d.public_ws_url.is_none());
+        let e = cfg(&[("CHAT_OPERATOR_TOKEN", "short")]).unwrap_err().to_string();
+        assert!(e.contains("CHAT_OPERATOR_TOKEN") && !e.contains("short"), "the value is not echoed: {e}");
+        for (k, v) in [("CHAT_REGION", "eu.west"), ("CHAT_MAX_CONNECTIONS", "0"), ("CHAT_DRAIN_SECS", "3601")] {
+            assert!(cfg(&[(k, v)]).unwrap_err().to_string().contains(k), "{k}={v}");
+        }
     }
 
     #[test]

@@ -62,7 +62,11 @@ impl ClientError {
     /// The error as an HTTP response.
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        crate::http::json(self.status(), &body)
+        let mut resp = crate::http::json(self.status(), &body);
+        if let Some(secs) = retry_after(self.code) {
+            resp.headers_mut().insert(hyper::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 
     /// The error as a session `error` frame, echoing the request's `cid`.
@@ -109,8 +113,18 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         // Not confirmed in time (e.g. a group change's announcement while a
         // partition fails over): committed and will be sequenced; retry or
         // re-read.
-        E::Timeout | E::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        E::Timeout | E::Unavailable | E::AtCapacity | E::Draining => StatusCode::SERVICE_UNAVAILABLE,
         E::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The `Retry-After` seconds sent with a refused session: another edge
+/// (from `GET /v1/edges`) may be tried at once, this one after that long.
+pub fn retry_after(code: ErrorCode) -> Option<u32> {
+    match code {
+        ErrorCode::AtCapacity => Some(5),
+        ErrorCode::Draining => Some(30),
+        _ => None,
     }
 }
 
@@ -158,6 +172,10 @@ close_codes! {
     CLOSE_UNAUTHORIZED = 4003, "unauthorized";
     /// The client did not read fast enough.
     CLOSE_SLOW_CONSUMER = 4008, "slow_consumer";
+    /// The gateway is draining (or refuses the session: at capacity,
+    /// draining): reconnect to another edge from `GET /v1/edges` and `sync`
+    /// from the last cursor; every send before the close was answered.
+    CLOSE_RECONNECT_ELSEWHERE = 4010, "reconnect_elsewhere";
 }
 
 #[cfg(test)]
@@ -173,5 +191,9 @@ mod tests {
         assert_eq!(frame(&f), r#"{"type":"error","cid":"c","code":"too_large","message":"m"}"#);
         assert_eq!(close_reason(CLOSE_SLOW_CONSUMER), "slow_consumer");
         assert_eq!(close_reason(CLOSE_NORMAL), "bye");
+        assert_eq!(close_reason(CLOSE_RECONNECT_ELSEWHERE), "reconnect_elsewhere");
+        let r = ClientError::new(ErrorCode::AtCapacity, "full").into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "5");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`send`]: the send path (validation, ingress, ack); [`delivery`]:
 //!   catch-up and live delivery from the inbox stream; [`history`]: pages.
 //! - [`service`]: the NATS subject internal services send on.
+//! - [`edge`]: the gateway registry, discovery, capacity and the drain.
 //!
 //! The gateway keeps no state of its own: every message is in JetStream,
 //! every account in PostgreSQL. [`run`] takes a bound listener and a
@@ -18,12 +19,13 @@
 pub mod auth;
 pub mod config;
 pub mod conn;
+pub mod edge;
 pub mod error;
 pub mod http;
 pub mod messaging;
 pub mod store;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,6 +105,8 @@ pub struct AppState {
     pub revoked_kv: async_nats::jetstream::kv::Store,
     /// Each user's budget of profile lookups.
     pub lookups: http::users::Lookups,
+    /// This gateway in the registry, the others as seen, draining.
+    pub edges: edge::Edges,
 }
 
 impl AppState {
@@ -144,30 +148,58 @@ impl AppState {
     }
 }
 
-/// A count of open connections.
+/// The open sessions: a count, and each session's drain signal.
 #[derive(Debug, Default, Clone)]
-pub struct Connections(Arc<AtomicUsize>);
+pub struct Connections(Arc<ConnectionsInner>);
 
-/// Decrements the count when dropped.
+#[derive(Debug, Default)]
+struct ConnectionsInner {
+    count: AtomicUsize,
+    next: std::sync::atomic::AtomicU64,
+    drains: Mutex<HashMap<u64, Arc<tokio::sync::Notify>>>,
+}
+
+/// One session's place: decrements the count when dropped.
 #[derive(Debug)]
-pub struct ConnectionGuard(Arc<AtomicUsize>);
+pub struct ConnectionGuard {
+    inner: Arc<ConnectionsInner>,
+    id: u64,
+    /// Notified when the gateway drains this session.
+    pub drain: Arc<tokio::sync::Notify>,
+}
 
 impl Connections {
-    /// Counts one connection until the guard drops.
+    /// Counts one session until the guard drops.
     pub fn enter(&self) -> ConnectionGuard {
-        self.0.fetch_add(1, Ordering::AcqRel);
-        ConnectionGuard(self.0.clone())
+        self.0.count.fetch_add(1, Ordering::AcqRel);
+        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
+        let drain = Arc::new(tokio::sync::Notify::new());
+        self.0.drains.lock().unwrap_or_else(|p| p.into_inner()).insert(id, drain.clone());
+        ConnectionGuard { inner: self.0.clone(), id, drain }
     }
 
-    /// Open connections now.
+    /// Open sessions now.
     pub fn count(&self) -> usize {
-        self.0.load(Ordering::Acquire)
+        self.0.count.load(Ordering::Acquire)
+    }
+
+    /// Tells up to `n` sessions (not told before) to drain; how many were.
+    pub fn drain(&self, n: usize) -> usize {
+        let mut drains = self.0.drains.lock().unwrap_or_else(|p| p.into_inner());
+        let ids: Vec<u64> = drains.keys().take(n).copied().collect();
+        for id in &ids {
+            if let Some(d) = drains.remove(id) {
+                d.notify_one();
+            }
+        }
+        ids.len()
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.inner.drains.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+        self.inner.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -206,6 +238,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     let listener = listeners.http;
+    edge::check_open_files(cfg.max_connections);
+    let http_addr = listener.local_addr().unwrap_or(cfg.http_addr);
+    let quic_addr = listeners.quic.as_ref().and_then(|q| q.local_addr().ok());
     let client = provision::connect(&cfg.nats_url, &format!("chat-gateway {}", cfg.gateway_id), 4096)
         .await
         .map_err(|e| GatewayError::Nats { url: cfg.nats_url.clone(), source: e })?;
@@ -226,6 +261,7 @@ pub async fn run(
     let hasher = auth::Hasher::start(cfg.password_hash_concurrency);
     let hub = hub::Hub::new(client.clone());
     let cfg_lookups = (cfg.user_lookup_per_min, cfg.user_lookup_burst);
+    let edges = edge::Edges::new(&cfg, http_addr, quic_addr);
     let state = Arc::new(AppState {
         cfg,
         db,
@@ -243,7 +279,9 @@ pub async fn run(
         revoked,
         revoked_kv,
         lookups: http::users::Lookups::new(cfg_lookups.0, cfg_lookups.1),
+        edges,
     });
+    let registry = edge::start(state.clone());
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));
     tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
@@ -262,24 +300,22 @@ pub async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(http::route(state, req).await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "http connection ended with an error");
-                    }
-                });
+                if let Ok((stream, _)) = accepted {
+                    serve_connection(state.clone(), stream);
+                }
             }
             _ = &mut shutdown => break,
         }
     }
-    drop(listener);
+    // Drain: the sessions move to other gateways (the listener still
+    // answers HTTP meanwhile, and refuses sessions), then the rest go.
+    let serve_http = tokio::spawn(accept_loop(state.clone(), listener));
+    edge::drain(&state).await;
+    let deadline = tokio::time::Instant::now() + state.cfg.send_timeout + Duration::from_secs(5);
+    while state.connections.count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    serve_http.abort();
     let _ = state.shutdown.send(());
     if let Some(q) = &quic {
         q.set_server_config(None);
@@ -288,9 +324,36 @@ pub async fn run(
     while state.connections.count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    drop(registry);
+    let _ = state.storage.gateways.delete(&state.cfg.gateway_id).await;
     let _ = state.client.flush().await;
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Accepts HTTP connections until aborted.
+async fn accept_loop(state: Arc<AppState>, listener: TcpListener) {
+    loop {
+        if let Ok((stream, _)) = listener.accept().await {
+            serve_connection(state.clone(), stream);
+        }
+    }
+}
+
+/// Serves one HTTP connection (and its WebSocket upgrade) in a task.
+fn serve_connection(state: Arc<AppState>, stream: tokio::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(http::route(state, req).await) }
+        });
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).with_upgrades();
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "http connection ended with an error");
+        }
+    });
 }
 
 pub use chat_nats::process::{init_tracing, shutdown_signal};

@@ -161,6 +161,13 @@ impl StorageSettings {
                 1000,
                 3_600_000,
             )?),
+            registry_ttl: Duration::from_millis(bounded(
+                src,
+                "CHAT_REGISTRY_TTL_MS",
+                d.registry_ttl.as_millis() as u64,
+                1000,
+                600_000,
+            )?),
             max_msg_bytes: d.max_msg_bytes,
         })
     }

@@ -332,6 +332,43 @@ pub mod ids_str {
     }
 }
 
+/// One gateway's entry in the registry (KV `chat_gateways`, key = its
+/// `CHAT_GATEWAY_ID`): where clients reach it and how loaded it is. Also
+/// the shape of each edge in `GET /v1/edges` and in the login response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayEntry {
+    /// `CHAT_GATEWAY_ID`.
+    pub id: String,
+    /// Public WebSocket URL (`CHAT_PUBLIC_WS_URL`), e.g. `ws://host:8080/v1/ws`.
+    pub ws_url: String,
+    /// Public QUIC address (`CHAT_PUBLIC_QUIC_ADDR`), `null` without QUIC.
+    pub quic_addr: Option<String>,
+    /// `CHAT_REGION`.
+    pub region: String,
+    /// Open sessions now.
+    pub connections: u64,
+    /// `CHAT_MAX_CONNECTIONS`.
+    pub capacity: u64,
+    /// Draining: it accepts no new sessions.
+    pub draining: bool,
+    /// At capacity: it accepts no new sessions.
+    pub at_capacity: bool,
+    /// Unix ms of this write.
+    pub updated_ms: u64,
+}
+
+impl GatewayEntry {
+    /// Connections per unit of capacity (0 = idle, 1 = full).
+    pub fn load(&self) -> f64 {
+        self.connections as f64 / self.capacity.max(1) as f64
+    }
+
+    /// Whether discovery may send clients here.
+    pub fn accepts(&self) -> bool {
+        !self.draining && !self.at_capacity
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

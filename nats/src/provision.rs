@@ -95,6 +95,9 @@ pub struct StorageSettings {
     pub lease_ttl: Duration,
     /// A connection without a heartbeat for this long is gone (presence).
     pub presence_timeout: Duration,
+    /// A gateway's registry entry (KV `chat_gateways`) vanishes this long
+    /// after its last refresh; gateways refresh it every third of it.
+    pub registry_ttl: Duration,
     /// Largest message payload in bytes (a 100,000-character body in UTF-8
     /// plus its envelope).
     pub max_msg_bytes: i32,
@@ -109,6 +112,7 @@ impl Default for StorageSettings {
             dedupe_window: Duration::from_secs(24 * 3600),
             lease_ttl: Duration::from_secs(10),
             presence_timeout: Duration::from_secs(30),
+            registry_ttl: Duration::from_secs(6),
             max_msg_bytes: 1024 * 1024,
         }
     }
@@ -147,6 +151,8 @@ pub struct Storage {
     pub delivered: kv::Store,
     /// Pushes already sent.
     pub push_sent: kv::Store,
+    /// Live gateways (service discovery).
+    pub gateways: kv::Store,
     /// The settings used.
     pub settings: StorageSettings,
 }
@@ -332,6 +338,16 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
     let status = ensure_bucket(&js, bucket(subjects::STATUS_BUCKET, Duration::ZERO)).await?;
     let delivered = ensure_bucket(&js, bucket(subjects::DELIVERED_BUCKET, s.inbox_retention)).await?;
     let push_sent = ensure_bucket(&js, bucket(subjects::PUSH_SENT_BUCKET, PUSH_JOB_MAX_AGE * 2)).await?;
+    // A SIGKILLed gateway's entry expires by itself; the marker tells
+    // watchers at once.
+    let gateways = ensure_bucket(
+        &js,
+        kv::Config {
+            limit_markers: Some(Duration::from_secs(60)),
+            ..bucket(subjects::GATEWAYS_BUCKET, s.registry_ttl)
+        },
+    )
+    .await?;
     Ok(Storage {
         js,
         ingress,
@@ -348,6 +364,7 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
         push_dead,
         delivered,
         push_sent,
+        gateways,
         settings: s.clone(),
     })
 }

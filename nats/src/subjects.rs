@@ -39,6 +39,11 @@ pub const DELIVERED_BUCKET: &str = "chat_delivered";
 /// KV bucket of device token generations raised by logout (key
 /// [`revoked_key`]); every gateway watches it into memory.
 pub const REVOKED_BUCKET: &str = "chat_revoked";
+/// KV bucket of live gateways (service discovery): key = `CHAT_GATEWAY_ID`,
+/// value a [`crate::envelope::GatewayEntry`], rewritten every few seconds
+/// and gone [`crate::provision::StorageSettings::registry_ttl`] after the
+/// gateway stops writing it.
+pub const GATEWAYS_BUCKET: &str = "chat_gateways";
 /// Work-queue stream of push jobs, one per (message, device).
 pub const PUSH_STREAM: &str = "CHAT_PUSH";
 /// Stream of push jobs that failed for good (dead letters), kept for

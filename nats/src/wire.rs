@@ -203,6 +203,12 @@ pub enum ErrorCode {
     /// HTTP: a push registration names a provider this deployment has not
     /// configured.
     PushProviderDisabled,
+    /// The gateway holds `CHAT_MAX_CONNECTIONS` sessions: connect to another
+    /// edge (HTTP 503 with `Retry-After`).
+    AtCapacity,
+    /// The gateway is draining (shutting down or told to by an operator):
+    /// connect to another edge (HTTP 503 with `Retry-After`).
+    Draining,
 }
 
 impl ErrorCode {
@@ -233,6 +239,8 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::PushProviderDisabled => "push_provider_disabled",
+            ErrorCode::AtCapacity => "at_capacity",
+            ErrorCode::Draining => "draining",
         }
     }
 }

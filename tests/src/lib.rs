@@ -24,7 +24,8 @@
 //!
 //! When running as root, PostgreSQL commands run as the `postgres` user
 //! through `runuser` (initdb refuses root).//!
-//! Modules, by what they start: `nats` ([`NatsServer`]), `postgres`
+//! [`load`] runs senders over several gateways and verifies what they
+//! sent. Modules, by what they start: `nats` ([`NatsServer`]), `postgres`
 //! ([`Postgres`]), [`browser`] (a headless Chromium over the DevTools
 //! protocol, for the web client) and `support` (temp dirs, log tails, commands). The
 //! whole stack (gateways, workers) is built by the suite itself, in
@@ -33,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod browser;
+pub mod load;
 mod nats;
 mod postgres;
 mod support;

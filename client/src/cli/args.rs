@@ -10,8 +10,12 @@ use super::CliError;
 /// Options for every command.
 #[derive(Debug, Clone)]
 pub struct Opts {
-    /// `host:port` of the gateway (`--server`, else `CHAT_SERVER`).
+    /// `host:port` of the gateway (`--server`, else `CHAT_SERVER`; the
+    /// first if several are given).
     pub server: String,
+    /// Every gateway given (comma-separated): `send` and `listen` ask them
+    /// for edges in turn when they have to move.
+    pub seeds: Vec<String>,
     /// JSON output (`--json`): one JSON value per line.
     pub json: bool,
     /// Session transport for `send` and `listen`.
@@ -42,7 +46,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
 
 const GLOBAL: &str = "Options (before or after the command):
   --json                 machine-readable output: one JSON value per line
-  --server <host:port>   the gateway (default: CHAT_SERVER, else 127.0.0.1:8080)
+  --server <host:port>   the gateway (default: CHAT_SERVER, else 127.0.0.1:8080); several,
+                         comma-separated, are asked for edges in turn when moving
   --transport ws|quic    session transport for send and listen (default ws)
   --quic <host:port>     QUIC address (default 127.0.0.1:8443)
   --fingerprint <sha256> trust the gateway's self-signed certificate (from its log)
@@ -120,7 +125,9 @@ pub fn parse(argv: Vec<String>) -> Result<Parsed, CliError> {
         },
         other => return Err(CliError::Usage(format!("unknown transport {other:?}: use ws or quic"))),
     };
-    Ok(Parsed::Run(Opts { server, json, transport }, rest))
+    let seeds: Vec<String> = server.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let server = seeds.first().cloned().unwrap_or(server);
+    Ok(Parsed::Run(Opts { server, seeds, json, transport }, rest))
 }
 
 /// Argument `i` of a command, or a usage error naming it.

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::{Conn, Http, Method};
+use crate::{Conn, Event, Failover, FailoverConfig, Http, Method};
 
 use super::args::{arg, Opts};
 use super::names::Names;
@@ -84,6 +84,20 @@ async fn connect(o: &Opts, names: &Names, token: &str) -> Result<Conn, CliError>
     Conn::connect_with(&o.transport, &o.server, token).await.map_err(|e| names.err(e))
 }
 
+/// A session that survives its gateway (`crate::failover`): reconnects with
+/// backoff and jitter to the next edge from discovery, resumes from the
+/// cursor and resends an unacked send with its `cid`. The first connection
+/// is checked here, so a wrong token or a server that is down is a clear
+/// error at once rather than endless retries.
+async fn session_for(o: &Opts, names: &Names, token: &str, cursor: Option<String>) -> Result<Failover, CliError> {
+    connect(o, names, token).await?.close().await;
+    let mut cfg = FailoverConfig::new(o.seeds.clone());
+    if let crate::Transport::Quic { trust, .. } = &o.transport {
+        cfg.quic = Some(trust.clone());
+    }
+    Ok(Failover::new(cfg, token, cursor))
+}
+
 async fn send(o: &Opts, a: &[String]) -> Result<(), CliError> {
     let to = arg(a, 0, "to")?;
     let body = a[1..].join(" ");
@@ -92,12 +106,28 @@ async fn send(o: &Opts, a: &[String]) -> Result<(), CliError> {
     }
     let (st, mut names) = session(o)?;
     let target = names.target(&to).await?;
-    let mut conn = connect(o, &names, s(&st["token"])).await?;
+    let mut session = session_for(o, &names, s(&st["token"]), None).await?;
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let cid = format!("cli-{nanos}");
     let frame = json!({"type": "send", "cid": cid, "to": target.to, "body": body});
-    let ack = conn.send_frame_and_ack(frame, &cid).await.map_err(|e| names.err(e))?;
-    conn.close().await;
+    session.send(&cid, frame).await.map_err(|e| names.err(e))?;
+    // Until the ack, across moves between gateways (the same cid each time).
+    let wait = async {
+        loop {
+            match session.next().await.map_err(|e| names.err(e))? {
+                Event::Ack(a) if a["cid"] == cid.as_str() => return Ok(a),
+                Event::Refused(e) => {
+                    return Err(CliError::Refused(format!("{}: {}", s(&e["code"]), s(&e["message"]))));
+                }
+                Event::Moved { from, to, code, .. } => eprintln!("-- moved from {from} to {to} (close {code})"),
+                _ => {}
+            }
+        }
+    };
+    let ack = tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .map_err(|_| CliError::Refused("no ack within 60 s; run the same command again later".into()))??;
+    session.close().await;
     let v = json!({"id": ack["id"], "conv": ack["conv"], "title": target.title, "ts": ack["ts"]});
     out(o, &v, || format!("sent {} to {} ({})", s(&ack["id"]), target.title, s(&ack["conv"])));
     Ok(())
@@ -147,38 +177,32 @@ async fn print_msg(o: &Opts, names: &mut Names, m: &Value) {
 
 async fn listen(o: &Opts) -> Result<(), CliError> {
     let (st, mut names) = session(o)?;
-    let mut conn = connect(o, &names, s(&st["token"])).await?;
-    let (msgs, cursor) = conn.sync(st["cursor"].as_str()).await.map_err(|e| names.err(e))?;
-    for m in &msgs {
-        print_msg(o, &mut names, m).await;
-    }
-    state::update(|st| {
-        for m in &msgs {
-            state::mark_read(st, s(&m["conv"]), s(&m["id"]));
-        }
-        st["cursor"] = json!(cursor);
-    })?;
-    if o.json {
-        println!("{}", json!({"synced": cursor}));
-    } else {
-        println!("-- synced; listening (Ctrl-C to stop)");
-    }
-    // Heartbeat so the gateway neither times the connection out nor
-    // (with presence) shows the user offline.
-    conn.timeout = Duration::from_secs(5);
+    let cursor = st["cursor"].as_str().map(str::to_owned);
+    // Syncs from the saved cursor, then live; moves to another gateway on
+    // its own (backoff, next edge from discovery, resume from the cursor)
+    // and pings after 5 s of silence.
+    let mut session = session_for(o, &names, s(&st["token"]), cursor).await?;
     loop {
-        match conn.next_msg().await {
-            Ok(m) => {
+        match session.next().await.map_err(|e| names.err(e))? {
+            Event::Msg(m) => {
                 print_msg(o, &mut names, &m).await;
                 state::update(|st| {
                     state::mark_read(st, s(&m["conv"]), s(&m["id"]));
                     st["cursor"] = m["cursor"].clone();
                 })?;
             }
-            Err(crate::ClientError::Timeout(_)) => {
-                conn.send_json(&json!({"type": "ping"})).await.map_err(|e| names.err(e))?
+            Event::Other(v) if v["type"] == "synced" => {
+                state::update(|st| st["cursor"] = v["cursor"].clone())?;
+                if o.json {
+                    println!("{}", json!({"synced": v["cursor"]}));
+                } else {
+                    println!("-- synced; listening (Ctrl-C to stop)");
+                }
             }
-            Err(e) => return Err(names.err(e)),
+            Event::Moved { from, to, code, took } => {
+                eprintln!("-- moved from {from} to {to} (close {code}) in {} ms", took.as_millis())
+            }
+            _ => {}
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, Notify};
 
 pub use crate::error::{
     CLOSE_BAD_UTF8, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_LOGGED_OUT, CLOSE_NORMAL, CLOSE_PROTOCOL,
-    CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED,
+    CLOSE_RECONNECT_ELSEWHERE, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED,
 };
 
 /// Frames a control frame (ack, error, pong) may add beyond the frame
@@ -152,6 +152,22 @@ impl Outbound {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Waits until every queued frame was handed to the transport, or
+    /// `deadline` passes.
+    pub async fn flushed(&self, deadline: tokio::time::Instant) {
+        loop {
+            let drained = self.shared.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.shared.frames.load(Ordering::Acquire) == 0 || self.is_closed() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, drained).await.is_err() {
+                return;
+            }
         }
     }
 

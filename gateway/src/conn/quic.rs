@@ -18,7 +18,7 @@ use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::conn::outbound::{CLOSE_BAD_UTF8, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED};
+use crate::conn::outbound::{CLOSE_BAD_UTF8, CLOSE_RECONNECT_ELSEWHERE, CLOSE_TOO_BIG, CLOSE_UNAUTHORIZED};
 use crate::conn::transport::{self, Inbound, Sink, Source};
 use crate::http::accounts::check_token;
 use crate::AppState;
@@ -177,6 +177,16 @@ async fn connection(state: Arc<AppState>, conn: quinn::Connection) {
         return;
     };
     let Some((source, mut sink)) = stream.take() else { return };
+    if let Err(e) = crate::edge::admit(&state) {
+        // Refused: the reason as an error frame, then "reconnect elsewhere".
+        if sink.send(crate::error::frame(&e.into_frame(None))).await {
+            let _ = sink.send.finish();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sink.send.stopped()).await;
+        }
+        conn.close(VarInt::from_u32(CLOSE_RECONNECT_ELSEWHERE.into()), b"reconnect_elsewhere");
+        drop(source);
+        return;
+    }
     if !sink.send(frame_ready()).await {
         return;
     }

@@ -89,6 +89,14 @@ impl Session {
         self.clean = true;
     }
 
+    /// Lets the sends already queued finish (each queues its `ack` or
+    /// `error`) and takes no more; gives up at `deadline`.
+    pub async fn finish_sends(&mut self, deadline: tokio::time::Instant) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.sends, closed));
+        let _ = tokio::time::timeout_at(deadline, &mut self.sender).await;
+    }
+
     /// Queues an `error` frame for the client.
     pub(in crate::conn) fn error(&self, cid: Option<String>, code: ErrorCode, message: &str) {
         self.out.push(frame(&ClientError::new(code, message).into_frame(cid)));

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::Claims;
-use crate::conn::outbound::{self, CLOSE_GOING_AWAY, CLOSE_IDLE};
+use crate::conn::outbound::{self, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_RECONNECT_ELSEWHERE};
 use crate::conn::session::Session;
 use crate::AppState;
 
@@ -49,7 +49,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs one authenticated connection to its end.
 pub async fn drive(state: Arc<AppState>, claims: Claims, mut source: impl Source, mut sink: impl Sink) {
-    let _conn = state.connections.enter();
+    let conn = state.connections.enter();
     let (out, mut out_rx) = outbound::channel(state.cfg.outbound_frames, state.cfg.outbound_bytes);
     let mut session = Session::start(state.clone(), claims, out.clone()).await;
     let writer = tokio::spawn(async move {
@@ -69,10 +69,12 @@ pub async fn drive(state: Arc<AppState>, claims: Claims, mut source: impl Source
     });
     let mut shutdown = state.shutdown.subscribe();
     let idle = state.cfg.idle_timeout;
+    let mut drained = false;
     loop {
         let next = tokio::select! {
             n = tokio::time::timeout(idle, source.recv()) => n,
             _ = shutdown.recv() => { out.close(CLOSE_GOING_AWAY); break; }
+            _ = conn.drain.notified() => { drained = true; break; }
             _ = out.closed() => break,
         };
         match next {
@@ -95,6 +97,15 @@ pub async fn drive(state: Arc<AppState>, claims: Claims, mut source: impl Source
                 break;
             }
         }
+    }
+    if drained {
+        // Reconnect elsewhere: frames not yet read stay unread (the client
+        // sends them again on its next gateway); every send already taken
+        // gets its ack or error, and every queued frame goes out first.
+        let deadline = tokio::time::Instant::now() + state.cfg.send_timeout + Duration::from_secs(2);
+        session.finish_sends(deadline).await;
+        out.flushed(deadline).await;
+        out.close(CLOSE_RECONNECT_ELSEWHERE);
     }
     out.close(CLOSE_GOING_AWAY);
     drop(session);

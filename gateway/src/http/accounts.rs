@@ -25,6 +25,9 @@ struct LoginReq {
     username: String,
     password: String,
     device_id: String,
+    /// The client's region, for the order of `edges` (default: ours).
+    #[serde(default)]
+    region: Option<String>,
 }
 
 /// Usernames: 3–32 characters of `[a-z0-9_.-]`, compared in lower case.
@@ -90,9 +93,11 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, Client
     let exp = auth::now_secs() + st.cfg.token_ttl.as_secs();
     let claims = Claims { user, device: r.device_id.clone(), exp, gen };
     let token = auth::issue(&st.cfg.token_secrets[0], &claims);
+    let region = r.region.filter(|r| chat_nats::subjects::is_token(r));
+    let edges = crate::http::edges::edges_json(st, region.as_deref());
     Ok(json(
         StatusCode::OK,
-        &json!({"token": token, "user_id": user.to_string(), "device_id": r.device_id, "expires_at": exp}),
+        &json!({"token": token, "user_id": user.to_string(), "device_id": r.device_id, "expires_at": exp, "edges": edges}),
     ))
 }
 
@@ -121,9 +126,14 @@ pub async fn readyz(st: &AppState) -> Resp {
     let jetstream = st.storage.js.query_account().await.is_ok();
     let kv = st.storage.leases.get("readyz-probe").await.is_ok();
     let postgres = st.db.ping().await.is_ok();
-    let ready = nats && jetstream && kv && postgres;
+    // A draining gateway leaves load balancers' rotation.
+    let draining = st.edges.draining();
+    let ready = nats && jetstream && kv && postgres && !draining;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    json(status, &json!({"ready": ready, "nats": nats, "jetstream": jetstream, "kv": kv, "postgres": postgres}))
+    json(
+        status,
+        &json!({"ready": ready, "nats": nats, "jetstream": jetstream, "kv": kv, "postgres": postgres, "draining": draining}),
+    )
 }
 
 /// `POST /v1/logout`: the device's sessions close and its presence ends

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod body;
 pub mod conversations;
+pub mod edges;
 pub mod friends;
 pub mod groups;
 pub mod messages;
@@ -57,9 +58,11 @@ pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
         ["v1", "users", "by-name", name] => methods!(method, path; GET => users::by_name(st, req, name).await),
         ["v1", "users", id] => methods!(method, path; GET => users::by_id(st, req, id).await),
         ["v1", "ws"] => methods!(method, path; GET => match accounts::authenticate(st, &req).await {
-            Ok(claims) => Ok(crate::conn::ws::upgrade(state.clone(), claims, req)),
+            Ok(claims) => crate::edge::admit(st).map(|()| crate::conn::ws::upgrade(state.clone(), claims, req)),
             Err(e) => Err(e),
         }),
+        ["v1", "edges"] => methods!(method, path; GET => edges::list(st, req).await),
+        ["v1", "admin", "drain"] => methods!(method, path; POST => edges::drain(st, req).await),
         ["v1", "conversations"] => methods!(method, path; GET => conversations::list(st, req).await),
         ["v1", "conversations", conv, "messages"] => {
             methods!(method, path; GET => messages::page(st, req, conv).await)

@@ -54,6 +54,7 @@ async fn latency_over(transport: Transport) -> Result<()> {
         drain: Duration::from_secs(15),
         baselines: true,
         transport,
+        tap: transport == Transport::Ws,
     };
     let r = latency::run(&target(&s), &cfg).await?;
     assert_eq!(r.scenario, transport.scenario("latency"));
@@ -66,6 +67,13 @@ async fn latency_over(transport: Transport) -> Result<()> {
     lat_positive(&r, "core NATS pub→sub", 200);
     lat_positive(&r, "JetStream pub→sub", 200);
     assert_eq!(r.ratios.len(), 6, "{}", r.table());
+    if cfg.tap {
+        // Every send is at least its ingress entry, history entry, two inbox
+        // copies and the reply: the tap saw the server's traffic.
+        assert!(r.get("nats_msgs_per_send") >= 5.0, "{}", r.table());
+        assert!(r.get("nats_msgs_per_send chat.hist") >= 0.9, "{}", r.table());
+    }
+    assert!(r.get("cpu_us_per_send_gateway") > 0.0, "{}", r.table());
     assert!(r.ratios.iter().all(|x| x.ratio > 0.0), "{}", r.table());
     Ok(())
 }
@@ -172,6 +180,7 @@ async fn fanout_smoke() -> Result<()> {
         drain: Duration::from_secs(15),
         ceiling_msgs: 200,
         baselines: true,
+        tap: false,
     };
     let r = fanout::run(&target(&s), &cfg).await?;
     assert_eq!(r.get("available"), 1.0, "groups API missing?\n{}", r.table());

@@ -367,7 +367,7 @@ fn mint(s: &Stack, user_id: &str, device: &str) -> Result<Login> {
         gen: 0,
     };
     let token = chat_gateway::auth::issue(s.env["CHAT_TOKEN_SECRET"].as_bytes(), &claims);
-    Ok(Login { token, user_id: user_id.to_owned(), device_id: device.to_owned() })
+    Ok(Login { token, user_id: user_id.to_owned(), device_id: device.to_owned(), edges: vec![] })
 }
 
 /// What one paced sender saw: every acked cid's id, and the cursors of the

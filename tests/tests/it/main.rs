@@ -14,6 +14,7 @@ mod presence;
 mod push;
 mod restarts;
 mod robustness;
+mod scaleout;
 mod service;
 mod stack;
 mod transports;

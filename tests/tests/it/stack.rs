@@ -83,6 +83,7 @@ impl StackBuilder {
             ("CHAT_LEASE_TTL_MS", "1500"),
             ("CHAT_PARTITIONS", "4"),
             ("CHAT_LOG", "warn"),
+            ("CHAT_DRAIN_SECS", "1"),
             ("CHAT_SEND_TIMEOUT_MS", "10000"),
             ("CHAT_TOKEN_SECRET", "test-secret-0123456789abcdef0123456789"),
         ]
