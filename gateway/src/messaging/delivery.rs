@@ -17,7 +17,7 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, RawMessageErrorKind};
 use chat_nats::envelope::StoredMessage;
 use chat_nats::subjects;
 use chat_nats::wire::{ErrorCode, MsgFrame, ServerFrame};
@@ -100,11 +100,7 @@ async fn stream(
     // stream, not the notifications, keeps inbox order with no gap.
     loop {
         loop {
-            let m = match Box::pin(inbox.direct_get_next_for_subject(&subject, Some(delivered + 1))).await {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(e.into()),
-            };
+            let Some(m) = Box::pin(next_copy(state, &subject, delivered + 1)).await? else { break };
             delivered = m.sequence;
             if !Box::pin(deliver(state, user, device, m.sequence, &m.payload, out)).await {
                 return Ok(());
@@ -113,6 +109,30 @@ async fn stream(
         if !wakeups.changed().await {
             return Err("live wake-ups ended".into());
         }
+    }
+}
+
+/// The first copy on `subject` at or after `seq`, or `None`. A direct get
+/// may be answered by any replica, and on an R3 stream a follower can be
+/// a few writes behind the leader that acknowledged them (and so behind the
+/// wake-up): its "not found" is checked with the leader, or the newest copy
+/// would wait for the next wake-up, which may not come.
+async fn next_copy(
+    state: &AppState,
+    subject: &str,
+    seq: u64,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, async_nats::Error> {
+    let inbox = &state.storage.inbox;
+    match inbox.direct_get_next_for_subject(subject, Some(seq)).await {
+        Ok(m) => return Ok(Some(m)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound && state.storage.settings.replicas > 1 => {}
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    match inbox.raw_message_builder().sequence(seq).next_by_subject(subject).send().await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod batch;
 mod bench_smoke;
+mod cluster;
 mod core;
 mod durability;
 mod fake_push;

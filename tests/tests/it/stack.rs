@@ -27,7 +27,7 @@ pub struct Nats {
     /// What `CHAT_NATS_URL` is set to (all nodes of a cluster).
     pub url: String,
     server: Option<NatsServer>,
-    cluster: Option<NatsCluster>,
+    pub cluster: Option<NatsCluster>,
 }
 
 impl Nats {
@@ -394,7 +394,7 @@ impl Drop for Stack {
 
 async fn wait_ready(addr: &str) -> Result<()> {
     let http = Http::new(addr);
-    wait_for(&format!("gateway {addr} ready"), Duration::from_secs(20), || {
+    wait_for(&format!("gateway {addr} ready"), Duration::from_secs(60), || {
         let http = http.clone();
         async move {
             match http.request(hyper_method_get(), "/readyz", None, None).await {
