@@ -170,6 +170,14 @@ async fn catch_up(
             let info = m.info()?;
             (info.stream_sequence, info.pending)
         };
+        // async-nats 0.51 recreates an ordered consumer that missed its
+        // heartbeats (an R3 stream changing leader, say) from the stream's
+        // start if it had delivered nothing yet, dropping the start
+        // sequence: what the cursor already covers is skipped, never sent
+        // twice.
+        if seq <= cursor {
+            continue;
+        }
         if !deliver(state, user, device, seq, &m.payload, out).await {
             return Ok(None);
         }

@@ -95,7 +95,7 @@ async fn start_load(s: &Stack) -> Result<Load> {
         let mut w = s.connect((i + 1) % GATEWAYS, &watch).await?;
         w.sync(None).await?;
         let gw = (s.addr((i + 1) % GATEWAYS), watch.token.clone());
-        let watcher = tokio::spawn(watch_device(w, gw, seen.clone(), stop.clone(), reconnects.clone()));
+        let watcher = tokio::spawn(watch_device(w, gw, seen.clone(), reconnects.clone()));
         let c = s.connect(i % GATEWAYS, &send).await?;
         let to = logins[(i + 1) % USERS][0].user_id.clone();
         let sender = tokio::spawn(send_paced(c, i, to, stop.clone(), acks.clone(), Arc::clone(&sent)));
@@ -104,7 +104,7 @@ async fn start_load(s: &Stack) -> Result<Load> {
     Ok(Load { users, stop, acks, sent, reconnects, started: Instant::now() })
 }
 
-/// Records every `msg` the device receives until told to stop. A closed
+/// Records every `msg` the device receives (until aborted). A closed
 /// connection (a gateway closes a session whose inbox read failed, 1011)
 /// is what a client answers by reconnecting and syncing from its cursor:
 /// so does this device, counting it in `reconnects`.
@@ -112,7 +112,6 @@ async fn watch_device(
     mut c: Conn,
     (s_addr, token): (String, String),
     seen: Arc<Mutex<Vec<(u64, String, String)>>>,
-    stop: Arc<AtomicBool>,
     reconnects: Arc<AtomicUsize>,
 ) -> Result<()> {
     let record = |m: &serde_json::Value| -> Result<()> {
@@ -127,7 +126,6 @@ async fn watch_device(
     loop {
         match c.next_msg().await {
             Ok(m) => record(&m)?,
-            Err(ClientError::Timeout(_)) if stop.load(Ordering::Relaxed) => return Ok(()),
             Err(ClientError::Timeout(_)) => {}
             Err(ClientError::Closed { code, reason }) => {
                 reconnects.fetch_add(1, Ordering::Relaxed);
@@ -295,7 +293,12 @@ impl Load {
                     s.nats.cluster.as_ref().map(|c| c.log_tails()).unwrap_or_default()
                 );
             }
-            u.watcher.await??;
+            // Stopped once it has everything; an error it ended with fails.
+            if u.watcher.is_finished() {
+                u.watcher.await??;
+            } else {
+                u.watcher.abort();
+            }
             let live: Vec<(u64, String, String)> = seen.lock().unwrap().clone();
             let ids: Vec<u64> = live.iter().map(|m| m.0).collect();
             assert_eq!(ids.iter().copied().collect::<HashSet<_>>().len(), ids.len(), "user {i}: a message twice live");
@@ -303,7 +306,7 @@ impl Load {
             // A device reading the whole inbox sees the same, in the same order.
             let mut c = s.connect(i % GATEWAYS, &u.login_check).await?;
             c.timeout = Duration::from_secs(30);
-            let all = read_from(&mut c, None, ids.len()).await?;
+            let all: Vec<u64> = read_from(&mut c, None, ids.len()).await?.into_iter().map(|m| m.0).collect();
             assert_eq!(all, ids, "user {i}: catch-up from the start differs from live delivery");
             // Catch-up from the cursor held at the kill: exactly what came after.
             let from = match &cursors[i] {
@@ -313,13 +316,16 @@ impl Load {
             let mut c = s.connect((i + 2) % GATEWAYS, &u.login_check).await?;
             c.timeout = Duration::from_secs(30);
             let rest = read_from(&mut c, cursors[i].as_deref(), ids.len() - from).await?;
-            if rest != ids[from..] {
-                let first = rest.iter().zip(&ids[from..]).position(|(a, b)| a != b);
+            let want: Vec<(u64, String)> = live[from..].iter().map(|m| (m.0, m.2.clone())).collect();
+            if rest != want {
+                let first = rest.iter().zip(&want).position(|(a, b)| a != b);
                 bail!(
-                    "user {i}: catch-up from the kill-time cursor {:?} has a gap or a duplicate: {} messages, expected {} (first difference at {first:?})",
+                    "user {i}: catch-up from the kill-time cursor {:?} has a gap or a duplicate: {} messages, expected {} (first difference at {first:?}); got {:?}, expected {:?}",
                     cursors[i],
                     rest.len(),
-                    ids.len() - from
+                    want.len(),
+                    &rest[..rest.len().min(20)],
+                    &want[..want.len().min(20)],
                 );
             }
             // Conversation order: ids increase, and both members see one order.
@@ -347,8 +353,10 @@ impl Load {
 /// without one): their ids. Catch-up ends at the newest copy the replica
 /// that answered knew of, which on R3 may be a follower a little behind;
 /// the rest follows live, so a device's view is catch-up plus live.
-async fn read_from(c: &mut Conn, cursor: Option<&str>, n: usize) -> Result<Vec<u64>> {
-    let id = |m: &serde_json::Value| -> Result<u64> { Ok(m["id"].as_str().context("id")?.parse()?) };
+async fn read_from(c: &mut Conn, cursor: Option<&str>, n: usize) -> Result<Vec<(u64, String)>> {
+    let id = |m: &serde_json::Value| -> Result<(u64, String)> {
+        Ok((m["id"].as_str().context("id")?.parse()?, m["cursor"].as_str().context("cursor")?.to_owned()))
+    };
     let (msgs, _) = c.sync(cursor).await?;
     let mut ids = msgs.iter().map(id).collect::<Result<Vec<_>>>()?;
     c.timeout = Duration::from_secs(2);
