@@ -21,6 +21,8 @@ scenarios: latency catchup history idle storm fanout heartbeat fsync all
 stack (default: start nats-server, PostgreSQL and target/release binaries):
   --gateways N            gateway processes [1] (idle: 2 shows scaling)
   --workers N             worker processes [1]
+  --cluster               a 3-node nats-server cluster (nats/conf/cluster/),
+                          every stream and bucket R3; baselines use node 1
   --gateway-bin PATH      [target/release/chat-gateway]
   --worker-bin PATH       [target/release/chat-worker]
   --env K=V               extra CHAT_* setting for the processes (repeatable)
@@ -60,7 +62,7 @@ struct Opts {
 
 impl Opts {
     fn parse(args: &[String]) -> Result<Opts> {
-        const FLAGS: [&str; 3] = ["no-baselines", "in-process", "help"];
+        const FLAGS: [&str; 4] = ["no-baselines", "in-process", "cluster", "help"];
         let mut o = Opts { values: HashMap::new(), flags: vec![], scenario: String::new() };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -275,6 +277,7 @@ async fn scenario(name: &str, o: &mut Opts, out: &Path) -> Result<Report> {
         let cfg = StackCfg {
             gateways: o.num("gateways", d.gateways)?,
             workers: o.num("workers", d.workers)?,
+            cluster: o.flag("cluster"),
             gateway_bin: o.raw("gateway-bin").map(PathBuf::from).unwrap_or(d.gateway_bin),
             worker_bin: o.raw("worker-bin").map(PathBuf::from).unwrap_or(d.worker_bin),
             env: o
@@ -285,8 +288,10 @@ async fn scenario(name: &str, o: &mut Opts, out: &Path) -> Result<Report> {
             log_dir: out.join("logs").join(name),
         };
         eprintln!(
-            "chat-bench: {name}: starting nats-server, PostgreSQL, {} gateway(s), {} worker(s)",
-            cfg.gateways, cfg.workers
+            "chat-bench: {name}: starting {}, PostgreSQL, {} gateway(s), {} worker(s)",
+            if cfg.cluster { "a 3-node nats-server cluster" } else { "nats-server" },
+            cfg.gateways,
+            cfg.workers
         );
         let mut stack = OwnStack::start(&cfg).await?;
         let r = run_one(name, o, &stack.target()).await;

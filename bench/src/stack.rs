@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use chat_client::Http;
-use chat_tests::{free_port, wait_for, NatsServer, Postgres};
+use chat_tests::{free_port, wait_for, NatsCluster, NatsServer, Postgres};
 
 use crate::{procfs, Target};
 
@@ -20,6 +20,9 @@ pub struct StackCfg {
     pub gateways: usize,
     /// Worker processes.
     pub workers: usize,
+    /// A 3-node cluster with every stream and bucket R3 instead of one
+    /// nats-server.
+    pub cluster: bool,
     /// The `chat-gateway` binary.
     pub gateway_bin: PathBuf,
     /// The `chat-worker` binary.
@@ -35,6 +38,7 @@ impl Default for StackCfg {
         StackCfg {
             gateways: 1,
             workers: 1,
+            cluster: false,
             gateway_bin: PathBuf::from("target/release/chat-gateway"),
             worker_bin: PathBuf::from("target/release/chat-worker"),
             env: vec![],
@@ -45,8 +49,12 @@ impl Default for StackCfg {
 
 /// A running stack; everything is stopped on drop.
 pub struct OwnStack {
-    /// nats-server.
-    pub nats: NatsServer,
+    /// nats-server, unless the stack runs on a cluster.
+    pub nats: Option<NatsServer>,
+    /// The 3-node cluster, if asked for.
+    pub cluster: Option<NatsCluster>,
+    /// What the processes get as `CHAT_NATS_URL` (every node of a cluster).
+    nats_url: String,
     /// PostgreSQL.
     pub pg: Postgres,
     gateways: Vec<(String, Child)>,
@@ -63,14 +71,22 @@ impl OwnStack {
             anyhow::ensure!(bin.is_file(), "{} not found: run `cargo build --release --bins` first", bin.display());
         }
         std::fs::create_dir_all(&cfg.log_dir).with_context(|| format!("create {}", cfg.log_dir.display()))?;
-        let nats = tokio::task::spawn_blocking(NatsServer::start).await??;
+        let (nats, cluster) = if cfg.cluster {
+            (None, Some(tokio::task::spawn_blocking(NatsCluster::start).await??))
+        } else {
+            (Some(tokio::task::spawn_blocking(NatsServer::start).await??), None)
+        };
+        let nats_url = match (&nats, &cluster) {
+            (Some(n), _) => n.url.clone(),
+            (None, c) => c.as_ref().map(|c| c.url.clone()).unwrap_or_default(),
+        };
         let pg = tokio::task::spawn_blocking(Postgres::start).await??;
         let secret = format!(
             "bench-secret-{:020}-{:020}",
             crate::pace::Rng::from_clock().next_u64(),
             crate::pace::Rng::from_clock().next_u64()
         );
-        let mut s = OwnStack { nats, pg, gateways: vec![], quic: vec![], workers: vec![], secret };
+        let mut s = OwnStack { nats, cluster, nats_url, pg, gateways: vec![], quic: vec![], workers: vec![], secret };
         for i in 0..cfg.gateways.max(1) {
             let addr = format!("127.0.0.1:{}", free_port());
             let mut cmd = s.command(&cfg.gateway_bin, cfg, &format!("gateway-{i}"))?;
@@ -119,7 +135,10 @@ impl OwnStack {
         let log = cfg.log_dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
         let mut cmd = Command::new(bin);
-        cmd.env("CHAT_NATS_URL", &self.nats.url)
+        if self.cluster.is_some() {
+            cmd.env("CHAT_REPLICAS", "3");
+        }
+        cmd.env("CHAT_NATS_URL", &self.nats_url)
             .env("CHAT_DATABASE_URL", &self.pg.url)
             .env("CHAT_LOG", "warn")
             .env("CHAT_TOKEN_SECRET", &self.secret)
@@ -140,9 +159,17 @@ impl OwnStack {
         Target {
             gateways: self.gateways.iter().map(|(a, _)| a.clone()).collect(),
             quic: if self.quic.len() == self.gateways.len() { self.quic.clone() } else { vec![] },
-            nats_url: self.nats.url.clone(),
+            // Baselines run on one node (node 1 of a cluster).
+            nats_url: match (&self.nats, &self.cluster) {
+                (_, Some(c)) => c.node_url(0),
+                _ => self.nats_url.clone(),
+            },
             gateway_pids: self.gateways.iter().map(|(_, c)| c.id()).collect(),
-            nats_pid: self.nats.store_dir().to_str().and_then(procfs::find_pid),
+            nats_pid: match (&self.nats, &self.cluster) {
+                (Some(n), _) => n.store_dir().to_str().and_then(procfs::find_pid),
+                (None, Some(c)) => c.store_dir(0).to_str().and_then(procfs::find_pid),
+                (None, None) => None,
+            },
             token_secret: Some(self.secret.clone().into_bytes()),
             other_pids: self
                 .workers

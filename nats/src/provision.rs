@@ -232,8 +232,33 @@ pub fn check_server(client: &async_nats::Client) -> Result<(), ProvisionError> {
     Ok(())
 }
 
-/// Creates (or updates) every stream and bucket; idempotent.
+/// Attempts [`provision`] makes before giving up on a stream or bucket the
+/// server did not answer for: a cluster that is electing leaders, or busy
+/// creating the R3 assets of several processes starting at once, answers
+/// some requests after the client's timeout.
+const PROVISION_ATTEMPTS: u32 = 5;
+
+/// Creates (or updates) every stream and bucket; idempotent. A stream or
+/// bucket request that fails is retried (up to [`PROVISION_ATTEMPTS`]
+/// times, 1 s, 2 s, ... apart); a server too old or a partition mismatch
+/// fails at once.
 pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) -> Result<Storage, ProvisionError> {
+    let mut attempt = 1;
+    loop {
+        match provision_once(client, settings).await {
+            Err(e @ (ProvisionError::Stream { .. } | ProvisionError::Bucket { .. }))
+                if attempt < PROVISION_ATTEMPTS =>
+            {
+                tracing::warn!(error = %e, attempt, "provisioning failed; retrying");
+                tokio::time::sleep(Duration::from_secs(attempt.into())).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn provision_once(client: &async_nats::Client, settings: &StorageSettings) -> Result<Storage, ProvisionError> {
     check_server(client)?;
     let js = jetstream::new(client.clone());
     let s = settings;

@@ -9,6 +9,8 @@
 //!   which is read back from the server's log.
 //! * [`Postgres`]: PostgreSQL 15 from a data directory copied from a
 //!   template made once by `initdb` (cached across test processes).
+//! * [`NatsCluster`]: three nodes from `nats/conf/cluster/` on free
+//!   ports, each killable and restartable on its own store.
 //! * [`wait_for`]: poll for an event instead of sleeping blindly.
 //!
 //! Environment knobs:
@@ -34,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod browser;
+pub mod cluster;
 pub mod load;
 mod nats;
 mod postgres;
@@ -45,6 +48,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 
+pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use postgres::Postgres;
 

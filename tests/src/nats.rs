@@ -17,7 +17,7 @@ const START_DEADLINE: Duration = Duration::from_secs(10);
 /// (a pyenv shim is resolved with `pyenv which`). `scripts/test` sets
 /// `NATS_SERVER_BIN` to what `scripts/install-deps` found; no machine path
 /// is built in.
-fn nats_server_bin() -> PathBuf {
+pub(crate) fn nats_server_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(bin) = std::env::var_os("NATS_SERVER_BIN").filter(|b| !b.is_empty()) {

@@ -24,7 +24,7 @@ pub mod sequencer;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chat_nats::config::{self, ConfigError, Source};
 use chat_nats::provision::{self, Storage, StorageSettings};
@@ -124,11 +124,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
     provision::check_batch_server(&client)?;
     let clock = Clock { offset_ms: cfg.clock_offset_ms };
     // Before any partition is sequenced, so the planner sees every copy.
-    let _push = if cfg.push.enabled {
-        push::start(client.clone(), storage.clone(), cfg.push.clone()).await?
-    } else {
-        Vec::new()
-    };
+    let _push = if cfg.push.enabled { start_push(&client, &storage, &cfg).await? } else { Vec::new() };
     tokio::pin!(shutdown);
     loop {
         let start = (std::process::id() % u32::from(chat_nats::snowflake::MACHINES)) as u16;
@@ -162,6 +158,27 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
             return Ok(());
         }
         tracing::warn!("machine id lease lost; stopping partitions and leasing again");
+    }
+}
+
+/// Starts push, retrying a consumer creation that timed out (an R3 stream
+/// busy or electing a leader answers late) up to 5 times; a configuration
+/// error stops at once.
+async fn start_push(
+    client: &async_nats::Client,
+    storage: &provision::Storage,
+    cfg: &WorkerConfig,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, push::PushError> {
+    let mut attempt = 1;
+    loop {
+        match push::start(client.clone(), storage.clone(), cfg.push.clone()).await {
+            Err(push::PushError::Nats(e)) if attempt < 5 => {
+                tracing::warn!(error = %e, attempt, "cannot create the push consumers yet; retrying");
+                tokio::time::sleep(Duration::from_secs(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
 }
 

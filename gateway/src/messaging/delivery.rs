@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::{DirectGetErrorKind, RawMessageErrorKind};
 use chat_nats::envelope::StoredMessage;
 use chat_nats::subjects;
 use chat_nats::wire::{ErrorCode, MsgFrame, ServerFrame};
@@ -112,17 +112,37 @@ async fn stream(
                     break;
                 }
             }
-            let m = match Box::pin(inbox.direct_get_next_for_subject(&subject, Some(delivered + 1))).await {
-                Ok(m) => m,
-                Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-                Err(e) => return Err(e.into()),
-            };
+            let Some(m) = Box::pin(next_copy(state, &subject, delivered + 1)).await? else { break };
             delivered = m.sequence;
             if !Box::pin(deliver(state, user, device, m.sequence, &m.payload, out)).await {
                 return Ok(());
             }
         }
         wake = wakeups.changed().await.ok_or("live wake-ups ended")?;
+    }
+}
+
+/// The first copy on `subject` at or after `seq`, or `None`. A direct get
+/// may be answered by any replica, and on an R3 stream a follower can be
+/// a few writes behind the leader that acknowledged them (and so behind the
+/// wake-up): its "not found" is checked with the leader, or the newest copy
+/// would wait for the next wake-up, which may not come.
+async fn next_copy(
+    state: &AppState,
+    subject: &str,
+    seq: u64,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, async_nats::Error> {
+    let inbox = &state.storage.inbox;
+    match inbox.direct_get_next_for_subject(subject, Some(seq)).await {
+        Ok(m) => return Ok(Some(m)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound && state.storage.settings.replicas > 1 => {}
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    match inbox.raw_message_builder().sequence(seq).next_by_subject(subject).send().await {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -160,6 +180,14 @@ async fn catch_up(
             let info = m.info()?;
             (info.stream_sequence, info.pending)
         };
+        // async-nats 0.51 recreates an ordered consumer that missed its
+        // heartbeats (an R3 stream changing leader, say) from the stream's
+        // start if it had delivered nothing yet, dropping the start
+        // sequence: what the cursor already covers is skipped, never sent
+        // twice.
+        if seq <= cursor {
+            continue;
+        }
         if !deliver(state, user, device, seq, &m.payload, out).await {
             return Ok(None);
         }

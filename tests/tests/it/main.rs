@@ -4,6 +4,7 @@
 mod batch;
 mod bench_smoke;
 mod cli;
+mod cluster;
 mod core;
 mod durability;
 mod fake_push;

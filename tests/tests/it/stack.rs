@@ -8,17 +8,64 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use chat_client::{Conn, Http, Login};
 use chat_gateway::GatewayConfig;
-use chat_tests::{free_port, wait_for, NatsServer, Postgres};
+use chat_tests::{free_port, wait_for, NatsCluster, NatsServer, Postgres};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A running stack.
 pub struct Stack {
-    pub nats: NatsServer,
+    pub nats: Nats,
     pub pg: Postgres,
     pub gateways: Vec<Gateway>,
     pub workers: Vec<Worker>,
     pub env: HashMap<String, String>,
+}
+
+/// The stack's NATS: one server, or a 3-node cluster with every stream
+/// and bucket at R3.
+pub struct Nats {
+    /// What `CHAT_NATS_URL` is set to (all nodes of a cluster).
+    pub url: String,
+    server: Option<NatsServer>,
+    pub cluster: Option<NatsCluster>,
+}
+
+impl Nats {
+    /// SIGKILLs the server (every node of a cluster).
+    pub fn kill(&mut self) {
+        if let Some(n) = &mut self.server {
+            n.kill();
+        }
+        if let Some(c) = &mut self.cluster {
+            (0..chat_tests::cluster::NODES).for_each(|i| c.kill(i));
+        }
+    }
+
+    /// SIGKILLs and restarts on the same store(s); updates [`Nats::url`].
+    pub fn restart(&mut self) -> Result<()> {
+        if let Some(n) = &mut self.server {
+            n.restart()?;
+            self.url = n.url.clone();
+        }
+        if let Some(c) = &mut self.cluster {
+            c.restart_all()?;
+        }
+        Ok(())
+    }
+
+    /// The store dir (node 1's in a cluster).
+    pub fn store_dir(&self) -> &std::path::Path {
+        match (&self.server, &self.cluster) {
+            (Some(n), _) => n.store_dir(),
+            (None, Some(c)) => c.store_dir(0),
+            (None, None) => unreachable!("a stack has a server or a cluster"),
+        }
+    }
+
+    /// The cluster, if the stack runs on one.
+    pub fn cluster(&mut self) -> Option<&mut NatsCluster> {
+        self.cluster.as_mut()
+    }
 }
 
 /// A gateway, in-process or a child process.
@@ -53,19 +100,40 @@ pub struct Worker {
 /// How to build a stack.
 pub struct StackBuilder {
     gateways: usize,
+    cluster: bool,
     workers: Vec<i64>,
     env: HashMap<String, String>,
 }
 
 /// A stack with one gateway and one worker, fast leases and few partitions.
 pub fn stack() -> StackBuilder {
-    StackBuilder { gateways: 1, workers: vec![0], env: HashMap::new() }
+    StackBuilder { gateways: 1, cluster: false, workers: vec![0], env: HashMap::new() }
 }
 
 impl StackBuilder {
     /// Worker processes, one per clock offset (ms).
     pub fn workers_with_clock_offsets(mut self, offsets: &[i64]) -> Self {
         self.workers = offsets.to_vec();
+        self
+    }
+
+    /// `n` in-process gateways.
+    pub fn gateways(mut self, n: usize) -> Self {
+        self.gateways = n;
+        self
+    }
+
+    /// `n` worker processes with true clocks.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = vec![0; n];
+        self
+    }
+
+    /// A 3-node NATS cluster (`nats/conf/cluster/`) instead of one server,
+    /// with every stream and bucket at R3 (`CHAT_REPLICAS=3`).
+    pub fn cluster(mut self) -> Self {
+        self.cluster = true;
+        self.env.insert("CHAT_REPLICAS".into(), "3".into());
         self
     }
 
@@ -77,7 +145,13 @@ impl StackBuilder {
 
     /// Starts everything and waits until a gateway answers.
     pub async fn start(self) -> Result<Stack> {
-        let nats = NatsServer::start()?;
+        let nats = if self.cluster {
+            let c = NatsCluster::start()?;
+            Nats { url: c.url.clone(), server: None, cluster: Some(c) }
+        } else {
+            let n = NatsServer::start()?;
+            Nats { url: n.url.clone(), server: Some(n), cluster: None }
+        };
         let pg = Postgres::start()?;
         let mut env: HashMap<String, String> = [
             ("CHAT_LEASE_TTL_MS", "1500"),
@@ -342,7 +416,7 @@ impl Drop for Stack {
 
 async fn wait_ready(addr: &str) -> Result<()> {
     let http = Http::new(addr);
-    wait_for(&format!("gateway {addr} ready"), Duration::from_secs(20), || {
+    wait_for(&format!("gateway {addr} ready"), Duration::from_secs(60), || {
         let http = http.clone();
         async move {
             match http.request(hyper_method_get(), "/readyz", None, None).await {
