@@ -15,6 +15,7 @@
 
 pub mod bucket;
 pub mod idgen;
+pub mod lane;
 pub mod lease;
 pub mod presence;
 pub mod push;

@@ -64,10 +64,23 @@ pub async fn run_partition(
     let mut messages =
         consumer.stream().max_messages_per_batch(256).max_bytes_per_batch(8 * 1024 * 1024).messages().await?;
     let mut convs = Caches::default();
+    let mut lanes = crate::lane::Lanes::new();
     tracing::info!(partition, "partition acquired");
-    while let Some(first) = messages.next().await {
-        // A round: the first message and whatever else is already waiting.
-        let mut round = vec![first?];
+    let fresh = |m: &jetstream::Message| m.info().is_ok_and(|i| i.delivered == 1 && i.stream_sequence > takeover_seq);
+    loop {
+        // A round: messages released by finished lanes first, then the
+        // first new message (or the next release) and whatever else is
+        // already waiting.
+        let mut round = lanes.released();
+        if round.is_empty() {
+            tokio::select! {
+                m = messages.next() => match m {
+                    Some(m) => round.push(m?),
+                    None => return Ok(()),
+                },
+                released = lanes.next_release(), if lanes.any() => round = released,
+            }
+        }
         while round.len() < crate::round::MAX_ROUND {
             match messages.next().now_or_never() {
                 Some(Some(m)) => round.push(m?),
@@ -77,8 +90,9 @@ pub async fn run_partition(
         if !valid.holds() {
             return Ok(());
         }
-        let fresh =
-            |m: &jetstream::Message| m.info().is_ok_and(|i| i.delivered == 1 && i.stream_sequence > takeover_seq);
+        // Messages too big for one commit get lanes of their own (after
+        // what the round stores); messages of their conversations wait.
+        let (round, big) = lanes.split(&sh, &mut convs, round, fresh).await?;
         let payloads: Vec<&[u8]> = round.iter().map(|m| m.payload.as_ref()).collect();
         // Ok(true): stored as a batched round; Ok(false): not batched, one
         // by one as delivered; Err: part of it may be stored, so one by one
@@ -102,8 +116,10 @@ pub async fn run_partition(
                 tracing::warn!(partition, error = %e, "ingress ack failed; the message will be redelivered and deduped");
             }
         }
+        for b in big {
+            lanes.start(&sh, &mut convs, &valid, b).await?;
+        }
     }
-    Ok(())
 }
 
 /// Sequences one message, retrying with backoff until it is done; false
@@ -308,6 +324,27 @@ struct Stored {
     msg: StoredMessage,
     history_seq: u64,
     copies: Vec<(i64, u64)>,
+}
+
+/// A big message of a lane (see `lane`), stored history first: its copies
+/// in batches, then wake-ups, index entry, the sender's reply and the
+/// outcome record. Idempotent like `process`: a redo finds the history
+/// duplicate and finishes that message with its id.
+pub(crate) async fn store_big(
+    sh: &Shared,
+    key: &str,
+    conv: &ConvId,
+    draft: StoredMessage,
+    members: &[i64],
+    send: &IngressSend,
+) -> Result<(), async_nats::Error> {
+    let stored = store(sh, key, conv, draft, members, false).await?;
+    wake(sh, &stored.copies).await?;
+    index(sh, conv, &stored).await?;
+    let ack = outcome(key, SeqResult::Ok { id: stored.msg.id, conv: conv.to_string(), ts: stored.msg.ts })?;
+    reply(sh, send, ack.clone()).await?;
+    sh.storage.acks.put(key, ack).await?;
+    Ok(())
 }
 
 /// Step 1: the message with its id (above the conversation's last) and its

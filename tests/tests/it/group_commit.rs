@@ -507,3 +507,85 @@ async fn a_worker_killed_under_fifty_senders_and_a_500_member_group_loses_and_du
     }
     Ok(())
 }
+
+/// A group message whose copies need several commits gets a lane of its own
+/// (`workers/src/lane.rs`): the partition's other conversations go on while
+/// it is stored, instead of waiting for all of its commits. Four members
+/// each send one message to a 2,500-member group (three inbox commits per
+/// message, the four one after another in conversation order) while a 1:1
+/// pair keeps sending on the same partition: several 1:1 sends are acked
+/// between the first and the last group ack, the group's order holds in
+/// history and in the members' inboxes, and nothing is stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_message_too_big_for_one_commit_does_not_hold_other_conversations() -> Result<()> {
+    const MEMBERS: usize = 2500;
+    let s = stack().env("CHAT_PARTITIONS", "1").env("CHAT_GROUP_MAX_MEMBERS", "3000").start().await?;
+    let owner = s.user("laneowner", "d1").await?;
+    let db = chat_gateway::store::Db::connect(&s.pg.url, 4)?;
+    let hash = chat_gateway::auth::hash_password("password123");
+    let mut ids = Vec::new();
+    for i in 1..MEMBERS {
+        ids.push(db.create_user(&format!("lane{i:04}"), &hash).await?.expect("new user").to_string());
+    }
+    let members: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let g = s.create_group(&owner, "arena", &members).await?;
+    let (gid, gconv) = (g["group_id"].as_str().unwrap().to_owned(), g["conv"].as_str().unwrap().to_owned());
+    // The 1:1 pair, sending one message after another (each waits for its
+    // ack) until the group's sends are all acked.
+    let (a, b) = (mint(&s, &ids[0], "d1")?, mint(&s, &ids[1], "d1")?);
+    let mut dm = s.connect(0, &a).await?;
+    dm.timeout = Duration::from_secs(60);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = done.clone();
+    let peer = b.user_id.clone();
+    let dms = tokio::spawn(async move {
+        let mut acks = Vec::new();
+        let mut i = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let ack = dm.send_to_user(&format!("dm-{i}"), &peer, "meanwhile").await?;
+            acks.push((tokio::time::Instant::now(), ack["id"].as_str().unwrap().parse::<u64>()?));
+            i += 1;
+        }
+        anyhow::Ok(acks)
+    });
+    let mut senders = Vec::new();
+    for (k, u) in ids[2..6].iter().enumerate() {
+        let mut c = s.connect(0, &mint(&s, u, "d1")?).await?;
+        c.timeout = Duration::from_secs(60);
+        let to = json!({"group": gid});
+        senders.push(tokio::spawn(async move {
+            let ack = c
+                .send_frame_and_ack(
+                    json!({"type": "send", "cid": format!("big-{k}"), "to": to, "body": "to everyone"}),
+                    &format!("big-{k}"),
+                )
+                .await?;
+            anyhow::Ok((tokio::time::Instant::now(), ack["id"].as_str().unwrap().parse::<u64>()?))
+        }));
+    }
+    let mut group_acks = Vec::new();
+    for t in senders {
+        group_acks.push(t.await??);
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let dm_acks = dms.await??;
+    let first = group_acks.iter().map(|(t, _)| *t).min().unwrap();
+    let last = group_acks.iter().map(|(t, _)| *t).max().unwrap();
+    let between = dm_acks.iter().filter(|(t, _)| *t > first && *t < last).count();
+    assert!(
+        between >= 2,
+        "only {between} 1:1 sends were acked while the group's big messages were stored: they waited for them"
+    );
+    // Order and exactly-once, in history and in the inboxes.
+    let hist = history(&s, &owner, &gconv).await?;
+    assert!(hist.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(hist.len(), 5, "the creation message and the four sends once each");
+    assert!(group_acks.iter().all(|(_, id)| hist.contains(id)));
+    for name in ["lane0001", "lane1250", "lane2499"] {
+        assert_eq!(inbox_of(&s, name, "tablet", &gconv).await?, hist, "{name}'s inbox");
+    }
+    let dm_hist = history(&s, &a, &chat_client::direct_conv(&a.user_id, &b.user_id)).await?;
+    let dm_ids: Vec<u64> = dm_acks.iter().map(|(_, id)| *id).collect();
+    assert_eq!(dm_hist, dm_ids, "every 1:1 send once, in order");
+    Ok(())
+}
