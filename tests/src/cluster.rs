@@ -260,7 +260,11 @@ mod tests {
         // The two survivors elect a new leader and keep taking writes.
         crate::wait_for("a write accepted without the old leader", Duration::from_secs(20), || {
             let js = js.clone();
-            async move { js.publish("r3.a", "two".into()).await.ok()?.await.ok() }
+            // With a message id: a publish whose ack was lost in the
+            // election and is sent again is stored once.
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", "two");
+            async move { js.publish_with_headers("r3.a", headers, "two".into()).await.ok()?.await.ok() }
         })
         .await?;
         c.restart(leader)?;
