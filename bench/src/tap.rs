@@ -26,8 +26,10 @@ pub fn kind(subject: &str) -> String {
         first(5)
     } else if subject.starts_with("$JS.API") {
         first(4)
-    } else if subject.starts_with("$JS.ACK") || subject.starts_with("$KV") {
+    } else if subject.starts_with("$JS.ACK") {
         first(3)
+    } else if subject.starts_with("$KV") {
+        first(2)
     } else if subject.starts_with("_INBOX") {
         "_INBOX (replies)".to_owned()
     } else {
