@@ -115,9 +115,35 @@ struct Owned {
     task: JoinHandle<Result<(), async_nats::Error>>,
 }
 
+/// How long a stopping worker may spend releasing its leases. With NATS
+/// unreachable the releases cannot finish: the worker exits anyway and its
+/// leases expire after `CHAT_LEASE_TTL_MS`.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs a worker until `shutdown` resolves; then releases its leases so
-/// other workers take over at once.
+/// other workers take over at once, for at most [`SHUTDOWN_GRACE`].
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), async_nats::Error> {
+    let (fired, fired_rx) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = fired.send(());
+    };
+    let grace = async move {
+        match fired_rx.await {
+            Ok(()) => tokio::time::sleep(SHUTDOWN_GRACE).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = serve(cfg, shutdown) => r,
+        _ = grace => {
+            tracing::warn!("leases not released within the shutdown grace (NATS unreachable?); exiting, they expire on their own");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), async_nats::Error> {
     let client = provision::connect(&cfg.nats_url, &cfg.name, cfg.subscription_capacity).await?;
     client.flush().await?;
     let storage = provision::provision(&client, &cfg.storage).await?;

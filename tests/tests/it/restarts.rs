@@ -139,3 +139,25 @@ async fn presence_is_right_after_a_ramp_that_overflows_the_workers_buffers() -> 
     assert!(settled.is_ok(), "of {USERS} users' statuses, last seen: {}", last.into_inner().unwrap());
     Ok(())
 }
+
+/// A worker told to stop while nats-server is gone cannot release its
+/// leases; it still exits within its grace (`SHUTDOWN_GRACE`, 5 s), and the
+/// leases expire on their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigtermed_worker_exits_even_when_nats_is_gone() -> Result<()> {
+    let mut s = stack().start().await?;
+    s.nats.kill();
+    let pid = s.workers[0].child.id().to_string();
+    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status()?;
+    assert!(status.success());
+    let exited = wait_for("the worker's exit", Duration::from_secs(20), || {
+        let done = s.workers[0].child.try_wait().ok().flatten();
+        async move { done }
+    })
+    .await;
+    if exited.is_err() {
+        let _ = s.workers[0].child.kill();
+    }
+    exited?;
+    Ok(())
+}
