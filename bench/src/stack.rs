@@ -144,6 +144,12 @@ impl OwnStack {
             .env("CHAT_TOKEN_SECRET", &self.secret)
             .env("CHAT_WS_RATE_PER_SEC", "1000000")
             .env("CHAT_WS_RATE_BURST", "1000000")
+            // Scenarios sign up and log in thousands of users from one
+            // address: the brute-force limits would refuse them.
+            .env("CHAT_LOGIN_PER_ADDR_PER_MIN", "1000000")
+            .env("CHAT_LOGIN_PER_ADDR_BURST", "1000000")
+            .env("CHAT_SIGNUP_PER_ADDR_PER_MIN", "1000000")
+            .env("CHAT_SIGNUP_PER_ADDR_BURST", "1000000")
             // The idle scenario holds more sessions per gateway than the
             // production default of CHAT_MAX_CONNECTIONS.
             .env("CHAT_MAX_CONNECTIONS", "1000000")

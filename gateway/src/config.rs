@@ -71,6 +71,28 @@ pub struct GatewayConfig {
     pub user_lookup_per_min: u32,
     /// `CHAT_USER_LOOKUP_BURST`: lookups a user may make at once.
     pub user_lookup_burst: u32,
+    /// `CHAT_LOGIN_PER_ADDR_PER_MIN` and `CHAT_LOGIN_PER_ADDR_BURST`: login
+    /// attempts (right or wrong) one client address may make per minute,
+    /// and at once, on one gateway.
+    pub login_per_addr_per_min: u32,
+    /// See `login_per_addr_per_min`.
+    pub login_per_addr_burst: u32,
+    /// `CHAT_LOGIN_FAILURES_PER_MIN` and `CHAT_LOGIN_FAILURES_BURST`:
+    /// failed logins one username may have per minute, and at once, on one
+    /// gateway; beyond, its logins are refused (429) until the budget
+    /// refills, even with the right password.
+    pub login_failures_per_min: u32,
+    /// See `login_failures_per_min`.
+    pub login_failures_burst: u32,
+    /// `CHAT_SIGNUP_PER_ADDR_PER_MIN` and `CHAT_SIGNUP_PER_ADDR_BURST`:
+    /// signups one client address may attempt per minute, and at once, on
+    /// one gateway.
+    pub signup_per_addr_per_min: u32,
+    /// See `signup_per_addr_per_min`.
+    pub signup_per_addr_burst: u32,
+    /// `CHAT_HTTP_MAX_BODY_BYTES`: largest HTTP request body, on every
+    /// route (413 `body_too_large` beyond).
+    pub http_max_body_bytes: usize,
     /// `CHAT_QUIC_ADDR`: UDP address of the QUIC endpoint; `off` disables it.
     pub quic_addr: Option<SocketAddr>,
     /// `CHAT_TLS_CERT` and `CHAT_TLS_KEY`: PEM certificate chain and key
@@ -196,6 +218,13 @@ impl GatewayConfig {
             group_max_members: bounded(src, "CHAT_GROUP_MAX_MEMBERS", 100, 2, 5000)? as usize,
             user_lookup_per_min: bounded(src, "CHAT_USER_LOOKUP_PER_MIN", 60, 1, 100_000)? as u32,
             user_lookup_burst: bounded(src, "CHAT_USER_LOOKUP_BURST", 30, 1, 100_000)? as u32,
+            login_per_addr_per_min: bounded(src, "CHAT_LOGIN_PER_ADDR_PER_MIN", 60, 1, 1_000_000)? as u32,
+            login_per_addr_burst: bounded(src, "CHAT_LOGIN_PER_ADDR_BURST", 30, 1, 1_000_000)? as u32,
+            login_failures_per_min: bounded(src, "CHAT_LOGIN_FAILURES_PER_MIN", 5, 1, 1_000_000)? as u32,
+            login_failures_burst: bounded(src, "CHAT_LOGIN_FAILURES_BURST", 10, 1, 1_000_000)? as u32,
+            signup_per_addr_per_min: bounded(src, "CHAT_SIGNUP_PER_ADDR_PER_MIN", 2, 1, 1_000_000)? as u32,
+            signup_per_addr_burst: bounded(src, "CHAT_SIGNUP_PER_ADDR_BURST", 10, 1, 1_000_000)? as u32,
+            http_max_body_bytes: bounded(src, "CHAT_HTTP_MAX_BODY_BYTES", 64 << 10, 1024, 16 << 20)? as usize,
             quic_addr: match src.get("CHAT_QUIC_ADDR").as_deref() {
                 Some("off") => None,
                 _ => Some(var(src, "CHAT_QUIC_ADDR", SocketAddr::from(([127, 0, 0, 1], 8443)))?),

@@ -19,12 +19,15 @@ pub struct ClientError {
     pub code: ErrorCode,
     /// Detail for humans.
     pub message: String,
+    /// Seconds sent as `Retry-After` with an HTTP answer (a budget that
+    /// refills: login and signup limits); else the code's own, if any.
+    pub retry_after: Option<u32>,
 }
 
 impl ClientError {
     /// Builds an error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ClientError {
-        ClientError { code, message: message.into() }
+        ClientError { code, message: message.into(), retry_after: None }
     }
 
     /// `bad_request` (400).
@@ -54,6 +57,13 @@ impl ClientError {
         Self::new(ErrorCode::Unavailable, "a dependency is unavailable; retry later")
     }
 
+    /// `rate_limited` (429) with `Retry-After` rounded up to whole seconds
+    /// (at least 1).
+    pub fn rate_limited(message: impl Into<String>, retry_in: std::time::Duration) -> ClientError {
+        let secs = retry_in.as_secs_f64().ceil().clamp(1.0, f64::from(u32::MAX)) as u32;
+        ClientError { retry_after: Some(secs), ..Self::new(ErrorCode::RateLimited, message) }
+    }
+
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         status_of(self.code)
@@ -63,7 +73,7 @@ impl ClientError {
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         let mut resp = crate::http::json(self.status(), &body);
-        if let Some(secs) = retry_after(self.code) {
+        if let Some(secs) = self.retry_after.or_else(|| retry_after(self.code)) {
             resp.headers_mut().insert(hyper::header::RETRY_AFTER, secs.into());
         }
         resp
@@ -110,6 +120,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         E::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         E::UsernameTaken | E::GroupFull | E::Conflict => StatusCode::CONFLICT,
         E::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        E::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         // Not confirmed in time (e.g. a group change's announcement while a
         // partition fails over): committed and will be sequenced; retry or
         // re-read.
@@ -195,5 +206,9 @@ mod tests {
         let r = ClientError::new(ErrorCode::AtCapacity, "full").into_response();
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "5");
+        let r = ClientError::rate_limited("slow down", std::time::Duration::from_millis(1500)).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "2");
+        assert_eq!(status_of(ErrorCode::BodyTooLarge), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }

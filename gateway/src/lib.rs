@@ -105,6 +105,9 @@ pub struct AppState {
     pub revoked_kv: async_nats::jetstream::kv::Store,
     /// Each user's budget of profile lookups.
     pub lookups: http::users::Lookups,
+    /// Login attempts per client address, failed logins per username and
+    /// signups per client address.
+    pub auth_limits: http::accounts::AuthLimits,
     /// This gateway in the registry, the others as seen, draining.
     pub edges: edge::Edges,
 }
@@ -262,6 +265,7 @@ pub async fn run(
     let hub = hub::Hub::new(client.clone());
     let cfg_lookups = (cfg.user_lookup_per_min, cfg.user_lookup_burst);
     let edges = edge::Edges::new(&cfg, http_addr, quic_addr);
+    let auth_limits = http::accounts::AuthLimits::new(&cfg);
     let state = Arc::new(AppState {
         cfg,
         db,
@@ -279,6 +283,7 @@ pub async fn run(
         revoked,
         revoked_kv,
         lookups: http::users::Lookups::new(cfg_lookups.0, cfg_lookups.1),
+        auth_limits,
         edges,
     });
     let registry = edge::start(state.clone());
@@ -300,8 +305,8 @@ pub async fn run(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    serve_connection(state.clone(), stream);
+                if let Ok((stream, peer)) = accepted {
+                    serve_connection(state.clone(), stream, peer);
                 }
             }
             _ = &mut shutdown => break,
@@ -334,17 +339,21 @@ pub async fn run(
 /// Accepts HTTP connections until aborted.
 async fn accept_loop(state: Arc<AppState>, listener: TcpListener) {
     loop {
-        if let Ok((stream, _)) = listener.accept().await {
-            serve_connection(state.clone(), stream);
+        if let Ok((stream, peer)) = listener.accept().await {
+            serve_connection(state.clone(), stream, peer);
         }
     }
 }
 
 /// Serves one HTTP connection (and its WebSocket upgrade) in a task.
-fn serve_connection(state: Arc<AppState>, stream: tokio::net::TcpStream) {
+/// Every request carries the connection's peer address
+/// ([`http::limits::Peer`]) for the per-address limits.
+fn serve_connection(state: Arc<AppState>, stream: tokio::net::TcpStream, peer: std::net::SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let peer = http::limits::Peer(peer.ip().to_canonical());
     tokio::spawn(async move {
-        let svc = hyper::service::service_fn(move |req| {
+        let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer);
             let state = state.clone();
             async move { Ok::<_, Infallible>(http::route(state, req).await) }
         });

@@ -209,6 +209,9 @@ pub enum ErrorCode {
     /// The gateway is draining (shutting down or told to by an operator):
     /// connect to another edge (HTTP 503 with `Retry-After`).
     Draining,
+    /// HTTP: the request body is larger than `CHAT_HTTP_MAX_BODY_BYTES`
+    /// (413).
+    BodyTooLarge,
 }
 
 impl ErrorCode {
@@ -241,6 +244,7 @@ impl ErrorCode {
             ErrorCode::PushProviderDisabled => "push_provider_disabled",
             ErrorCode::AtCapacity => "at_capacity",
             ErrorCode::Draining => "draining",
+            ErrorCode::BodyTooLarge => "body_too_large",
         }
     }
 }

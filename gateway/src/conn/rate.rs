@@ -28,6 +28,12 @@ impl TokenBucket {
         self.tokens + self.at.elapsed().as_secs_f64() * self.rate >= self.burst
     }
 
+    /// How long until a token is there (zero when one is).
+    pub fn retry_in(&self) -> std::time::Duration {
+        let tokens = (self.tokens + self.at.elapsed().as_secs_f64() * self.rate).min(self.burst);
+        std::time::Duration::from_secs_f64(((1.0 - tokens) / self.rate).max(0.0))
+    }
+
     /// Takes a token if one is there.
     pub fn take(&mut self) -> bool {
         let now = Instant::now();

@@ -1,5 +1,6 @@
 //! Accounts: signup, login, logout, token checks and health.
 
+use std::net::IpAddr;
 use std::sync::OnceLock;
 
 use chat_nats::envelope::Ephemeral;
@@ -11,6 +12,7 @@ use serde_json::json;
 use crate::auth::{self, Claims};
 use crate::conn::presence::notify;
 use crate::error::ClientError;
+use crate::http::limits::{Budget, Peer};
 use crate::http::{json, read_json, token, Resp};
 use crate::AppState;
 
@@ -42,8 +44,47 @@ fn bad_credentials(m: &str) -> ClientError {
     ClientError::new(chat_nats::wire::ErrorCode::BadCredentials, m)
 }
 
+/// The brute-force limits of signup and login, per gateway (see
+/// [`crate::http::limits`] for what the client address is).
+#[derive(Debug)]
+pub struct AuthLimits {
+    /// Every login attempt spends one of its client address's.
+    login_per_addr: Budget<IpAddr>,
+    /// Every failed login spends one of its username's; an empty budget
+    /// refuses the username's logins before the password is checked.
+    login_failures: Budget<String>,
+    /// Every signup attempt spends one of its client address's.
+    signup_per_addr: Budget<IpAddr>,
+}
+
+impl AuthLimits {
+    /// The budgets `cfg` sets.
+    pub fn new(cfg: &crate::config::GatewayConfig) -> AuthLimits {
+        AuthLimits {
+            login_per_addr: Budget::new(cfg.login_per_addr_per_min, cfg.login_per_addr_burst),
+            login_failures: Budget::new(cfg.login_failures_per_min, cfg.login_failures_burst),
+            signup_per_addr: Budget::new(cfg.signup_per_addr_per_min, cfg.signup_per_addr_burst),
+        }
+    }
+}
+
+/// The client address of a request (unspecified when the accept loop did
+/// not record one).
+fn peer<B>(req: &Request<B>) -> IpAddr {
+    req.extensions().get::<Peer>().map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0)
+}
+
 /// `POST /v1/signup`.
 pub async fn signup(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
+    st.auth_limits.signup_per_addr.spend(peer(&req)).map_err(|wait| {
+        ClientError::rate_limited(
+            format!(
+                "too many signups from this address (at most {} a minute); retry later",
+                st.auth_limits.signup_per_addr.per_min()
+            ),
+            wait,
+        )
+    })?;
     let r: SignupReq = read_json(req).await?;
     let username = normalize_username(&r.username)
         .ok_or_else(|| bad_credentials("username must be 3-32 characters of a-z, 0-9, '_', '.', '-'"))?;
@@ -62,16 +103,40 @@ pub async fn signup(st: &AppState, req: Request<Incoming>) -> Result<Resp, Clien
     }
 }
 
-/// `POST /v1/login`.
+/// `POST /v1/login`: every attempt spends one of its client address's
+/// budget; a username whose failed-login budget is empty is refused (429
+/// with `Retry-After`) before its password is checked.
 pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
+    let limits = &st.auth_limits;
+    limits.login_per_addr.spend(peer(&req)).map_err(|wait| {
+        ClientError::rate_limited(
+            format!(
+                "too many logins from this address (at most {} a minute); retry later",
+                limits.login_per_addr.per_min()
+            ),
+            wait,
+        )
+    })?;
     let r: LoginReq = read_json(req).await?;
     if !auth::is_client_device(&r.device_id) {
         return Err(ClientError::bad_request(
             "device_id must be 1-64 characters of [A-Za-z0-9_-], not \"sys\" nor starting with \"svc-\" (reserved)",
         ));
     }
-    let found = match normalize_username(&r.username) {
-        Some(u) => st.db.credentials(&u).await?,
+    let username = normalize_username(&r.username);
+    if let Some(u) = &username {
+        limits.login_failures.check(u).map_err(|wait| {
+            ClientError::rate_limited(
+                format!(
+                    "too many failed logins for this username (at most {} a minute); retry later",
+                    limits.login_failures.per_min()
+                ),
+                wait,
+            )
+        })?;
+    }
+    let found = match &username {
+        Some(u) => st.db.credentials(u).await?,
         None => None,
     };
     // Without an account, verify against a dummy hash anyway so timing does
@@ -87,6 +152,11 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, Client
         .await
         .ok_or_else(|| ClientError::unavailable("password hashing queue is full"))?;
     let Some(user) = user.filter(|_| ok) else {
+        if let Some(u) = username {
+            // Counted whether or not the account exists, so the refusals
+            // do not reveal which usernames do.
+            let _ = limits.login_failures.spend(u);
+        }
         return Err(ClientError::unauthorized("wrong username or password"));
     };
     let gen = st.db.touch_device(user, &r.device_id).await?;

@@ -12,10 +12,12 @@ use serde::Serialize;
 /// The response type of every handler.
 pub type Resp = Response<Full<Bytes>>;
 
-/// Largest JSON request body accepted by the HTTP API.
+/// Largest request body when a request carries no [`BodyLimit`] (the
+/// default of `CHAT_HTTP_MAX_BODY_BYTES`).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 use crate::error::ClientError;
+use crate::http::limits::BodyLimit;
 
 /// An id from a path, a query or a body in its canonical form (decimal, no
 /// sign, no leading zero: see [`chat_nats::subjects::parse_id`]); anything
@@ -44,12 +46,29 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T) -> Resp {
         .expect("static response parts are valid")
 }
 
-/// Reads a JSON body of at most [`MAX_BODY_BYTES`].
+/// 413 `body_too_large`.
+pub fn too_large(max: usize) -> ClientError {
+    ClientError::new(
+        chat_nats::wire::ErrorCode::BodyTooLarge,
+        format!("the request body is larger than {max} bytes (CHAT_HTTP_MAX_BODY_BYTES)"),
+    )
+}
+
+/// Reads a JSON body of at most the request's [`BodyLimit`] (413
+/// `body_too_large` beyond; [`crate::http::route`] already refused a
+/// larger `Content-Length`, this catches chunked bodies).
 pub async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ClientError> {
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES)
+    let max = req.extensions().get::<BodyLimit>().map_or(MAX_BODY_BYTES, |l| l.0);
+    let body = Limited::new(req.into_body(), max)
         .collect()
         .await
-        .map_err(|e| ClientError::bad_request(format!("cannot read body: {e}")))?
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                too_large(max)
+            } else {
+                ClientError::bad_request(format!("cannot read body: {e}"))
+            }
+        })?
         .to_bytes();
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| ClientError::bad_request(format!("invalid JSON body: {e}")))?;

@@ -12,6 +12,7 @@ pub mod conversations;
 pub mod edges;
 pub mod friends;
 pub mod groups;
+pub mod limits;
 pub mod messages;
 pub mod push;
 pub mod users;
@@ -41,8 +42,20 @@ macro_rules! methods {
     };
 }
 
-/// Routes one request.
-pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
+/// Routes one request. A `Content-Length` above
+/// `CHAT_HTTP_MAX_BODY_BYTES` is refused (413 `body_too_large`) on every
+/// route before anything else; a chunked body is cut at the same size
+/// where it is read ([`read_json`]).
+pub async fn route(state: Arc<AppState>, mut req: Request<Incoming>) -> Resp {
+    let max = state.cfg.http_max_body_bytes;
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        let mut resp = too_large(max).into_response();
+        // The unread body is not drained: the connection ends after this answer.
+        resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+        return resp;
+    }
+    req.extensions_mut().insert(limits::BodyLimit(max));
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();

@@ -6,53 +6,35 @@
 //! `CHAT_USER_LOOKUP_BURST`, per user and per gateway), so the routes
 //! cannot be used to walk through every account.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 
-use crate::conn::rate::TokenBucket;
 use crate::error::ClientError;
 use crate::http::accounts::{authenticate, normalize_username};
+use crate::http::limits::Budget;
 use crate::http::{json, Resp};
 use crate::store::User;
 use crate::AppState;
 
-/// Buckets kept before the full ones (users who have not looked anyone up
-/// for a while) are dropped.
-const PRUNE_AT: usize = 10_000;
-
 /// Each user's lookup budget on this gateway.
 #[derive(Debug)]
-pub struct Lookups {
-    per_min: u32,
-    burst: u32,
-    buckets: Mutex<HashMap<i64, TokenBucket>>,
-}
+pub struct Lookups(Budget<i64>);
 
 impl Lookups {
     /// `per_min` lookups a minute per user, up to `burst` at once.
     pub fn new(per_min: u32, burst: u32) -> Lookups {
-        Lookups { per_min, burst, buckets: Mutex::default() }
+        Lookups(Budget::new(per_min, burst))
     }
 
     /// Spends one of `user`'s lookups, or refuses with `rate_limited`.
     pub fn spend(&self, user: i64) -> Result<(), ClientError> {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if buckets.len() >= PRUNE_AT {
-            buckets.retain(|_, b| !b.is_full());
-        }
-        let (rate, burst) = (f64::from(self.per_min) / 60.0, self.burst);
-        if buckets.entry(user).or_insert_with(|| TokenBucket::with_rate(rate, burst)).take() {
-            Ok(())
-        } else {
-            Err(ClientError::new(
-                chat_nats::wire::ErrorCode::RateLimited,
-                format!("too many user lookups (at most {} a minute); retry later", self.per_min),
-            ))
-        }
+        self.0.spend(user).map_err(|wait| {
+            ClientError::rate_limited(
+                format!("too many user lookups (at most {} a minute); retry later", self.0.per_min()),
+                wait,
+            )
+        })
     }
 }
 

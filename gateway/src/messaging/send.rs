@@ -125,7 +125,7 @@ impl Sender {
         }
         match outcome? {
             SeqResult::Ok { id, ts, conv } => Ok((id, ts, conv)),
-            SeqResult::Err { code, message } => Err(ClientError { code, message }),
+            SeqResult::Err { code, message } => Err(ClientError::new(code, message)),
         }
     }
 

@@ -11,6 +11,7 @@ mod fake_push;
 mod group_commit;
 mod groups;
 mod limits;
+mod limits_auth;
 mod presence;
 mod push;
 mod restarts;

@@ -160,6 +160,15 @@ impl StackBuilder {
             ("CHAT_DRAIN_SECS", "1"),
             ("CHAT_SEND_TIMEOUT_MS", "10000"),
             ("CHAT_TOKEN_SECRET", "test-secret-0123456789abcdef0123456789"),
+            // Every test signs up and logs in from 127.0.0.1: the brute-force
+            // limits stay out of the way unless a test sets them
+            // (`limits_auth`).
+            ("CHAT_LOGIN_PER_ADDR_PER_MIN", "1000000"),
+            ("CHAT_LOGIN_PER_ADDR_BURST", "1000000"),
+            ("CHAT_LOGIN_FAILURES_PER_MIN", "1000000"),
+            ("CHAT_LOGIN_FAILURES_BURST", "1000000"),
+            ("CHAT_SIGNUP_PER_ADDR_PER_MIN", "1000000"),
+            ("CHAT_SIGNUP_PER_ADDR_BURST", "1000000"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
