@@ -117,6 +117,13 @@ pub fn live(user: i64) -> String {
     format!("{}{user}", live_prefix())
 }
 
+/// Core subject a worker publishes on when its NATS connection came back:
+/// wake-ups it published just before may have been lost with the old
+/// connection, so every gateway re-reads every connected user's inbox.
+pub fn wake_all() -> String {
+    format!("{PREFIX}.wake.all")
+}
+
 /// What every [`live`] subject starts with.
 pub fn live_prefix() -> String {
     format!("{PREFIX}.live.")

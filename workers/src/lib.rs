@@ -143,12 +143,34 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Resul
     }
 }
 
+/// Wake-ups are core NATS: those published just before this worker's
+/// connection dropped may be lost with it (with a cluster node's death, say).
+/// After every reconnect the worker asks every gateway to re-read its users'
+/// inboxes (`subjects::wake_all`), so a copy whose wake-up was lost is not
+/// left waiting for the next one or for `CHAT_LIVE_POLL_SECS`.
+async fn wake_all_on_reconnect(client: async_nats::Client) {
+    let stats = client.statistics();
+    let mut connects = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let now = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
+        if now != connects {
+            connects = now;
+            if let Err(e) = client.publish(subjects::wake_all(), bytes::Bytes::new()).await {
+                tracing::warn!(error = %e, "cannot ask the gateways to re-read after a reconnect");
+            }
+        }
+    }
+}
+
 async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), async_nats::Error> {
     let client = provision::connect(&cfg.nats_url, &cfg.name, cfg.subscription_capacity).await?;
     client.flush().await?;
     let storage = provision::provision(&client, &cfg.storage).await?;
     // Group commit relies on 2.15.1's one-fsync atomic batch commit.
     provision::check_batch_server(&client)?;
+    tokio::spawn(wake_all_on_reconnect(client.clone()));
     let clock = Clock { offset_ms: cfg.clock_offset_ms };
     // Before any partition is sequenced, so the planner sees every copy.
     let _push = if cfg.push.enabled { start_push(&client, &storage, &cfg).await? } else { Vec::new() };

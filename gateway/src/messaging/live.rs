@@ -68,6 +68,20 @@ impl Wakeups {
 /// Wakes every user on reconnects of the NATS client (notifications may
 /// have been lost while it was down) and every `poll`.
 pub async fn run_safety_net(client: async_nats::Client, hub: Arc<Hub>, poll: Duration) {
+    // A worker that reconnected asks for a re-read (its last wake-ups may be
+    // lost): on the next tick, as after our own reconnect.
+    let asked = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    match client.subscribe(subjects::wake_all()).await {
+        Ok(mut sub) => {
+            let asked = asked.clone();
+            tokio::spawn(async move {
+                while futures::StreamExt::next(&mut sub).await.is_some() {
+                    asked.store(true, Ordering::Relaxed);
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot subscribe to workers' re-read requests"),
+    }
     let stats = client.statistics();
     let mut connects = stats.connects.load(Ordering::Relaxed);
     let mut last_poll = tokio::time::Instant::now();
@@ -76,7 +90,7 @@ pub async fn run_safety_net(client: async_nats::Client, hub: Arc<Hub>, poll: Dur
     loop {
         tick.tick().await;
         let now = stats.connects.load(Ordering::Relaxed);
-        if now != connects || last_poll.elapsed() >= poll {
+        if now != connects || asked.swap(false, Ordering::Relaxed) || last_poll.elapsed() >= poll {
             connects = now;
             last_poll = tokio::time::Instant::now();
             hub.poke(&prefix);
