@@ -118,9 +118,22 @@ async fn stream(
                 return Ok(());
             }
         }
-        wake = wakeups.changed().await.ok_or("live wake-ups ended")?;
+        // A reader that stopped at a named copy reads once more until
+        // nothing is left if no wake-up follows within SETTLE: a copy whose
+        // own wake-up was lost (core NATS, a cluster node dying) then waits
+        // seconds, not `CHAT_LIVE_POLL_SECS`, for one extra read per quiet
+        // spell instead of one per copy.
+        let settle = matches!(wake, Wake::UpTo(_));
+        wake = tokio::select! {
+            w = wakeups.changed() => w.ok_or("live wake-ups ended")?,
+            _ = tokio::time::sleep(SETTLE), if settle => Wake::All,
+        };
     }
 }
+
+/// How long after its last wake-up a live reader looks once more for
+/// copies whose wake-ups were lost.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The first copy on `subject` at or after `seq`, or `None`. A direct get
 /// may be answered by any replica, and on an R3 stream a follower can be
