@@ -243,16 +243,35 @@ mod tests {
         let mut c = NatsCluster::start()?;
         assert!(c.meta_leader().is_some());
         let js = async_nats::jetstream::new(async_nats::connect(c.url.split(',').collect::<Vec<_>>()).await?);
-        let mut stream = js
-            .create_stream(async_nats::jetstream::stream::Config {
-                name: "R3".into(),
-                subjects: vec!["r3.>".into()],
-                num_replicas: 3,
-                ..Default::default()
-            })
-            .await?;
-        js.publish("r3.a", "one".into()).await?.await?;
-        let info = stream.info().await?;
+        // A cluster busy electing or placing can time a request out: each
+        // step is retried until its deadline (creation and the message-id
+        // publish are idempotent).
+        let stream = crate::wait_for("the R3 stream created", Duration::from_secs(30), || {
+            let js = js.clone();
+            async move {
+                js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: "R3".into(),
+                    subjects: vec!["r3.>".into()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await
+                .ok()
+            }
+        })
+        .await?;
+        crate::wait_for("the first write", Duration::from_secs(20), || {
+            let js = js.clone();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", "one");
+            async move { js.publish_with_headers("r3.a", headers, "one".into()).await.ok()?.await.ok() }
+        })
+        .await?;
+        let info = crate::wait_for("the stream's info", Duration::from_secs(20), || {
+            let mut stream = stream.clone();
+            async move { stream.info().await.ok().cloned() }
+        })
+        .await?;
         let leader = info.cluster.as_ref().and_then(|cl| cl.leader.clone()).context("R3 stream has a leader")?;
         assert_eq!(info.cluster.as_ref().map(|cl| cl.replicas.len()), Some(2), "a leader and two replicas");
         let leader = c.index_of(&leader).context("leader is a node")?;
@@ -268,7 +287,12 @@ mod tests {
         })
         .await?;
         c.restart(leader)?;
-        assert_eq!(stream.info().await?.state.messages, 2);
+        let messages = crate::wait_for("the stream's info after the restart", Duration::from_secs(20), || {
+            let mut stream = stream.clone();
+            async move { stream.info().await.ok().map(|i| i.state.messages) }
+        })
+        .await?;
+        assert_eq!(messages, 2);
         Ok(())
     }
 }

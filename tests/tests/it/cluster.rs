@@ -173,7 +173,10 @@ async fn send_paced(
     let mut last_progress = Instant::now();
     loop {
         let stopping = stop.load(Ordering::Relaxed);
-        if stopping && pending.is_empty() {
+        // A refused send waiting for its retry is not done: it may have been
+        // stored (a timeout's outcome is unknown), and only its retry's ack
+        // says with which id.
+        if stopping && pending.is_empty() && retry.is_empty() {
             return Ok(acked);
         }
         tokio::select! {
