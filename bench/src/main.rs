@@ -261,16 +261,7 @@ async fn scenario(name: &str, o: &mut Opts, out: &Path) -> Result<Report> {
         let t = Target::nats_only(nats.url.clone());
         run_one(name, o, &t).await?
     } else if name == "fsync" {
-        let nats_url = o.raw("nats").unwrap_or_default().to_owned();
-        let t = Target {
-            gateways: vec![],
-            quic: vec![],
-            nats_url,
-            gateway_pids: vec![],
-            nats_pid: None,
-            token_secret: None,
-            other_pids: vec![],
-        };
+        let t = Target::nats_only(o.raw("nats").unwrap_or_default().to_owned());
         run_one(name, o, &t).await?
     } else if external.is_empty() {
         let d = StackCfg::default();

@@ -305,12 +305,7 @@ async fn a_group_larger_than_one_batch_survives_a_worker_kill() -> Result<()> {
     let mut s = stack().env("CHAT_GROUP_MAX_MEMBERS", "1500").env("CHAT_SEND_TIMEOUT_MS", "3000").start().await?;
     let owner = s.user("bigowner", "d1").await?;
     // Members straight into PostgreSQL (one argon2 hash for all of them).
-    let db = chat_gateway::store::Db::connect(&s.pg.url, 4)?;
-    let hash = chat_gateway::auth::hash_password("password123");
-    let mut ids = Vec::new();
-    for i in 1..MEMBERS {
-        ids.push(db.create_user(&format!("member{i:04}"), &hash).await?.expect("new user").to_string());
-    }
+    let (db, hash, ids) = bulk_users(&s, MEMBERS - 1, |i| format!("member{i:04}")).await?;
     let members: Vec<&str> = ids.iter().map(String::as_str).collect();
     let g = s.create_group(&owner, "stadium", &members).await?;
     let (gid, conv) = (g["group_id"].as_str().unwrap().to_owned(), g["conv"].as_str().unwrap().to_owned());
@@ -355,6 +350,22 @@ async fn a_group_larger_than_one_batch_survives_a_worker_kill() -> Result<()> {
         assert!(copy.headers.get("Nats-Batch-Id").is_some(), "user {user}'s copy of the change was not batched");
     }
     Ok(())
+}
+
+/// Users 1..=n (named by `name`) straight into PostgreSQL with one argon2
+/// hash for all: the database, the hash and their ids.
+async fn bulk_users(
+    s: &Stack,
+    n: usize,
+    name: impl Fn(usize) -> String,
+) -> Result<(chat_gateway::store::Db, String, Vec<String>)> {
+    let db = chat_gateway::store::Db::connect(&s.pg.url, 4)?;
+    let hash = chat_gateway::auth::hash_password("password123");
+    let mut ids = Vec::with_capacity(n);
+    for i in 1..=n {
+        ids.push(db.create_user(&name(i), &hash).await?.expect("new user").to_string());
+    }
+    Ok((db, hash, ids))
 }
 
 /// A device token minted with the stack's secret (no argon2 login): the
@@ -437,12 +448,7 @@ async fn a_worker_killed_under_fifty_senders_and_a_500_member_group_loses_and_du
     const EVERY: Duration = Duration::from_millis(50);
     let mut s = stack().env("CHAT_GROUP_MAX_MEMBERS", "600").env("CHAT_SEND_TIMEOUT_MS", "3000").start().await?;
     let owner = s.user("crowdowner", "d1").await?;
-    let db = chat_gateway::store::Db::connect(&s.pg.url, 4)?;
-    let hash = chat_gateway::auth::hash_password("password123");
-    let mut ids = Vec::new();
-    for i in 1..MEMBERS {
-        ids.push(db.create_user(&format!("crowd{i:03}"), &hash).await?.expect("new user").to_string());
-    }
+    let (_, _, ids) = bulk_users(&s, MEMBERS - 1, |i| format!("crowd{i:03}")).await?;
     let members: Vec<&str> = ids.iter().map(String::as_str).collect();
     let g = s.create_group(&owner, "crowd", &members).await?;
     let (gid, gconv) = (g["group_id"].as_str().unwrap().to_owned(), g["conv"].as_str().unwrap().to_owned());
@@ -521,12 +527,7 @@ async fn a_group_message_too_big_for_one_commit_does_not_hold_other_conversation
     const MEMBERS: usize = 2500;
     let s = stack().env("CHAT_PARTITIONS", "1").env("CHAT_GROUP_MAX_MEMBERS", "3000").start().await?;
     let owner = s.user("laneowner", "d1").await?;
-    let db = chat_gateway::store::Db::connect(&s.pg.url, 4)?;
-    let hash = chat_gateway::auth::hash_password("password123");
-    let mut ids = Vec::new();
-    for i in 1..MEMBERS {
-        ids.push(db.create_user(&format!("lane{i:04}"), &hash).await?.expect("new user").to_string());
-    }
+    let (_, _, ids) = bulk_users(&s, MEMBERS - 1, |i| format!("lane{i:04}")).await?;
     let members: Vec<&str> = ids.iter().map(String::as_str).collect();
     let g = s.create_group(&owner, "arena", &members).await?;
     let (gid, gconv) = (g["group_id"].as_str().unwrap().to_owned(), g["conv"].as_str().unwrap().to_owned());
