@@ -124,6 +124,13 @@ pub fn wake_all() -> String {
     format!("{PREFIX}.wake.all")
 }
 
+/// When, after a NATS reconnect, a worker publishes [`wake_all`] and a
+/// gateway re-reads every connected user's inbox: at once, and twice more
+/// while the cluster settles (a restarted node's routes, and with them the
+/// interest that carries wake-ups between nodes, take a moment to form).
+pub const REWAKE_AFTER: [std::time::Duration; 3] =
+    [std::time::Duration::ZERO, std::time::Duration::from_secs(2), std::time::Duration::from_secs(6)];
+
 /// What every [`live`] subject starts with.
 pub fn live_prefix() -> String {
     format!("{PREFIX}.live.")

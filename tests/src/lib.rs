@@ -23,6 +23,8 @@
 //!   (else `/usr/lib/postgresql/15/bin` if it exists, else `PATH`).
 //! * `CHAT_TESTS_KEEP=1`: keep temp dirs (logs, stores) after `Drop`, for
 //!   post-mortems; their paths are printed to stderr.
+//! * `CHAT_TESTS_WORKER_LOG=<prefix>`: append each worker process's log to
+//!   `<prefix>.w<n>` (else it is discarded).
 //!
 //! When running as root, PostgreSQL commands run as the `postgres` user
 //! through `runuser` (initdb refuses root).//!

@@ -152,11 +152,21 @@ async fn wake_all_on_reconnect(client: async_nats::Client) {
     let stats = client.statistics();
     let mut connects = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut due: Vec<tokio::time::Instant> = Vec::new();
     loop {
         tick.tick().await;
         let now = stats.connects.load(std::sync::atomic::Ordering::Relaxed);
         if now != connects {
             connects = now;
+            // Now, and again while the cluster settles: a node that just
+            // restarted may not have its routes to the gateways' servers
+            // yet, and what this worker publishes there reaches nobody.
+            let at = tokio::time::Instant::now();
+            due = subjects::REWAKE_AFTER.iter().map(|d| at + *d).collect();
+        }
+        let before = due.len();
+        due.retain(|t| *t > tokio::time::Instant::now());
+        if due.len() < before {
             if let Err(e) = client.publish(subjects::wake_all(), bytes::Bytes::new()).await {
                 tracing::warn!(error = %e, "cannot ask the gateways to re-read after a reconnect");
             }

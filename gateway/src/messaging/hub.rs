@@ -96,8 +96,13 @@ async fn feed(client: async_nats::Client, subject: String, tx: broadcast::Sender
             }
         }
     };
-    // In place on the server once a round trip after it has completed.
-    let _ = client.flush().await;
+    // In place on the server once a round trip after it has completed (a
+    // flush that failed proves nothing: the connection may be down and the
+    // subscription not yet on any server).
+    while let Err(e) = client.flush().await {
+        tracing::debug!(subject, error = %e, "flush after subscribe failed; retrying");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = ready.send(true);
     while let Some(m) = sub.next().await {
         let _ = tx.send(m.payload);

@@ -8,8 +8,10 @@
 //! read the inbox *stream* forward from their own last delivered sequence
 //! up to the copy it names (see `delivery`). So a lost, late or reordered notification can delay a
 //! message but never skip, reorder or duplicate one. Notifications can be
-//! lost while the gateway's NATS connection is down; every user is woken
-//! when it comes back, and every `CHAT_LIVE_POLL_SECS` as a last resort.
+//! lost while the gateway's NATS connection is down, or while a worker's
+//! is; every user is woken when either comes back (and twice more within
+//! seconds, while the cluster's routes settle), and every
+//! `CHAT_LIVE_POLL_SECS` as a last resort.
 //!
 //! A connected device costs one broadcast receiver here instead of a
 //! JetStream consumer (about 45 KiB in nats-server and a 5 s idle
@@ -66,7 +68,8 @@ impl Wakeups {
 }
 
 /// Wakes every user on reconnects of the NATS client (notifications may
-/// have been lost while it was down) and every `poll`.
+/// have been lost while it was down) or when a worker asks (its own
+/// reconnect), again while the cluster settles, and every `poll`.
 pub async fn run_safety_net(client: async_nats::Client, hub: Arc<Hub>, poll: Duration) {
     // A worker that reconnected asks for a re-read (its last wake-ups may be
     // lost): on the next tick, as after our own reconnect.
@@ -85,13 +88,21 @@ pub async fn run_safety_net(client: async_nats::Client, hub: Arc<Hub>, poll: Dur
     let stats = client.statistics();
     let mut connects = stats.connects.load(Ordering::Relaxed);
     let mut last_poll = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Re-reads still due after a reconnect (see `subjects::REWAKE_AFTER`).
+    let mut due: Vec<tokio::time::Instant> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     let prefix = subjects::live_prefix();
     loop {
         tick.tick().await;
         let now = stats.connects.load(Ordering::Relaxed);
-        if now != connects || asked.swap(false, Ordering::Relaxed) || last_poll.elapsed() >= poll {
+        if now != connects || asked.swap(false, Ordering::Relaxed) {
             connects = now;
+            let at = tokio::time::Instant::now();
+            due = subjects::REWAKE_AFTER.iter().map(|d| at + *d).collect();
+        }
+        let before = due.len();
+        due.retain(|t| *t > tokio::time::Instant::now());
+        if due.len() < before || last_poll.elapsed() >= poll {
             last_poll = tokio::time::Instant::now();
             hub.poke(&prefix);
         }

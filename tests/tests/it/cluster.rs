@@ -33,6 +33,7 @@ const RETRYABLE: [&str; 3] = ["timeout", "unavailable", "rate_limited"];
 /// One acked send.
 struct Acked {
     id: u64,
+    cid: String,
     at: Instant,
 }
 
@@ -94,7 +95,16 @@ async fn start_load(s: &Stack) -> Result<Load> {
     for (i, [send, watch, check]) in logins.iter().cloned().enumerate() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let mut w = s.connect((i + 1) % GATEWAYS, &watch).await?;
-        w.sync(None).await?;
+        // The previous user's sender is already running: what it stored for
+        // this user before this sync comes in the sync itself.
+        let (synced, _) = w.sync(None).await?;
+        for m in &synced {
+            seen.lock().unwrap().push((
+                m["id"].as_str().context("id")?.parse()?,
+                m["conv"].as_str().context("conv")?.to_owned(),
+                m["cursor"].as_str().context("cursor")?.to_owned(),
+            ));
+        }
         let gw = (s.addr((i + 1) % GATEWAYS), watch.token.clone());
         let watcher = tokio::spawn(watch_device(w, gw, seen.clone(), reconnects.clone()));
         let c = s.connect(i % GATEWAYS, &send).await?;
@@ -198,7 +208,7 @@ async fn send_paced(
                     if pending.remove(cid) {
                         acks.fetch_add(1, Ordering::Relaxed);
                         let id = v["id"].as_str().context("id")?.parse()?;
-                        acked.push(Acked { id, at: Instant::now() });
+                        acked.push(Acked { id, cid: cid.to_owned(), at: Instant::now() });
                         last_progress = Instant::now();
                     }
                 }
@@ -281,6 +291,13 @@ impl Load {
                 let (all, _) = c.sync(None).await?;
                 let stored: Vec<u64> = all.iter().map(|m| m["id"].as_str().unwrap().parse().unwrap()).collect();
                 let in_inbox = stored.iter().filter(|id| missing.contains(id)).count();
+                // Where the missing copies sit in the inbox: after the last
+                // one seen (a stall) or between seen ones (a skip).
+                let missing_cursors: Vec<&str> = all
+                    .iter()
+                    .filter(|m| missing.contains(&m["id"].as_str().unwrap().parse().unwrap()))
+                    .map(|m| m["cursor"].as_str().unwrap_or_default())
+                    .collect();
                 let seen_order: Vec<u64> = seen.lock().unwrap().iter().map(|m| m.2.parse().unwrap()).collect();
                 let sorted = seen_order.windows(2).all(|w| w[0] < w[1]);
                 let watcher = match u.watcher.is_finished() {
@@ -288,7 +305,8 @@ impl Load {
                     false => "running".to_owned(),
                 };
                 bail!(
-                    "{e}: user {i} (watching on gateway {}): {} of {want} seen, {} missing of which {in_inbox} in the inbox ({} messages there); seen cursors increasing: {sorted}; last seen cursor {:?}; watcher {watcher}\n{}",
+                    "{e}: user {i} (id {}, watching on gateway {}): {} of {want} seen, {} missing of which {in_inbox} in the inbox ({} messages there); seen cursors increasing: {sorted}; last seen cursor {:?}; missing at cursors {missing_cursors:?}; watcher {watcher}\n{}",
+                    u.login_check.user_id,
                     (i + 1) % GATEWAYS,
                     got.len(),
                     missing.len(),
@@ -306,7 +324,26 @@ impl Load {
             let live: Vec<(u64, String, String)> = seen.lock().unwrap().clone();
             let ids: Vec<u64> = live.iter().map(|m| m.0).collect();
             assert_eq!(ids.iter().copied().collect::<HashSet<_>>().len(), ids.len(), "user {i}: a message twice live");
-            assert_eq!(ids.iter().copied().collect::<HashSet<_>>(), expected[i], "user {i}: live messages != acked");
+            let live_ids: HashSet<u64> = ids.iter().copied().collect();
+            if live_ids != expected[i] {
+                // Which sends the unexpected copies belong to (their bodies
+                // name the cid) and what those sends were acked with.
+                let mut c = s.connect(i % GATEWAYS, &u.login_check).await?;
+                let (all, _) = c.sync(None).await?;
+                let extra: Vec<String> = all
+                    .iter()
+                    .filter(|m| !expected[i].contains(&m["id"].as_str().unwrap_or_default().parse().unwrap_or(0)))
+                    .map(|m| {
+                        let cid = m["body"].as_str().unwrap_or_default().trim_start_matches("body ");
+                        let acked: Vec<u64> = acked.iter().flatten().filter(|a| a.cid == cid).map(|a| a.id).collect();
+                        format!("{} (cursor {}, cid {cid}, acked as {acked:?})", m["id"], m["cursor"])
+                    })
+                    .collect();
+                let unseen: Vec<&u64> = expected[i].difference(&live_ids).collect();
+                bail!(
+                    "user {i}: live messages != acked: not acked but stored: {extra:?}; acked but not live: {unseen:?}"
+                );
+            }
             // A device reading the whole inbox sees the same, in the same order.
             let mut c = s.connect(i % GATEWAYS, &u.login_check).await?;
             c.timeout = Duration::from_secs(30);

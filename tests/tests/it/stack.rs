@@ -289,7 +289,15 @@ impl Stack {
             .envs(&self.env)
             .env("CHAT_WORKER_CLOCK_OFFSET_MS", clock_offset_ms.to_string())
             .env("CHAT_WORKER_NAME", format!("w{}", self.workers.len()))
-            .stdout(Stdio::null())
+            .stdout(match std::env::var("CHAT_TESTS_WORKER_LOG") {
+                Ok(p) => Stdio::from(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(format!("{p}.w{}", self.workers.len()))?,
+                ),
+                Err(_) => Stdio::null(),
+            })
             .spawn()
             .context("spawn it-worker")?;
         self.workers.push(Worker { child });
