@@ -381,35 +381,22 @@ async fn store(
     fresh: bool,
 ) -> Result<Stored, async_nats::Error> {
     let mut payload = Bytes::from(serde_json::to_vec(&msg)?);
-    let copies = |msg: &StoredMessage, payload: &Bytes| copy_all(sh, msg.id, members, payload.clone());
-    let (ack, written) = if fresh {
-        // Nothing of this message can be stored yet, so the history append
-        // cannot turn out a duplicate: write it and the copies at once (one
-        // fsync wait instead of two). Message k+1 still waits for all of k.
-        let (ack, first) = futures::future::join(
-            publish(sh, subjects::history(conv), key.to_owned(), payload.clone()),
-            copies(&msg, &payload),
-        )
-        .await;
-        let ack = ack?;
-        if ack.duplicate {
-            // Not expected (see `run_partition`); the copies above carry a
-            // new id, so finish the stored message too and say so.
-            tracing::error!(key, "history duplicate on a fresh message: finishing the stored one as well");
-            (msg, payload) = stored_at(sh, ack.sequence).await?;
-            (ack, copies(&msg, &payload).await)
-        } else {
-            (ack, first)
+    // History first, copies only once it is stored, even for a message no
+    // earlier attempt touched (`fresh`). Written concurrently, copies could
+    // land while the history append failed (a cluster electing a leader),
+    // and the redo, finding no history, would store the message again under
+    // a new id next to the orphaned copies of the first: two messages for
+    // one send (found by `cluster::the_meta_leader_killed_*`).
+    let ack = publish(sh, subjects::history(conv), key.to_owned(), payload.clone()).await?;
+    if ack.duplicate {
+        // Stored by an earlier attempt that died before finishing: finish
+        // that message, with its id.
+        if fresh {
+            tracing::warn!(key, "history duplicate on a fresh message: finishing the stored one");
         }
-    } else {
-        let ack = publish(sh, subjects::history(conv), key.to_owned(), payload.clone()).await?;
-        if ack.duplicate {
-            // Stored by an earlier attempt that died before finishing: finish
-            // that message, with its id.
-            (msg, payload) = stored_at(sh, ack.sequence).await?;
-        }
-        (ack, copies(&msg, &payload).await)
-    };
+        (msg, payload) = stored_at(sh, ack.sequence).await?;
+    }
+    let written = copy_all(sh, msg.id, members, payload).await;
     let copies = members.iter().copied().zip(written?).collect();
     Ok(Stored { msg, history_seq: ack.sequence, copies })
 }
