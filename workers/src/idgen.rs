@@ -63,7 +63,9 @@ impl IdWorker {
     ) -> Result<(IdWorker, Lease), async_nats::Error> {
         for i in 0..MACHINES {
             let machine = (start + i) % MACHINES;
-            let Some(lease) = Lease::acquire(leases, subjects::machine_lease(machine), holder, ttl).await else {
+            // An error ends the scan: the bucket cannot be asked, and trying
+            // the other 1,023 ids would only say "all taken".
+            let Some(lease) = Lease::acquire(leases, subjects::machine_lease(machine), holder, ttl).await? else {
                 continue;
             };
             let key = subjects::machine_lease(machine);

@@ -24,10 +24,20 @@ pub struct Lease {
 
 impl Lease {
     /// Takes the lease on `key` if nobody holds it.
-    pub async fn acquire(kv: &kv::Store, key: String, holder: &str, ttl: Duration) -> Option<Lease> {
+    /// `Ok(None)`: someone holds it; `Err`: the bucket could not be asked
+    /// (NATS down, a cluster electing its leader), so nothing is known.
+    pub async fn acquire(
+        kv: &kv::Store,
+        key: String,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, async_nats::Error> {
         let now = Instant::now();
-        let revision = kv.create(&key, Bytes::from(holder.to_owned())).await.ok()?;
-        Some(Lease { kv: kv.clone(), key, revision, renewed_at: now, ttl })
+        match kv.create(&key, Bytes::from(holder.to_owned())).await {
+            Ok(revision) => Ok(Some(Lease { kv: kv.clone(), key, revision, renewed_at: now, ttl })),
+            Err(e) if held(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Extends the lease; an error means it was lost.
@@ -64,4 +74,12 @@ impl Lease {
             tracing::debug!(key = %self.key, error = %e, "lease not released (no longer ours, or NATS down); it will expire");
         }
     }
+}
+
+/// Whether a failed create means the key exists. async-nats 0.51 says
+/// `AlreadyExists` only when its follow-up read of the key succeeds; under
+/// load that read can fail too, and the error is then the server's refusal
+/// of the create, "wrong last sequence" (10071, or 10164 from 2.12 on).
+fn held(e: &kv::CreateError) -> bool {
+    e.kind() == kv::CreateErrorKind::AlreadyExists || e.to_string().contains("wrong last sequence")
 }

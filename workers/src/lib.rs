@@ -294,9 +294,12 @@ async fn manage(
                 if owned.contains_key(&p) {
                     continue;
                 }
-                if let Some(lease) =
-                    Lease::acquire(&sh.storage.leases, subjects::partition_lease(p), &cfg.name, ttl).await
-                {
+                let acquired = Lease::acquire(&sh.storage.leases, subjects::partition_lease(p), &cfg.name, ttl).await;
+                let acquired = acquired.unwrap_or_else(|e| {
+                    tracing::warn!(partition = p, error = %e, "cannot ask for a partition lease");
+                    None
+                });
+                if let Some(lease) = acquired {
                     let valid = Arc::new(Validity(Mutex::new(lease.valid_until())));
                     let task = tokio::spawn(sequencer::run_partition(sh.clone(), p, valid.clone()));
                     owned.insert(p, Owned { lease, valid, task });

@@ -41,8 +41,12 @@ const PUBLISH_CONCURRENCY: usize = 32;
 /// another worker takes over at once.
 pub async fn run(sh: Arc<Shared>, name: String, ttl: Duration, mut stop: oneshot::Receiver<()>) {
     loop {
-        let Some(mut lease) = Lease::acquire(&sh.storage.leases, subjects::PRESENCE_LEASE.into(), &name, ttl).await
-        else {
+        let acquired = Lease::acquire(&sh.storage.leases, subjects::PRESENCE_LEASE.into(), &name, ttl).await;
+        let acquired = acquired.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot ask for the presence lease");
+            None
+        });
+        let Some(mut lease) = acquired else {
             tokio::select! {
                 _ = tokio::time::sleep(ttl / 4) => continue,
                 _ = &mut stop => return,
