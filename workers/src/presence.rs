@@ -62,18 +62,27 @@ pub async fn run(sh: Arc<Shared>, name: String, ttl: Duration, mut stop: oneshot
                 }
             }
         };
-        let stopping = tokio::select! {
+        let (stopping, failed) = tokio::select! {
             r = derive(&sh) => {
-                if let Err(e) = r { tracing::warn!(error = %e, "presence worker failed; restarting") }
-                false
+                if let Err(e) = &r { tracing::warn!(error = %e, "presence worker failed; restarting") }
+                (false, r.is_err())
             }
-            _ = renew => false,
-            _ = &mut stop => true,
+            _ = renew => (false, false),
+            _ = &mut stop => (true, false),
         };
         lease.release().await;
         if stopping {
             tracing::info!("presence lease released");
             return;
+        }
+        // Not at once: a cluster without a JetStream leader refuses every
+        // restart, and one a few milliseconds after the other (a consumer
+        // created each time) only adds to the requests it has to work off.
+        if failed {
+            tokio::select! {
+                _ = tokio::time::sleep(ttl / 4) => {}
+                _ = &mut stop => return,
+            }
         }
     }
 }
