@@ -115,7 +115,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | E::LimitExceeded
         | E::PushProviderDisabled => StatusCode::BAD_REQUEST,
         E::Unauthorized => StatusCode::UNAUTHORIZED,
-        E::Forbidden => StatusCode::FORBIDDEN,
+        E::Forbidden | E::Banned => StatusCode::FORBIDDEN,
         E::NotFound => StatusCode::NOT_FOUND,
         E::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         E::UsernameTaken | E::GroupFull | E::Conflict => StatusCode::CONFLICT,
@@ -187,6 +187,9 @@ close_codes! {
     /// draining): reconnect to another edge from `GET /v1/edges` and `sync`
     /// from the last cursor; every send before the close was answered.
     CLOSE_RECONNECT_ELSEWHERE = 4010, "reconnect_elsewhere";
+    /// An operator banned the account: do not reconnect (a login answers
+    /// 403 `banned` until the ban ends or is lifted).
+    CLOSE_BANNED = 4011, "banned";
 }
 
 #[cfg(test)]

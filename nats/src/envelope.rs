@@ -206,6 +206,8 @@ pub enum Ephemeral {
         /// The device.
         device: String,
     },
+    /// An operator banned the user: every session of every device closes.
+    Banned,
     /// The user has a new friend: follow their presence.
     Friend {
         /// The friend.

@@ -212,6 +212,9 @@ pub enum ErrorCode {
     /// HTTP: the request body is larger than `CHAT_HTTP_MAX_BODY_BYTES`
     /// (413).
     BodyTooLarge,
+    /// HTTP: the account is banned by an operator (403; the message says
+    /// until when).
+    Banned,
 }
 
 impl ErrorCode {
@@ -245,6 +248,7 @@ impl ErrorCode {
             ErrorCode::AtCapacity => "at_capacity",
             ErrorCode::Draining => "draining",
             ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::Banned => "banned",
         }
     }
 }

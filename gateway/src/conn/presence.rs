@@ -26,7 +26,7 @@ use chat_nats::wire::{ErrorCode, ServerFrame, Status};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::conn::outbound::{Outbound, CLOSE_LOGGED_OUT};
+use crate::conn::outbound::{Outbound, CLOSE_BANNED, CLOSE_LOGGED_OUT};
 use crate::error::frame;
 use crate::http::friends::status_of;
 use crate::messaging::hub::HubRx;
@@ -146,6 +146,10 @@ async fn run(
                 }
                 Ok(Ephemeral::Logout { device: d }) if d == device => {
                     out.close(CLOSE_LOGGED_OUT);
+                    break true;
+                }
+                Ok(Ephemeral::Banned) => {
+                    out.close(CLOSE_BANNED);
                     break true;
                 }
                 Ok(Ephemeral::Friend { user: u }) => {

@@ -159,6 +159,14 @@ pub async fn login(st: &AppState, req: Request<Incoming>) -> Result<Resp, Client
         }
         return Err(ClientError::unauthorized("wrong username or password"));
     };
+    // Only after the password: a ban is nobody else's business.
+    if let Some(ban) = st.db.ban_of(user).await? {
+        let until = match ban.until_ms {
+            Some(ms) => format!("until {ms} (unix ms)"),
+            None => "until an operator lifts it".to_owned(),
+        };
+        return Err(ClientError::new(chat_nats::wire::ErrorCode::Banned, format!("this account is banned {until}")));
+    }
     let gen = st.db.touch_device(user, &r.device_id).await?;
     let exp = auth::now_secs() + st.cfg.token_ttl.as_secs();
     let claims = Claims { user, device: r.device_id.clone(), exp, gen };

@@ -39,13 +39,7 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientE
 /// `POST /v1/admin/drain`: answers 202 at once and drains in the background
 /// (the gateway keeps running, refusing sessions, until it is stopped).
 pub async fn drain(st: &Arc<AppState>, req: Request<Incoming>) -> Result<Resp, ClientError> {
-    let Some(expected) = &st.cfg.operator_token else {
-        return Err(ClientError::forbidden("operator endpoints are disabled: set CHAT_OPERATOR_TOKEN"));
-    };
-    let given = token(&req).unwrap_or_default();
-    if !crate::auth::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
-        return Err(ClientError::unauthorized("not the operator credential"));
-    }
+    operator(st, &req)?;
     let sessions = st.connections.count();
     let state = st.clone();
     tokio::spawn(async move { crate::edge::drain(&state).await });
@@ -53,4 +47,18 @@ pub async fn drain(st: &Arc<AppState>, req: Request<Incoming>) -> Result<Resp, C
         StatusCode::ACCEPTED,
         &json!({"gateway": st.cfg.gateway_id, "draining": true, "sessions": sessions, "drain_secs": st.cfg.drain.as_secs()}),
     ))
+}
+
+/// Refuses a request without the operator credential (`CHAT_OPERATOR_TOKEN`
+/// as the bearer token; a user's token never passes). Operator endpoints
+/// are off while the setting is unset.
+pub fn operator<B>(st: &AppState, req: &Request<B>) -> Result<(), ClientError> {
+    let Some(expected) = &st.cfg.operator_token else {
+        return Err(ClientError::forbidden("operator endpoints are disabled: set CHAT_OPERATOR_TOKEN"));
+    };
+    let given = token(req).unwrap_or_default();
+    if !crate::auth::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+        return Err(ClientError::unauthorized("not the operator credential"));
+    }
+    Ok(())
 }

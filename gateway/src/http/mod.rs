@@ -7,6 +7,7 @@
 //! looked at.
 
 pub mod accounts;
+pub mod bans;
 pub mod body;
 pub mod conversations;
 pub mod edges;
@@ -76,6 +77,10 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Incoming>) -> Resp {
         }),
         ["v1", "edges"] => methods!(method, path; GET => edges::list(st, req).await),
         ["v1", "admin", "drain"] => methods!(method, path; POST => edges::drain(st, req).await),
+        ["v1", "admin", "users", id] => methods!(method, path; GET => bans::show(st, req, id).await),
+        ["v1", "admin", "users", id, "ban"] => methods!(method, path;
+            PUT => bans::ban(st, req, id).await,
+            DELETE => bans::unban(st, req, id).await),
         ["v1", "conversations"] => methods!(method, path; GET => conversations::list(st, req).await),
         ["v1", "conversations", conv, "messages"] => {
             methods!(method, path; GET => messages::page(st, req, conv).await)

@@ -18,6 +18,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (3, include_str!("../../migrations/003_friends.sql")),
     (4, include_str!("../../migrations/004_push.sql")),
     (5, include_str!("../../migrations/005_token_gen.sql")),
+    (6, include_str!("../../migrations/006_bans.sql")),
 ];
 
 /// Database failures.
@@ -32,6 +33,17 @@ pub enum DbError {
     /// The connection string is invalid.
     #[error("invalid CHAT_DATABASE_URL: {0}")]
     Config(String),
+}
+
+/// A ban in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ban {
+    /// When it was imposed, unix ms.
+    pub since_ms: i64,
+    /// When it ends, unix ms (`None`: when lifted).
+    pub until_ms: Option<i64>,
+    /// The operator's reason (may be empty).
+    pub reason: String,
 }
 
 /// A user row, without the password hash.
@@ -147,6 +159,80 @@ impl Db {
             )
             .await?;
         Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    /// Bans a user (until `until_ms`, unix ms; `None`: until unbanned) and
+    /// ends every token of theirs: returns each device with its new token
+    /// generation, or `None` if there is no such user.
+    pub async fn ban(
+        &self,
+        user: i64,
+        until_ms: Option<i64>,
+        reason: &str,
+    ) -> Result<Option<Vec<(String, u64)>>, DbError> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let found = tx
+            .query_opt(
+                "UPDATE users SET banned_at = now(), ban_reason = $3,
+                   banned_until = CASE WHEN $2::bigint IS NULL THEN NULL ELSE to_timestamp($2::bigint / 1000.0) END
+                 WHERE id = $1 RETURNING id",
+                &[&user, &until_ms, &reason],
+            )
+            .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        let rows = tx
+            .query(
+                "UPDATE devices SET token_gen = token_gen + 1 WHERE user_id = $1 RETURNING device_id, token_gen",
+                &[&user],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(Some(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect()))
+    }
+
+    /// Lifts a user's ban; `false` if there is no such user.
+    pub async fn unban(&self, user: i64) -> Result<bool, DbError> {
+        let c = self.pool.get().await?;
+        let n = c
+            .execute(
+                "UPDATE users SET banned_at = NULL, banned_until = NULL, ban_reason = NULL WHERE id = $1",
+                &[&user],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The user's ban in force now, if any.
+    pub async fn ban_of(&self, user: i64) -> Result<Option<Ban>, DbError> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(
+                "SELECT (extract(epoch from banned_at) * 1000)::bigint,
+                        (extract(epoch from banned_until) * 1000)::bigint, coalesce(ban_reason, '')
+                 FROM users WHERE id = $1 AND banned_at IS NOT NULL
+                   AND (banned_until IS NULL OR banned_until > now())",
+                &[&user],
+            )
+            .await?;
+        Ok(row.map(|r| Ban { since_ms: r.get(0), until_ms: r.get(1), reason: r.get(2) }))
+    }
+
+    /// A user's devices: (device, first login ms, last login ms, token
+    /// generation), oldest first.
+    pub async fn devices(&self, user: i64) -> Result<Vec<(String, i64, i64, u64)>, DbError> {
+        let c = self.pool.get().await?;
+        let rows = c
+            .query(
+                "SELECT device_id, (extract(epoch from created_at) * 1000)::bigint,
+                        (extract(epoch from last_login_at) * 1000)::bigint, token_gen
+                 FROM devices WHERE user_id = $1 ORDER BY created_at, device_id",
+                &[&user],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get::<_, i64>(3) as u64)).collect())
     }
 
     /// A user by id.

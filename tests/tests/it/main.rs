@@ -1,6 +1,7 @@
 //! Integration tests: every test starts its own nats-server and PostgreSQL
 //! (see `chat_tests`) and talks to real gateways over real sockets.
 
+mod bans;
 mod batch;
 mod bench_smoke;
 mod cli;
