@@ -30,6 +30,17 @@ const CONTROL_BYTES: usize = 256 * 1024;
 struct Item {
     epoch: u64,
     text: String,
+    stored_ts: u64,
+}
+
+/// A frame for the transport to write.
+#[derive(Debug, PartialEq)]
+pub struct Frame {
+    /// The frame's text.
+    pub text: String,
+    /// For a `msg` frame, its message's `ts` (Unix ms it was stored), for
+    /// the delivery lag metric; 0 for other frames.
+    pub stored_ts: u64,
 }
 
 /// The sending half, held by the session and its delivery task.
@@ -82,7 +93,7 @@ impl Outbound {
     /// Queues a frame; false (and the connection is being closed) when the
     /// client is too slow or the connection is gone.
     pub fn push(&self, frame: String) -> bool {
-        self.push_item(Item { epoch: 0, text: frame }, CONTROL_BYTES)
+        self.push_item(Item { epoch: 0, text: frame, stored_ts: 0 }, CONTROL_BYTES)
     }
 
     fn push_item(&self, item: Item, extra_bytes: usize) -> bool {
@@ -111,6 +122,12 @@ impl Outbound {
     /// Queues a frame, waiting up to `stall` for room; false (and the
     /// connection is being closed) when the client made no room in time.
     pub async fn push_wait(&self, frame: String, epoch: u64, stall: std::time::Duration) -> bool {
+        self.push_stored(frame, epoch, stall, 0).await
+    }
+
+    /// [`Outbound::push_wait`] for a `msg` frame of a message stored at
+    /// `stored_ts` (Unix ms).
+    pub async fn push_stored(&self, frame: String, epoch: u64, stall: std::time::Duration, stored_ts: u64) -> bool {
         let deadline = tokio::time::Instant::now() + stall;
         let len = frame.len();
         loop {
@@ -124,7 +141,7 @@ impl Outbound {
             let frames = self.shared.frames.load(Ordering::Acquire);
             // An empty queue takes any frame, however large.
             if (queued == 0 || queued + len <= self.shared.max_bytes) && frames < self.shared.max_frames {
-                return self.push_item(Item { epoch, text: frame }, 0);
+                return self.push_item(Item { epoch, text: frame, stored_ts }, 0);
             }
             if tokio::time::timeout_at(deadline, drained).await.is_err() {
                 self.close(CLOSE_SLOW_CONSUMER);
@@ -178,8 +195,13 @@ impl Outbound {
 }
 
 impl OutboundRx {
-    /// The next frame to write, or the close code once closing.
+    /// The next frame's text, or the close code once closing.
     pub async fn next(&mut self) -> Result<String, u16> {
+        self.next_frame().await.map(|f| f.text)
+    }
+
+    /// The next frame to write, or the close code once closing.
+    pub async fn next_frame(&mut self) -> Result<Frame, u16> {
         loop {
             if self.shared.closed.load(Ordering::Acquire) {
                 return Err(self.shared.close_code.load(Ordering::Acquire) as u16);
@@ -195,7 +217,7 @@ impl OutboundRx {
                         if f.epoch != 0 && f.epoch < self.shared.epoch.load(Ordering::Acquire) {
                             continue;
                         }
-                        return Ok(f.text);
+                        return Ok(Frame { text: f.text, stored_ts: f.stored_ts });
                     }
                     None => return Err(CLOSE_GOING_AWAY),
                 },

@@ -55,7 +55,11 @@ struct Sink<'a> {
 
 impl Sink<'_> {
     async fn push(&self, f: &ServerFrame) -> bool {
-        self.out.push_wait(frame(f), self.epoch, self.stall).await
+        let stored_ts = match f {
+            ServerFrame::Msg(m) => m.ts,
+            _ => 0,
+        };
+        self.out.push_stored(frame(f), self.epoch, self.stall, stored_ts).await
     }
 }
 
@@ -71,6 +75,7 @@ async fn stream(
     // Wake-ups first: whatever is stored from now on is announced.
     // Every await but the wake-up wait is boxed: an idle delivery task then
     // keeps only its small waiting state resident (see docs/benchmarks.md).
+    let started = std::time::Instant::now();
     let mut wakeups = Box::pin(crate::messaging::live::watch(&state.hub, user)).await?;
     let Start::After(cursor) = start;
     let info = Box::pin(inbox.get_info()).await?.state;
@@ -88,15 +93,17 @@ async fn stream(
         Err(e) => return Err(e.into()),
     };
     let mut delivered = cursor;
+    let mut caught_up = 0;
     if last > cursor {
         match Box::pin(catch_up(state, user, device, cursor, last, out)).await? {
-            Some(seq) => delivered = seq,
+            Some((seq, n)) => (delivered, caught_up) = (seq, n),
             None => return Ok(()),
         }
     }
     if !Box::pin(out.push(&ServerFrame::Synced { cursor: delivered.to_string(), truncated })).await {
         return Ok(());
     }
+    state.metrics.catch_up(caught_up, started);
     // Live: read the inbox forward from the last delivered message on every
     // wake-up (and once now, for what arrived during catch-up). Reading the
     // stream, not the notifications, keeps inbox order with no gap. A
@@ -160,7 +167,8 @@ async fn next_copy(
 }
 
 /// Delivers every message after `cursor` up to `until` through one ordered
-/// consumer; the sequence of the last one, or `None` if the connection went.
+/// consumer; the sequence of the last one and how many were delivered, or
+/// `None` if the connection went.
 async fn catch_up(
     state: &AppState,
     user: i64,
@@ -168,7 +176,7 @@ async fn catch_up(
     cursor: u64,
     until: u64,
     out: &Sink<'_>,
-) -> Result<Option<u64>, async_nats::Error> {
+) -> Result<Option<(u64, u64)>, async_nats::Error> {
     let deliver_policy = match cursor {
         0 => DeliverPolicy::All,
         c => DeliverPolicy::ByStartSequence { start_sequence: c + 1 },
@@ -187,6 +195,7 @@ async fn catch_up(
         })
         .await?;
     let mut messages = consumer.messages().await?;
+    let mut n = 0;
     while let Some(m) = messages.next().await {
         let m = m?;
         let (seq, pending) = {
@@ -204,8 +213,9 @@ async fn catch_up(
         if !deliver(state, user, device, seq, &m.payload, out).await {
             return Ok(None);
         }
+        n += 1;
         if seq >= until || pending == 0 {
-            return Ok(Some(seq));
+            return Ok(Some((seq, n)));
         }
     }
     Err("inbox consumer ended".into())

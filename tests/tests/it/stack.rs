@@ -95,6 +95,8 @@ pub enum Kind {
 /// A worker process.
 pub struct Worker {
     pub child: Child,
+    /// Where it serves `GET /metrics` (`CHAT_METRICS_ADDR`).
+    pub metrics_addr: String,
 }
 
 /// How to build a stack.
@@ -283,16 +285,19 @@ impl Stack {
         Ok(self.gateways.len() - 1)
     }
 
-    /// Starts a worker process with a clock offset.
+    /// Starts a worker process with a clock offset, serving its metrics on a
+    /// free port.
     pub fn add_worker(&mut self, clock_offset_ms: i64) -> Result<usize> {
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_it-worker"))
             .envs(&self.env)
+            .env("CHAT_METRICS_ADDR", &metrics_addr)
             .env("CHAT_WORKER_CLOCK_OFFSET_MS", clock_offset_ms.to_string())
             .env("CHAT_WORKER_NAME", format!("w{}", self.workers.len()))
             .stdout(Stdio::null())
             .spawn()
             .context("spawn it-worker")?;
-        self.workers.push(Worker { child });
+        self.workers.push(Worker { child, metrics_addr });
         Ok(self.workers.len() - 1)
     }
 
