@@ -37,6 +37,19 @@ const FRAMES_IN: [&str; 8] =
 /// Server frame types as counted (`other`: none of the known ones).
 const FRAMES_OUT: [&str; 8] = ["ack", "error", "msg", "synced", "pong", "presence", "typing", "other"];
 
+/// A server frame's type, as an index into `FRAMES_OUT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameOut(usize);
+
+impl FrameOut {
+    /// The type a server frame's text starts with (every server frame is
+    /// serialized with its tag first: see `error::frame`).
+    pub fn of(text: &str) -> FrameOut {
+        let t = text.strip_prefix("{\"type\":\"").and_then(|r| r.split('"').next()).unwrap_or("");
+        FrameOut(FRAMES_OUT.iter().position(|k| *k == t).unwrap_or(FRAMES_OUT.len() - 1))
+    }
+}
+
 /// One label, both halves static.
 type Label = [(&'static str, &'static str); 1];
 
@@ -232,12 +245,9 @@ impl Metrics {
         self.frames_in[7].inc();
     }
 
-    /// Counts a server frame written, by the `type` it starts with (every
-    /// server frame is serialized with its tag first: see `error::frame`).
-    pub fn frame_out(&self, text: &str) {
-        let t = text.strip_prefix("{\"type\":\"").and_then(|r| r.split('"').next()).unwrap_or("");
-        let i = FRAMES_OUT.iter().position(|k| *k == t).unwrap_or(FRAMES_OUT.len() - 1);
-        self.frames_out[i].inc();
+    /// Counts a server frame written.
+    pub fn frame_out(&self, kind: FrameOut) {
+        self.frames_out[kind.0].inc();
     }
 
     /// Records a send's answer and how long it took.
@@ -331,5 +341,17 @@ mod tests {
         assert_eq!(template("[name]"), "/{name}");
         assert_eq!(template("_"), "unmatched");
         assert_eq!(template("*"), "*");
+    }
+
+    #[test]
+    fn server_frames_are_told_apart_by_their_leading_tag() {
+        use crate::error::frame;
+        let of = |f: &ServerFrame| FRAMES_OUT[FrameOut::of(&frame(f)).0];
+        assert_eq!(of(&ServerFrame::Pong), "pong");
+        let e = ServerFrame::Error { cid: None, code: ErrorCode::BadJson, message: "m".into() };
+        assert_eq!(of(&e), "error");
+        let s = ServerFrame::Synced { cursor: "1".into(), truncated: false };
+        assert_eq!(of(&s), "synced");
+        assert_eq!(FRAMES_OUT[FrameOut::of("{\"kind\":1}").0], "other");
     }
 }

@@ -65,10 +65,11 @@ pub async fn drive(
         loop {
             match out_rx.next_frame().await {
                 Ok(f) => {
-                    st.metrics.frame_out(&f.text);
+                    let kind = crate::metrics::FrameOut::of(&f.text);
                     if !sink.send(f.text).await {
                         return;
                     }
+                    st.metrics.frame_out(kind);
                     if f.stored_ts != 0 {
                         st.metrics.delivered(f.stored_ts);
                     }

@@ -1,8 +1,9 @@
 //! The HTTP API: [`route`] is the one table of paths and methods; one file
 //! per resource holds its handlers, and [`body`] the JSON plumbing.
 //!
-//! A new route is one line in [`route`]: its path pattern, then each method
-//! with its handler. A known path with another method is 405 (with the
+//! A new route is one line in [`route`]'s `routes!` table: its path
+//! pattern, then each method with its handler, and a comma (the pattern is
+//! also the route's label in the HTTP metrics). A known path with another method is 405 (with the
 //! allowed methods named), an unknown path 404, both before the token is
 //! looked at.
 

@@ -120,6 +120,26 @@ async fn idle(s: &Stack) -> Result<()> {
     .await
 }
 
+/// The worker's `chat_push_outcomes_total`, as (provider, result, count)
+/// for every non-zero series, sorted.
+async fn push_outcomes(s: &Stack) -> Result<Vec<(String, String, f64)>> {
+    let e = chat_tests::prom::metrics(&s.workers[0].metrics_addr, None).await?;
+    let mut out = Vec::new();
+    for provider in ["fcm", "apns", "webpush", "other"] {
+        for result in ["sent", "invalid_token", "retry", "dead"] {
+            let n = e.value("chat_push_outcomes_total", &[("provider", provider), ("result", result)]);
+            if n != 0.0 {
+                out.push((provider.to_owned(), result.to_owned(), n));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn outcomes(list: &[(&str, &str, f64)]) -> Vec<(String, String, f64)> {
+    list.iter().map(|(p, r, n)| (p.to_string(), r.to_string(), *n)).collect()
+}
+
 async fn requests_at_least(f: &Fake, n: usize) -> Result<()> {
     wait_for(&format!("{n} push requests"), WAIT, || async move { (f.requests().len() >= n).then_some(()) }).await
 }
@@ -371,6 +391,7 @@ async fn throttled_and_failing_sends_are_retried_honouring_retry_after() -> Resu
     assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), vec![429, 500, 200]);
     assert!(r[1].at - r[0].at >= Duration::from_secs(1), "Retry-After honoured: {:?}", r[1].at - r[0].at);
     assert!(fcm_message_ids(&p.fcm).iter().all(|id| id == ack["id"].as_str().unwrap()));
+    assert_eq!(push_outcomes(s).await?, outcomes(&[("fcm", "sent", 1.0), ("fcm", "retry", 2.0)]));
     Ok(())
 }
 
@@ -407,6 +428,8 @@ async fn tokens_reported_invalid_are_removed() -> Result<()> {
     idle(s).await?;
     let counts = [p.fcm.requests().len(), p.apns.requests().len(), p.web.requests().len()];
     assert_eq!(counts, [1, 1, 1], "removed tokens are not used again");
+    let invalid = [("fcm", "invalid_token", 1.0), ("apns", "invalid_token", 1.0), ("webpush", "invalid_token", 1.0)];
+    assert_eq!(push_outcomes(s).await?, outcomes(&invalid));
     Ok(())
 }
 
@@ -432,6 +455,7 @@ async fn a_job_failing_max_attempts_times_is_dead_lettered() -> Result<()> {
     assert_eq!((d["job"]["message_id"].as_str(), d["job"]["device"].as_str()), (ack["id"].as_str(), Some("phone")));
     idle(s).await?;
     assert_eq!(p.fcm.requests().len(), 3);
+    assert_eq!(push_outcomes(s).await?, outcomes(&[("fcm", "retry", 2.0), ("fcm", "dead", 1.0)]));
     Ok(())
 }
 
