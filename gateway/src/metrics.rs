@@ -50,6 +50,17 @@ impl FrameOut {
     }
 }
 
+/// When a `msg` frame goes out: live, or in a `sync`'s catch-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Live delivery after `synced`.
+    Live = 0,
+    /// Catch-up before `synced` (lag includes the time the device was away).
+    CatchUp = 1,
+}
+
+const PHASES: [&str; 2] = ["live", "catchup"];
+
 /// One label, both halves static.
 type Label = [(&'static str, &'static str); 1];
 
@@ -136,7 +147,7 @@ pub struct Metrics {
     sends_acked: Counter,
     sends_refused: Family<Label, Counter>,
     send_seconds: Histogram,
-    delivery_lag: Histogram,
+    delivery_lag: [Histogram; 2],
     catchup_messages: Histogram,
     catchup_seconds: Histogram,
     closes: Family<CloseLabels, Counter>,
@@ -167,6 +178,7 @@ impl Metrics {
         let opened_family = Family::<Label, Counter>::default();
         let in_family = Family::<Label, Counter>::default();
         let out_family = Family::<Label, Counter>::default();
+        let lag_family = Family::<Label, Histogram, Seconds>::new_with_constructor(Seconds);
         let m = Metrics {
             sessions: resolved(&sessions_family, "transport", TRANSPORTS),
             sessions_opened: resolved(&opened_family, "transport", TRANSPORTS),
@@ -175,7 +187,7 @@ impl Metrics {
             sends_acked: Counter::default(),
             sends_refused: Family::default(),
             send_seconds: seconds_histogram(),
-            delivery_lag: seconds_histogram(),
+            delivery_lag: PHASES.map(|p| lag_family.get_or_create(&[("phase", p)]).clone()),
             catchup_messages: count_histogram(),
             catchup_seconds: seconds_histogram(),
             closes: Family::default(),
@@ -196,8 +208,8 @@ impl Metrics {
         );
         r.register(
             "chat_delivery_lag_seconds",
-            "From a message's ts (stored by the sequencer) to its msg frame written to the socket",
-            m.delivery_lag.clone(),
+            "From a message's ts (stored by the sequencer) to its msg frame written to the socket, by phase",
+            lag_family,
         );
         r.register("chat_catchup_messages", "Messages delivered by one sync's catch-up", m.catchup_messages.clone());
         r.register(
@@ -267,10 +279,10 @@ impl Metrics {
 
     /// Records a `msg` frame written now, its message stored at `stored_ts_ms`
     /// (a negative lag, from clock skew between hosts, counts as 0).
-    pub fn delivered(&self, stored_ts_ms: u64) {
+    pub fn delivered(&self, stored_ts_ms: u64, phase: Phase) {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let lag = (now.as_millis() as u64).saturating_sub(stored_ts_ms);
-        self.delivery_lag.observe(lag as f64 / 1000.0);
+        self.delivery_lag[phase as usize].observe(lag as f64 / 1000.0);
     }
 
     /// Records one sync's catch-up.

@@ -70,8 +70,8 @@ pub async fn drive(
                         return;
                     }
                     st.metrics.frame_out(kind);
-                    if f.stored_ts != 0 {
-                        st.metrics.delivered(f.stored_ts);
+                    if let Some((ts, phase)) = f.stored {
+                        st.metrics.delivered(ts, phase);
                     }
                 }
                 Err(code) => {

@@ -27,6 +27,7 @@ use futures::StreamExt;
 use crate::conn::outbound::{Outbound, CLOSE_INTERNAL};
 use crate::error::frame;
 use crate::messaging::live::Wake;
+use crate::metrics::Phase;
 use crate::AppState;
 
 /// Where delivery starts.
@@ -55,11 +56,12 @@ struct Sink<'a> {
 
 impl Sink<'_> {
     async fn push(&self, f: &ServerFrame) -> bool {
-        let stored_ts = match f {
-            ServerFrame::Msg(m) => m.ts,
-            _ => 0,
-        };
-        self.out.push_stored(frame(f), self.epoch, self.stall, stored_ts).await
+        self.out.push_wait(frame(f), self.epoch, self.stall).await
+    }
+
+    /// Queues a `msg` frame of a message stored at `ts`.
+    async fn push_msg(&self, f: &ServerFrame, ts: u64, phase: Phase) -> bool {
+        self.out.push_stored(frame(f), self.epoch, self.stall, Some((ts, phase))).await
     }
 }
 
@@ -121,7 +123,7 @@ async fn stream(
             }
             let Some(m) = Box::pin(next_copy(state, &subject, delivered + 1)).await? else { break };
             delivered = m.sequence;
-            if !Box::pin(deliver(state, user, device, m.sequence, &m.payload, out)).await {
+            if !Box::pin(deliver(state, user, device, m.sequence, &m.payload, out, Phase::Live)).await {
                 return Ok(());
             }
         }
@@ -210,7 +212,7 @@ async fn catch_up(
         if seq <= cursor {
             continue;
         }
-        if !deliver(state, user, device, seq, &m.payload, out).await {
+        if !deliver(state, user, device, seq, &m.payload, out, Phase::CatchUp).await {
             return Ok(None);
         }
         n += 1;
@@ -222,7 +224,15 @@ async fn catch_up(
 }
 
 /// Sends one inbox message as a `msg` frame; `false` if the connection went.
-async fn deliver(state: &AppState, user: i64, device: &str, seq: u64, payload: &[u8], out: &Sink<'_>) -> bool {
+async fn deliver(
+    state: &AppState,
+    user: i64,
+    device: &str,
+    seq: u64,
+    payload: &[u8],
+    out: &Sink<'_>,
+    phase: Phase,
+) -> bool {
     let stored: StoredMessage = match serde_json::from_slice(payload) {
         Ok(s) => s,
         Err(e) => {
@@ -232,6 +242,7 @@ async fn deliver(state: &AppState, user: i64, device: &str, seq: u64, payload: &
     };
     let from_self = stored.from == user;
     let own = from_self && stored.device == device;
+    let ts = stored.ts;
     let msg = ServerFrame::Msg(MsgFrame {
         id: stored.id.to_string(),
         conv: stored.conv,
@@ -243,7 +254,7 @@ async fn deliver(state: &AppState, user: i64, device: &str, seq: u64, payload: &
         cid: own.then_some(stored.cid),
         event: stored.event,
     });
-    if !out.push(&msg).await {
+    if !out.push_msg(&msg, ts, phase).await {
         return false;
     }
     // The push planner never pushes a user's own messages, so only copies

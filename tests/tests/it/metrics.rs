@@ -119,7 +119,12 @@ async fn gateway_and_worker_metrics_count_real_activity() -> Result<()> {
             ("chat_sends_acked_total", &[], 1.0),
             ("chat_sends_refused_total", &[("code", "empty_body")], 1.0),
             ("chat_send_ack_seconds_count", &[], 2.0),
-            ("chat_delivery_lag_seconds_count", &[], 3.0),
+            ("chat_delivery_lag_seconds_count", &[("phase", "live")], 2.0),
+            ("chat_delivery_lag_seconds_count", &[("phase", "catchup")], 1.0),
+            // Local and live: both within 2 s of being stored.
+            ("chat_delivery_lag_seconds_bucket", &[("phase", "live"), ("le", "2.048")], 2.0),
+            ("chat_catchup_messages_bucket", &[("le", "1")], 3.0),
+            ("chat_catchup_messages_bucket", &[("le", "+Inf")], 3.0),
             ("chat_catchup_messages_count", &[], 3.0),
             ("chat_catchup_messages_sum", &[], 1.0),
             ("chat_catchup_seconds_count", &[], 3.0),
