@@ -381,3 +381,24 @@ async fn live_workers(sh: &Shared) -> u32 {
 }
 
 pub use chat_nats::process::{init_tracing, shutdown_signal};
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn the_metrics_listener_is_off_unless_an_address_is_given() {
+        let cfg = |v: Option<&str>| {
+            let src: HashMap<String, String> =
+                v.map(|v| ("CHAT_METRICS_ADDR".to_string(), v.to_string())).into_iter().collect();
+            WorkerConfig::from_source(&src).map(|c| c.metrics_addr)
+        };
+        assert_eq!(cfg(None).unwrap(), None);
+        assert_eq!(cfg(Some("off")).unwrap(), None);
+        assert_eq!(cfg(Some("127.0.0.1:9464")).unwrap(), Some(([127, 0, 0, 1], 9464).into()));
+        let e = cfg(Some("port 9464")).unwrap_err().to_string();
+        assert!(e.contains("CHAT_METRICS_ADDR"), "{e}");
+    }
+}

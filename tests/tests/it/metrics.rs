@@ -53,8 +53,8 @@ async fn settle(addr: &str, token: Option<&str>, before: &Exposition, expect: &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_and_worker_metrics_count_real_activity() -> Result<()> {
-    let mut s = stack().env("CHAT_OPERATOR_TOKEN", OPERATOR).start().await?;
-    let (gw, wk) = (s.addr(0), s.workers[0].metrics_addr.clone());
+    let mut s = stack().env("CHAT_OPERATOR_TOKEN", OPERATOR).worker_metrics().start().await?;
+    let (gw, wk) = (s.addr(0), s.worker_metrics(0)?);
 
     // The gateway's endpoint is an operator endpoint; the worker's is open.
     assert_eq!(prom::scrape(&gw, None).await?.status, 401);

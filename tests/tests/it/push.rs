@@ -62,6 +62,7 @@ async fn push_stack(extra: &[(&str, &str)]) -> Result<Push> {
     std::fs::write(dir.join("vapid.pem"), vapid_pem)?;
     let path = |f: &str| dir.join(f).display().to_string();
     let mut b = stack()
+        .worker_metrics()
         .env("CHAT_FCM_CREDENTIALS", &path("sa.json"))
         .env("CHAT_FCM_ENDPOINT", &fcm.url())
         .env("CHAT_APNS_KEY", &path("apns.p8"))
@@ -123,7 +124,7 @@ async fn idle(s: &Stack) -> Result<()> {
 /// The worker's `chat_push_outcomes_total`, as (provider, result, count)
 /// for every non-zero series, sorted.
 async fn push_outcomes(s: &Stack) -> Result<Vec<(String, String, f64)>> {
-    let e = chat_tests::prom::metrics(&s.workers[0].metrics_addr, None).await?;
+    let e = chat_tests::prom::metrics(&s.worker_metrics(0)?, None).await?;
     let mut out = Vec::new();
     for provider in ["fcm", "apns", "webpush", "other"] {
         for result in ["sent", "invalid_token", "retry", "dead"] {
