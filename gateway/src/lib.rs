@@ -10,6 +10,7 @@
 //!   catch-up and live delivery from the inbox stream; [`history`]: pages.
 //! - [`service`]: the NATS subject internal services send on.
 //! - [`edge`]: the gateway registry, discovery, capacity and the drain.
+//! - [`metrics`]: the Prometheus metrics `GET /metrics` serves.
 //!
 //! The gateway keeps no state of its own: every message is in JetStream,
 //! every account in PostgreSQL. [`run`] takes a bound listener and a
@@ -23,6 +24,7 @@ pub mod edge;
 pub mod error;
 pub mod http;
 pub mod messaging;
+pub mod metrics;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -110,6 +112,8 @@ pub struct AppState {
     pub auth_limits: http::accounts::AuthLimits,
     /// This gateway in the registry, the others as seen, draining.
     pub edges: edge::Edges,
+    /// What `GET /metrics` reports.
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -266,6 +270,7 @@ pub async fn run(
     let cfg_lookups = (cfg.user_lookup_per_min, cfg.user_lookup_burst);
     let edges = edge::Edges::new(&cfg, http_addr, quic_addr);
     let auth_limits = http::accounts::AuthLimits::new(&cfg);
+    let metrics = metrics::Metrics::new(&db, &client);
     let state = Arc::new(AppState {
         cfg,
         db,
@@ -285,6 +290,7 @@ pub async fn run(
         lookups: http::users::Lookups::new(cfg_lookups.0, cfg_lookups.1),
         auth_limits,
         edges,
+        metrics,
     });
     let registry = edge::start(state.clone());
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));

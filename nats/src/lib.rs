@@ -13,6 +13,8 @@
 //!   messages, ack records).
 //! - [`history`]: the history index block, last-message lookup and the
 //!   direct-get protocol, shared by the sequencer and the readers.
+//! - [`metrics`]: the Prometheus text encoding every `/metrics` answers
+//!   with, and the NATS connection's own counters.
 //! - [`process`]: tracing set-up and the shutdown signal every binary
 //!   shares.
 //! - [`wire`]: the client-facing WebSocket frames and error codes.
@@ -23,6 +25,7 @@ pub mod batch;
 pub mod config;
 pub mod envelope;
 pub mod history;
+pub mod metrics;
 pub mod process;
 pub mod provision;
 pub mod snowflake;

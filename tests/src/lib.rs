@@ -31,7 +31,8 @@
 //! [`load`] runs senders over several gateways and verifies what they
 //! sent. Modules, by what they start: `nats` ([`NatsServer`]), `postgres`
 //! ([`Postgres`]), [`browser`] (a headless Chromium over the DevTools
-//! protocol, for the web client) and `support` (temp dirs, log tails, commands). The
+//! protocol, for the web client), [`prom`] (scraping `/metrics` and a strict
+//! parser of the Prometheus text format) and `support` (temp dirs, log tails, commands). The
 //! whole stack (gateways, workers) is built by the suite itself, in
 //! `tests/tests/it/stack.rs`, because it runs the suite's own binaries.
 
@@ -42,6 +43,7 @@ pub mod cluster;
 pub mod load;
 mod nats;
 mod postgres;
+pub mod prom;
 mod support;
 
 use std::future::Future;

@@ -6,6 +6,7 @@
 //! - [`sequencer`]: per-partition ordering, history, inbox copies, acks.
 //! - [`presence`]: online/offline transitions derived from heartbeats.
 //! - [`push`]: push notifications (planner, sender, FCM, APNs, Web Push).
+//! - [`metrics`]: Prometheus metrics and their listener (`CHAT_METRICS_ADDR`).
 //!
 //! [`run`] connects, provisions streams and buckets, leases a machine id and
 //! then owns a fair share of the ingress partitions, rebalancing as workers
@@ -17,6 +18,7 @@ pub mod bucket;
 pub mod idgen;
 pub mod lane;
 pub mod lease;
+pub mod metrics;
 pub mod presence;
 pub mod push;
 pub mod round;
@@ -56,6 +58,9 @@ pub struct WorkerConfig {
     pub subscription_capacity: usize,
     /// Push notification settings.
     pub push: push::PushConfig,
+    /// `CHAT_METRICS_ADDR`: where `GET /metrics` is served; unset or `off`
+    /// (the default): not served.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -74,6 +79,12 @@ impl WorkerConfig {
                 1 << 20,
             )? as usize,
             push: push::PushConfig::from_source(src)?,
+            metrics_addr: match src.get("CHAT_METRICS_ADDR").as_deref() {
+                None | Some("") | Some("off") => None,
+                Some(_) => {
+                    Some(config::var(src, "CHAT_METRICS_ADDR", std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?)
+                }
+            },
         })
     }
 }
@@ -92,6 +103,8 @@ pub struct Shared {
     /// Messages the NATS client buffers per subscription
     /// (`CHAT_WORKER_SUBSCRIPTION_CAPACITY`): consumers ask for less.
     pub subscription_capacity: usize,
+    /// What `GET /metrics` reports.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 /// Until when a partition task may act on its lease.
@@ -175,7 +188,21 @@ async fn wake_all_on_reconnect(client: async_nats::Client) {
 }
 
 async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<(), async_nats::Error> {
+    // Bound first: a taken address is a start-up error, not a silent gap.
+    let metrics_listener = match cfg.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot bind CHAT_METRICS_ADDR {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let client = provision::connect(&cfg.nats_url, &cfg.name, cfg.subscription_capacity).await?;
+    let metrics = metrics::Metrics::new(&client);
+    let _metrics_task = metrics_listener.map(|l| {
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");
+        AbortOnDrop(tokio::spawn(metrics::serve(l, metrics.clone())))
+    });
     client.flush().await?;
     let storage = provision::provision(&client, &cfg.storage).await?;
     // Group commit relies on 2.15.1's one-fsync atomic batch commit.
@@ -183,7 +210,7 @@ async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<
     tokio::spawn(wake_all_on_reconnect(client.clone()));
     let clock = Clock { offset_ms: cfg.clock_offset_ms };
     // Before any partition is sequenced, so the planner sees every copy.
-    let _push = if cfg.push.enabled { start_push(&client, &storage, &cfg).await? } else { Vec::new() };
+    let _push = if cfg.push.enabled { start_push(&client, &storage, &cfg, &metrics).await? } else { Vec::new() };
     tokio::pin!(shutdown);
     loop {
         let start = (std::process::id() % u32::from(chat_nats::snowflake::MACHINES)) as u16;
@@ -206,6 +233,7 @@ async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<
             ids,
             clock,
             subscription_capacity: cfg.subscription_capacity,
+            metrics: metrics.clone(),
         });
         let (stop_presence, stop) = tokio::sync::oneshot::channel();
         let presence = tokio::spawn(presence::run(shared.clone(), cfg.name.clone(), ttl, stop));
@@ -227,10 +255,11 @@ async fn start_push(
     client: &async_nats::Client,
     storage: &provision::Storage,
     cfg: &WorkerConfig,
+    metrics: &Arc<metrics::Metrics>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, push::PushError> {
     let mut attempt = 1;
     loop {
-        match push::start(client.clone(), storage.clone(), cfg.push.clone()).await {
+        match push::start(client.clone(), storage.clone(), cfg.push.clone(), metrics.clone()).await {
             Err(push::PushError::Nats(e)) if attempt < 5 => {
                 tracing::warn!(error = %e, attempt, "cannot create the push consumers yet; retrying");
                 tokio::time::sleep(Duration::from_secs(attempt)).await;
@@ -269,6 +298,7 @@ async fn manage(
             _ = tick.tick() => {}
             _ = &mut *shutdown => {
                 stop_all(&mut owned).await;
+                sh.metrics.partitions(0);
                 machine.release().await;
                 return true;
             }
@@ -276,12 +306,14 @@ async fn manage(
         if let Err(e) = machine.renew(&cfg.name).await {
             tracing::warn!(error = %e, "machine lease renewal failed");
             stop_all(&mut owned).await;
+            sh.metrics.partitions(0);
             return false;
         }
         if let Err(e) = sh.ids.reserve(sh.clock.now_ms()).await {
             tracing::warn!(error = %e, "cannot extend the id reservation");
         }
         renew_partitions(cfg, &mut owned).await;
+        sh.metrics.partitions(owned.len());
         let workers = live_workers(&sh).await.max(1);
         let target = parts.div_ceil(workers) as usize;
         if owned.len() < target {
@@ -316,6 +348,16 @@ async fn manage(
                 }
             }
         }
+        sh.metrics.partitions(owned.len());
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -352,3 +394,24 @@ async fn live_workers(sh: &Shared) -> u32 {
 }
 
 pub use chat_nats::process::{init_tracing, shutdown_signal};
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    #[test]
+    fn the_metrics_listener_is_off_unless_an_address_is_given() {
+        let cfg = |v: Option<&str>| {
+            let src: HashMap<String, String> =
+                v.map(|v| ("CHAT_METRICS_ADDR".to_string(), v.to_string())).into_iter().collect();
+            WorkerConfig::from_source(&src).map(|c| c.metrics_addr)
+        };
+        assert_eq!(cfg(None).unwrap(), None);
+        assert_eq!(cfg(Some("off")).unwrap(), None);
+        assert_eq!(cfg(Some("127.0.0.1:9464")).unwrap(), Some(([127, 0, 0, 1], 9464).into()));
+        let e = cfg(Some("port 9464")).unwrap_err().to_string();
+        assert!(e.contains("CHAT_METRICS_ADDR"), "{e}");
+    }
+}

@@ -262,6 +262,7 @@ async fn publish(
     let payload = Bytes::from(serde_json::to_vec(&state)?);
     sh.storage.status.put(subjects::status_key(user), payload.clone()).await?;
     sh.client.publish(subjects::presence(user), payload).await?;
+    sh.metrics.presence(online);
     tracing::debug!(user_id = user, ?status, "presence transition");
     Ok((user, status))
 }

@@ -24,6 +24,7 @@ use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::ErrorCode;
 use futures::{FutureExt, StreamExt};
 
+use crate::metrics::Mode;
 use crate::Shared;
 
 pub use chat_nats::history::INDEX_BLOCK;
@@ -93,6 +94,8 @@ pub async fn run_partition(
         // Messages too big for one commit get lanes of their own (after
         // what the round stores); messages of their conversations wait.
         let (round, big) = lanes.split(&sh, &mut convs, round, fresh).await?;
+        sh.metrics.round(round.len());
+        let started = std::time::Instant::now();
         let payloads: Vec<&[u8]> = round.iter().map(|m| m.payload.as_ref()).collect();
         // Ok(true): stored as a batched round; Ok(false): not batched, one
         // by one as delivered; Err: part of it may be stored, so one by one
@@ -104,11 +107,15 @@ pub async fn run_partition(
             }),
             None => Ok(false),
         };
-        if batched != Ok(true) {
+        if batched == Ok(true) {
+            sh.metrics.committed(Mode::Batch, round.len(), started);
+        } else {
             for msg in &round {
+                let started = std::time::Instant::now();
                 if !one_by_one(&sh, &mut convs, msg, fresh(msg) && batched.is_ok(), &valid, partition).await {
                     return Ok(());
                 }
+                sh.metrics.committed(Mode::Single, 1, started);
             }
         }
         for msg in round {

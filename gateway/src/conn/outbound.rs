@@ -30,6 +30,20 @@ const CONTROL_BYTES: usize = 256 * 1024;
 struct Item {
     epoch: u64,
     text: String,
+    stored: Option<Stored>,
+}
+
+/// A `msg` frame's message: when it was stored (Unix ms, its `ts`) and in
+/// which phase of delivery it goes out, for the delivery lag metric.
+pub type Stored = (u64, crate::metrics::Phase);
+
+/// A frame for the transport to write.
+#[derive(Debug, PartialEq)]
+pub struct Frame {
+    /// The frame's text.
+    pub text: String,
+    /// For a `msg` frame, when its message was stored and the phase.
+    pub stored: Option<Stored>,
 }
 
 /// The sending half, held by the session and its delivery task.
@@ -82,7 +96,7 @@ impl Outbound {
     /// Queues a frame; false (and the connection is being closed) when the
     /// client is too slow or the connection is gone.
     pub fn push(&self, frame: String) -> bool {
-        self.push_item(Item { epoch: 0, text: frame }, CONTROL_BYTES)
+        self.push_item(Item { epoch: 0, text: frame, stored: None }, CONTROL_BYTES)
     }
 
     fn push_item(&self, item: Item, extra_bytes: usize) -> bool {
@@ -111,6 +125,17 @@ impl Outbound {
     /// Queues a frame, waiting up to `stall` for room; false (and the
     /// connection is being closed) when the client made no room in time.
     pub async fn push_wait(&self, frame: String, epoch: u64, stall: std::time::Duration) -> bool {
+        self.push_stored(frame, epoch, stall, None).await
+    }
+
+    /// [`Outbound::push_wait`] for a `msg` frame of a `stored` message.
+    pub async fn push_stored(
+        &self,
+        frame: String,
+        epoch: u64,
+        stall: std::time::Duration,
+        stored: Option<Stored>,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + stall;
         let len = frame.len();
         loop {
@@ -124,7 +149,7 @@ impl Outbound {
             let frames = self.shared.frames.load(Ordering::Acquire);
             // An empty queue takes any frame, however large.
             if (queued == 0 || queued + len <= self.shared.max_bytes) && frames < self.shared.max_frames {
-                return self.push_item(Item { epoch, text: frame }, 0);
+                return self.push_item(Item { epoch, text: frame, stored }, 0);
             }
             if tokio::time::timeout_at(deadline, drained).await.is_err() {
                 self.close(CLOSE_SLOW_CONSUMER);
@@ -178,8 +203,13 @@ impl Outbound {
 }
 
 impl OutboundRx {
-    /// The next frame to write, or the close code once closing.
+    /// The next frame's text, or the close code once closing.
     pub async fn next(&mut self) -> Result<String, u16> {
+        self.next_frame().await.map(|f| f.text)
+    }
+
+    /// The next frame to write, or the close code once closing.
+    pub async fn next_frame(&mut self) -> Result<Frame, u16> {
         loop {
             if self.shared.closed.load(Ordering::Acquire) {
                 return Err(self.shared.close_code.load(Ordering::Acquire) as u16);
@@ -195,7 +225,7 @@ impl OutboundRx {
                         if f.epoch != 0 && f.epoch < self.shared.epoch.load(Ordering::Acquire) {
                             continue;
                         }
-                        return Ok(f.text);
+                        return Ok(Frame { text: f.text, stored: f.stored });
                     }
                     None => return Err(CLOSE_GOING_AWAY),
                 },

@@ -190,7 +190,7 @@ async fn connection(state: Arc<AppState>, conn: quinn::Connection) {
     if !sink.send(frame_ready()).await {
         return;
     }
-    transport::drive(state, claims, source, sink).await;
+    transport::drive(state, crate::metrics::Transport::Quic, claims, source, sink).await;
 }
 
 fn frame_ready() -> String {

@@ -64,6 +64,7 @@ impl Session {
     /// Handles one text frame from the client.
     pub fn on_text(&mut self, text: &str) {
         let parsed = parse_client_frame(text);
+        self.state.metrics.frame_in(parsed.as_ref().map_err(|_| ()));
         if !self.bucket.take() {
             let cid = match &parsed {
                 Ok(ClientFrame::Send { cid, .. }) => Some(cid.clone()),
@@ -81,6 +82,7 @@ impl Session {
 
     /// Handles a binary frame: not part of the protocol.
     pub fn on_binary(&mut self) {
+        self.state.metrics.binary_in();
         self.error(None, ErrorCode::BadJson, "binary frames are not supported; send JSON text frames");
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::auth::Claims;
 use crate::conn::outbound::{self, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_RECONNECT_ELSEWHERE};
 use crate::conn::session::Session;
+use crate::metrics::Transport;
 use crate::AppState;
 
 /// What a transport read.
@@ -47,20 +48,34 @@ pub trait Sink: Send + 'static {
 /// How long a client that stopped reading gets to take the close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-/// Runs one authenticated connection to its end.
-pub async fn drive(state: Arc<AppState>, claims: Claims, mut source: impl Source, mut sink: impl Sink) {
+/// Runs one authenticated connection over `transport` to its end.
+pub async fn drive(
+    state: Arc<AppState>,
+    transport: Transport,
+    claims: Claims,
+    mut source: impl Source,
+    mut sink: impl Sink,
+) {
     let conn = state.connections.enter();
+    let _counted = state.metrics.session(transport);
     let (out, mut out_rx) = outbound::channel(state.cfg.outbound_frames, state.cfg.outbound_bytes);
     let mut session = Session::start(state.clone(), claims, out.clone()).await;
+    let st = state.clone();
     let writer = tokio::spawn(async move {
         loop {
-            match out_rx.next().await {
-                Ok(text) => {
-                    if !sink.send(text).await {
+            match out_rx.next_frame().await {
+                Ok(f) => {
+                    let kind = crate::metrics::FrameOut::of(&f.text);
+                    if !sink.send(f.text).await {
                         return;
+                    }
+                    st.metrics.frame_out(kind);
+                    if let Some((ts, phase)) = f.stored {
+                        st.metrics.delivered(ts, phase);
                     }
                 }
                 Err(code) => {
+                    st.metrics.closed(code);
                     let _ = tokio::time::timeout(CLOSE_GRACE, sink.close(code, close_reason(code))).await;
                     return;
                 }

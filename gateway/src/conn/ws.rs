@@ -71,7 +71,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (sink, stream) = ws.split();
-    transport::drive(state, claims, WsSource(stream), WsSink(sink)).await;
+    transport::drive(state, crate::metrics::Transport::Ws, claims, WsSource(stream), WsSink(sink)).await;
 }
 
 struct WsSource<S>(SplitStream<WebSocketStream<S>>);

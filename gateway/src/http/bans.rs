@@ -1,5 +1,5 @@
 //! Operator endpoints for accounts (credential `CHAT_OPERATOR_TOKEN`, see
-//! `edges::operator`): ban and unban a user, and list a user's devices
+//! `edges::require_operator`): ban and unban a user, and list a user's devices
 //! and live sessions.
 //!
 //! A ban raises every device's token generation (as a logout does for
@@ -18,7 +18,7 @@ use chat_nats::envelope::Ephemeral;
 use chat_nats::subjects;
 
 use crate::error::ClientError;
-use crate::http::edges::operator;
+use crate::http::edges::require_operator;
 use crate::http::{json, read_json, Resp};
 use crate::store::Ban;
 use crate::AppState;
@@ -48,7 +48,7 @@ fn ban_json(b: &Option<Ban>) -> serde_json::Value {
 /// `PUT /v1/admin/users/{id}/ban`: bans the user (again: replaces the
 /// previous ban's end and reason).
 pub async fn ban(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ClientError> {
-    operator(st, &req)?;
+    require_operator(st, &req)?;
     let user = crate::http::id(id, "user id")?;
     let r: BanReq = read_json(req).await?;
     if r.reason.chars().count() > MAX_REASON_CHARS {
@@ -79,7 +79,7 @@ pub async fn ban(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp
 /// `DELETE /v1/admin/users/{id}/ban`: lifts the ban (the user logs in
 /// again; tokens from before the ban stay void).
 pub async fn unban(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ClientError> {
-    operator(st, &req)?;
+    require_operator(st, &req)?;
     let user = crate::http::id(id, "user id")?;
     if !st.db.unban(user).await? {
         return Err(ClientError::not_found("no such user"));
@@ -90,7 +90,7 @@ pub async fn unban(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Re
 /// `GET /v1/admin/users/{id}`: the account, its ban, its devices and the
 /// sessions live now (one presence key per connection, on any gateway).
 pub async fn show(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ClientError> {
-    operator(st, &req)?;
+    require_operator(st, &req)?;
     let user = crate::http::id(id, "user id")?;
     let u = st.db.user(user).await?.ok_or_else(|| ClientError::not_found("no such user"))?;
     let ban = st.db.ban_of(user).await?;

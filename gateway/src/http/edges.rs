@@ -36,23 +36,10 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientE
     Ok(json(StatusCode::OK, &json!({"edges": edges_json(st, region.as_deref())})))
 }
 
-/// `POST /v1/admin/drain`: answers 202 at once and drains in the background
-/// (the gateway keeps running, refusing sessions, until it is stopped).
-pub async fn drain(st: &Arc<AppState>, req: Request<Incoming>) -> Result<Resp, ClientError> {
-    operator(st, &req)?;
-    let sessions = st.connections.count();
-    let state = st.clone();
-    tokio::spawn(async move { crate::edge::drain(&state).await });
-    Ok(json(
-        StatusCode::ACCEPTED,
-        &json!({"gateway": st.cfg.gateway_id, "draining": true, "sessions": sessions, "drain_secs": st.cfg.drain.as_secs()}),
-    ))
-}
-
-/// Refuses a request without the operator credential (`CHAT_OPERATOR_TOKEN`
-/// as the bearer token; a user's token never passes). Operator endpoints
-/// are off while the setting is unset.
-pub fn operator<B>(st: &AppState, req: &Request<B>) -> Result<(), ClientError> {
+/// Checks the request carries the operator credential
+/// (`Authorization: Bearer <CHAT_OPERATOR_TOKEN>`): 403 when none is set,
+/// 401 when it is not that.
+pub fn require_operator(st: &AppState, req: &Request<Incoming>) -> Result<(), ClientError> {
     let Some(expected) = &st.cfg.operator_token else {
         return Err(ClientError::forbidden("operator endpoints are disabled: set CHAT_OPERATOR_TOKEN"));
     };
@@ -61,4 +48,17 @@ pub fn operator<B>(st: &AppState, req: &Request<B>) -> Result<(), ClientError> {
         return Err(ClientError::unauthorized("not the operator credential"));
     }
     Ok(())
+}
+
+/// `POST /v1/admin/drain`: answers 202 at once and drains in the background
+/// (the gateway keeps running, refusing sessions, until it is stopped).
+pub async fn drain(st: &Arc<AppState>, req: Request<Incoming>) -> Result<Resp, ClientError> {
+    require_operator(st, &req)?;
+    let sessions = st.connections.count();
+    let state = st.clone();
+    tokio::spawn(async move { crate::edge::drain(&state).await });
+    Ok(json(
+        StatusCode::ACCEPTED,
+        &json!({"gateway": st.cfg.gateway_id, "draining": true, "sessions": sessions, "drain_secs": st.cfg.drain.as_secs()}),
+    ))
 }

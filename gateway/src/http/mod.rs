@@ -1,8 +1,9 @@
 //! The HTTP API: [`route`] is the one table of paths and methods; one file
 //! per resource holds its handlers, and [`body`] the JSON plumbing.
 //!
-//! A new route is one line in [`route`]: its path pattern, then each method
-//! with its handler. A known path with another method is 405 (with the
+//! A new route is one line in [`route`]'s `routes!` table: its path
+//! pattern, then each method with its handler, and a comma (the pattern is
+//! also the route's label in the HTTP metrics). A known path with another method is 405 (with the
 //! allowed methods named), an unknown path 404, both before the token is
 //! looked at.
 
@@ -43,29 +44,50 @@ macro_rules! methods {
     };
 }
 
+/// The route table: a `match` whose every arm also yields its pattern as
+/// text (`stringify!`), the `route` label of the HTTP metrics (a bounded
+/// set: one per arm, `_` for no route). Every arm ends with a comma.
+macro_rules! routes {
+    ($segs:expr; $($pat:pat $(if $guard:expr)? => $body:expr),+ $(,)?) => {
+        match $segs {
+            $($pat $(if $guard)? => (stringify!($pat), $body),)+
+        }
+    };
+}
+
 /// Routes one request. A `Content-Length` above
 /// `CHAT_HTTP_MAX_BODY_BYTES` is refused (413 `body_too_large`) on every
 /// route before anything else; a chunked body is cut at the same size
 /// where it is read ([`read_json`]).
-pub async fn route(state: Arc<AppState>, mut req: Request<Incoming>) -> Resp {
+pub async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Resp {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let (route, resp) = dispatch(&state, req).await;
+    state.metrics.http(crate::metrics::Route(route), &method, resp.status().as_u16(), started);
+    resp
+}
+
+/// Answers one request; also names the route pattern it took.
+async fn dispatch(state: &Arc<AppState>, mut req: Request<Incoming>) -> (&'static str, Resp) {
     let max = state.cfg.http_max_body_bytes;
     let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max as u64) {
         let mut resp = too_large(max).into_response();
         // The unread body is not drained: the connection ends after this answer.
         resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
-        return resp;
+        return ("*", resp);
     }
     req.extensions_mut().insert(limits::BodyLimit(max));
     let path = req.uri().path().to_owned();
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
-    let st = &state;
-    let result: Result<Resp, ClientError> = match segs.as_slice() {
+    let st = state;
+    let (route, result): (&'static str, Result<Resp, ClientError>) = routes! { segs.as_slice();
         [""] => methods!(method, path; GET => Ok(web::file("index.html"))),
         [name] if web::has(name) => methods!(method, path; GET => Ok(web::file(name))),
         ["healthz"] => methods!(method, path; GET => Ok(json(StatusCode::OK, &serde_json::json!({"ok": true})))),
         ["readyz"] => methods!(method, path; GET => Ok(accounts::readyz(st).await)),
+        ["metrics"] => methods!(method, path; GET => crate::metrics::scrape(st, &req)),
         ["v1", "signup"] => methods!(method, path; POST => accounts::signup(st, req).await),
         ["v1", "login"] => methods!(method, path; POST => accounts::login(st, req).await),
         ["v1", "logout"] => methods!(method, path; POST => accounts::logout(st, req).await),
@@ -84,7 +106,7 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Incoming>) -> Resp {
         ["v1", "conversations"] => methods!(method, path; GET => conversations::list(st, req).await),
         ["v1", "conversations", conv, "messages"] => {
             methods!(method, path; GET => messages::page(st, req, conv).await)
-        }
+        },
         ["v1", "conversations", conv, "mute"] => methods!(method, path;
             PUT => push::mute(st, req, conv, true).await,
             DELETE => push::mute(st, req, conv, false).await),
@@ -95,10 +117,10 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Incoming>) -> Resp {
         ["v1", "groups", id, "members"] => methods!(method, path; POST => groups::add(st, req, id).await),
         ["v1", "groups", id, "members", user] => {
             methods!(method, path; DELETE => groups::remove(st, req, id, user).await)
-        }
+        },
         ["v1", "groups", id, "members", user, "role"] => {
             methods!(method, path; PUT => groups::set_role(st, req, id, user).await)
-        }
+        },
         ["v1", "friends"] => methods!(method, path; GET => friends::list(st, req).await),
         ["v1", "friends", user] => methods!(method, path;
             PUT => friends::put(st, req, user).await,
@@ -109,5 +131,5 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Incoming>) -> Resp {
             DELETE => push::delete_device(st, req, device).await),
         _ => Err(ClientError::not_found(format!("no route for {path}"))),
     };
-    result.unwrap_or_else(ClientError::into_response)
+    (route, result.unwrap_or_else(ClientError::into_response))
 }

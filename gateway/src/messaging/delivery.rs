@@ -27,6 +27,7 @@ use futures::StreamExt;
 use crate::conn::outbound::{Outbound, CLOSE_INTERNAL};
 use crate::error::frame;
 use crate::messaging::live::Wake;
+use crate::metrics::Phase;
 use crate::AppState;
 
 /// Where delivery starts.
@@ -57,6 +58,11 @@ impl Sink<'_> {
     async fn push(&self, f: &ServerFrame) -> bool {
         self.out.push_wait(frame(f), self.epoch, self.stall).await
     }
+
+    /// Queues a `msg` frame of a message stored at `ts`.
+    async fn push_msg(&self, f: &ServerFrame, ts: u64, phase: Phase) -> bool {
+        self.out.push_stored(frame(f), self.epoch, self.stall, Some((ts, phase))).await
+    }
 }
 
 async fn stream(
@@ -71,6 +77,7 @@ async fn stream(
     // Wake-ups first: whatever is stored from now on is announced.
     // Every await but the wake-up wait is boxed: an idle delivery task then
     // keeps only its small waiting state resident (see docs/benchmarks.md).
+    let started = std::time::Instant::now();
     let mut wakeups = Box::pin(crate::messaging::live::watch(&state.hub, user)).await?;
     let Start::After(cursor) = start;
     let info = Box::pin(inbox.get_info()).await?.state;
@@ -88,15 +95,17 @@ async fn stream(
         Err(e) => return Err(e.into()),
     };
     let mut delivered = cursor;
+    let mut caught_up = 0;
     if last > cursor {
         match Box::pin(catch_up(state, user, device, cursor, last, out)).await? {
-            Some(seq) => delivered = seq,
+            Some((seq, n)) => (delivered, caught_up) = (seq, n),
             None => return Ok(()),
         }
     }
     if !Box::pin(out.push(&ServerFrame::Synced { cursor: delivered.to_string(), truncated })).await {
         return Ok(());
     }
+    state.metrics.catch_up(caught_up, started);
     // Live: read the inbox forward from the last delivered message on every
     // wake-up (and once now, for what arrived during catch-up). Reading the
     // stream, not the notifications, keeps inbox order with no gap. A
@@ -114,7 +123,7 @@ async fn stream(
             }
             let Some(m) = Box::pin(next_copy(state, &subject, delivered + 1)).await? else { break };
             delivered = m.sequence;
-            if !Box::pin(deliver(state, user, device, m.sequence, &m.payload, out)).await {
+            if !Box::pin(deliver(state, user, device, m.sequence, &m.payload, out, Phase::Live)).await {
                 return Ok(());
             }
         }
@@ -160,7 +169,8 @@ async fn next_copy(
 }
 
 /// Delivers every message after `cursor` up to `until` through one ordered
-/// consumer; the sequence of the last one, or `None` if the connection went.
+/// consumer; the sequence of the last one and how many were delivered, or
+/// `None` if the connection went.
 async fn catch_up(
     state: &AppState,
     user: i64,
@@ -168,7 +178,7 @@ async fn catch_up(
     cursor: u64,
     until: u64,
     out: &Sink<'_>,
-) -> Result<Option<u64>, async_nats::Error> {
+) -> Result<Option<(u64, u64)>, async_nats::Error> {
     let deliver_policy = match cursor {
         0 => DeliverPolicy::All,
         c => DeliverPolicy::ByStartSequence { start_sequence: c + 1 },
@@ -187,6 +197,7 @@ async fn catch_up(
         })
         .await?;
     let mut messages = consumer.messages().await?;
+    let mut n = 0;
     while let Some(m) = messages.next().await {
         let m = m?;
         let (seq, pending) = {
@@ -201,18 +212,27 @@ async fn catch_up(
         if seq <= cursor {
             continue;
         }
-        if !deliver(state, user, device, seq, &m.payload, out).await {
+        if !deliver(state, user, device, seq, &m.payload, out, Phase::CatchUp).await {
             return Ok(None);
         }
+        n += 1;
         if seq >= until || pending == 0 {
-            return Ok(Some(seq));
+            return Ok(Some((seq, n)));
         }
     }
     Err("inbox consumer ended".into())
 }
 
 /// Sends one inbox message as a `msg` frame; `false` if the connection went.
-async fn deliver(state: &AppState, user: i64, device: &str, seq: u64, payload: &[u8], out: &Sink<'_>) -> bool {
+async fn deliver(
+    state: &AppState,
+    user: i64,
+    device: &str,
+    seq: u64,
+    payload: &[u8],
+    out: &Sink<'_>,
+    phase: Phase,
+) -> bool {
     let stored: StoredMessage = match serde_json::from_slice(payload) {
         Ok(s) => s,
         Err(e) => {
@@ -222,6 +242,7 @@ async fn deliver(state: &AppState, user: i64, device: &str, seq: u64, payload: &
     };
     let from_self = stored.from == user;
     let own = from_self && stored.device == device;
+    let ts = stored.ts;
     let msg = ServerFrame::Msg(MsgFrame {
         id: stored.id.to_string(),
         conv: stored.conv,
@@ -233,7 +254,7 @@ async fn deliver(state: &AppState, user: i64, device: &str, seq: u64, payload: &
         cid: own.then_some(stored.cid),
         event: stored.event,
     });
-    if !out.push(&msg).await {
+    if !out.push_msg(&msg, ts, phase).await {
         return false;
     }
     // The push planner never pushes a user's own messages, so only copies

@@ -233,6 +233,7 @@ pub async fn send_frame(
     to: &Target,
     body: String,
 ) -> ServerFrame {
+    let started = std::time::Instant::now();
     let result = async {
         let conv = prepare(state, from, &cid, to, &body).await?;
         // A retry of an earlier send reports where that message went.
@@ -245,8 +246,10 @@ pub async fn send_frame(
         Ok::<_, ClientError>((conv, id, ts))
     }
     .await;
-    match result {
+    let reply = match result {
         Ok((conv, id, ts)) => ServerFrame::Ack { cid, id: id.to_string(), conv: conv.to_string(), ts },
         Err(r) => r.into_frame(Some(cid)),
-    }
+    };
+    state.metrics.send_answered(&reply, started);
+    reply
 }

@@ -1,10 +1,12 @@
 //! PostgreSQL: the connection pool, migrations and account queries. All SQL
 //! of the gateway lives in this module: [`groups`], [`friends`], [`push`]
-//! and [`conversations`] (1:1) beside the accounts here.
+//! and [`conversations`] (1:1) beside the accounts here; [`pool`] measures
+//! the connection pool.
 
 pub mod conversations;
 pub mod friends;
 pub mod groups;
+pub mod pool;
 pub mod push;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -60,7 +62,7 @@ pub struct User {
 /// The database handle.
 #[derive(Clone)]
 pub struct Db {
-    pub(crate) pool: Pool,
+    pub(crate) pool: pool::TimedPool,
 }
 
 impl std::fmt::Debug for Db {
@@ -76,7 +78,7 @@ impl Db {
             url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
         let mgr = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(mgr).max_size(size).build().map_err(|e| DbError::Config(e.to_string()))?;
-        Ok(Db { pool })
+        Ok(Db { pool: pool::TimedPool::new(pool) })
     }
 
     /// Applies pending migrations under an advisory lock, so gateways

@@ -138,7 +138,7 @@ async fn batched_copies(s: &Stack) -> Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sends_are_batched_and_keep_every_invariant() -> Result<()> {
-    let s = stack().start().await?;
+    let s = stack().worker_metrics().start().await?;
     let (users, gid, conv) = setup(&s).await?;
     let mut acked = HashSet::new();
     let mut direct = Vec::new();
@@ -157,6 +157,13 @@ async fn concurrent_sends_are_batched_and_keep_every_invariant() -> Result<()> {
     assert_eq!(dm_hist.iter().copied().collect::<HashSet<_>>(), direct, "1:1 messages once each");
     let batched = batched_copies(&s).await?;
     assert!(batched > 0, "no inbox copy was stored by an atomic batch: rounds never formed");
+    // The worker's metrics saw the same: batched rounds, and every message
+    // of every round sequenced once.
+    let m = chat_tests::prom::metrics(&s.worker_metrics(0)?, None).await?;
+    let by_mode = |mode| m.value("chat_sequencer_messages_total", &[("mode", mode)]);
+    assert!(by_mode("batch") > 0.0 && m.value("chat_sequencer_commit_seconds_count", &[("mode", "batch")]) > 0.0);
+    assert_eq!(by_mode("batch") + by_mode("single"), m.value("chat_sequencer_round_messages_sum", &[]));
+    assert!(by_mode("batch") + by_mode("single") >= (SENDERS * PER_SENDER) as f64);
     Ok(())
 }
 

@@ -13,6 +13,7 @@ mod group_commit;
 mod groups;
 mod limits;
 mod limits_auth;
+mod metrics;
 mod presence;
 mod push;
 mod restarts;

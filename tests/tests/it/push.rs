@@ -62,6 +62,7 @@ async fn push_stack(extra: &[(&str, &str)]) -> Result<Push> {
     std::fs::write(dir.join("vapid.pem"), vapid_pem)?;
     let path = |f: &str| dir.join(f).display().to_string();
     let mut b = stack()
+        .worker_metrics()
         .env("CHAT_FCM_CREDENTIALS", &path("sa.json"))
         .env("CHAT_FCM_ENDPOINT", &fcm.url())
         .env("CHAT_APNS_KEY", &path("apns.p8"))
@@ -118,6 +119,26 @@ async fn idle(s: &Stack) -> Result<()> {
         }
     })
     .await
+}
+
+/// The worker's `chat_push_outcomes_total`, as (provider, result, count)
+/// for every non-zero series, sorted.
+async fn push_outcomes(s: &Stack) -> Result<Vec<(String, String, f64)>> {
+    let e = chat_tests::prom::metrics(&s.worker_metrics(0)?, None).await?;
+    let mut out = Vec::new();
+    for provider in ["fcm", "apns", "webpush", "other"] {
+        for result in ["sent", "invalid_token", "retry", "dead"] {
+            let n = e.value("chat_push_outcomes_total", &[("provider", provider), ("result", result)]);
+            if n != 0.0 {
+                out.push((provider.to_owned(), result.to_owned(), n));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn outcomes(list: &[(&str, &str, f64)]) -> Vec<(String, String, f64)> {
+    list.iter().map(|(p, r, n)| (p.to_string(), r.to_string(), *n)).collect()
 }
 
 async fn requests_at_least(f: &Fake, n: usize) -> Result<()> {
@@ -371,6 +392,7 @@ async fn throttled_and_failing_sends_are_retried_honouring_retry_after() -> Resu
     assert_eq!(r.iter().map(|r| r.status).collect::<Vec<_>>(), vec![429, 500, 200]);
     assert!(r[1].at - r[0].at >= Duration::from_secs(1), "Retry-After honoured: {:?}", r[1].at - r[0].at);
     assert!(fcm_message_ids(&p.fcm).iter().all(|id| id == ack["id"].as_str().unwrap()));
+    assert_eq!(push_outcomes(s).await?, outcomes(&[("fcm", "sent", 1.0), ("fcm", "retry", 2.0)]));
     Ok(())
 }
 
@@ -407,6 +429,8 @@ async fn tokens_reported_invalid_are_removed() -> Result<()> {
     idle(s).await?;
     let counts = [p.fcm.requests().len(), p.apns.requests().len(), p.web.requests().len()];
     assert_eq!(counts, [1, 1, 1], "removed tokens are not used again");
+    let invalid = [("fcm", "invalid_token", 1.0), ("apns", "invalid_token", 1.0), ("webpush", "invalid_token", 1.0)];
+    assert_eq!(push_outcomes(s).await?, outcomes(&invalid));
     Ok(())
 }
 
@@ -432,6 +456,7 @@ async fn a_job_failing_max_attempts_times_is_dead_lettered() -> Result<()> {
     assert_eq!((d["job"]["message_id"].as_str(), d["job"]["device"].as_str()), (ack["id"].as_str(), Some("phone")));
     idle(s).await?;
     assert_eq!(p.fcm.requests().len(), 3);
+    assert_eq!(push_outcomes(s).await?, outcomes(&[("fcm", "retry", 2.0), ("fcm", "dead", 1.0)]));
     Ok(())
 }
 

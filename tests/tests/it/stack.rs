@@ -19,6 +19,8 @@ pub struct Stack {
     pub gateways: Vec<Gateway>,
     pub workers: Vec<Worker>,
     pub env: HashMap<String, String>,
+    /// Workers serve `GET /metrics` (see [`StackBuilder::worker_metrics`]).
+    worker_metrics: bool,
 }
 
 /// The stack's NATS: one server, or a 3-node cluster with every stream
@@ -95,6 +97,8 @@ pub enum Kind {
 /// A worker process.
 pub struct Worker {
     pub child: Child,
+    /// Where it serves `GET /metrics` (`CHAT_METRICS_ADDR`), if it does.
+    pub metrics_addr: Option<String>,
 }
 
 /// How to build a stack.
@@ -103,11 +107,12 @@ pub struct StackBuilder {
     cluster: bool,
     workers: Vec<i64>,
     env: HashMap<String, String>,
+    worker_metrics: bool,
 }
 
 /// A stack with one gateway and one worker, fast leases and few partitions.
 pub fn stack() -> StackBuilder {
-    StackBuilder { gateways: 1, cluster: false, workers: vec![0], env: HashMap::new() }
+    StackBuilder { gateways: 1, cluster: false, workers: vec![0], env: HashMap::new(), worker_metrics: false }
 }
 
 impl StackBuilder {
@@ -134,6 +139,14 @@ impl StackBuilder {
     pub fn cluster(mut self) -> Self {
         self.cluster = true;
         self.env.insert("CHAT_REPLICAS".into(), "3".into());
+        self
+    }
+
+    /// Every worker serves `GET /metrics` on a free port of its own
+    /// ([`Stack::worker_metrics`]). Off unless asked for: a port found free
+    /// may be taken before the worker binds it, and the worker then stops.
+    pub fn worker_metrics(mut self) -> Self {
+        self.worker_metrics = true;
         self
     }
 
@@ -176,7 +189,7 @@ impl StackBuilder {
         env.extend(self.env);
         env.insert("CHAT_NATS_URL".into(), nats.url.clone());
         env.insert("CHAT_DATABASE_URL".into(), pg.url.clone());
-        let mut s = Stack { nats, pg, gateways: vec![], workers: vec![], env };
+        let mut s = Stack { nats, pg, gateways: vec![], workers: vec![], env, worker_metrics: self.worker_metrics };
         for _ in 0..self.gateways {
             s.add_gateway().await?;
         }
@@ -283,10 +296,13 @@ impl Stack {
         Ok(self.gateways.len() - 1)
     }
 
-    /// Starts a worker process with a clock offset.
+    /// Starts a worker process with a clock offset (serving its metrics on a
+    /// free port with [`StackBuilder::worker_metrics`]).
     pub fn add_worker(&mut self, clock_offset_ms: i64) -> Result<usize> {
+        let metrics_addr = self.worker_metrics.then(|| format!("127.0.0.1:{}", free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_it-worker"))
             .envs(&self.env)
+            .envs(metrics_addr.iter().map(|a| ("CHAT_METRICS_ADDR", a)))
             .env("CHAT_WORKER_CLOCK_OFFSET_MS", clock_offset_ms.to_string())
             .env("CHAT_WORKER_NAME", format!("w{}", self.workers.len()))
             .stdout(match std::env::var("CHAT_TESTS_WORKER_LOG") {
@@ -300,8 +316,13 @@ impl Stack {
             })
             .spawn()
             .context("spawn it-worker")?;
-        self.workers.push(Worker { child });
+        self.workers.push(Worker { child, metrics_addr });
         Ok(self.workers.len() - 1)
+    }
+
+    /// Where worker `i` serves `GET /metrics`.
+    pub fn worker_metrics(&self, i: usize) -> Result<String> {
+        self.workers[i].metrics_addr.clone().context("worker metrics are off: build the stack with worker_metrics()")
     }
 
     /// SIGKILLs worker `i`.

@@ -129,12 +129,13 @@ pub async fn start(
     client: async_nats::Client,
     storage: Storage,
     cfg: PushConfig,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, PushError> {
     let providers = Arc::new(sender::Providers::load(&cfg)?);
     let db = store::Store::connect(&cfg.database_url, cfg.db_pool_size)?;
     let cfg = Arc::new(cfg);
     let planner = planner::Planner::new(client.clone(), storage.clone(), db.clone(), cfg.clone()).await?;
-    let sender = sender::Sender::new(client, storage, db, cfg, providers).await?;
+    let sender = sender::Sender::new(client, storage, db, cfg, providers, metrics).await?;
     Ok(vec![tokio::spawn(planner.run()), tokio::spawn(sender.run())])
 }
 

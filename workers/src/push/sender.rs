@@ -29,6 +29,8 @@ use tokio::sync::Semaphore;
 
 use super::http::HttpClient;
 use super::store::Store;
+use crate::metrics::{Metrics, PushResult};
+
 use super::{apns::Apns, fcm::Fcm, webpush::WebPush, Outcome, PushConfig, PushError};
 
 /// The configured providers and their HTTP client.
@@ -87,6 +89,7 @@ struct Inner {
     db: Store,
     cfg: Arc<PushConfig>,
     providers: Arc<Providers>,
+    metrics: Arc<Metrics>,
 }
 
 impl Sender {
@@ -97,9 +100,10 @@ impl Sender {
         db: Store,
         cfg: Arc<PushConfig>,
         providers: Arc<Providers>,
+        metrics: Arc<Metrics>,
     ) -> Result<Sender, PushError> {
         let messages = open(&storage, &cfg).await.map_err(PushError::Nats)?;
-        Ok(Sender { inner: Arc::new(Inner { client, storage, db, cfg, providers }), messages })
+        Ok(Sender { inner: Arc::new(Inner { client, storage, db, cfg, providers, metrics }), messages })
     }
 
     /// Sends jobs until the process ends.
@@ -172,6 +176,7 @@ impl Inner {
             (job.user, job.device.as_str(), job.message_id, reg.provider.as_str());
         match outcome {
             Outcome::Sent => {
+                self.metrics.push(provider, PushResult::Sent);
                 self.storage.push_sent.put(&id, bytes::Bytes::from_static(b"1")).await?;
                 tracing::info!(
                     push_outcome = "sent",
@@ -185,17 +190,20 @@ impl Inner {
                 m.ack().await
             }
             Outcome::InvalidToken(reason) => {
+                self.metrics.push(provider, PushResult::InvalidToken);
                 let deleted = self.db.delete_token(user, device, &reg.token).await?;
                 let _ = self.client.publish(subjects::PUSH_CHANGED, user.to_string().into()).await;
                 tracing::warn!(push_outcome = "invalid_token", provider, user_id = user, device, message_id, deleted, reason = %reason, "push token invalid; registration removed");
                 m.ack().await
             }
             Outcome::Retry { after, reason } if attempts < self.cfg.max_attempts => {
+                self.metrics.push(provider, PushResult::Retry);
                 let delay = backoff(&self.cfg, attempts, after);
                 tracing::warn!(push_outcome = "retry", provider, user_id = user, device, message_id, attempts, delay_ms = delay.as_millis() as u64, reason = %reason, "push failed; will retry");
                 m.ack_with(AckKind::Nak(Some(delay))).await
             }
             Outcome::Retry { reason, .. } | Outcome::Failed(reason) => {
+                self.metrics.push(provider, PushResult::Dead);
                 self.dead(m, job.clone(), provider, reason, attempts).await
             }
         }
