@@ -50,6 +50,9 @@ pub struct GroupEvent {
     pub version: u64,
     /// Every member after the change.
     pub members: Vec<String>,
+    /// For `meta`: the name, topic and avatar after the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<GroupMeta>,
 }
 
 /// A group's member list as the sequencer last applied it (KV
@@ -80,6 +83,20 @@ pub enum GroupOp {
     Left,
     /// A member's role changed.
     Role,
+    /// The group's name, topic or avatar changed (`GroupEvent::meta`);
+    /// the membership did not (`version` and `members` are as they were).
+    Meta,
+}
+
+/// A group's meta information as a `meta` event sets it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMeta {
+    /// Display name (title), 1-100 characters.
+    pub name: String,
+    /// Topic, up to 500 characters (may be empty).
+    pub topic: String,
+    /// Avatar image URL (`https://`, up to 500 characters) or empty.
+    pub avatar_url: String,
 }
 
 /// The kind of a stored message.

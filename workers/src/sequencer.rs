@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use bytes::Bytes;
 use chat_nats::batch::{AtomicBatch, BatchConfig, DEFAULT_MAX_ENTRIES};
-use chat_nats::envelope::{GroupMembers, IngressSend, MessageKind, SeqAck, SeqResult, StoredMessage};
+use chat_nats::envelope::{GroupMembers, GroupOp, IngressSend, MessageKind, SeqAck, SeqResult, StoredMessage};
 use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::ErrorCode;
 use futures::{FutureExt, StreamExt};
@@ -270,6 +270,11 @@ async fn recipients(
     let current = caches.groups.get(&group);
     let ids = |m: &GroupMembers| m.members.iter().filter_map(|u| u.parse::<i64>().ok()).collect::<Vec<_>>();
     match (&send.event, current) {
+        // A meta change reaches the members of this point of the
+        // conversation, and nobody a membership change dropped before it.
+        (Some(ev), Some(cur)) if send.kind == MessageKind::System && ev.op == GroupOp::Meta => {
+            Ok(Recipients::To(ids(cur)))
+        }
         (Some(ev), cur) if send.kind == MessageKind::System => {
             let mut to: Vec<i64> = cur.map(ids).unwrap_or_default();
             if let Some(c) = cur.filter(|c| c.version == ev.version) {

@@ -1,4 +1,5 @@
-//! Group HTTP API: create, list, show, add, remove/leave, roles.
+//! Group HTTP API: create, list, show, add, remove/leave, roles, meta
+//! information (name, topic, avatar URL).
 //!
 //! PostgreSQL decides who may do what and orders changes by a per-group
 //! version; each committed change is then announced as a system message
@@ -75,6 +76,7 @@ async fn announce(
         user: user.map(|u| u.to_string()),
         version: change.version,
         members: change.members.iter().map(i64::to_string).collect(),
+        meta: None,
     };
     let body = match (op, user) {
         (GroupOp::Created, _) => format!("{actor} created the group"),
@@ -97,6 +99,80 @@ async fn announce(
     };
     st.sender.send(out).await?;
     Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetaReq {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    avatar_url: Option<String>,
+}
+
+/// Longest group topic, in characters.
+pub const MAX_TOPIC_CHARS: usize = 500;
+/// Longest avatar URL, in bytes.
+pub const MAX_AVATAR_URL_BYTES: usize = 500;
+
+/// `PATCH /v1/groups/{id}` (owner or admin): sets the name, topic or
+/// avatar URL, and announces the change to the members as a system message
+/// (`event.op` `meta`) in conversation order; returns once it is sequenced.
+pub async fn update(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ClientError> {
+    let me = authenticate(st, &req).await?.user;
+    let gid = path_group(id)?;
+    let r: MetaReq = read_json(req).await?;
+    let name = r.name.map(|n| n.trim().to_owned());
+    if name.as_ref().is_some_and(|n| n.is_empty() || n.chars().count() > 100) {
+        return Err(ClientError::bad_request("name must be 1-100 characters"));
+    }
+    if r.topic.as_ref().is_some_and(|t| t.chars().count() > MAX_TOPIC_CHARS) {
+        return Err(ClientError::bad_request(format!("topic exceeds {MAX_TOPIC_CHARS} characters")));
+    }
+    if let Some(u) = &r.avatar_url {
+        let ok = u.is_empty()
+            || (u.len() <= MAX_AVATAR_URL_BYTES
+                && u.starts_with("https://")
+                && u.len() > "https://".len()
+                && !u.chars().any(|c| c.is_whitespace() || c.is_control()));
+        if !ok {
+            return Err(ClientError::bad_request(format!(
+                "avatar_url must be empty or an https:// URL of at most {MAX_AVATAR_URL_BYTES} bytes without spaces"
+            )));
+        }
+    }
+    if name.is_none() && r.topic.is_none() && r.avatar_url.is_none() {
+        return Err(ClientError::bad_request("nothing to change: give name, topic or avatar_url"));
+    }
+    let (meta, meta_version, change) =
+        st.db.set_meta(gid, me, name.as_deref(), r.topic.as_deref(), r.avatar_url.as_deref()).await?;
+    let event = GroupEvent {
+        op: GroupOp::Meta,
+        actor: me,
+        user: None,
+        version: change.version,
+        members: change.members.iter().map(i64::to_string).collect(),
+        meta: Some(meta.clone()),
+    };
+    let cid = format!("g{gid}m{meta_version}");
+    let conv = ConvId::group(gid);
+    let out = Outgoing {
+        from: me,
+        device: "sys",
+        cid: &cid,
+        conv: &conv,
+        kind: MessageKind::System,
+        body: format!("{me} changed the group's details"),
+        event: Some(event),
+    };
+    st.sender.send(out).await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"group_id": gid.to_string(), "name": meta.name, "topic": meta.topic, "avatar_url": meta.avatar_url,
+                "meta_version": meta_version}),
+    ))
 }
 
 /// `POST /v1/groups`.
@@ -141,6 +217,7 @@ pub async fn show(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Res
     if !members.iter().any(|m| m.user_id == me) {
         return Err(ClientError::forbidden("not a member of this group"));
     }
+    let (topic, avatar_url) = st.db.group_meta(gid).await?.unwrap_or_default();
     let members: Vec<_> = members
         .iter()
         .map(|m| json!({"user_id": m.user_id.to_string(), "username": m.username, "role": m.role.as_str()}))
@@ -148,6 +225,7 @@ pub async fn show(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Res
     Ok(json(
         StatusCode::OK,
         &json!({"group_id": gid.to_string(), "conv": ConvId::group(gid).to_string(), "name": name,
+                "topic": topic, "avatar_url": avatar_url,
                 "max_members": st.cfg.group_max_members, "members": members}),
     ))
 }

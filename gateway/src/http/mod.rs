@@ -113,7 +113,9 @@ async fn dispatch(state: &Arc<AppState>, mut req: Request<Incoming>) -> (&'stati
         ["v1", "groups"] => methods!(method, path;
             GET => groups::list(st, req).await,
             POST => groups::create(st, req).await),
-        ["v1", "groups", id] => methods!(method, path; GET => groups::show(st, req, id).await),
+        ["v1", "groups", id] => methods!(method, path;
+            GET => groups::show(st, req, id).await,
+            PATCH => groups::update(st, req, id).await),
         ["v1", "groups", id, "members"] => methods!(method, path; POST => groups::add(st, req, id).await),
         ["v1", "groups", id, "members", user] => {
             methods!(method, path; DELETE => groups::remove(st, req, id, user).await)

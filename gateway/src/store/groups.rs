@@ -164,6 +164,61 @@ impl Db {
         Ok(c.query_opt("SELECT 1 FROM groups WHERE id = $1", &[&group]).await?.is_some())
     }
 
+    /// Sets a group's meta information if `actor` is its owner or an admin
+    /// (fields left `None` keep their value); the meta after the change, its
+    /// meta version, and the membership as it stands.
+    pub async fn set_meta(
+        &self,
+        group: i64,
+        actor: i64,
+        name: Option<&str>,
+        topic: Option<&str>,
+        avatar_url: Option<&str>,
+    ) -> Result<(chat_nats::envelope::GroupMeta, u64, Change), GroupError> {
+        let mut c = self.pool.get().await.map_err(DbError::from)?;
+        let tx = c.transaction().await.map_err(DbError::from)?;
+        let role = tx
+            .query_opt(
+                "SELECT m.role FROM groups g LEFT JOIN group_members m ON m.group_id = g.id AND m.user_id = $2
+                 WHERE g.id = $1 FOR UPDATE OF g",
+                &[&group, &actor],
+            )
+            .await
+            .map_err(DbError::from)?
+            .ok_or(GroupError::NotFound)?;
+        match role.get::<_, Option<&str>>(0).and_then(Role::parse) {
+            Some(Role::Owner | Role::Admin) => {}
+            Some(Role::Member) => return Err(GroupError::Forbidden("only the owner or an admin may change this")),
+            None => return Err(GroupError::Forbidden("not a member of this group")),
+        }
+        let row = tx
+            .query_one(
+                "UPDATE groups SET name = coalesce($2, name), topic = coalesce($3, topic),
+                   avatar_url = coalesce($4, avatar_url), meta_version = meta_version + 1
+                 WHERE id = $1 RETURNING name, topic, avatar_url, meta_version, version",
+                &[&group, &name, &topic, &avatar_url],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let members = tx
+            .query("SELECT user_id FROM group_members WHERE group_id = $1 ORDER BY user_id", &[&group])
+            .await
+            .map_err(DbError::from)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        tx.commit().await.map_err(DbError::from)?;
+        let meta = chat_nats::envelope::GroupMeta { name: row.get(0), topic: row.get(1), avatar_url: row.get(2) };
+        Ok((meta, row.get::<_, i64>(3) as u64, Change { version: row.get::<_, i64>(4) as u64, members }))
+    }
+
+    /// A group's topic and avatar URL.
+    pub async fn group_meta(&self, group: i64) -> Result<Option<(String, String)>, DbError> {
+        let c = self.pool.get().await?;
+        let row = c.query_opt("SELECT topic, avatar_url FROM groups WHERE id = $1", &[&group]).await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     /// A group's name and members.
     pub async fn group(&self, group: i64) -> Result<Option<(String, Vec<Member>)>, DbError> {
         let c = self.pool.get().await?;

@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (4, include_str!("../../migrations/004_push.sql")),
     (5, include_str!("../../migrations/005_token_gen.sql")),
     (6, include_str!("../../migrations/006_bans.sql")),
+    (7, include_str!("../../migrations/007_group_meta.sql")),
 ];
 
 /// Database failures.

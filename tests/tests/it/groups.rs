@@ -251,3 +251,86 @@ async fn a_worker_killed_during_fan_out_to_100_members_loses_and_duplicates_noth
     assert_eq!(bodies, (0..30).map(|k| k.to_string()).collect::<Vec<_>>());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_meta_is_edited_by_roles_and_reaches_exactly_the_members_in_order() -> Result<()> {
+    let s = stack().start().await?;
+    let alice = s.user("alice", "a1").await?;
+    let bob = s.user("bob", "b1").await?;
+    let carol = s.user("carol", "c1").await?;
+    let eve = s.user("eve", "e1").await?;
+    let g = s.create_group(&alice, "friends", &[&bob.user_id, &carol.user_id]).await?;
+    let (gid, conv) = (g["group_id"].as_str().unwrap().to_owned(), g["conv"].as_str().unwrap().to_owned());
+    let path = format!("/v1/groups/{gid}");
+    let members = format!("{path}/members");
+
+    // Only the owner or an admin edits; strangers and plain members are refused.
+    let change = json!({"topic": "weekend plans"});
+    for (who, status) in [(&bob, 403), (&eve, 403)] {
+        let (st, v) = req(&s, who, Method::PATCH, &path, Some(change.clone())).await?;
+        assert_eq!((st, v["error"]["code"].as_str()), (status, Some("forbidden")), "{v}");
+    }
+    assert_eq!(req(&s, &alice, Method::PATCH, "/v1/groups/999999", Some(change.clone())).await?.0, 404);
+    for bad in [
+        json!({}),
+        json!({"name": "  "}),
+        json!({"name": "x".repeat(101)}),
+        json!({"topic": "t".repeat(501)}),
+        json!({"avatar_url": "http://insecure.example/a.png"}),
+        json!({"avatar_url": "https://a b"}),
+        json!({"title": "unknown field"}),
+    ] {
+        let (st, v) = req(&s, &alice, Method::PATCH, &path, Some(bad.clone())).await?;
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some("bad_request")), "{bad}: {v}");
+    }
+
+    let (mut cb, _) = s.live(0, &bob).await?;
+    let (mut cc, _) = s.live(0, &carol).await?;
+    let (mut ca, _) = s.live(0, &alice).await?;
+    let role = json!({"role": "admin"});
+    assert_eq!(req(&s, &alice, Method::PUT, &format!("{members}/{}/role", bob.user_id), Some(role)).await?.0, 200);
+    // Carol is removed right before the meta change (so the membership
+    // version it carries is the one that dropped her): she sees her
+    // removal, and not the change.
+    assert_eq!(req(&s, &alice, Method::DELETE, &format!("{members}/{}", carol.user_id), None).await?.0, 200);
+    assert_eq!(next_in(&mut cc, &conv).await?["event"]["op"], "role");
+    assert_eq!(next_in(&mut cc, &conv).await?["event"]["op"], "removed");
+    let body = json!({"name": "Friends", "topic": "weekend plans", "avatar_url": "https://img.example/f.png"});
+    let (st, v) = req(&s, &bob, Method::PATCH, &path, Some(body)).await?;
+    assert_eq!(st, 200, "an admin edits: {v}");
+    assert_eq!((v["name"].as_str(), v["meta_version"].as_u64()), (Some("Friends"), Some(1)));
+    send_group(&mut ca, "after-meta", &gid, "after the rename").await?;
+
+    // Bob gets the role change, the removal, the meta change, the message.
+    assert_eq!(next_in(&mut cb, &conv).await?["event"]["op"], "role");
+    assert_eq!(next_in(&mut cb, &conv).await?["event"]["op"], "removed");
+    let meta = next_in(&mut cb, &conv).await?;
+    assert_eq!((meta["kind"].as_str(), meta["event"]["op"].as_str()), (Some("system"), Some("meta")), "{meta}");
+    assert_eq!(
+        meta["event"]["meta"],
+        json!({"name": "Friends", "topic": "weekend plans", "avatar_url": "https://img.example/f.png"})
+    );
+    assert_eq!(next_in(&mut cb, &conv).await?["body"], "after the rename");
+    // Carol, removed before, gets none of it: the next thing she gets is a marker.
+    ca.send_to_user("marker", &carol.user_id, "marker").await?;
+    assert_eq!(cc.next_msg().await?["body"], "marker");
+
+    // A partial change keeps the other fields; GET shows the current meta.
+    let (st, v) = req(&s, &alice, Method::PATCH, &path, Some(json!({"avatar_url": ""}))).await?;
+    assert_eq!((st, v["meta_version"].as_u64()), (200, Some(2)), "{v}");
+    let (_, shown) = req(&s, &bob, Method::GET, &path, None).await?;
+    assert_eq!(
+        (shown["name"].as_str(), shown["topic"].as_str(), shown["avatar_url"].as_str()),
+        (Some("Friends"), Some("weekend plans"), Some(""))
+    );
+    // The history holds both changes in conversation order.
+    let (_, page) = req(&s, &alice, Method::GET, &format!("/v1/conversations/{conv}/messages"), None).await?;
+    let seen: Vec<String> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["event"]["op"].as_str().map(str::to_owned).unwrap_or_else(|| m["body"].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(seen, ["created", "role", "removed", "meta", "after the rename", "meta"]);
+    Ok(())
+}
