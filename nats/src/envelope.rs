@@ -52,7 +52,7 @@ pub struct GroupEvent {
     pub members: Vec<String>,
     /// For `meta`: the name, topic and avatar after the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub meta: Option<GroupMeta>,
+    pub meta: Option<Box<GroupMeta>>,
 }
 
 /// A group's member list as the sequencer last applied it (KV

@@ -154,7 +154,7 @@ pub async fn update(st: &AppState, req: Request<Incoming>, id: &str) -> Result<R
         user: None,
         version: change.version,
         members: change.members.iter().map(i64::to_string).collect(),
-        meta: Some(meta.clone()),
+        meta: Some(Box::new(meta.clone())),
     };
     let cid = format!("g{gid}m{meta_version}");
     let conv = ConvId::group(gid);
