@@ -10,6 +10,8 @@
 //!   catch-up and live delivery from the inbox stream; [`history`]: pages.
 //! - [`service`]: the NATS subject internal services send on.
 //! - [`edge`]: the gateway registry, discovery, capacity and the drain.
+//! - [`moderation`]: the live banned-word list and flood detection, applied
+//!   to every send.
 //!
 //! The gateway keeps no state of its own: every message is in JetStream,
 //! every account in PostgreSQL. [`run`] takes a bound listener and a
@@ -23,6 +25,7 @@ pub mod edge;
 pub mod error;
 pub mod http;
 pub mod messaging;
+pub mod moderation;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -110,6 +113,8 @@ pub struct AppState {
     pub auth_limits: http::accounts::AuthLimits,
     /// This gateway in the registry, the others as seen, draining.
     pub edges: edge::Edges,
+    /// Banned words and flood detection.
+    pub moderation: moderation::Moderation,
 }
 
 impl AppState {
@@ -259,6 +264,8 @@ pub async fn run(
     let sender = Sender::start(&client, storage.clone(), &cfg.gateway_id, cfg.send_timeout)
         .await
         .map_err(GatewayError::Other)?;
+    let moderation =
+        moderation::Moderation::start(cfg.moderation, &storage, &cfg.gateway_id).await.map_err(GatewayError::Other)?;
     let (shutdown_tx, _) = broadcast::channel(1);
     let history_index = history::IndexCache::new(cfg.history_index_cache);
     let hasher = auth::Hasher::start(cfg.password_hash_concurrency);
@@ -285,6 +292,7 @@ pub async fn run(
         lookups: http::users::Lookups::new(cfg_lookups.0, cfg_lookups.1),
         auth_limits,
         edges,
+        moderation,
     });
     let registry = edge::start(state.clone());
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));

@@ -91,6 +91,10 @@ pub enum ServerFrame {
         code: ErrorCode,
         /// Human-readable detail.
         message: String,
+        /// With `rate_limited` from flood detection and with `muted`: how
+        /// long until a send may succeed, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// A message, live or during catch-up.
     Msg(MsgFrame),
@@ -212,6 +216,11 @@ pub enum ErrorCode {
     /// HTTP: the request body is larger than `CHAT_HTTP_MAX_BODY_BYTES`
     /// (413).
     BodyTooLarge,
+    /// The message contains an entry of the banned-word list and the
+    /// policy is `reject` (`CHAT_BANNED_WORDS_POLICY`).
+    BannedWord,
+    /// The sender is muted for flooding; `retry_after_ms` says until when.
+    Muted,
 }
 
 impl ErrorCode {
@@ -245,6 +254,8 @@ impl ErrorCode {
             ErrorCode::AtCapacity => "at_capacity",
             ErrorCode::Draining => "draining",
             ErrorCode::BodyTooLarge => "body_too_large",
+            ErrorCode::BannedWord => "banned_word",
+            ErrorCode::Muted => "muted",
         }
     }
 }
@@ -319,7 +330,12 @@ mod tests {
 
     #[test]
     fn server_frames_have_their_wire_shape() {
-        let v = serde_json::to_value(ServerFrame::Error { cid: None, code: ErrorCode::TooLarge, message: "m".into() })
+        let v = serde_json::to_value(ServerFrame::Error {
+            cid: None,
+            code: ErrorCode::TooLarge,
+            message: "m".into(),
+            retry_after_ms: None,
+        })
             .unwrap();
         assert_eq!(v, serde_json::json!({"type":"error","code":"too_large","message":"m"}));
         assert_eq!(serde_json::to_string(&ServerFrame::Pong).unwrap(), r#"{"type":"pong"}"#);

@@ -36,16 +36,24 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientE
     Ok(json(StatusCode::OK, &json!({"edges": edges_json(st, region.as_deref())})))
 }
 
-/// `POST /v1/admin/drain`: answers 202 at once and drains in the background
-/// (the gateway keeps running, refusing sessions, until it is stopped).
-pub async fn drain(st: &Arc<AppState>, req: Request<Incoming>) -> Result<Resp, ClientError> {
+/// Refuses a request without the operator credential: 403 when operator
+/// endpoints are disabled (`CHAT_OPERATOR_TOKEN` unset), 401 for any other
+/// bearer (a user's token included).
+pub fn require_operator<B>(st: &AppState, req: &Request<B>) -> Result<(), ClientError> {
     let Some(expected) = &st.cfg.operator_token else {
         return Err(ClientError::forbidden("operator endpoints are disabled: set CHAT_OPERATOR_TOKEN"));
     };
-    let given = token(&req).unwrap_or_default();
+    let given = token(req).unwrap_or_default();
     if !crate::auth::constant_time_eq(given.as_bytes(), expected.as_bytes()) {
         return Err(ClientError::unauthorized("not the operator credential"));
     }
+    Ok(())
+}
+
+/// `POST /v1/admin/drain`: answers 202 at once and drains in the background
+/// (the gateway keeps running, refusing sessions, until it is stopped).
+pub async fn drain(st: &Arc<AppState>, req: Request<Incoming>) -> Result<Resp, ClientError> {
+    require_operator(st, &req)?;
     let sessions = st.connections.count();
     let state = st.clone();
     tokio::spawn(async move { crate::edge::drain(&state).await });

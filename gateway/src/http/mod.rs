@@ -14,6 +14,7 @@ pub mod friends;
 pub mod groups;
 pub mod limits;
 pub mod messages;
+pub mod moderation;
 pub mod push;
 pub mod users;
 pub mod web;
@@ -76,6 +77,11 @@ pub async fn route(state: Arc<AppState>, mut req: Request<Incoming>) -> Resp {
         }),
         ["v1", "edges"] => methods!(method, path; GET => edges::list(st, req).await),
         ["v1", "admin", "drain"] => methods!(method, path; POST => edges::drain(st, req).await),
+        ["v1", "admin", "banned-words"] => methods!(method, path;
+            GET => moderation::list(st, req).await,
+            PUT => moderation::add(st, req).await,
+            DELETE => moderation::remove(st, req).await),
+        ["v1", "admin", "flood-events"] => methods!(method, path; GET => moderation::flood_events(st, req).await),
         ["v1", "conversations"] => methods!(method, path; GET => conversations::list(st, req).await),
         ["v1", "conversations", conv, "messages"] => {
             methods!(method, path; GET => messages::page(st, req, conv).await)
