@@ -336,9 +336,21 @@ mod tests {
             message: "m".into(),
             retry_after_ms: None,
         })
-            .unwrap();
+        .unwrap();
         assert_eq!(v, serde_json::json!({"type":"error","code":"too_large","message":"m"}));
         assert_eq!(serde_json::to_string(&ServerFrame::Pong).unwrap(), r#"{"type":"pong"}"#);
         assert_eq!(ErrorCode::UnknownUser.as_str(), "unknown_user");
+        for code in [ErrorCode::BannedWord, ErrorCode::Muted] {
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
+        }
+        let muted = ServerFrame::Error {
+            cid: Some("c".into()),
+            code: ErrorCode::Muted,
+            message: "m".into(),
+            retry_after_ms: Some(250),
+        };
+        let v = serde_json::to_value(&muted).unwrap();
+        assert_eq!((v["code"].as_str(), v["retry_after_ms"].as_u64()), (Some("muted"), Some(250)));
+        assert_eq!(serde_json::from_value::<ServerFrame>(v).unwrap(), muted);
     }
 }

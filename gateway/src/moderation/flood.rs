@@ -235,12 +235,18 @@ impl Flood {
             }
             let value = serde_json::to_vec(&w).expect("a window serializes").into();
             let written = match rev {
-                Some(r) => self.kv.update(&key, value, r).await.map(|_| ()).map_err(|e| {
-                    (e.kind() == kv::UpdateErrorKind::WrongLastRevision, async_nats::Error::from(e))
-                }),
-                None => self.kv.create(&key, value).await.map(|_| ()).map_err(|e| {
-                    (e.kind() == kv::CreateErrorKind::AlreadyExists, async_nats::Error::from(e))
-                }),
+                Some(r) => self
+                    .kv
+                    .update(&key, value, r)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (e.kind() == kv::UpdateErrorKind::WrongLastRevision, async_nats::Error::from(e))),
+                None => self
+                    .kv
+                    .create(&key, value)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (e.kind() == kv::CreateErrorKind::AlreadyExists, async_nats::Error::from(e))),
             };
             match written {
                 Ok(()) => {
@@ -282,7 +288,8 @@ impl Flood {
                 tracing::warn!(user, device, reason, until, "user muted for flooding");
                 let payload = serde_json::to_vec(&event).expect("an event serializes").into();
                 let id = format!("{user}.{until}");
-                let published = self.js.publish_with_headers(subjects::flood_event(user), subjects::msg_id(&id), payload).await;
+                let published =
+                    self.js.publish_with_headers(subjects::flood_event(user), subjects::msg_id(&id), payload).await;
                 if let Err(e) = match published {
                     Ok(ack) => ack.await.map(|_| ()).map_err(async_nats::Error::from),
                     Err(e) => Err(e.into()),

@@ -212,13 +212,13 @@ mod tests {
         assert_eq!(want, "badword");
         for evasion in [
             "BadWord",
-            "ＢＡＤＷＯＲＤ",         // fullwidth (NFKC/NFKD)
-            "b\u{200B}a\u{200D}dword", // zero-width space and joiner
-            "b a d w o r d",           // spaces between letters
-            "b.a-d_w*o!r?d",           // punctuation between letters
-            "bäd́wörd",                 // combining marks (precomposed and stacked)
-            "ⓑⓐⓓⓦⓞⓡⓓ",                 // circled letters
-            "𝐛𝐚𝐝𝐰𝐨𝐫𝐝",                 // mathematical bold
+            "ＢＡＤＷＯＲＤ",           // fullwidth (NFKC/NFKD)
+            "b\u{200B}a\u{200D}dword",  // zero-width space and joiner
+            "b a d w o r d",            // spaces between letters
+            "b.a-d_w*o!r?d",            // punctuation between letters
+            "bäd́wörd",                  // combining marks (precomposed and stacked)
+            "ⓑⓐⓓⓦⓞⓡⓓ",                  // circled letters
+            "𝐛𝐚𝐝𝐰𝐨𝐫𝐝",                  // mathematical bold
             "b\u{FE0F}adword\u{E0041}", // variation selector, tag character
         ] {
             assert_eq!(sk(evasion), want, "{evasion:?}");
@@ -231,7 +231,8 @@ mod tests {
     #[test]
     fn hangul_is_compose_insensitive() {
         let composed = sk("씨발");
-        for apart in ["ㅆㅣㅂㅏㄹ", "ㅅㅅㅣㅂㅏㄹ", "씨 발", "씨.발", "씨\u{200B}발", "ㅆ ㅣ ㅂ ㅏ ㄹ"] {
+        for apart in ["ㅆㅣㅂㅏㄹ", "ㅅㅅㅣㅂㅏㄹ", "씨 발", "씨.발", "씨\u{200B}발", "ㅆ ㅣ ㅂ ㅏ ㄹ"]
+        {
             assert_eq!(sk(apart), composed, "{apart:?}");
         }
         // A final consonant written apart, a cluster final, compound vowels,
