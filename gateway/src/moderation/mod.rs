@@ -103,8 +103,15 @@ impl Moderation {
     /// Screens one send: the body to store (masked under the mask policy),
     /// or the refusal (`rate_limited`, `muted`, `banned_word`).
     pub async fn screen(&self, from: i64, device: &str, origin: Origin, body: String) -> Result<String, ClientError> {
+        let screen_words = origin == Origin::Session || self.cfg.services;
+        let matcher = screen_words.then(|| self.words.matcher()).filter(|m| !m.is_empty());
+        let flood = origin == Origin::Session && self.cfg.flood.enabled();
+        if matcher.is_none() && !flood {
+            // Nothing to screen: not even the skeleton is computed.
+            return Ok(body);
+        }
         let sk = Skeleton::of(&body);
-        if origin == Origin::Session {
+        if flood {
             match self.flood.check(from, device, flood::text_hash(&sk.text)).await {
                 Verdict::Allow => {}
                 Verdict::Limited { retry_ms, reason } => {
@@ -127,13 +134,9 @@ impl Moderation {
                 }
             }
         }
-        if origin == Origin::Service && !self.cfg.services {
+        let Some(matcher) = matcher.filter(|m| m.matches(&sk.text)) else {
             return Ok(body);
-        }
-        let matcher = self.words.matcher();
-        if !matcher.matches(&sk.text) {
-            return Ok(body);
-        }
+        };
         match self.cfg.policy {
             Policy::Reject => {
                 self.word_stats.rejected.fetch_add(1, Ordering::Relaxed);

@@ -103,12 +103,35 @@ fn push_char(c: char, out: &mut impl FnMut(char)) {
         }
         return;
     }
+    if let Some((l, v, t)) = syllable(c) {
+        // The common Korean case, without table lookups: jamo have no case
+        // and are letters.
+        jamo(l, out);
+        jamo(v, out);
+        if let Some(t) = t {
+            jamo(t, out);
+        }
+        return;
+    }
     decompose_compatible(c, |d| {
         if is_combining_mark(d) || is_filler(d) {
             return;
         }
-        jamo(d, &mut |j| fold_case(j, out));
+        if ('\u{1100}'..='\u{11FF}').contains(&d) {
+            jamo(d, out);
+        } else {
+            fold_case(d, out);
+        }
     });
+}
+
+/// The jamo of a precomposed Hangul syllable (Unicode §3.12, the same
+/// arithmetic NFKD uses): initial, vowel and the final if any.
+fn syllable(c: char) -> Option<(char, char, Option<char>)> {
+    let s = u32::from(c).checked_sub(0xAC00).filter(|s| *s < 11_172)?;
+    let jamo = |base: u32, i: u32| char::from_u32(base + i).expect("jamo are valid chars");
+    let t = s % 28;
+    Some((jamo(0x1100, s / 588), jamo(0x1161, (s % 588) / 28), (t > 0).then(|| jamo(0x11A7, t))))
 }
 
 /// Lower case, keeping letters and digits only.
@@ -243,6 +266,17 @@ mod tests {
         assert_eq!(sk("\u{FFA1}\u{FFC2}\u{FFA1}"), sk("ㄱㅏㄱ"));
         assert_eq!(sk("각"), sk("ㄱㅏ\u{3164}ㄱ"));
         assert_ne!(sk("가"), sk("각"));
+    }
+
+    #[test]
+    fn the_syllable_shortcut_agrees_with_nfkd() {
+        for c in ('\u{AC00}'..='\u{D7A3}').step_by(7) {
+            let mut fast = String::new();
+            push_char(c, &mut |k| fast.push(k));
+            let mut slow = String::new();
+            decompose_compatible(c, |d| jamo(d, &mut |j| slow.push(j)));
+            assert_eq!(fast, slow, "{c}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use aho_corasick::{AhoCorasick, MatchKind};
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::kv;
 use futures::StreamExt;
 use tokio::sync::{watch, Notify};
@@ -157,21 +158,21 @@ impl BannedWords {
         tokio::time::timeout(timeout, rx.wait_for(|&a| a >= rev)).await.is_ok_and(|r| r.is_ok())
     }
 
-    fn apply(&self, e: &kv::Entry) {
+    fn apply(&self, key: &str, op: kv::Operation, value: &[u8], revision: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        match e.operation {
-            kv::Operation::Put => match std::str::from_utf8(&e.value) {
+        match op {
+            kv::Operation::Put => match std::str::from_utf8(value) {
                 Ok(w) => {
-                    entries.insert(e.key.clone(), w.to_owned());
+                    entries.insert(key.to_owned(), w.to_owned());
                 }
-                Err(_) => tracing::warn!(key = %e.key, "banned word entry is not UTF-8; ignored"),
+                Err(_) => tracing::warn!(key, "banned word entry is not UTF-8; ignored"),
             },
             kv::Operation::Delete | kv::Operation::Purge => {
-                entries.remove(&e.key);
+                entries.remove(key);
             }
         }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        *seen = (*seen).max(e.revision);
+        *seen = (*seen).max(revision);
     }
 
     /// Compiles the current entries and puts them in force.
@@ -201,6 +202,11 @@ impl BannedWords {
 /// Loads the whole list, then follows changes in the background. Returns
 /// once the list is in force, so no send after start-up escapes an entry
 /// that was already there.
+///
+/// The current entries are read with one ordered pull consumer (last value
+/// per key) up to the bucket's last sequence; the watch then starts right
+/// after it. (A push watch started on a non-empty bucket lost its initial
+/// replay in tests: nothing arrived for a minute.)
 pub async fn start(store: kv::Store) -> Result<Arc<BannedWords>, async_nats::Error> {
     let words = Arc::new(BannedWords {
         entries: Mutex::default(),
@@ -209,25 +215,44 @@ pub async fn start(store: kv::Store) -> Result<Arc<BannedWords>, async_nats::Err
         seen: Mutex::new(0),
         dirty: Notify::new(),
     });
-    let mut watch = store.watch_all().await?;
-    if store.status().await?.values() > 0 {
-        // The watch replays the current value of every key first; the last
-        // of them has nothing pending behind it.
-        while let Some(entry) = watch.next().await {
-            let e = entry?;
-            words.apply(&e);
-            if e.delta == 0 {
+    // Fresh stream info (`Store::status` answers from a cached copy).
+    let state = store.stream.get_info().await?.state;
+    if state.messages > 0 {
+        let consumer = store
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{}>", store.prefix),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        while let Some(m) =
+            tokio::time::timeout(LOAD_TIMEOUT, messages.next()).await.map_err(|_| "banned words load timed out")?
+        {
+            let m = m?;
+            let info = m.info()?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            let op = match m.headers.as_ref().and_then(|h| h.get("KV-Operation")).map(|v| v.as_str()) {
+                Some("DEL") => kv::Operation::Delete,
+                Some("PURGE") => kv::Operation::Purge,
+                _ => kv::Operation::Put,
+            };
+            let key = m.subject.strip_prefix(store.prefix.as_str()).unwrap_or(&m.subject).to_owned();
+            words.apply(&key, op, &m.payload, seq);
+            if pending == 0 || seq >= state.last_sequence {
                 break;
             }
         }
     }
     words.rebuild().await;
+    let mut watch = store.watch_all_from_revision(state.last_sequence + 1).await?;
     let w = words.clone();
     tokio::spawn(async move {
         while let Some(entry) = watch.next().await {
             match entry {
                 Ok(e) => {
-                    w.apply(&e);
+                    w.apply(&e.key, e.operation, &e.value, e.revision);
                     w.dirty.notify_one();
                 }
                 Err(e) => tracing::warn!(error = %e, "banned words watch error"),
@@ -244,6 +269,9 @@ pub async fn start(store: kv::Store) -> Result<Arc<BannedWords>, async_nats::Err
     });
     Ok(words)
 }
+
+/// How long loading the list at start-up may take.
+const LOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

@@ -50,7 +50,7 @@ fn code(v: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn banned_words_are_live_on_every_gateway_and_transport_and_survive_evasions() -> Result<()> {
-    let s =
+    let mut s =
         stack().gateways(2).env("CHAT_OPERATOR_TOKEN", OPERATOR).env("CHAT_FLOOD_MAX_MESSAGES", "0").start().await?;
     let a = s.user("alice", "a1").await?;
     let a2 = s.device("alice", "a2").await?;
@@ -105,6 +105,11 @@ async fn banned_words_are_live_on_every_gateway_and_transport_and_survive_evasio
         }
     }
     assert_eq!(code(&send(&mut ws, "clean", &b.user_id, "a good word").await?), "ack");
+
+    // A gateway started now has the whole list before it serves.
+    let g = s.add_gateway().await?;
+    let mut late = s.connect_over(Kind::Ws, g, &a).await?;
+    assert_eq!(code(&send(&mut late, "late", &b.user_id, "ㅆㅣ발").await?), "banned_word");
 
     // Internal services are screened too (CHAT_BANNED_WORDS_SERVICES).
     let nats = async_nats::connect(&s.nats.url).await?;
