@@ -149,6 +149,9 @@ pub struct GatewayConfig {
     /// `CHAT_OPERATOR_TOKEN`: the bearer credential of the operator
     /// endpoints (`POST /v1/admin/drain`); unset, they are disabled.
     pub operator_token: Option<String>,
+    /// Banned words and flood detection (`CHAT_BANNED_WORDS_*`,
+    /// `CHAT_FLOOD_*`, see [`crate::moderation`]).
+    pub moderation: crate::moderation::ModerationConfig,
 }
 
 /// Which push providers are configured: a provider counts as configured
@@ -263,6 +266,7 @@ impl GatewayConfig {
                 }
                 t => t,
             },
+            moderation: crate::moderation::ModerationConfig::from_source(src)?,
         })
     }
 }

@@ -22,12 +22,15 @@ pub struct ClientError {
     /// Seconds sent as `Retry-After` with an HTTP answer (a budget that
     /// refills: login and signup limits); else the code's own, if any.
     pub retry_after: Option<u32>,
+    /// Milliseconds sent as `retry_after_ms` in a session `error` frame
+    /// (flood detection's `rate_limited` and `muted`).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ClientError {
     /// Builds an error.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> ClientError {
-        ClientError { code, message: message.into(), retry_after: None }
+        ClientError { code, message: message.into(), retry_after: None, retry_after_ms: None }
     }
 
     /// `bad_request` (400).
@@ -64,6 +67,14 @@ impl ClientError {
         ClientError { retry_after: Some(secs), ..Self::new(ErrorCode::RateLimited, message) }
     }
 
+    /// An error a send may retry after `ms` milliseconds: `retry_after_ms`
+    /// in a session frame, `Retry-After` (whole seconds, at least 1) over
+    /// HTTP.
+    pub fn retry_later(code: ErrorCode, message: impl Into<String>, ms: u64) -> ClientError {
+        let secs = ms.div_ceil(1000).clamp(1, u64::from(u32::MAX)) as u32;
+        ClientError { retry_after: Some(secs), retry_after_ms: Some(ms), ..Self::new(code, message) }
+    }
+
     /// The HTTP status of this error.
     pub fn status(&self) -> StatusCode {
         status_of(self.code)
@@ -81,7 +92,7 @@ impl ClientError {
 
     /// The error as a session `error` frame, echoing the request's `cid`.
     pub fn into_frame(self, cid: Option<String>) -> ServerFrame {
-        ServerFrame::Error { cid, code: self.code, message: self.message }
+        ServerFrame::Error { cid, code: self.code, message: self.message, retry_after_ms: self.retry_after_ms }
     }
 }
 
@@ -113,13 +124,14 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | E::UnknownUser
         | E::UnknownGroup
         | E::LimitExceeded
-        | E::PushProviderDisabled => StatusCode::BAD_REQUEST,
+        | E::PushProviderDisabled
+        | E::BannedWord => StatusCode::BAD_REQUEST,
         E::Unauthorized => StatusCode::UNAUTHORIZED,
         E::Forbidden | E::Banned => StatusCode::FORBIDDEN,
         E::NotFound => StatusCode::NOT_FOUND,
         E::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         E::UsernameTaken | E::GroupFull | E::Conflict => StatusCode::CONFLICT,
-        E::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        E::RateLimited | E::Muted => StatusCode::TOO_MANY_REQUESTS,
         E::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         // Not confirmed in time (e.g. a group change's announcement while a
         // partition fails over): committed and will be sequenced; retry or
@@ -213,5 +225,10 @@ mod tests {
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "2");
         assert_eq!(status_of(ErrorCode::BodyTooLarge), StatusCode::PAYLOAD_TOO_LARGE);
+        let f = ClientError::retry_later(ErrorCode::Muted, "m", 1500).into_frame(Some("c".into()));
+        assert_eq!(frame(&f), r#"{"type":"error","cid":"c","code":"muted","message":"m","retry_after_ms":1500}"#);
+        let r = ClientError::retry_later(ErrorCode::Muted, "m", 1500).into_response();
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "2");
     }
 }

@@ -11,6 +11,8 @@
 //! - [`service`]: the NATS subject internal services send on.
 //! - [`edge`]: the gateway registry, discovery, capacity and the drain.
 //! - [`metrics`]: the Prometheus metrics `GET /metrics` serves.
+//! - [`moderation`]: the live banned-word list and flood detection, applied
+//!   to every send.
 //!
 //! The gateway keeps no state of its own: every message is in JetStream,
 //! every account in PostgreSQL. [`run`] takes a bound listener and a
@@ -25,6 +27,7 @@ pub mod error;
 pub mod http;
 pub mod messaging;
 pub mod metrics;
+pub mod moderation;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -114,6 +117,8 @@ pub struct AppState {
     pub edges: edge::Edges,
     /// What `GET /metrics` reports.
     pub metrics: metrics::Metrics,
+    /// Banned words and flood detection.
+    pub moderation: moderation::Moderation,
 }
 
 impl AppState {
@@ -263,6 +268,8 @@ pub async fn run(
     let sender = Sender::start(&client, storage.clone(), &cfg.gateway_id, cfg.send_timeout)
         .await
         .map_err(GatewayError::Other)?;
+    let moderation =
+        moderation::Moderation::start(cfg.moderation, &storage, &cfg.gateway_id).await.map_err(GatewayError::Other)?;
     let (shutdown_tx, _) = broadcast::channel(1);
     let history_index = history::IndexCache::new(cfg.history_index_cache);
     let hasher = auth::Hasher::start(cfg.password_hash_concurrency);
@@ -291,6 +298,7 @@ pub async fn run(
         auth_limits,
         edges,
         metrics,
+        moderation,
     });
     let registry = edge::start(state.clone());
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));

@@ -360,7 +360,7 @@ mod tests {
         use crate::error::frame;
         let of = |f: &ServerFrame| FRAMES_OUT[FrameOut::of(&frame(f)).0];
         assert_eq!(of(&ServerFrame::Pong), "pong");
-        let e = ServerFrame::Error { cid: None, code: ErrorCode::BadJson, message: "m".into() };
+        let e = ServerFrame::Error { cid: None, code: ErrorCode::BadJson, message: "m".into(), retry_after_ms: None };
         assert_eq!(of(&e), "error");
         let s = ServerFrame::Synced { cursor: "1".into(), truncated: false };
         assert_eq!(of(&s), "synced");

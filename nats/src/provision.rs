@@ -30,6 +30,14 @@ pub const PUSH_JOB_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// How long dead push jobs are kept for inspection.
 pub const PUSH_DEAD_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// How long moderation events (flood mutes) are kept.
+pub const MOD_EVENTS_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Most moderation events kept (the oldest go first).
+pub const MOD_EVENTS_MAX_MSGS: i64 = 1_000_000;
+/// A flood window not written for this long is dropped (longer than the
+/// longest window plus the longest mute a gateway accepts).
+pub const FLOOD_MAX_AGE: Duration = Duration::from_secs(25 * 3600);
+
 /// Start-up and provisioning failures.
 #[derive(Debug, Error)]
 pub enum ProvisionError {
@@ -153,6 +161,12 @@ pub struct Storage {
     pub push_sent: kv::Store,
     /// Live gateways (service discovery).
     pub gateways: kv::Store,
+    /// The banned-word list.
+    pub banned_words: kv::Store,
+    /// Per-user flood windows (memory storage).
+    pub flood: kv::Store,
+    /// Moderation events (flood mutes).
+    pub mod_events: stream::Stream,
     /// The settings used.
     pub settings: StorageSettings,
 }
@@ -331,6 +345,19 @@ async fn provision_once(client: &async_nats::Client, settings: &StorageSettings)
             subjects: vec![subjects::PUSH_DEAD_ALL.into()],
             max_age: PUSH_DEAD_MAX_AGE,
             duplicate_window: Duration::from_secs(600),
+            ..base.clone()
+        },
+    )
+    .await?;
+    let mod_events = ensure_stream(
+        &js,
+        stream::Config {
+            name: subjects::MOD_EVENTS_STREAM.into(),
+            description: Some("moderation events for operators (flood mutes)".into()),
+            subjects: vec![subjects::MOD_EVENTS_ALL.into()],
+            max_age: MOD_EVENTS_MAX_AGE,
+            max_messages: MOD_EVENTS_MAX_MSGS,
+            duplicate_window: Duration::from_secs(600),
             ..base
         },
     )
@@ -373,6 +400,14 @@ async fn provision_once(client: &async_nats::Client, settings: &StorageSettings)
         },
     )
     .await?;
+    let banned_words = ensure_bucket(&js, bucket(subjects::BANNED_WORDS_BUCKET, Duration::ZERO)).await?;
+    // Counters, rewritten on every send: no fsync, and losing them with the
+    // server only forgives a flood in progress.
+    let flood = ensure_bucket(
+        &js,
+        kv::Config { storage: stream::StorageType::Memory, ..bucket(subjects::FLOOD_BUCKET, FLOOD_MAX_AGE) },
+    )
+    .await?;
     Ok(Storage {
         js,
         ingress,
@@ -390,6 +425,9 @@ async fn provision_once(client: &async_nats::Client, settings: &StorageSettings)
         delivered,
         push_sent,
         gateways,
+        banned_words,
+        flood,
+        mod_events,
         settings: s.clone(),
     })
 }

@@ -65,6 +65,19 @@ pub const PUSH_DEAD_ALL: &str = "chat.push.dead.>";
 /// what they cached.
 pub const PUSH_CHANGED: &str = "chat.push.changed";
 
+/// KV bucket of the banned-word list: one key per entry (`w.<hex of the
+/// entry's matching skeleton>`), value the entry as the operator wrote it.
+/// Every gateway watches it and applies it to every send.
+pub const BANNED_WORDS_BUCKET: &str = "chat_banned_words";
+/// KV bucket (memory) of each user's flood window (key [`flood_key`]),
+/// updated with revision checks by every gateway the user sends through.
+pub const FLOOD_BUCKET: &str = "chat_flood";
+/// Stream of moderation events for operators (flood mutes), kept
+/// [`crate::provision::MOD_EVENTS_MAX_AGE`].
+pub const MOD_EVENTS_STREAM: &str = "CHAT_MOD_EVENTS";
+/// Subject filter of the moderation events stream.
+pub const MOD_EVENTS_ALL: &str = "chat.mod.>";
+
 /// Subject filter of the ingress stream.
 pub const INGRESS_ALL: &str = "chat.ingress.>";
 /// Subject filter of the history stream.
@@ -145,6 +158,16 @@ pub fn presence(user: i64) -> String {
 /// friend changes): never persisted.
 pub fn ephemeral(user: i64) -> String {
     format!("{PREFIX}.eph.{user}")
+}
+
+/// KV key of a user's flood window in [`FLOOD_BUCKET`].
+pub fn flood_key(user: i64) -> String {
+    format!("u.{user}")
+}
+
+/// Subject of a user's flood mute events in [`MOD_EVENTS_STREAM`].
+pub fn flood_event(user: i64) -> String {
+    format!("{PREFIX}.mod.flood.{user}")
 }
 
 /// KV key of a device in [`REVOKED_BUCKET`]: `<user>.<device>`.

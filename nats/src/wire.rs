@@ -91,6 +91,10 @@ pub enum ServerFrame {
         code: ErrorCode,
         /// Human-readable detail.
         message: String,
+        /// With `rate_limited` from flood detection and with `muted`: how
+        /// long until a send may succeed, in milliseconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
     /// A message, live or during catch-up.
     Msg(MsgFrame),
@@ -215,6 +219,11 @@ pub enum ErrorCode {
     /// HTTP: the account is banned by an operator (403; the message says
     /// until when).
     Banned,
+    /// The message contains an entry of the banned-word list and the
+    /// policy is `reject` (`CHAT_BANNED_WORDS_POLICY`).
+    BannedWord,
+    /// The sender is muted for flooding; `retry_after_ms` says until when.
+    Muted,
 }
 
 impl ErrorCode {
@@ -249,6 +258,8 @@ impl ErrorCode {
             ErrorCode::Draining => "draining",
             ErrorCode::BodyTooLarge => "body_too_large",
             ErrorCode::Banned => "banned",
+            ErrorCode::BannedWord => "banned_word",
+            ErrorCode::Muted => "muted",
         }
     }
 }
@@ -323,10 +334,27 @@ mod tests {
 
     #[test]
     fn server_frames_have_their_wire_shape() {
-        let v = serde_json::to_value(ServerFrame::Error { cid: None, code: ErrorCode::TooLarge, message: "m".into() })
-            .unwrap();
+        let v = serde_json::to_value(ServerFrame::Error {
+            cid: None,
+            code: ErrorCode::TooLarge,
+            message: "m".into(),
+            retry_after_ms: None,
+        })
+        .unwrap();
         assert_eq!(v, serde_json::json!({"type":"error","code":"too_large","message":"m"}));
         assert_eq!(serde_json::to_string(&ServerFrame::Pong).unwrap(), r#"{"type":"pong"}"#);
         assert_eq!(ErrorCode::UnknownUser.as_str(), "unknown_user");
+        for code in [ErrorCode::BannedWord, ErrorCode::Muted] {
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::json!(code.as_str()));
+        }
+        let muted = ServerFrame::Error {
+            cid: Some("c".into()),
+            code: ErrorCode::Muted,
+            message: "m".into(),
+            retry_after_ms: Some(250),
+        };
+        let v = serde_json::to_value(&muted).unwrap();
+        assert_eq!((v["code"].as_str(), v["retry_after_ms"].as_u64()), (Some("muted"), Some(250)));
+        assert_eq!(serde_json::from_value::<ServerFrame>(v).unwrap(), muted);
     }
 }

@@ -36,10 +36,10 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientE
     Ok(json(StatusCode::OK, &json!({"edges": edges_json(st, region.as_deref())})))
 }
 
-/// Checks the request carries the operator credential
-/// (`Authorization: Bearer <CHAT_OPERATOR_TOKEN>`): 403 when none is set,
-/// 401 when it is not that.
-pub fn require_operator(st: &AppState, req: &Request<Incoming>) -> Result<(), ClientError> {
+/// Refuses a request without the operator credential: 403 when operator
+/// endpoints are disabled (`CHAT_OPERATOR_TOKEN` unset), 401 for any other
+/// bearer (a user's token included).
+pub fn require_operator<B>(st: &AppState, req: &Request<B>) -> Result<(), ClientError> {
     let Some(expected) = &st.cfg.operator_token else {
         return Err(ClientError::forbidden("operator endpoints are disabled: set CHAT_OPERATOR_TOKEN"));
     };

@@ -16,6 +16,7 @@ pub mod friends;
 pub mod groups;
 pub mod limits;
 pub mod messages;
+pub mod moderation;
 pub mod push;
 pub mod users;
 pub mod web;
@@ -103,6 +104,11 @@ async fn dispatch(state: &Arc<AppState>, mut req: Request<Incoming>) -> (&'stati
         ["v1", "admin", "users", id, "ban"] => methods!(method, path;
             PUT => bans::ban(st, req, id).await,
             DELETE => bans::unban(st, req, id).await),
+        ["v1", "admin", "banned-words"] => methods!(method, path;
+            GET => moderation::list(st, req).await,
+            PUT => moderation::add(st, req).await,
+            DELETE => moderation::remove(st, req).await),
+        ["v1", "admin", "flood-events"] => methods!(method, path; GET => moderation::flood_events(st, req).await),
         ["v1", "conversations"] => methods!(method, path; GET => conversations::list(st, req).await),
         ["v1", "conversations", conv, "messages"] => {
             methods!(method, path; GET => messages::page(st, req, conv).await)

@@ -19,6 +19,7 @@ use futures::StreamExt;
 use tokio::sync::oneshot;
 
 use crate::error::ClientError;
+use crate::moderation::Origin;
 use crate::AppState;
 
 /// One message for the sequencer.
@@ -224,11 +225,13 @@ pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: 
     }
 }
 
-/// Validates, sends and turns the outcome into the frame the client gets.
+/// Validates, screens (banned words, flood: [`crate::moderation`]), sends
+/// and turns the outcome into the frame the client gets.
 pub async fn send_frame(
     state: &AppState,
     from: i64,
     device: &str,
+    origin: Origin,
     cid: String,
     to: &Target,
     body: String,
@@ -236,6 +239,7 @@ pub async fn send_frame(
     let started = std::time::Instant::now();
     let result = async {
         let conv = prepare(state, from, &cid, to, &body).await?;
+        let body = state.moderation.screen(from, device, origin, body).await?;
         // A retry of an earlier send reports where that message went.
         let out = Outgoing { from, device, cid: &cid, conv: &conv, kind: MessageKind::Text, body, event: None };
         let (id, ts, conv) = state.sender.send(out).await?;

@@ -14,6 +14,7 @@ use futures::StreamExt;
 use crate::error::frame;
 use crate::error::ClientError;
 use crate::messaging::send::send_frame;
+use crate::moderation::Origin;
 use crate::AppState;
 
 /// Answers service sends until the subscription ends.
@@ -51,5 +52,5 @@ async fn handle(state: &AppState, payload: &[u8]) -> ServerFrame {
         }
         Err(r) => return r.into_frame(Some(req.cid)),
     }
-    send_frame(state, req.as_user, &device, req.cid, &req.to, req.body).await
+    send_frame(state, req.as_user, &device, Origin::Service, req.cid, &req.to, req.body).await
 }

@@ -14,6 +14,7 @@ mod groups;
 mod limits;
 mod limits_auth;
 mod metrics;
+mod moderation;
 mod presence;
 mod push;
 mod restarts;

@@ -182,6 +182,9 @@ impl StackBuilder {
             ("CHAT_LOGIN_FAILURES_BURST", "1000000"),
             ("CHAT_SIGNUP_PER_ADDR_PER_MIN", "1000000"),
             ("CHAT_SIGNUP_PER_ADDR_BURST", "1000000"),
+            // Tests send hundreds of messages a second from one account:
+            // flood detection stays off unless a test sets it (`moderation`).
+            ("CHAT_FLOOD_MAX_MESSAGES", "0"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

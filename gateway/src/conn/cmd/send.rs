@@ -12,6 +12,7 @@ use crate::conn::outbound::Outbound;
 use crate::conn::session::Session;
 use crate::error::frame;
 use crate::messaging::send::send_frame;
+use crate::moderation::Origin;
 use crate::AppState;
 
 /// Sends a session may have queued behind the one in progress.
@@ -35,7 +36,7 @@ pub(crate) fn start_sender(
     let fut = async move {
         while let Some(r) = rx.recv().await {
             // Boxed: an idle sender keeps only its small waiting state.
-            let reply = Box::pin(send_frame(&state, user, &device, r.cid, &r.to, r.body)).await;
+            let reply = Box::pin(send_frame(&state, user, &device, Origin::Session, r.cid, &r.to, r.body)).await;
             if !out.push_wait(frame(&reply), 0, state.cfg.stall_timeout).await {
                 break;
             }
