@@ -172,7 +172,11 @@ fn resolved<const N: usize, M: Clone + Default>(
 impl Metrics {
     /// Registers every metric; `db` adds the pool's, `client` the NATS
     /// connection's.
-    pub fn new(db: &crate::store::Db, client: &async_nats::Client) -> Metrics {
+    pub fn new(
+        db: &crate::store::Db,
+        client: &async_nats::Client,
+        moderation: &crate::moderation::Moderation,
+    ) -> Metrics {
         let mut r = Registry::default();
         let sessions_family = Family::<Label, Gauge>::default();
         let opened_family = Family::<Label, Counter>::default();
@@ -222,6 +226,10 @@ impl Metrics {
         r.register("chat_http_request_seconds", "HTTP request handling time by route pattern", m.http_seconds.clone());
         db.pool.register(&mut r);
         r.register_collector(Box::new(chat_nats::metrics::NatsCollector(client.clone())));
+        r.register_collector(Box::new(ModerationCollector {
+            words: moderation.word_stats.clone(),
+            flood: moderation.flood.stats.clone(),
+        }));
         Metrics { registry: r, ..m }
     }
 
@@ -339,6 +347,40 @@ pub fn scrape(
     resp.headers_mut()
         .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(chat_nats::metrics::CONTENT_TYPE));
     Ok(resp)
+}
+
+/// Moderation's counters, read when scraped.
+#[derive(Debug)]
+struct ModerationCollector {
+    words: std::sync::Arc<crate::moderation::WordStats>,
+    flood: std::sync::Arc<crate::moderation::flood::FloodStats>,
+}
+
+impl prometheus_client::collector::Collector for ModerationCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use std::sync::atomic::Ordering::Relaxed;
+        let counters = [
+            ("chat_banned_word_rejected", "Sends refused with banned_word", self.words.rejected.load(Relaxed)),
+            ("chat_banned_word_masked", "Sends stored with banned words masked", self.words.masked.load(Relaxed)),
+            (
+                "chat_flood_limited",
+                "Sends refused with rate_limited by flood detection",
+                self.flood.limited.load(Relaxed),
+            ),
+            ("chat_flood_mutes", "Flood mutes set by this gateway", self.flood.mutes.load(Relaxed)),
+            (
+                "chat_flood_muted_sends",
+                "Sends refused because the sender is muted",
+                self.flood.muted_sends.load(Relaxed),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let c = prometheus_client::metrics::counter::ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

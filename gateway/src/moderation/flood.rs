@@ -171,8 +171,8 @@ pub struct FloodEvent {
     pub gateway: String,
 }
 
-/// Counters of this gateway's flood decisions (until the metrics registry
-/// exports them).
+/// Counters of this gateway's flood decisions (exported by `metrics`, and
+/// in `GET /v1/admin/flood-events`).
 #[derive(Debug, Default)]
 pub struct FloodStats {
     /// Sends refused with `rate_limited`.
@@ -195,13 +195,13 @@ pub struct Flood {
     js: jetstream::Context,
     gateway: String,
     /// Decisions so far.
-    pub stats: FloodStats,
+    pub stats: std::sync::Arc<FloodStats>,
 }
 
 impl Flood {
     /// Flood detection over `kv` (the `chat_flood` bucket).
     pub fn new(cfg: FloodConfig, kv: kv::Store, js: jetstream::Context, gateway: String) -> Flood {
-        Flood { cfg, kv, js, gateway, stats: FloodStats::default() }
+        Flood { cfg, kv, js, gateway, stats: Default::default() }
     }
 
     /// Decides on one send of `user`'s `device` with text `hash`. A store

@@ -69,8 +69,7 @@ pub enum Origin {
     Service,
 }
 
-/// Counters of banned-word decisions (until the metrics registry exports
-/// them).
+/// Counters of banned-word decisions (exported by `metrics`).
 #[derive(Debug, Default)]
 pub struct WordStats {
     /// Sends refused with `banned_word`.
@@ -88,7 +87,7 @@ pub struct Moderation {
     /// Flood detection.
     pub flood: Flood,
     /// Banned-word decisions so far.
-    pub word_stats: WordStats,
+    pub word_stats: std::sync::Arc<WordStats>,
 }
 
 impl Moderation {
@@ -97,7 +96,7 @@ impl Moderation {
     pub async fn start(cfg: ModerationConfig, st: &Storage, gateway: &str) -> Result<Moderation, async_nats::Error> {
         let words = words::start(st.banned_words.clone()).await?;
         let flood = Flood::new(cfg.flood, st.flood.clone(), st.js.clone(), gateway.to_owned());
-        Ok(Moderation { cfg, words, flood, word_stats: WordStats::default() })
+        Ok(Moderation { cfg, words, flood, word_stats: Default::default() })
     }
 
     /// Screens one send: the body to store (masked under the mask policy),

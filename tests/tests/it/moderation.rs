@@ -230,6 +230,18 @@ async fn a_flood_over_two_devices_on_two_gateways_is_limited_then_muted_and_list
         .map(|v| v["counters"]["mutes"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(mutes, 1, "one gateway set the mute");
+    // The same counters in Prometheus, summed over both gateways.
+    let mut scraped = [0.0; 3];
+    for g in 0..2 {
+        let e = chat_tests::prom::metrics(&s.addr(g), Some(OPERATOR)).await?;
+        for (i, name) in
+            ["chat_flood_mutes_total", "chat_flood_limited_total", "chat_flood_muted_sends_total"].iter().enumerate()
+        {
+            scraped[i] += e.value(name, &[]);
+        }
+    }
+    assert_eq!(scraped[0], 1.0, "chat_flood_mutes_total");
+    assert!(scraped[1] >= 1.0 && scraped[2] >= 1.0, "limited and muted sends counted: {scraped:?}");
     let (status, _) = admin(&s, 0, Method::GET, "/v1/admin/flood-events?limit=0", None).await?;
     assert_eq!(status, 400);
     Ok(())
