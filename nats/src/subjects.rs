@@ -65,6 +65,12 @@ pub const PUSH_DEAD_ALL: &str = "chat.push.dead.>";
 /// what they cached.
 pub const PUSH_CHANGED: &str = "chat.push.changed";
 
+/// Reply-subject prefix of the gateways' NATS connections (their
+/// `authorization` lets them subscribe to `_INBOX_GW.>` only).
+pub const GATEWAY_INBOX_PREFIX: &str = "_INBOX_GW";
+/// Reply-subject prefix of the workers' NATS connections.
+pub const WORKER_INBOX_PREFIX: &str = "_INBOX_WK";
+
 /// Subject filter of the ingress stream.
 pub const INGRESS_ALL: &str = "chat.ingress.>";
 /// Subject filter of the history stream.

@@ -12,6 +12,7 @@ mod group_commit;
 mod groups;
 mod limits;
 mod limits_auth;
+mod nats_auth;
 mod presence;
 mod push;
 mod restarts;

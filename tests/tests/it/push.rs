@@ -101,7 +101,7 @@ fn fcm(token: &str) -> Value {
 /// Waits until the planner and the sender have nothing pending or unacked:
 /// every copy written so far is planned and every job finished.
 async fn idle(s: &Stack) -> Result<()> {
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     wait_for("push consumers idle", WAIT, || {
         let js = js.clone();
         async move {
@@ -419,7 +419,7 @@ async fn a_job_failing_max_attempts_times_is_dead_lettered() -> Result<()> {
     p.fcm.default_reply(Reply::new(503, r#"{"error":{"status":"UNAVAILABLE"}}"#));
     let (mut ca, _) = s.live(0, &a).await?;
     let ack = ca.send_to_user("c1", &b.user_id, "doomed").await?;
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     let dead = wait_for("a dead letter", WAIT, || {
         let js = js.clone();
         async move { js.get_stream(subjects::PUSH_DEAD_STREAM).await.ok()?.get_raw_message(1).await.ok() }

@@ -176,6 +176,11 @@ impl StackBuilder {
         env.extend(self.env);
         env.insert("CHAT_NATS_URL".into(), nats.url.clone());
         env.insert("CHAT_DATABASE_URL".into(), pg.url.clone());
+        // Gateways connect as the gateway user; add_worker switches to the
+        // worker's (nats/conf/auth.conf).
+        for (k, v) in chat_tests::nats_auth::GATEWAY.env() {
+            env.entry(k.into()).or_insert_with(|| v.into());
+        }
         let mut s = Stack { nats, pg, gateways: vec![], workers: vec![], env };
         for _ in 0..self.gateways {
             s.add_gateway().await?;
@@ -287,6 +292,7 @@ impl Stack {
     pub fn add_worker(&mut self, clock_offset_ms: i64) -> Result<usize> {
         let child = Command::new(env!("CARGO_BIN_EXE_it-worker"))
             .envs(&self.env)
+            .envs(chat_tests::nats_auth::WORKER.env())
             .env("CHAT_WORKER_CLOCK_OFFSET_MS", clock_offset_ms.to_string())
             .env("CHAT_WORKER_NAME", format!("w{}", self.workers.len()))
             .stdout(Stdio::null())
@@ -356,7 +362,7 @@ impl Stack {
 
     /// Waits until the history stream holds at least `n` messages.
     pub async fn wait_stored(&self, n: u64) -> Result<()> {
-        let js = async_nats::jetstream::new(async_nats::connect(&self.nats.url).await?);
+        let js = async_nats::jetstream::new(chat_tests::nats_admin(&self.nats.url).await?);
         wait_for(&format!("{n} messages stored"), Duration::from_secs(60), || {
             let js = js.clone();
             async move {
