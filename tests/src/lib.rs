@@ -40,6 +40,7 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod fuzz;
 pub mod load;
 mod nats;
 pub mod nats_auth;

@@ -8,6 +8,7 @@ mod cluster;
 mod core;
 mod durability;
 mod fake_push;
+mod fuzz;
 mod group_commit;
 mod groups;
 mod limits;
