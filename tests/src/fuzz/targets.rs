@@ -247,7 +247,9 @@ fn push_subscription(data: &[u8]) {
     if let Ok(sub) = body::parse_json::<push::Subscription>(data) {
         for allow_http in [false, true] {
             if sub.validate(allow_http).is_ok() {
-                assert!(sub.endpoint.starts_with("https://") || allow_http, "non-https endpoint accepted");
+                // Schemes are case-insensitive (RFC 3986 3.1): `httpS://` is https.
+                let https = sub.endpoint.get(..8).is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+                assert!(https || allow_http, "non-https endpoint accepted");
             }
         }
     }

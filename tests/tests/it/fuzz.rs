@@ -129,3 +129,18 @@ async fn random_and_mutated_frames_over_websocket_leave_the_gateway_serving_othe
 async fn random_and_mutated_frames_over_quic_leave_the_gateway_serving_others() -> Result<()> {
     hammer(Kind::Quic, 3_000).await
 }
+
+#[test]
+fn an_upper_case_https_scheme_is_https() {
+    // Found by `chat-fuzz push_subscription` (a false alarm of the
+    // target's own check, kept as a regression test of both): schemes are
+    // case-insensitive, so `httpS://` is an https endpoint and is accepted.
+    let p256 = format!("B{}", "A".repeat(86));
+    let body = format!(
+        r#"{{"endpoint":"httpS://push.example/x","keys":{{"p256dh":"{p256}","auth":"AAAAAAAAAAAAAAAAAAAAAA"}}}}"#
+    );
+    let sub: chat_gateway::http::push::Subscription = serde_json::from_str(&body).unwrap();
+    assert_eq!(sub.validate(false), Ok(()));
+    let target = fuzz::targets().into_iter().find(|t| t.name == "push_subscription").unwrap();
+    (target.run)(body.as_bytes());
+}
