@@ -159,6 +159,7 @@ nats_server_version() {
 # Starts nats-server in the background (sets NATS_PID) and waits until its
 # log says "Server is ready" (JetStream recovered, clients accepted).
 # MONITOR_PORT 0 or empty leaves the monitoring endpoint off.
+NATS_ENV=()
 nats_start() {
   local conf=$1 store=$2 port=$3 log=$4 monitor=${5:-0} bin
   bin=$(nats_server_bin)
@@ -175,7 +176,9 @@ nats_start() {
   # stop the services in order.
   local setsid=()
   command -v setsid >/dev/null 2>&1 && setsid=(setsid)
-  "${setsid[@]}" "$bin" "${args[@]}" </dev/null >/dev/null 2>>"$log.stderr" &
+  # NATS_ENV (VAR=value words, e.g. the users' passwords) reaches
+  # nats-server only; env execs in place, so $! stays its pid.
+  "${setsid[@]}" env "${NATS_ENV[@]}" "$bin" "${args[@]}" </dev/null >/dev/null 2>>"$log.stderr" &
   NATS_PID=$!
   _nats_ready() {
     pid_alive "$NATS_PID" || return 0   # stop waiting; checked below

@@ -75,11 +75,11 @@ fn prefix(kind: &str) -> String {
 /// Publishes at a fixed rate and measures publish→subscriber (and, for
 /// JetStream, publish→ack) from the scheduled times.
 pub async fn paced(url: &str, cfg: &RawCfg) -> Result<Raw> {
-    let publisher = async_nats::connect(url).await?;
+    let publisher = chat_tests::nats_admin(url).await?;
     let n_sub_clients = cfg.subs_per_subject.clamp(1, 8);
     let mut sub_clients = Vec::new();
     for _ in 0..n_sub_clients {
-        sub_clients.push(async_nats::connect(url).await?);
+        sub_clients.push(chat_tests::nats_admin(url).await?);
     }
     let pre = prefix(if cfg.jetstream { "js" } else { "core" });
     let js = jetstream::new(publisher.clone());
@@ -192,14 +192,14 @@ async fn settle(limit: Duration, done: impl Fn() -> bool) {
 /// Core NATS fan-out ceiling: `msgs` published as fast as possible to one
 /// subject with `subs` subscriptions; returns deliveries per second.
 pub async fn core_fanout_max(url: &str, subs: usize, msgs: u64, size: usize) -> Result<f64> {
-    let publisher = async_nats::connect(url).await?;
+    let publisher = chat_tests::nats_admin(url).await?;
     let pre = prefix("fanmax");
     let count = Arc::new(AtomicU64::new(0));
     let mut clients = Vec::new();
     let mut tasks = Vec::new();
     for k in 0..subs {
         if k < 4 {
-            clients.push(async_nats::connect(url).await?);
+            clients.push(chat_tests::nats_admin(url).await?);
         }
         let mut sub = clients[k % clients.len()].subscribe(format!("{pre}.all")).await?;
         let count = count.clone();
@@ -232,7 +232,7 @@ pub async fn core_fanout_max(url: &str, subs: usize, msgs: u64, size: usize) -> 
 /// member's inbox), 256 publishes in flight; returns stored copies per
 /// second.
 pub async fn js_fanout_max(url: &str, members: usize, msgs: u64, size: usize) -> Result<f64> {
-    let js = jetstream::new(async_nats::connect(url).await?);
+    let js = jetstream::new(chat_tests::nats_admin(url).await?);
     let pre = prefix("jsfan");
     let name = pre.replace('.', "_").to_uppercase();
     js.create_stream(stream::Config {
@@ -265,7 +265,7 @@ pub async fn js_fanout_max(url: &str, members: usize, msgs: u64, size: usize) ->
 
 /// The inbox stream, over a NATS connection of the baseline's own.
 pub async fn inbox_stream(url: &str) -> Result<stream::Stream> {
-    let js = jetstream::new(async_nats::connect(url).await?);
+    let js = jetstream::new(chat_tests::nats_admin(url).await?);
     js.get_stream(chat_nats::subjects::INBOX_STREAM).await.map_err(|e| anyhow!("inbox stream: {e}"))
 }
 

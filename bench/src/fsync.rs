@@ -74,7 +74,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     r.latencies.push(fsync_lat.row("raw write+fsync, one thread", Some(fsync_rate)));
     r.metric("raw_fsyncs_per_s", fsync_rate.round());
 
-    let client = async_nats::connect(&t.nats_url).await?;
+    let client = chat_tests::nats_admin(&t.nats_url).await?;
     chat_nats::provision::check_batch_server(&client)?;
     let js = jetstream::new(client.clone());
     let _ = js.delete_stream(STREAM).await;

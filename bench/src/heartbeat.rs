@@ -244,7 +244,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
     anyhow::ensure!(!senders.is_empty(), "no connection came up");
     let conns = senders.len() as f64;
 
-    let nc = async_nats::connect(&t.nats_url).await?;
+    let nc = chat_tests::nats_admin(&t.nats_url).await?;
     let js = jetstream::new(nc);
     let gw_pid = t.gateway_pids.first().copied();
     // The gateway, this process (the clients), nats-server.

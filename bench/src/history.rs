@@ -69,7 +69,7 @@ pub struct Built {
 
 /// Writes `m` messages from `from` into `conv`'s history and index.
 pub async fn build(nats_url: &str, conv: &ConvId, from: i64, m: u64, size: usize, window: usize) -> Result<Built> {
-    let js = jetstream::new(async_nats::connect(nats_url).await?);
+    let js = jetstream::new(chat_tests::nats_admin(nats_url).await?);
     let subject = subjects::history(conv);
     let body = "h".repeat(size.max(1));
     let ts = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64;
@@ -173,7 +173,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
 
     if cfg.baselines {
         let res: Result<()> = async {
-            let js = jetstream::new(async_nats::connect(&t.nats_url).await?);
+            let js = jetstream::new(chat_tests::nats_admin(&t.nats_url).await?);
             let stream = js.get_stream(subjects::HISTORY_STREAM).await.map_err(|e| anyhow!("history stream: {e}"))?;
             let subject = subjects::history(&conv);
             let blat = Lat::default();

@@ -166,7 +166,7 @@ pub async fn hold_nats(url: &str, n: usize) -> (Vec<async_nats::Client>, usize) 
     let mut clients = Vec::with_capacity(n);
     let mut failed = 0;
     for _ in 0..n {
-        match async_nats::connect(url).await {
+        match chat_tests::nats_admin(url).await {
             Ok(c) => clients.push(c),
             Err(_) => failed += 1,
         }

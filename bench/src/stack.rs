@@ -123,6 +123,7 @@ impl OwnStack {
         for i in 0..cfg.workers.max(1) {
             let child = s
                 .command(&cfg.worker_bin, cfg, &format!("worker-{i}"))?
+                .envs(chat_tests::nats_auth::WORKER.env())
                 .env("CHAT_WORKER_NAME", format!("bench-w{i}"))
                 .spawn()
                 .with_context(|| format!("spawn {}", cfg.worker_bin.display()))?;
@@ -139,6 +140,8 @@ impl OwnStack {
             cmd.env("CHAT_REPLICAS", "3");
         }
         cmd.env("CHAT_NATS_URL", &self.nats_url)
+            // Gateways' credentials; workers get theirs in `start`.
+            .envs(chat_tests::nats_auth::GATEWAY.env())
             .env("CHAT_DATABASE_URL", &self.pg.url)
             .env("CHAT_LOG", "warn")
             .env("CHAT_TOKEN_SECRET", &self.secret)

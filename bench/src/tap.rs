@@ -40,7 +40,7 @@ pub fn kind(subject: &str) -> String {
 impl Tap {
     /// Subscribes to everything on `url`.
     pub async fn start(url: &str) -> anyhow::Result<Tap> {
-        let client = async_nats::connect(url).await?;
+        let client = chat_tests::nats_admin(url).await?;
         let mut sub = client.subscribe(">").await?;
         client.flush().await?;
         let counts: Arc<Mutex<HashMap<String, u64>>> = Arc::default();

@@ -16,6 +16,9 @@ pub struct GatewayConfig {
     pub listen_backlog: u32,
     /// `CHAT_NATS_URL`.
     pub nats_url: String,
+    /// `CHAT_NATS_USER` and `CHAT_NATS_PASSWORD` (or `_FILE`): the
+    /// gateways' NATS user (`nats/conf/auth.conf`).
+    pub nats_credentials: Option<chat_nats::provision::Credentials>,
     /// `CHAT_DATABASE_URL`: PostgreSQL connection string.
     pub database_url: String,
     /// `CHAT_DB_POOL_SIZE`: PostgreSQL connections per gateway.
@@ -194,6 +197,7 @@ impl GatewayConfig {
             http_addr: var(src, "CHAT_HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             listen_backlog: bounded(src, "CHAT_LISTEN_BACKLOG", LISTEN_BACKLOG.into(), 1, 65_535)? as u32,
             nats_url: shared::nats_url(src)?,
+            nats_credentials: shared::nats_credentials(src)?,
             database_url: shared::database_url(src)?,
             db_pool_size: shared::db_pool_size(src)?,
             token_secrets,

@@ -253,10 +253,16 @@ pub async fn run(
     edge::check_open_files(cfg.max_connections);
     let http_addr = listener.local_addr().unwrap_or(cfg.http_addr);
     let quic_addr = listeners.quic.as_ref().and_then(|q| q.local_addr().ok());
-    let client = provision::connect(&cfg.nats_url, &format!("chat-gateway {}", cfg.gateway_id), 4096)
+    let identity = provision::Identity {
+        credentials: cfg.nats_credentials.clone(),
+        inbox_prefix: chat_nats::subjects::GATEWAY_INBOX_PREFIX,
+    };
+    let client = provision::connect(&cfg.nats_url, &format!("chat-gateway {}", cfg.gateway_id), 4096, &identity)
         .await
         .map_err(|e| GatewayError::Nats { url: cfg.nats_url.clone(), source: e })?;
-    let storage = provision::provision(&client, &cfg.storage).await?;
+    // Workers bring existing streams to their configuration; a gateway
+    // may only create one that is missing (its NATS user cannot update).
+    let storage = provision::provision_as(&client, &cfg.storage, provision::Mode::CreateOnly).await?;
     // The ingress writer stores concurrent sends as atomic batches, which
     // only 2.15.1 commits with one fsync.
     provision::check_batch_server(&client)?;

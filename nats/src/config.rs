@@ -35,6 +35,12 @@ pub mod shared {
 
     /// NATS server URL(s), comma-separated.
     pub const NATS_URL: &str = "CHAT_NATS_URL";
+    /// NATS user name (with [`NATS_PASSWORD`]); unset: no credentials.
+    pub const NATS_USER: &str = "CHAT_NATS_USER";
+    /// NATS password of [`NATS_USER`].
+    pub const NATS_PASSWORD: &str = "CHAT_NATS_PASSWORD";
+    /// A file holding the NATS password (instead of [`NATS_PASSWORD`]).
+    pub const NATS_PASSWORD_FILE: &str = "CHAT_NATS_PASSWORD_FILE";
     /// PostgreSQL connection string.
     pub const DATABASE_URL: &str = "CHAT_DATABASE_URL";
     /// PostgreSQL connections per process (1-1000, default 16).
@@ -46,9 +52,50 @@ pub mod shared {
     /// VAPID private key file; set = Web Push configured.
     pub const VAPID_PRIVATE_KEY: &str = "CHAT_VAPID_PRIVATE_KEY";
 
-    /// [`NATS_URL`], default `nats://127.0.0.1:4222`.
+    /// [`NATS_URL`], default `nats://127.0.0.1:4222`. A URL carrying
+    /// `user:password@` is refused: the NATS client ignores credentials in
+    /// a URL, so they would silently not be used.
     pub fn nats_url(src: &dyn Source) -> Result<String, ConfigError> {
-        var(src, NATS_URL, "nats://127.0.0.1:4222".to_string())
+        let urls = var(src, NATS_URL, "nats://127.0.0.1:4222".to_string())?;
+        let with_userinfo = urls.split(',').any(|u| {
+            let rest = u.trim().split_once("://").map_or(u.trim(), |(_, r)| r);
+            rest.split(['/', '?']).next().unwrap_or("").contains('@')
+        });
+        if with_userinfo {
+            return Err(ConfigError::Invalid {
+                name: NATS_URL.into(),
+                value: "(a URL with credentials, not shown)".into(),
+                reason: format!("credentials in the URL are not used: set {NATS_USER} and {NATS_PASSWORD} instead"),
+            });
+        }
+        Ok(urls)
+    }
+
+    /// [`NATS_USER`] with [`NATS_PASSWORD`] or [`NATS_PASSWORD_FILE`]
+    /// (trailing newline removed); `None` when no user is set. A user
+    /// without a password, or a password without a user, is refused.
+    pub fn nats_credentials(src: &dyn Source) -> Result<Option<crate::provision::Credentials>, ConfigError> {
+        let invalid =
+            |name: &str, reason: String| ConfigError::Invalid { name: name.into(), value: String::new(), reason };
+        let password = match (src.get(NATS_PASSWORD), src.get(NATS_PASSWORD_FILE)) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(NATS_PASSWORD_FILE, format!("set either {NATS_PASSWORD} or {NATS_PASSWORD_FILE}")))
+            }
+            (Some(p), None) => Some(p),
+            (None, Some(f)) => {
+                let p = std::fs::read_to_string(&f).map_err(|e| invalid(NATS_PASSWORD_FILE, format!("{f}: {e}")))?;
+                Some(p.trim_end_matches(['\r', '\n']).to_owned())
+            }
+            (None, None) => None,
+        };
+        match (src.get(NATS_USER), password) {
+            (None, None) => Ok(None),
+            (Some(user), Some(password)) if !password.is_empty() => {
+                Ok(Some(crate::provision::Credentials { user, password }))
+            }
+            (Some(_), _) => Err(invalid(NATS_PASSWORD, format!("{NATS_USER} is set without a password"))),
+            (None, Some(_)) => Err(invalid(NATS_USER, format!("a NATS password is set without {NATS_USER}"))),
+        }
     }
 
     /// [`DATABASE_URL`], default `postgres://postgres@127.0.0.1:5432/chat`.
@@ -177,6 +224,27 @@ impl StorageSettings {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn nats_credentials_come_in_pairs_and_never_in_the_url() {
+        let src = |kv: &[(&str, &str)]| -> HashMap<String, String> {
+            kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert!(shared::nats_credentials(&src(&[])).unwrap().is_none());
+        let c = shared::nats_credentials(&src(&[("CHAT_NATS_USER", "gateway"), ("CHAT_NATS_PASSWORD", "pw")]))
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.user.as_str(), c.password.as_str()), ("gateway", "pw"));
+        assert!(!format!("{c:?}").contains("pw"), "Debug hides the password: {c:?}");
+        for bad in [&[("CHAT_NATS_USER", "gateway")][..], &[("CHAT_NATS_PASSWORD", "pw")][..]] {
+            assert!(shared::nats_credentials(&src(bad)).is_err(), "{bad:?}");
+        }
+        let e = shared::nats_url(&src(&[("CHAT_NATS_URL", "nats://127.0.0.1:1,nats://gw:secret@127.0.0.1:2")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("CHAT_NATS_USER") && !e.contains("secret"), "{e}");
+        assert!(shared::nats_url(&src(&[("CHAT_NATS_URL", "nats://127.0.0.1:1, tls://host:2")])).is_ok());
+    }
 
     #[test]
     fn bad_values_name_the_variable() {

@@ -171,25 +171,78 @@ pub struct Storage {
     pub settings: StorageSettings,
 }
 
+/// A NATS user and password (`CHAT_NATS_USER`, `CHAT_NATS_PASSWORD`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name, as in the server's `authorization { users }`.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, password hidden)", self.user)
+    }
+}
+
+/// Who connects: which credentials, and the prefix of the reply subjects
+/// (inboxes) it subscribes to. Each role has its own prefix
+/// ([`subjects::GATEWAY_INBOX_PREFIX`], [`subjects::WORKER_INBOX_PREFIX`]),
+/// so the server can let it read its own replies and nobody else's.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// Credentials, if the server asks for them.
+    pub credentials: Option<Credentials>,
+    /// Reply subject prefix (`_INBOX` is the client library's default).
+    pub inbox_prefix: &'static str,
+}
+
 /// Connects to NATS. `urls` may list several servers separated by commas
 /// (any one is enough: the client learns the cluster from the server).
-/// Waits up to 30 s for a server that is not up yet.
+/// Waits up to 30 s for a server that is not up yet; refused credentials
+/// fail at once.
 pub async fn connect(
     urls: &str,
     name: &str,
     subscription_capacity: usize,
+    identity: &Identity,
 ) -> Result<async_nats::Client, async_nats::Error> {
     let servers: Vec<&str> = urls.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
         .subscription_capacity(subscription_capacity)
-        .connect(servers)
-        .await?;
+        .custom_inbox_prefix(identity.inbox_prefix);
+    if let Some(c) = &identity.credentials {
+        options = options.user_and_password(c.user.clone(), c.password.clone());
+    }
+    let (auth_tx, mut auth_rx) = tokio::sync::watch::channel(None::<String>);
+    options = options.event_callback(move |event| {
+        let auth_tx = auth_tx.clone();
+        async move {
+            let refused = match &event {
+                async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => true,
+                async_nats::Event::ClientError(async_nats::ClientError::Other(e)) => e.contains("authorization"),
+                _ => false,
+            };
+            if refused {
+                let _ = auth_tx.send(Some("authorization violation".into()));
+            }
+        }
+    });
+    let client = options.connect(servers).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while client.connection_state() != async_nats::connection::State::Connected
         || client.server_info().version.is_empty()
     {
+        if let Some(e) = auth_rx.borrow_and_update().clone() {
+            let user = identity.credentials.as_ref().map_or("(none)", |c| c.user.as_str());
+            return Err(format!(
+                "NATS at {urls} refused user {user}: {e} (check CHAT_NATS_USER and CHAT_NATS_PASSWORD)"
+            )
+            .into());
+        }
         if tokio::time::Instant::now() > deadline {
             return Err(format!("no NATS server reachable at {urls} within 30 s").into());
         }
@@ -252,14 +305,35 @@ pub fn check_server(client: &async_nats::Client) -> Result<(), ProvisionError> {
 /// some requests after the client's timeout.
 const PROVISION_ATTEMPTS: u32 = 5;
 
+/// What [`provision_as`] does with a stream or bucket that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Bring it to this process's configuration (workers: their NATS user
+    /// may update the streams).
+    Update,
+    /// Use it as it is (gateways: their NATS user may create a missing
+    /// stream but not change one, so a gateway cannot, say, widen the
+    /// history stream's subjects to ones it may publish on).
+    CreateOnly,
+}
+
 /// Creates (or updates) every stream and bucket; idempotent. A stream or
 /// bucket request that fails is retried (up to [`PROVISION_ATTEMPTS`]
 /// times, 1 s, 2 s, ... apart); a server too old or a partition mismatch
 /// fails at once.
 pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) -> Result<Storage, ProvisionError> {
+    provision_as(client, settings, Mode::Update).await
+}
+
+/// [`provision`], with existing streams and buckets treated as `mode` says.
+pub async fn provision_as(
+    client: &async_nats::Client,
+    settings: &StorageSettings,
+    mode: Mode,
+) -> Result<Storage, ProvisionError> {
     let mut attempt = 1;
     loop {
-        match provision_once(client, settings).await {
+        match provision_once(client, settings, mode).await {
             Err(e @ (ProvisionError::Stream { .. } | ProvisionError::Bucket { .. }))
                 if attempt < PROVISION_ATTEMPTS =>
             {
@@ -272,7 +346,11 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
     }
 }
 
-async fn provision_once(client: &async_nats::Client, settings: &StorageSettings) -> Result<Storage, ProvisionError> {
+async fn provision_once(
+    client: &async_nats::Client,
+    settings: &StorageSettings,
+    mode: Mode,
+) -> Result<Storage, ProvisionError> {
     check_server(client)?;
     let js = jetstream::new(client.clone());
     let s = settings;
@@ -285,6 +363,7 @@ async fn provision_once(client: &async_nats::Client, settings: &StorageSettings)
     };
     let ingress = ensure_stream(
         &js,
+        mode,
         stream::Config {
             name: subjects::INGRESS_STREAM.into(),
             description: Some("accepted sends awaiting sequencing".into()),
@@ -299,6 +378,7 @@ async fn provision_once(client: &async_nats::Client, settings: &StorageSettings)
     .await?;
     let history = ensure_stream(
         &js,
+        mode,
         stream::Config {
             name: subjects::HISTORY_STREAM.into(),
             description: Some("permanent conversation history".into()),
@@ -313,6 +393,7 @@ async fn provision_once(client: &async_nats::Client, settings: &StorageSettings)
     .await?;
     let inbox = ensure_stream(
         &js,
+        mode,
         stream::Config {
             name: subjects::INBOX_STREAM.into(),
             description: Some("per-user sync queues".into()),
@@ -326,6 +407,7 @@ async fn provision_once(client: &async_nats::Client, settings: &StorageSettings)
     .await?;
     let push = ensure_stream(
         &js,
+        mode,
         stream::Config {
             name: subjects::PUSH_STREAM.into(),
             description: Some("push jobs, one per message and device".into()),
@@ -339,6 +421,7 @@ async fn provision_once(client: &async_nats::Client, settings: &StorageSettings)
     .await?;
     let push_dead = ensure_stream(
         &js,
+        mode,
         stream::Config {
             name: subjects::PUSH_DEAD_STREAM.into(),
             description: Some("push jobs that failed for good".into()),
@@ -351,6 +434,7 @@ async fn provision_once(client: &async_nats::Client, settings: &StorageSettings)
     .await?;
     let mod_events = ensure_stream(
         &js,
+        mode,
         stream::Config {
             name: subjects::MOD_EVENTS_STREAM.into(),
             description: Some("moderation events for operators (flood mutes)".into()),
@@ -370,41 +454,46 @@ async fn provision_once(client: &async_nats::Client, settings: &StorageSettings)
         num_replicas: s.replicas,
         ..Default::default()
     };
-    let leases = ensure_bucket(&js, bucket(subjects::LEASES_BUCKET, s.lease_ttl)).await?;
-    let acks = ensure_bucket(&js, bucket(subjects::ACKS_BUCKET, s.dedupe_window)).await?;
+    let leases = ensure_bucket_as(&js, mode, bucket(subjects::LEASES_BUCKET, s.lease_ttl)).await?;
+    let acks = ensure_bucket_as(&js, mode, bucket(subjects::ACKS_BUCKET, s.dedupe_window)).await?;
     // The sequencer writes a round's outcome records as one atomic batch.
-    allow_atomic(&js, &format!("KV_{}", subjects::ACKS_BUCKET)).await?;
-    let hindex = ensure_bucket(&js, bucket(subjects::HINDEX_BUCKET, Duration::ZERO)).await?;
-    let idhw = ensure_bucket(&js, bucket(subjects::IDHW_BUCKET, Duration::ZERO)).await?;
-    let groups = ensure_bucket(&js, bucket(subjects::GROUPS_BUCKET, Duration::ZERO)).await?;
+    if mode == Mode::Update {
+        allow_atomic(&js, &format!("KV_{}", subjects::ACKS_BUCKET)).await?;
+    }
+    let hindex = ensure_bucket_as(&js, mode, bucket(subjects::HINDEX_BUCKET, Duration::ZERO)).await?;
+    let idhw = ensure_bucket_as(&js, mode, bucket(subjects::IDHW_BUCKET, Duration::ZERO)).await?;
+    let groups = ensure_bucket_as(&js, mode, bucket(subjects::GROUPS_BUCKET, Duration::ZERO)).await?;
     check_partitions(&idhw, s.partitions).await?;
     // Expiry leaves a marker in the bucket, so watchers see a connection go.
-    let presence = ensure_bucket(
+    let presence = ensure_bucket_as(
         &js,
+        mode,
         kv::Config {
             limit_markers: Some(Duration::from_secs(60)),
             ..bucket(subjects::PRESENCE_BUCKET, s.presence_timeout)
         },
     )
     .await?;
-    let status = ensure_bucket(&js, bucket(subjects::STATUS_BUCKET, Duration::ZERO)).await?;
-    let delivered = ensure_bucket(&js, bucket(subjects::DELIVERED_BUCKET, s.inbox_retention)).await?;
-    let push_sent = ensure_bucket(&js, bucket(subjects::PUSH_SENT_BUCKET, PUSH_JOB_MAX_AGE * 2)).await?;
+    let status = ensure_bucket_as(&js, mode, bucket(subjects::STATUS_BUCKET, Duration::ZERO)).await?;
+    let delivered = ensure_bucket_as(&js, mode, bucket(subjects::DELIVERED_BUCKET, s.inbox_retention)).await?;
+    let push_sent = ensure_bucket_as(&js, mode, bucket(subjects::PUSH_SENT_BUCKET, PUSH_JOB_MAX_AGE * 2)).await?;
     // A SIGKILLed gateway's entry expires by itself; the marker tells
     // watchers at once.
-    let gateways = ensure_bucket(
+    let gateways = ensure_bucket_as(
         &js,
+        mode,
         kv::Config {
             limit_markers: Some(Duration::from_secs(60)),
             ..bucket(subjects::GATEWAYS_BUCKET, s.registry_ttl)
         },
     )
     .await?;
-    let banned_words = ensure_bucket(&js, bucket(subjects::BANNED_WORDS_BUCKET, Duration::ZERO)).await?;
+    let banned_words = ensure_bucket_as(&js, mode, bucket(subjects::BANNED_WORDS_BUCKET, Duration::ZERO)).await?;
     // Counters, rewritten on every send: no fsync, and losing them with the
     // server only forgives a flood in progress.
-    let flood = ensure_bucket(
+    let flood = ensure_bucket_as(
         &js,
+        mode,
         kv::Config { storage: stream::StorageType::Memory, ..bucket(subjects::FLOOD_BUCKET, FLOOD_MAX_AGE) },
     )
     .await?;
@@ -453,11 +542,16 @@ async fn check_partitions(idhw: &kv::Store, ours: u32) -> Result<(), ProvisionEr
     }
 }
 
-async fn ensure_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, ProvisionError> {
+async fn ensure_stream(
+    js: &jetstream::Context,
+    mode: Mode,
+    config: stream::Config,
+) -> Result<stream::Stream, ProvisionError> {
     let name = config.name.clone();
     let err = |e: async_nats::Error| ProvisionError::Stream { name: name.clone(), source: e };
     match js.create_stream(config.clone()).await {
         Ok(s) => Ok(s),
+        Err(_) if mode == Mode::CreateOnly => js.get_stream(&name).await.map_err(|e| err(e.into())),
         Err(_) => {
             // Exists with another configuration (or lost a creation race):
             // bring it to ours.
@@ -482,10 +576,19 @@ pub async fn allow_atomic(js: &jetstream::Context, stream_name: &str) -> Result<
 
 /// Creates a KV bucket, or brings an existing one to `config`.
 pub async fn ensure_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, ProvisionError> {
+    ensure_bucket_as(js, Mode::Update, config).await
+}
+
+async fn ensure_bucket_as(
+    js: &jetstream::Context,
+    mode: Mode,
+    config: kv::Config,
+) -> Result<kv::Store, ProvisionError> {
     let name = config.bucket.clone();
     let err = |e: async_nats::Error| ProvisionError::Bucket { name: name.clone(), source: e };
     match js.create_key_value(config.clone()).await {
         Ok(s) => Ok(s),
+        Err(_) if mode == Mode::CreateOnly => js.get_key_value(&name).await.map_err(|e| err(e.into())),
         Err(_) => js.update_key_value(config).await.map_err(|e| err(e.into())),
     }
 }

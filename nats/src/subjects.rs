@@ -77,6 +77,11 @@ pub const FLOOD_BUCKET: &str = "chat_flood";
 pub const MOD_EVENTS_STREAM: &str = "CHAT_MOD_EVENTS";
 /// Subject filter of the moderation events stream.
 pub const MOD_EVENTS_ALL: &str = "chat.mod.>";
+/// Reply-subject prefix of the gateways' NATS connections (their
+/// `authorization` lets them subscribe to `_INBOX_GW.>` only).
+pub const GATEWAY_INBOX_PREFIX: &str = "_INBOX_GW";
+/// Reply-subject prefix of the workers' NATS connections.
+pub const WORKER_INBOX_PREFIX: &str = "_INBOX_WK";
 
 /// Subject filter of the ingress stream.
 pub const INGRESS_ALL: &str = "chat.ingress.>";

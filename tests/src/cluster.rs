@@ -176,6 +176,7 @@ impl NatsCluster {
             .arg(&node.store)
             .arg("-l")
             .arg(&node.log)
+            .envs(crate::nats_auth::server_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -242,7 +243,7 @@ mod tests {
     async fn an_r3_stream_survives_its_leader_being_killed_and_restarted() -> Result<()> {
         let mut c = NatsCluster::start()?;
         assert!(c.meta_leader().is_some());
-        let js = async_nats::jetstream::new(async_nats::connect(c.url.split(',').collect::<Vec<_>>()).await?);
+        let js = async_nats::jetstream::new(crate::nats_admin(&c.url).await?);
         // A cluster busy electing or placing can time a request out: each
         // step is retried until its deadline (creation and the message-id
         // publish are idempotent).

@@ -12,6 +12,9 @@
 //! * [`NatsCluster`]: three nodes from `nats/conf/cluster/` on free
 //!   ports, each killable and restartable on its own store.
 //! * [`wait_for`]: poll for an event instead of sleeping blindly.
+//! * [`nats_auth`]: the NATS users of `nats/conf/auth.conf` with their
+//!   test passwords (every server above gets them); [`nats_admin`]
+//!   connects with every right, for a test's own inspections.
 //!
 //! Environment knobs:
 //! * `NATS_SERVER_BIN`: the nats-server binary (else `nats-server` on
@@ -40,8 +43,10 @@
 
 pub mod browser;
 pub mod cluster;
+pub mod fuzz;
 pub mod load;
 mod nats;
+pub mod nats_auth;
 mod postgres;
 pub mod prom;
 mod support;
@@ -54,6 +59,7 @@ use anyhow::{anyhow, Result};
 
 pub use cluster::NatsCluster;
 pub use nats::NatsServer;
+pub use nats_auth::{nats_admin, NatsUser};
 pub use postgres::Postgres;
 
 /// How often [`wait_for`] polls.

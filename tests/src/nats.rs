@@ -144,6 +144,7 @@ impl NatsServer {
             .arg(&self.store)
             .arg("-l")
             .arg(&self.log)
+            .envs(crate::nats_auth::server_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr);
@@ -221,7 +222,7 @@ mod tests {
         assert!(nats.url.starts_with("nats://127.0.0.1:"), "{}", nats.url);
         assert!(nats.store_dir().join("jetstream").is_dir(), "{}", nats.log_tail());
 
-        let client = async_nats::connect(&nats.url).await?;
+        let client = crate::nats_admin(&nats.url).await?;
         assert_eq!(client.server_info().max_payload, 2 * 1024 * 1024, "test.conf max_payload");
         let js = async_nats::jetstream::new(client);
         let account = js.query_account().await.context("JetStream account info")?;
@@ -240,14 +241,14 @@ mod tests {
         nats.restart()?;
         eprintln!("nats SIGKILL + restart: {:?} ({old_url} -> {})", t.elapsed(), nats.url);
 
-        let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
+        let js = async_nats::jetstream::new(crate::nats_admin(&nats.url).await?);
         let mut stream = js.get_stream("HARNESS").await?;
         assert_eq!(stream.info().await?.state.messages, 1, "acked message lost on SIGKILL");
 
         nats.kill();
         nats.kill(); // idempotent
         nats.restart()?; // works after kill too
-        let js = async_nats::jetstream::new(async_nats::connect(&nats.url).await?);
+        let js = async_nats::jetstream::new(crate::nats_admin(&nats.url).await?);
         assert_eq!(js.query_account().await?.streams, 1);
         Ok(())
     }

@@ -46,6 +46,9 @@ pub const DEFAULT_SUBSCRIPTION_CAPACITY: usize = 4096;
 pub struct WorkerConfig {
     /// `CHAT_NATS_URL`.
     pub nats_url: String,
+    /// `CHAT_NATS_USER` and `CHAT_NATS_PASSWORD` (or `_FILE`): the
+    /// workers' NATS user (`nats/conf/auth.conf`).
+    pub nats_credentials: Option<chat_nats::provision::Credentials>,
     /// Stream and bucket settings shared with the gateways.
     pub storage: StorageSettings,
     /// `CHAT_WORKER_CLOCK_OFFSET_MS`: added to the system clock (tests use
@@ -68,6 +71,7 @@ impl WorkerConfig {
     pub fn from_source(src: &dyn Source) -> Result<WorkerConfig, ConfigError> {
         Ok(WorkerConfig {
             nats_url: config::shared::nats_url(src)?,
+            nats_credentials: config::shared::nats_credentials(src)?,
             storage: StorageSettings::from_source(src)?,
             clock_offset_ms: config::var(src, "CHAT_WORKER_CLOCK_OFFSET_MS", 0)?,
             name: config::var(src, "CHAT_WORKER_NAME", format!("worker-{}", std::process::id()))?,
@@ -197,7 +201,9 @@ async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<
         ),
         None => None,
     };
-    let client = provision::connect(&cfg.nats_url, &cfg.name, cfg.subscription_capacity).await?;
+    let identity =
+        provision::Identity { credentials: cfg.nats_credentials.clone(), inbox_prefix: subjects::WORKER_INBOX_PREFIX };
+    let client = provision::connect(&cfg.nats_url, &cfg.name, cfg.subscription_capacity, &identity).await?;
     let metrics = metrics::Metrics::new(&client);
     let _metrics_task = metrics_listener.map(|l| {
         tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics listening");

@@ -215,19 +215,75 @@ impl Source for QuicSource {
             }
             Err(_) => return Inbound::Closed { clean: false },
         }
-        let len = u32::from_be_bytes(len) as usize;
-        if len > self.max {
-            return Inbound::Fatal(CLOSE_TOO_BIG);
-        }
+        let len = match frame_len(len, self.max) {
+            Ok(len) => len,
+            Err(code) => return Inbound::Fatal(code),
+        };
         let mut body = vec![0u8; len];
         if self.recv.read_exact(&mut body).await.is_err() {
             return Inbound::Closed { clean: false };
         }
-        match String::from_utf8(body) {
+        match frame_text(body) {
             Ok(t) => Inbound::Text(t),
-            Err(_) => Inbound::Fatal(CLOSE_BAD_UTF8),
+            Err(code) => Inbound::Fatal(code),
         }
     }
+}
+
+/// The body length a QUIC frame header announces (4 bytes, big-endian), or
+/// the close code when it is over `max`.
+pub fn frame_len(header: [u8; 4], max: usize) -> Result<usize, u16> {
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max {
+        Err(CLOSE_TOO_BIG)
+    } else {
+        Ok(len)
+    }
+}
+
+/// A frame body as text, or the close code when it is not UTF-8.
+pub fn frame_text(body: Vec<u8>) -> Result<String, u16> {
+    String::from_utf8(body).map_err(|_| CLOSE_BAD_UTF8)
+}
+
+/// What [`decode_frames`] found in a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// Whole frames, in order.
+    pub frames: Vec<String>,
+    /// The close code the stream ends with, if a frame was refused.
+    pub fatal: Option<u16>,
+    /// Bytes of an unfinished frame left at the end.
+    pub pending: usize,
+}
+
+/// Decodes a byte stream exactly as a QUIC session reads it
+/// ([`frame_len`], then [`frame_text`], frame after frame), stopping at the
+/// first refused frame. For fuzzing (`chat-fuzz quic_framing`) and tests.
+pub fn decode_frames(mut buf: &[u8], max: usize) -> Decoded {
+    let mut out = Decoded { frames: Vec::new(), fatal: None, pending: 0 };
+    while buf.len() >= 4 {
+        let len = match frame_len([buf[0], buf[1], buf[2], buf[3]], max) {
+            Ok(len) => len,
+            Err(code) => {
+                out.fatal = Some(code);
+                return out;
+            }
+        };
+        if buf.len() - 4 < len {
+            break;
+        }
+        match frame_text(buf[4..4 + len].to_vec()) {
+            Ok(t) => out.frames.push(t),
+            Err(code) => {
+                out.fatal = Some(code);
+                return out;
+            }
+        }
+        buf = &buf[4 + len..];
+    }
+    out.pending = buf.len();
+    out
 }
 
 struct QuicSink {

@@ -17,7 +17,7 @@ struct Js {
 
 async fn js() -> Result<Js> {
     let nats = NatsServer::start()?;
-    let client = async_nats::connect(&nats.url).await?;
+    let client = chat_tests::nats_admin(&nats.url).await?;
     let js = jetstream::new(client.clone());
     Ok(Js { _nats: nats, client, js })
 }

@@ -445,7 +445,7 @@ async fn all_ready(s: &Stack, timeout: Duration) -> Result<()> {
 /// The node that leads `stream`.
 async fn stream_leader(s: &mut Stack, stream: &str) -> Result<usize> {
     let urls: Vec<String> = s.nats.url.split(',').map(str::to_owned).collect();
-    let js = async_nats::jetstream::new(async_nats::connect(urls).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&urls.join(",")).await?);
     let info = js.get_stream(stream).await?.info().await?.clone();
     let leader = info.cluster.and_then(|c| c.leader).context("stream has no leader")?;
     let cluster = s.nats.cluster().context("a cluster stack")?;
@@ -501,7 +501,7 @@ async fn a_worker_killed_on_the_cluster_moves_its_partitions_and_loses_nothing()
     s.kill_worker(0);
     // Every partition ends up leased by the surviving worker.
     let urls: Vec<String> = s.nats.url.split(',').map(str::to_owned).collect();
-    let js = async_nats::jetstream::new(async_nats::connect(urls).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&urls.join(",")).await?);
     let leases = js.get_key_value(chat_nats::subjects::LEASES_BUCKET).await?;
     wait_for("every partition leased by w1", Duration::from_secs(30), || {
         let leases = leases.clone();

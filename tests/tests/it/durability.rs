@@ -119,7 +119,7 @@ async fn skewed_id_workers_cannot_make_the_cursor_miss_a_message() -> Result<()>
     // Two ID workers, one a minute behind the other.
     let s = stack().workers_with_clock_offsets(&[0, -60_000]).start().await?;
     let b = s.user("bob", "b1").await?;
-    let nats = async_nats::connect(&s.nats.url).await?;
+    let nats = chat_tests::nats_admin(&s.nats.url).await?;
     let kv = async_nats::jetstream::new(nats).get_key_value(chat_nats::subjects::LEASES_BUCKET).await?;
     wait_for("partitions spread over both workers", Duration::from_secs(30), || {
         let kv = kv.clone();
@@ -195,7 +195,7 @@ async fn a_copy_whose_wake_up_was_lost_is_delivered_by_the_re_read() -> Result<(
         n: 2,
         event: None,
     };
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     js.publish(chat_nats::subjects::inbox(b_id), serde_json::to_vec(&stored)?.into()).await?.await?;
     let m = cb.next_msg().await?;
     assert_eq!((m["body"].as_str(), m["cid"].as_str()), (Some("unannounced"), None));

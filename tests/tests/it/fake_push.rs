@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,7 @@ pub struct Fake {
     pub addr: SocketAddr,
     kind: Kind,
     state: Arc<Mutex<State>>,
+    connections: Arc<AtomicUsize>,
 }
 
 impl Fake {
@@ -125,10 +127,11 @@ impl Fake {
 
     async fn start(kind: Kind) -> Result<Fake> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let fake = Fake { addr: listener.local_addr()?, kind, state: Arc::default() };
+        let fake = Fake { addr: listener.local_addr()?, kind, state: Arc::default(), connections: Arc::default() };
         let f = fake.clone();
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                f.connections.fetch_add(1, Ordering::Relaxed);
                 let f = f.clone();
                 tokio::spawn(async move {
                     let apns = f.kind == Kind::Apns;
@@ -171,6 +174,11 @@ impl Fake {
     /// Push requests so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().log.clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// OAuth token requests so far (FCM).

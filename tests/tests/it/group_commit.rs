@@ -123,7 +123,7 @@ async fn inbox_of(s: &Stack, name: &str, device: &str, conv: &str) -> Result<Vec
 
 /// How many of the inbox stream's messages were stored by an atomic batch.
 async fn batched_copies(s: &Stack) -> Result<usize> {
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     let stream = js.get_stream(chat_nats::subjects::INBOX_STREAM).await?;
     let last = stream.get_info().await?.state.last_sequence;
     let mut n = 0;
@@ -191,7 +191,7 @@ async fn a_worker_killed_mid_round_loses_and_duplicates_nothing() -> Result<()> 
 async fn ingress_rounds_are_batched_and_retries_in_them_dedupe() -> Result<()> {
     use chat_gateway::messaging::ingress::Ingress;
     let nats = chat_tests::NatsServer::start()?;
-    let client = async_nats::connect(&nats.url).await?;
+    let client = chat_tests::nats_admin(&nats.url).await?;
     let storage = chat_nats::provision::provision(&client, &Default::default()).await?;
     let ingress = Ingress::start(storage.js.clone());
     let subject = chat_nats::subjects::ingress(0);
@@ -281,7 +281,7 @@ async fn nats_killed_mid_round_keeps_every_acked_message_and_shows_nothing_half_
     assert!(!acked.is_empty(), "nothing was acked before the kill: the test proves nothing");
     s.restart_all().await?; // nats-server on the same store, new gateway and worker
                             // What was accepted but not finished is finished by the new owner.
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     wait_for("ingress drained", Duration::from_secs(60), || {
         let js = js.clone();
         async move {
@@ -340,7 +340,7 @@ async fn a_group_larger_than_one_batch_survives_a_worker_kill() -> Result<()> {
     let (status, v) =
         s.http(0).request(chat_client::Method::POST, &path, Some(&owner.token), Some(json!({"user_id": late}))).await?;
     assert!(status < 300, "add member: {status} {v}");
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     let inbox = js.get_stream(chat_nats::subjects::INBOX_STREAM).await?;
     // The newcomer has the highest id, so its copy is in the last batch.
     let newcomer = chat_nats::subjects::inbox(late.parse()?);

@@ -226,7 +226,7 @@ async fn a_worker_killed_during_fan_out_to_100_members_loses_and_duplicates_noth
         }
         anyhow::Ok(())
     });
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     wait_for("fan-out under way", Duration::from_secs(30), || {
         let js = js.clone();
         async move {

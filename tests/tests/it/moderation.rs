@@ -112,7 +112,7 @@ async fn banned_words_are_live_on_every_gateway_and_transport_and_survive_evasio
     assert_eq!(code(&send(&mut late, "late", &b.user_id, "ㅆㅣ발").await?), "banned_word");
 
     // Internal services are screened too (CHAT_BANNED_WORDS_SERVICES).
-    let nats = async_nats::connect(&s.nats.url).await?;
+    let nats = chat_tests::nats_auth::SERVICE.connect(&s.nats.url).await?;
     let req =
         json!({"service": "bot", "as": a.user_id, "cid": "svc-1", "to": {"user": b.user_id}, "body": "B A D W O R D"});
     let reply = nats.request(chat_nats::subjects::SERVICE_SEND, req.to_string().into()).await?;

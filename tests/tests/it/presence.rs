@@ -34,7 +34,7 @@ async fn seen_about(c: &mut Conn, user: &str) -> Result<Vec<Value>> {
 
 /// Presence keys of a user currently in the bucket.
 async fn presence_keys(s: &Stack, user: &str) -> Result<usize> {
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     let kv = js.get_key_value(chat_nats::subjects::PRESENCE_BUCKET).await?;
     let keys: Vec<String> = futures::TryStreamExt::try_collect(kv.keys().await?).await?;
     Ok(keys.iter().filter(|k| k.starts_with(&format!("{user}."))).count())
@@ -475,7 +475,7 @@ async fn presence_subscribe_and_unsubscribe_take_canonical_ids_only() -> Result<
 /// subscribes to the user's ephemeral subject any more (a request there
 /// gets "no responders").
 async fn no_session_of(s: &Stack, user: &str) -> Result<()> {
-    let client = async_nats::connect(&s.nats.url).await?;
+    let client = chat_tests::nats_admin(&s.nats.url).await?;
     let subject = chat_nats::subjects::ephemeral(user.parse()?);
     wait_for("the session's end", Duration::from_secs(10), || async {
         let r = tokio::time::timeout(Duration::from_millis(200), client.request(subject.clone(), "".into())).await;

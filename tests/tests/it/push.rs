@@ -1,7 +1,7 @@
 //! Push notifications against fake FCM, APNs and Web Push servers (real
 //! HTTP servers on 127.0.0.1, see `fake_push`): formats and signatures,
-//! who is (not) pushed, retries, token clean-up, dead letters and a worker
-//! SIGKILL.
+//! who is (not) pushed, retries, token clean-up, dead letters, a worker
+//! SIGKILL and pooled connections.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -102,7 +102,7 @@ fn fcm(token: &str) -> Value {
 /// Waits until the planner and the sender have nothing pending or unacked:
 /// every copy written so far is planned and every job finished.
 async fn idle(s: &Stack) -> Result<()> {
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     wait_for("push consumers idle", WAIT, || {
         let js = js.clone();
         async move {
@@ -443,7 +443,7 @@ async fn a_job_failing_max_attempts_times_is_dead_lettered() -> Result<()> {
     p.fcm.default_reply(Reply::new(503, r#"{"error":{"status":"UNAVAILABLE"}}"#));
     let (mut ca, _) = s.live(0, &a).await?;
     let ack = ca.send_to_user("c1", &b.user_id, "doomed").await?;
-    let js = async_nats::jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     let dead = wait_for("a dead letter", WAIT, || {
         let js = js.clone();
         async move { js.get_stream(subjects::PUSH_DEAD_STREAM).await.ok()?.get_raw_message(1).await.ok() }
@@ -488,5 +488,34 @@ async fn a_push_worker_killed_mid_batch_loses_no_job() -> Result<()> {
     let got = fcm_message_ids(&p.fcm);
     let repeated = ids.iter().filter(|id| got.iter().filter(|g| g == id).count() > 1).count();
     assert!(repeated <= concurrency, "only sends in flight at the kill may repeat: {repeated} repeated");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_providers_reuse_pooled_connections() -> Result<()> {
+    // One request at a time: each could take a pooled connection, so a
+    // client that opens one per request shows N connections.
+    let p = push_stack(&[("CHAT_PUSH_CONCURRENCY", "1")]).await?;
+    let s = &p.s;
+    let a = s.user("alice", "a1").await?;
+    let (phone, browser) = (s.user("bob", "phone").await?, s.device("bob", "browser").await?);
+    register_ok(s, &phone, fcm("bob-token")).await?;
+    let sub = Browser::new().subscription(&format!("{}/push/sub-1", p.web.url()));
+    register_ok(s, &browser, json!({"provider": "webpush", "subscription": sub})).await?;
+    let (mut ca, _) = s.live(0, &a).await?;
+    let n = 8;
+    for i in 0..n {
+        ca.send_to_user(&format!("c{i}"), &phone.user_id, &format!("m{i}")).await?;
+    }
+    requests_at_least(&p.fcm, n).await?;
+    requests_at_least(&p.web, n).await?;
+    idle(s).await?;
+    for (name, f) in [("fcm", &p.fcm), ("webpush", &p.web)] {
+        let r = f.requests();
+        assert_eq!(r.len(), n, "{name}: one push per message");
+        assert!(r.iter().all(|r| r.version == hyper::Version::HTTP_11), "{name} speaks HTTP/1.1");
+        // FCM's server also answered the OAuth token request.
+        assert!(f.connections() < n, "{name}: {} TCP connections for {n} notifications", f.connections());
+    }
     Ok(())
 }

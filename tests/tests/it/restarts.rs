@@ -24,7 +24,7 @@ async fn befriend(s: &Stack, a: &Login, b: &Login) -> Result<()> {
 }
 
 async fn bucket(s: &Stack, name: &str) -> Result<kv::Store> {
-    let js = jetstream::new(async_nats::connect(&s.nats.url).await?);
+    let js = jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     Ok(js.get_key_value(name).await?)
 }
 

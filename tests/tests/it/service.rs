@@ -11,7 +11,7 @@ async fn a_service_sends_by_publishing_on_the_service_subject() -> Result<()> {
     let bot = s.user("notifier", "unused").await?;
     let b = s.user("bob", "b1").await?;
     let (mut cb, _) = s.live(0, &b).await?;
-    let nats = async_nats::connect(&s.nats.url).await?;
+    let nats = chat_tests::nats_auth::SERVICE.connect(&s.nats.url).await?;
     let request = |cid: &str| json!({"service": "billing", "as": bot.user_id, "cid": cid, "to": {"user": b.user_id}, "body": "invoice ready"});
     let ask = |v: Value| {
         let nats = nats.clone();

@@ -192,6 +192,11 @@ impl StackBuilder {
         env.extend(self.env);
         env.insert("CHAT_NATS_URL".into(), nats.url.clone());
         env.insert("CHAT_DATABASE_URL".into(), pg.url.clone());
+        // Gateways connect as the gateway user; add_worker switches to the
+        // worker's (nats/conf/auth.conf).
+        for (k, v) in chat_tests::nats_auth::GATEWAY.env() {
+            env.entry(k.into()).or_insert_with(|| v.into());
+        }
         let mut s = Stack { nats, pg, gateways: vec![], workers: vec![], env, worker_metrics: self.worker_metrics };
         for _ in 0..self.gateways {
             s.add_gateway().await?;
@@ -306,6 +311,7 @@ impl Stack {
         let child = Command::new(env!("CARGO_BIN_EXE_it-worker"))
             .envs(&self.env)
             .envs(metrics_addr.iter().map(|a| ("CHAT_METRICS_ADDR", a)))
+            .envs(chat_tests::nats_auth::WORKER.env())
             .env("CHAT_WORKER_CLOCK_OFFSET_MS", clock_offset_ms.to_string())
             .env("CHAT_WORKER_NAME", format!("w{}", self.workers.len()))
             .stdout(match std::env::var("CHAT_TESTS_WORKER_LOG") {
@@ -388,7 +394,7 @@ impl Stack {
 
     /// Waits until the history stream holds at least `n` messages.
     pub async fn wait_stored(&self, n: u64) -> Result<()> {
-        let js = async_nats::jetstream::new(async_nats::connect(&self.nats.url).await?);
+        let js = async_nats::jetstream::new(chat_tests::nats_admin(&self.nats.url).await?);
         wait_for(&format!("{n} messages stored"), Duration::from_secs(60), || {
             let js = js.clone();
             async move {

@@ -1,4 +1,5 @@
-//! A small HTTP client for the push providers (hyper 1 connections).
+//! The push providers' HTTP client: hyper-util's pooled client over
+//! hyper-rustls.
 //!
 //! - `https://`: TLS (rustls, the system's root certificates) with ALPN;
 //!   `h2` when the server picks it, else HTTP/1.1. APNs requests insist on
@@ -6,26 +7,29 @@
 //! - `http://` (tests and local fakes): plain HTTP/1.1, or HTTP/2 with prior
 //!   knowledge (h2c) for APNs, which speaks nothing but HTTP/2.
 //!
-//! HTTP/2 connections are kept per origin and shared by concurrent
-//! requests; an HTTP/1.1 request uses a connection of its own. Every
-//! request is bounded by `CHAT_PUSH_HTTP_TIMEOUT_MS`.
+//! Connections are pooled per origin: an HTTP/2 connection is shared by
+//! concurrent requests, and an HTTP/1.1 connection goes back to the pool
+//! after its response, so a provider speaking HTTP/1.1 is not a new TCP and
+//! TLS handshake per notification. An idle connection is closed after
+//! [`POOL_IDLE`]. Every request is bounded by `CHAT_PUSH_HTTP_TIMEOUT_MS`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::client::conn::{http1, http2};
 use hyper::header::HeaderMap;
 use hyper::{Request, Uri};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// Largest provider response body read.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// How long an unused pooled connection is kept open.
+pub const POOL_IDLE: Duration = Duration::from_secs(90);
 
 /// A provider's answer.
 #[derive(Debug, Clone)]
@@ -55,12 +59,14 @@ pub enum Version {
     H2,
 }
 
-/// The client.
+type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The client: one pool for [`Version::Any`], one for [`Version::H2`].
+/// Cloning shares the pools.
 #[derive(Clone)]
 pub struct HttpClient {
-    tls_any: TlsConnector,
-    tls_h2: TlsConnector,
-    h2: Arc<Mutex<HashMap<String, http2::SendRequest<Full<Bytes>>>>>,
+    any: Pool,
+    h2: Pool,
     timeout: Duration,
 }
 
@@ -82,17 +88,35 @@ impl HttpClient {
         if added == 0 {
             tracing::warn!("no system root certificates: https push endpoints will fail");
         }
-        let config = |alpn: &[&[u8]]| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let mut c = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default TLS versions")
-                .with_root_certificates(roots.clone())
-                .with_no_client_auth();
-            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-            TlsConnector::from(Arc::new(c))
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = || {
+            let mut c = HttpConnector::new();
+            // The scheme is the TLS layer's business.
+            c.enforce_http(false);
+            c.set_nodelay(true);
+            c.set_connect_timeout(Some(timeout));
+            c
         };
-        HttpClient { tls_any: config(&[b"h2", b"http/1.1"]), tls_h2: config(&[b"h2"]), h2: Arc::default(), timeout }
+        // ALPN offers h2 and http/1.1; a plain connection is HTTP/1.1.
+        let any = HttpsConnectorBuilder::new()
+            .with_tls_config(tls.clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(tcp());
+        // ALPN offers h2 alone; a plain connection is h2c.
+        let h2 = HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http2().wrap_connector(tcp());
+        let pool = |http2_only: bool| {
+            let mut b = Client::builder(TokioExecutor::new());
+            b.pool_idle_timeout(POOL_IDLE).pool_timer(TokioTimer::new()).timer(TokioTimer::new());
+            b.http2_only(http2_only);
+            b
+        };
+        HttpClient { any: pool(false).build(any), h2: pool(true).build(h2), timeout }
     }
 
     /// Sends a request (absolute URI) and reads the response.
@@ -103,96 +127,33 @@ impl HttpClient {
         }
     }
 
-    async fn send_inner(&self, mut req: Request<Full<Bytes>>, version: Version) -> Result<Response, String> {
-        let uri = req.uri().clone();
-        let origin = origin(&uri)?;
-        let cached = self.h2.lock().unwrap_or_else(|e| e.into_inner()).get(&origin).cloned();
-        let resp = match cached.filter(|s| !s.is_closed()) {
-            Some(mut s) => {
-                s.ready().await.map_err(|e| e.to_string())?;
-                s.send_request(req).await
-            }
-            None => match self.connect(&uri, version).await? {
-                Conn::H2(mut s) => {
-                    self.h2.lock().unwrap_or_else(|e| e.into_inner()).insert(origin.clone(), s.clone());
-                    s.ready().await.map_err(|e| e.to_string())?;
-                    s.send_request(req).await
-                }
-                Conn::H1(mut s) => {
-                    // HTTP/1.1 wants an origin-form target and a Host header.
-                    let host = uri.authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
-                    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                    *req.uri_mut() = path.parse().map_err(|e: hyper::http::uri::InvalidUri| e.to_string())?;
-                    req.headers_mut().insert(hyper::header::HOST, host.parse().map_err(|_| "bad host")?);
-                    s.send_request(req).await
-                }
-            },
+    async fn send_inner(&self, req: Request<Full<Bytes>>, version: Version) -> Result<Response, String> {
+        match req.uri().scheme_str() {
+            Some("https" | "http") => {}
+            _ => return Err(format!("unsupported URL scheme in {}", req.uri())),
+        }
+        let pool = match version {
+            Version::Any => &self.any,
+            Version::H2 => &self.h2,
         };
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                self.h2.lock().unwrap_or_else(|e| e.into_inner()).remove(&origin);
-                return Err(e.to_string());
-            }
-        };
+        let resp = pool.request(req).await.map_err(|e| chain(&e))?;
         let (parts, body) = resp.into_parts();
         let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body })
     }
+}
 
-    async fn connect(&self, uri: &Uri, version: Version) -> Result<Conn, String> {
-        let host = uri.host().ok_or("URL without host")?.trim_start_matches('[').trim_end_matches(']').to_owned();
-        let tls = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(format!("unsupported URL scheme in {uri}")),
-        };
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-        let tcp = TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connect {host}:{port}: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        if !tls {
-            return match version {
-                Version::H2 => h2(TokioIo::new(tcp)).await,
-                Version::Any => h1(TokioIo::new(tcp)).await,
-            };
-        }
-        let name = ServerName::try_from(host.clone()).map_err(|e| format!("bad server name {host}: {e}"))?;
-        let connector = if version == Version::H2 { &self.tls_h2 } else { &self.tls_any };
-        let stream = connector.connect(name, tcp).await.map_err(|e| format!("TLS with {host}: {e}"))?;
-        let alpn_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-        match (alpn_h2, version) {
-            (true, _) => h2(TokioIo::new(stream)).await,
-            (false, Version::Any) => h1(TokioIo::new(stream)).await,
-            (false, Version::H2) => Err(format!("{host} did not negotiate HTTP/2")),
-        }
+/// An error with its causes (the pool's own message alone says little:
+/// "client error (Connect)").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cause = c.source();
     }
-}
-
-enum Conn {
-    H1(http1::SendRequest<Full<Bytes>>),
-    H2(http2::SendRequest<Full<Bytes>>),
-}
-
-async fn h1<T>(io: TokioIo<T>) -> Result<Conn, String>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (send, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(Conn::H1(send))
-}
-
-async fn h2<T>(io: TokioIo<T>) -> Result<Conn, String>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (send, conn) = http2::handshake(TokioExecutor::new(), io).await.map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(Conn::H2(send))
+    s
 }
 
 /// `scheme://authority` of a URI.

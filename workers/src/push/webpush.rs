@@ -28,6 +28,18 @@ use chat_nats::envelope::PushJob;
 
 /// Record size announced in the header (one record carries the payload).
 pub const RECORD_SIZE: u32 = 4096;
+/// A stored subscription's user agent key, auth secret and endpoint; the
+/// error says what is unreadable (fuzzed by `chat-fuzz push_subscription`).
+pub fn parse_subscription(subscription: &str) -> Result<(Vec<u8>, Vec<u8>, Uri), String> {
+    let sub: Subscription =
+        serde_json::from_str(subscription).map_err(|e| format!("stored subscription unreadable: {e}"))?;
+    let (Some(ua_public), Some(auth)) = (decode(&sub.keys.p256dh), decode(&sub.keys.auth)) else {
+        return Err("subscription keys are not base64url".into());
+    };
+    let uri: Uri = sub.endpoint.parse().map_err(|_| "subscription endpoint is not a URL".to_string())?;
+    Ok((ua_public, auth, uri))
+}
+
 /// VAPID JWTs are valid this long (RFC 8292 allows at most 24 h).
 const VAPID_TTL_SECS: u64 = 12 * 3600;
 
@@ -137,16 +149,9 @@ impl WebPush {
 
     /// Sends one notification to a subscription (stored as JSON).
     pub async fn send(&self, http: &HttpClient, job: &PushJob, subscription: &str) -> Outcome {
-        let sub: Subscription = match serde_json::from_str(subscription) {
-            Ok(s) => s,
-            Err(e) => return Outcome::InvalidToken(format!("stored subscription unreadable: {e}")),
-        };
-        let (Some(ua_public), Some(auth)) = (decode(&sub.keys.p256dh), decode(&sub.keys.auth)) else {
-            return Outcome::InvalidToken("subscription keys are not base64url".into());
-        };
-        let uri: Uri = match sub.endpoint.parse() {
-            Ok(u) => u,
-            Err(_) => return Outcome::InvalidToken("subscription endpoint is not a URL".into()),
+        let (ua_public, auth, uri) = match parse_subscription(subscription) {
+            Ok(parsed) => parsed,
+            Err(e) => return Outcome::InvalidToken(e),
         };
         if uri.scheme_str() != Some("https") && !(self.allow_http && uri.scheme_str() == Some("http")) {
             return Outcome::Failed("subscription endpoint is not https:// (CHAT_WEBPUSH_ALLOW_HTTP is off)".into());
