@@ -12,12 +12,12 @@ use std::time::Instant;
 use chat_nats::wire::{ErrorCode, ServerFrame};
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use chat_nats::metrics::{count_histogram, seconds_histogram};
+use chat_nats::metrics::{count_histogram, seconds_histogram, Seconds};
 
 /// A client transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,16 +125,6 @@ pub fn template(pattern: &str) -> String {
         out.push('/');
     }
     out
-}
-
-/// Histograms of seconds for a family.
-#[derive(Clone)]
-struct Seconds;
-
-impl MetricConstructor<Histogram> for Seconds {
-    fn new_metric(&self) -> Histogram {
-        seconds_histogram()
-    }
 }
 
 /// Every gateway metric.

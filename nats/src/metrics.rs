@@ -27,6 +27,17 @@ pub fn seconds_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 17))
 }
 
+/// Makes [`seconds_histogram`]s for a labelled family
+/// (`Family::new_with_constructor(Seconds)`).
+#[derive(Debug, Clone, Copy)]
+pub struct Seconds;
+
+impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Seconds {
+    fn new_metric(&self) -> Histogram {
+        seconds_histogram()
+    }
+}
+
 /// A histogram of counts from 1 to 65,536 (17 buckets, ×2).
 pub fn count_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 17))

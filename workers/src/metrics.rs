@@ -15,13 +15,13 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use chat_nats::metrics::{count_histogram, seconds_histogram, secs};
+use chat_nats::metrics::{count_histogram, secs, Seconds};
 
 /// How the sequencer stored messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,15 +57,6 @@ struct PushLabels {
 }
 
 type Label = [(&'static str, &'static str); 1];
-
-#[derive(Clone)]
-struct Seconds;
-
-impl MetricConstructor<Histogram> for Seconds {
-    fn new_metric(&self) -> Histogram {
-        seconds_histogram()
-    }
-}
 
 /// Every worker metric.
 pub struct Metrics {

@@ -86,19 +86,33 @@ async fn announce(
         (GroupOp::Role, Some(u)) => format!("{actor} changed the role of {u}"),
         _ => "membership changed".to_string(),
     };
-    let cid = format!("g{group}v{}", change.version);
+    post_system(st, actor, group, &format!("g{group}v{}", change.version), body, event).await
+}
+
+/// Sends a group system message carrying `event` and waits until it is
+/// sequenced; `cid` makes it idempotent.
+async fn post_system(
+    st: &AppState,
+    actor: i64,
+    group: i64,
+    cid: &str,
+    body: String,
+    event: GroupEvent,
+) -> Result<(), ClientError> {
     let conv = ConvId::group(group);
-    let out = Outgoing {
-        from: actor,
-        device: "sys",
-        cid: &cid,
-        conv: &conv,
-        kind: MessageKind::System,
-        body,
-        event: Some(event),
-    };
+    let out =
+        Outgoing { from: actor, device: "sys", cid, conv: &conv, kind: MessageKind::System, body, event: Some(event) };
     st.sender.send(out).await?;
     Ok(())
+}
+
+/// A group name as stored: trimmed, 1-100 characters.
+fn group_name(name: &str) -> Result<String, ClientError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ClientError::bad_request("name must be 1-100 characters"));
+    }
+    Ok(name.to_owned())
 }
 
 #[derive(Deserialize)]
@@ -124,10 +138,7 @@ pub async fn update(st: &AppState, req: Request<Incoming>, id: &str) -> Result<R
     let me = authenticate(st, &req).await?.user;
     let gid = path_group(id)?;
     let r: MetaReq = read_json(req).await?;
-    let name = r.name.map(|n| n.trim().to_owned());
-    if name.as_ref().is_some_and(|n| n.is_empty() || n.chars().count() > 100) {
-        return Err(ClientError::bad_request("name must be 1-100 characters"));
-    }
+    let name = r.name.as_deref().map(group_name).transpose()?;
     if r.topic.as_ref().is_some_and(|t| t.chars().count() > MAX_TOPIC_CHARS) {
         return Err(ClientError::bad_request(format!("topic exceeds {MAX_TOPIC_CHARS} characters")));
     }
@@ -156,18 +167,8 @@ pub async fn update(st: &AppState, req: Request<Incoming>, id: &str) -> Result<R
         members: change.members.iter().map(i64::to_string).collect(),
         meta: Some(Box::new(meta.clone())),
     };
-    let cid = format!("g{gid}m{meta_version}");
-    let conv = ConvId::group(gid);
-    let out = Outgoing {
-        from: me,
-        device: "sys",
-        cid: &cid,
-        conv: &conv,
-        kind: MessageKind::System,
-        body: format!("{me} changed the group's details"),
-        event: Some(event),
-    };
-    st.sender.send(out).await?;
+    post_system(st, me, gid, &format!("g{gid}m{meta_version}"), format!("{me} changed the group's details"), event)
+        .await?;
     Ok(json(
         StatusCode::OK,
         &json!({"group_id": gid.to_string(), "name": meta.name, "topic": meta.topic, "avatar_url": meta.avatar_url,
@@ -179,10 +180,7 @@ pub async fn update(st: &AppState, req: Request<Incoming>, id: &str) -> Result<R
 pub async fn create(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
     let r: CreateReq = read_json(req).await?;
-    let name = r.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ClientError::bad_request("name must be 1-100 characters"));
-    }
+    let name = group_name(&r.name)?;
     let members = r.members.iter().map(|m| parse_id(m, "members[]")).collect::<Result<Vec<_>, _>>()?;
     let (gid, change) = st.db.create_group(me, &name, &members, st.cfg.group_max_members).await?;
     announce(st, me, gid, GroupOp::Created, None, &change).await?;
