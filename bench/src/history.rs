@@ -90,7 +90,7 @@ pub async fn build(nats_url: &str, conv: &ConvId, from: i64, m: u64, size: usize
                 body: body.clone(),
                 ts,
                 n,
-                event: None,
+                ..Default::default()
             };
             let ack = js.publish(subject.clone(), Bytes::from(serde_json::to_vec(&msg)?)).await?;
             acks.push_back(async move { (n, ack.await) });

@@ -329,6 +329,16 @@ impl Conn {
         self.send_frame_and_ack(json!({"type": "send", "cid": cid, "to": {"user": user}, "body": body}), cid).await
     }
 
+    /// Edits one's own message `id` of `conv`; waits for the `ack`.
+    pub async fn edit(&mut self, cid: &str, conv: &str, id: &str, body: &str) -> Result<Value, ClientError> {
+        self.send_frame_and_ack(json!({"type": "edit", "cid": cid, "conv": conv, "id": id, "body": body}), cid).await
+    }
+
+    /// Deletes message `id` of `conv` for everyone; waits for the `ack`.
+    pub async fn delete(&mut self, cid: &str, conv: &str, id: &str) -> Result<Value, ClientError> {
+        self.send_frame_and_ack(json!({"type": "delete", "cid": cid, "conv": conv, "id": id}), cid).await
+    }
+
     /// Sends a `send` frame and waits for the `ack` or `error` with its cid.
     pub async fn send_frame_and_ack(&mut self, frame: Value, cid: &str) -> Result<Value, ClientError> {
         self.send_json(&frame).await?;

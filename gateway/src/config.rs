@@ -32,6 +32,9 @@ pub struct GatewayConfig {
     pub token_ttl: Duration,
     /// `CHAT_MAX_BODY_CHARS`: longest message body, in Unicode scalar values.
     pub max_body_chars: usize,
+    /// `CHAT_EDIT_WINDOW_SECS`: how long after sending an author may edit a
+    /// message or delete it for everyone.
+    pub edit_window: std::time::Duration,
     /// `CHAT_WS_MAX_FRAME_BYTES`: largest WebSocket message accepted.
     pub max_frame_bytes: usize,
     /// `CHAT_HISTORY_INDEX_CACHE`: history index entries cached per gateway.
@@ -203,6 +206,13 @@ impl GatewayConfig {
             token_secrets,
             token_ttl: Duration::from_secs(bounded(src, "CHAT_TOKEN_TTL_SECS", 7 * 24 * 3600, 1, 365 * 24 * 3600)?),
             max_body_chars: bounded(src, "CHAT_MAX_BODY_CHARS", 100_000, 1, 200_000)? as usize,
+            edit_window: std::time::Duration::from_secs(bounded(
+                src,
+                "CHAT_EDIT_WINDOW_SECS",
+                3600,
+                1,
+                30 * 24 * 3600,
+            )?),
             max_frame_bytes: bounded(src, "CHAT_WS_MAX_FRAME_BYTES", 1 << 20, 1024, 1 << 20)? as usize,
             live_poll: Duration::from_secs(bounded(src, "CHAT_LIVE_POLL_SECS", 60, 1, 86_400)?),
             password_hash_concurrency: bounded(

@@ -127,7 +127,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | E::PushProviderDisabled
         | E::BannedWord => StatusCode::BAD_REQUEST,
         E::Unauthorized => StatusCode::UNAUTHORIZED,
-        E::Forbidden | E::Banned => StatusCode::FORBIDDEN,
+        E::Forbidden | E::Banned | E::EditWindowClosed => StatusCode::FORBIDDEN,
         E::NotFound => StatusCode::NOT_FOUND,
         E::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         E::UsernameTaken | E::GroupFull | E::Conflict => StatusCode::CONFLICT,

@@ -31,6 +31,29 @@ pub struct IngressSend {
     /// For system messages of groups: the membership change it records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<GroupEvent>,
+    /// For `edit` and `delete`: the id of the message it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_u64_str")]
+    pub target: Option<u64>,
+    /// For `edit` and `delete`: where the changed message is, as the
+    /// gateway found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Original>,
+}
+
+/// The message an `edit` or `delete` changes, as the gateway found it in
+/// history: the sequencer erases a deleted one at `seq` (after checking it
+/// is that message) and history pages put its tombstone at ordinal `n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Original {
+    /// Its ordinal in the conversation.
+    pub n: u64,
+    /// Its history stream sequence.
+    pub seq: u64,
+    /// Its author.
+    #[serde(with = "id_str")]
+    pub from: i64,
+    /// Unix ms it was accepted.
+    pub ts: u64,
 }
 
 /// A group membership change, carried by a system message. The sequencer
@@ -108,10 +131,25 @@ pub enum MessageKind {
     Text,
     /// A message written by the system (membership changes and the like).
     System,
+    /// A change of the text of an earlier message (`target`): `body` is the
+    /// new text. An event: it has an id in the conversation's order but no
+    /// ordinal of its own, is stored on the conversation's event subject
+    /// ([`crate::subjects::history_event`]) and is never pushed.
+    Edit,
+    /// The deletion of an earlier message (`target`); `body` is empty. An
+    /// event, like `edit`; the deleted message is erased from history.
+    Delete,
+}
+
+impl MessageKind {
+    /// An edit or a delete: changes an earlier message instead of adding one.
+    pub fn is_change(self) -> bool {
+        matches!(self, MessageKind::Edit | MessageKind::Delete)
+    }
 }
 
 /// A sequenced message, as stored in history and in every member's inbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoredMessage {
     /// The message id: unique, strictly increasing within the conversation.
     #[serde(with = "u64_str")]
@@ -131,11 +169,27 @@ pub struct StoredMessage {
     pub body: String,
     /// Unix ms at which the sequencer accepted it.
     pub ts: u64,
-    /// Ordinal within the conversation, from 1, without gaps.
+    /// Ordinal within the conversation, from 1, without gaps. An edit or
+    /// delete has none of its own: it carries the conversation's last
+    /// ordinal when it was stored.
     pub n: u64,
     /// The membership change a system message records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<GroupEvent>,
+    /// For `edit` and `delete`: the id of the message it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_u64_str")]
+    pub target: Option<u64>,
+    /// For `edit` and `delete`: the changed message's place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Original>,
+    /// In history pages only (never stored): when the message was last
+    /// edited (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at: Option<u64>,
+    /// In history pages only (never stored): the message was deleted; its
+    /// body is gone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// The result of sequencing one send, stored in the acks bucket and
@@ -312,6 +366,25 @@ pub mod u64_str {
     }
 }
 
+/// Serde adapter: `Option<u64>` as an optional decimal string.
+pub mod opt_u64_str {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    /// Serializes as a string (called only for `Some`).
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.collect_str(v),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserializes from a string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        let s = <Option<std::borrow::Cow<'de, str>>>::deserialize(d)?;
+        s.map(|s| s.parse().map_err(D::Error::custom)).transpose()
+    }
+}
+
 /// Serde adapter: `i64` id as a decimal string.
 pub mod id_str {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
@@ -405,6 +478,10 @@ mod tests {
             ts: 5,
             n: 1,
             event: None,
+            target: None,
+            original: None,
+            edited_at: None,
+            deleted: false,
         };
         let v: serde_json::Value = serde_json::to_value(&m).unwrap();
         assert_eq!(v["id"], "18446744073709551615");

@@ -23,6 +23,28 @@ pub async fn last_message(history: &Stream, conv: &ConvId) -> Result<Option<(u64
     }
 }
 
+/// A conversation's head: the highest id and ordinal anything of it was
+/// stored with. Its last message alone is not enough: an edit or delete
+/// (on the event subjects) has a higher id, and a deleted last message is
+/// erased, so the last one left may have a lower ordinal than the
+/// conversation reached (events carry the ordinal reached when they were
+/// stored). `None` for a conversation with nothing stored.
+pub async fn head(history: &Stream, conv: &ConvId) -> Result<Option<(u64, u64)>, async_nats::Error> {
+    let last = last_message(history, conv).await?.map(|(_, m)| (m.id, m.n));
+    let event = match history.get_last_raw_message_by_subject(&subjects::history_events(conv)).await {
+        Ok(m) => {
+            let e: StoredMessage = serde_json::from_slice(&m.payload)?;
+            Some((e.id, e.n))
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+        Err(e) => return Err(e.into()),
+    };
+    Ok(match (last, event) {
+        (Some(a), Some(b)) => Some((a.0.max(b.0), a.1.max(b.1))),
+        (a, b) => a.or(b),
+    })
+}
+
 /// The JetStream direct-get API (2.11+ batch form): a request
 /// `{"seq", "next_by_subj", "batch", "max_bytes"}` on
 /// [`direct_get::subject`] is answered by one message per stored entry,
@@ -61,30 +83,49 @@ pub mod direct_get {
         subjects: &[String],
         timeout: std::time::Duration,
     ) -> Result<std::collections::HashMap<String, bytes::Bytes>, async_nats::Error> {
-        use futures::StreamExt;
         let mut out = std::collections::HashMap::with_capacity(subjects.len());
         for chunk in subjects.chunks(MAX_SUBJECTS) {
-            let reply = client.new_inbox();
-            let mut responses = client.subscribe(reply.clone()).await?;
-            let req = serde_json::json!({"multi_last": chunk, "batch": chunk.len()});
-            client.publish_with_reply(subject(stream), reply, serde_json::to_vec(&req)?.into()).await?;
-            loop {
-                let Ok(Some(m)) = tokio::time::timeout(timeout, responses.next()).await else {
-                    return Err(format!("direct get of {} subjects from {stream} timed out", chunk.len()).into());
-                };
-                match m.status {
-                    Some(s) if s.as_u16() == END_OF_BATCH || s.as_u16() == NOT_FOUND => break,
-                    Some(s) => return Err(format!("direct get from {stream} failed: {s} {:?}", m.description).into()),
-                    None => {}
-                }
-                let headers = m.headers.as_ref();
-                let deleted = headers.and_then(|h| h.get("KV-Operation")).is_some();
-                let Some(subject) = headers.and_then(|h| h.get(SUBJECT_HEADER)) else {
-                    return Err("direct get reply without Nats-Subject".into());
-                };
-                if !deleted {
-                    out.insert(subject.as_str().to_owned(), m.payload);
-                }
+            out.extend(last_matching(client, stream, chunk, chunk.len(), timeout).await?);
+        }
+        Ok(out)
+    }
+
+    /// The last message of every subject matching one of `filters`
+    /// (wildcards allowed), at most `max` of them (at most
+    /// [`MAX_SUBJECTS`]), by subject, in one `multi_last` request. As in
+    /// [`last_of_many`], KV delete and purge markers are left out.
+    pub async fn last_matching(
+        client: &async_nats::Client,
+        stream: &str,
+        filters: &[String],
+        max: usize,
+        timeout: std::time::Duration,
+    ) -> Result<std::collections::HashMap<String, bytes::Bytes>, async_nats::Error> {
+        use futures::StreamExt;
+        let mut out = std::collections::HashMap::new();
+        if filters.is_empty() {
+            return Ok(out);
+        }
+        let reply = client.new_inbox();
+        let mut responses = client.subscribe(reply.clone()).await?;
+        let req = serde_json::json!({"multi_last": filters, "batch": max.min(MAX_SUBJECTS)});
+        client.publish_with_reply(subject(stream), reply, serde_json::to_vec(&req)?.into()).await?;
+        loop {
+            let Ok(Some(m)) = tokio::time::timeout(timeout, responses.next()).await else {
+                return Err(format!("direct get of {} filters from {stream} timed out", filters.len()).into());
+            };
+            match m.status {
+                Some(s) if s.as_u16() == END_OF_BATCH || s.as_u16() == NOT_FOUND => break,
+                Some(s) => return Err(format!("direct get from {stream} failed: {s} {:?}", m.description).into()),
+                None => {}
+            }
+            let headers = m.headers.as_ref();
+            let deleted = headers.and_then(|h| h.get("KV-Operation")).is_some();
+            let Some(subject) = headers.and_then(|h| h.get(SUBJECT_HEADER)) else {
+                return Err("direct get reply without Nats-Subject".into());
+            };
+            if !deleted {
+                out.insert(subject.as_str().to_owned(), m.payload);
             }
         }
         Ok(out)

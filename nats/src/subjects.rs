@@ -119,6 +119,30 @@ pub fn history(conv: &ConvId) -> String {
     format!("{PREFIX}.hist.{conv}")
 }
 
+/// History subject of the edits and deletes of message `target` (ordinal
+/// `n`) of a conversation: `chat.hist.<conv>.e.<block>.<target>`, with the
+/// target's index block, so that one page reads the current state of its
+/// messages with one `multi_last` over its blocks, and the last entry of a
+/// target is its current state. Not matched by [`history`]'s exact subject:
+/// events take no ordinal and pages of messages never see them.
+pub fn history_event(conv: &ConvId, n: u64, target: u64) -> String {
+    format!("{PREFIX}.hist.{conv}.e.{}.{target}", n.saturating_sub(1) / crate::history::INDEX_BLOCK)
+}
+
+/// Filter of the events of one index block of a conversation.
+pub fn history_events_of_block(conv: &ConvId, block: u64) -> String {
+    format!("{PREFIX}.hist.{conv}.e.{block}.>")
+}
+
+/// Filter of every event of a conversation.
+pub fn history_events(conv: &ConvId) -> String {
+    format!("{PREFIX}.hist.{conv}.e.>")
+}
+
+/// The device name of an operator's action (admin API deletes), with user
+/// id 0 as the actor. Only gateways publish it, from the admin API.
+pub const OPERATOR_DEVICE: &str = "operator";
+
 /// Inbox subject of a user: the per-user sync queue.
 pub fn inbox(user: i64) -> String {
     format!("{PREFIX}.inbox.{user}")

@@ -20,6 +20,31 @@ pub enum ClientFrame {
         /// Message text, 1 to the configured maximum of characters.
         body: String,
     },
+    /// Change the text of one's own earlier message (within
+    /// `CHAT_EDIT_WINDOW_SECS`); answered with `ack`, delivered to every
+    /// member as a `msg` of kind `edit`.
+    Edit {
+        /// Client message id of this change (dedupe, like a send's).
+        cid: String,
+        /// Conversation id.
+        conv: String,
+        /// Id of the message to change.
+        id: String,
+        /// The new text (the same limits as a send's).
+        body: String,
+    },
+    /// Delete an earlier message for everyone: one's own within
+    /// `CHAT_EDIT_WINDOW_SECS`, any message of a group one owns or
+    /// administers; answered with `ack`, delivered as a `msg` of kind
+    /// `delete`.
+    Delete {
+        /// Client message id of this change.
+        cid: String,
+        /// Conversation id.
+        conv: String,
+        /// Id of the message to delete.
+        id: String,
+    },
     /// Catch up from a cursor, then continue live.
     Sync {
         /// The last cursor the device saw; absent means from the beginning.
@@ -149,6 +174,9 @@ pub struct MsgFrame {
     /// The client message id, only on the device that sent the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cid: Option<String>,
+    /// On `edit` and `delete`: the id of the message changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// On `system` messages of groups: the membership change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<crate::envelope::GroupEvent>,
@@ -224,6 +252,8 @@ pub enum ErrorCode {
     BannedWord,
     /// The sender is muted for flooding; `retry_after_ms` says until when.
     Muted,
+    /// An edit or delete of one's own message after `CHAT_EDIT_WINDOW_SECS`.
+    EditWindowClosed,
 }
 
 impl ErrorCode {
@@ -260,6 +290,7 @@ impl ErrorCode {
             ErrorCode::Banned => "banned",
             ErrorCode::BannedWord => "banned_word",
             ErrorCode::Muted => "muted",
+            ErrorCode::EditWindowClosed => "edit_window_closed",
         }
     }
 }
@@ -275,7 +306,8 @@ pub struct FrameError {
     pub message: String,
 }
 
-const CLIENT_TYPES: [&str; 6] = ["send", "sync", "ping", "typing", "presence.subscribe", "presence.unsubscribe"];
+const CLIENT_TYPES: [&str; 8] =
+    ["send", "edit", "delete", "sync", "ping", "typing", "presence.subscribe", "presence.unsubscribe"];
 
 /// Parses one client text frame, telling malformed JSON, unknown types and
 /// bad fields apart.
@@ -317,6 +349,17 @@ mod tests {
     fn parses_send() {
         let f = parse_client_frame(r#"{"type":"send","cid":"c1","to":{"user":"7"},"body":"hi"}"#);
         assert_eq!(f, Ok(ClientFrame::Send { cid: "c1".into(), to: Target::User("7".into()), body: "hi".into() }));
+    }
+
+    #[test]
+    fn parses_edit_and_delete() {
+        let f = parse_client_frame(r#"{"type":"edit","cid":"e1","conv":"d-1-2","id":"9","body":"fixed"}"#);
+        let want = ClientFrame::Edit { cid: "e1".into(), conv: "d-1-2".into(), id: "9".into(), body: "fixed".into() };
+        assert_eq!(f, Ok(want));
+        let f = parse_client_frame(r#"{"type":"delete","cid":"x1","conv":"g-3","id":"9"}"#);
+        assert_eq!(f, Ok(ClientFrame::Delete { cid: "x1".into(), conv: "g-3".into(), id: "9".into() }));
+        let e = parse_client_frame(r#"{"type":"delete","cid":"x2","conv":"g-3","id":"9","body":"no"}"#).unwrap_err();
+        assert_eq!((e.code, e.cid.as_deref()), (ErrorCode::BadFrame, Some("x2")));
     }
 
     #[test]

@@ -76,7 +76,7 @@ pub fn batchable(payloads: &[&[u8]]) -> Option<Vec<IngressSend>> {
     // The same send twice in a round goes one by one (the second finds the
     // first in history).
     let keys: std::collections::HashSet<_> = sends.iter().map(|s| (s.from, &s.device, &s.cid)).collect();
-    (keys.len() == sends.len() && !sends.iter().any(|s| s.event.is_some())).then_some(sends)
+    (keys.len() == sends.len() && !sends.iter().any(|s| s.event.is_some() || s.kind.is_change())).then_some(sends)
 }
 
 /// Sequences a round of fresh messages as atomic batches; `Ok(false)`,

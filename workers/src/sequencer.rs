@@ -299,13 +299,19 @@ async fn recipients(
         (_, None) => Ok(Recipients::refused(ErrorCode::UnknownGroup, format!("no group {group}"))),
         (_, Some(cur)) => {
             let members = ids(cur);
-            if members.contains(&send.from) {
+            if members.contains(&send.from) || by_operator(send) {
                 Ok(Recipients::To(members))
             } else {
                 Ok(Recipients::refused(ErrorCode::Forbidden, "not a member of this group"))
             }
         }
     }
+}
+
+/// An operator's delete from the admin API (user 0, device
+/// [`subjects::OPERATOR_DEVICE`]): allowed in any conversation.
+fn by_operator(send: &IngressSend) -> bool {
+    send.kind == MessageKind::Delete && send.from == 0 && send.device == subjects::OPERATOR_DEVICE
 }
 
 /// Sequences one accepted message, as named steps: assign its id, store it
@@ -320,6 +326,9 @@ async fn sequence(
     members: &[i64],
     fresh: bool,
 ) -> Result<SeqResult, async_nats::Error> {
+    if send.kind.is_change() {
+        return change(sh, convs, send, key, conv, members).await;
+    }
     let state = conv_state(sh, convs, &conv).await?;
     let draft = assign_id(sh, send, &conv, state).await?;
     let stored = store(sh, key, &conv, draft, members, fresh).await?;
@@ -328,6 +337,92 @@ async fn sequence(
     let next = ConvState { last_id: stored.msg.id.max(state.last_id), n: stored.msg.n.max(state.n) };
     convs.insert(conv.clone(), next);
     Ok(SeqResult::Ok { id: stored.msg.id, conv: conv.to_string(), ts: stored.msg.ts })
+}
+
+/// Sequences an edit or a delete of an earlier message: an event with an id
+/// in the conversation's order (above every earlier id) but no ordinal of
+/// its own. It is appended to the target's event subject
+/// ([`subjects::history_event`], whose last entry is the target's current
+/// state), a delete then erases the target from history and drops the
+/// target's earlier edits, and every member's inbox gets a copy, so devices
+/// catch up on it from their cursors like on messages. The gateway checked
+/// who may do it; here a deleted message refuses further changes
+/// (`not_found`), decided in conversation order.
+async fn change(
+    sh: &Shared,
+    convs: &mut HashMap<ConvId, ConvState>,
+    send: &IngressSend,
+    key: &str,
+    conv: ConvId,
+    members: &[i64],
+) -> Result<SeqResult, async_nats::Error> {
+    let (Some(target), Some(original)) = (send.target, send.original) else {
+        let message = "an edit or delete names no message".into();
+        return Ok(SeqResult::Err { code: ErrorCode::BadFrame, message });
+    };
+    let subject = subjects::history_event(&conv, original.n, target);
+    match sh.storage.history.get_last_raw_message_by_subject(&subject).await {
+        Ok(m) => {
+            let last: StoredMessage = serde_json::from_slice(&m.payload)?;
+            // A redo of this very delete finds itself: go on and finish it.
+            if last.kind == MessageKind::Delete && subjects::dedupe_key(last.from, &last.device, &last.cid) != key {
+                return Ok(SeqResult::Err { code: ErrorCode::NotFound, message: "the message was deleted".into() });
+            }
+        }
+        Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let state = conv_state(sh, convs, &conv).await?;
+    let mut msg = StoredMessage {
+        id: sh.ids.next_after(state.last_id).await?,
+        conv: conv.to_string(),
+        from: send.from,
+        device: send.device.clone(),
+        cid: send.cid.clone(),
+        kind: send.kind,
+        body: if send.kind == MessageKind::Delete { String::new() } else { send.body.clone() },
+        ts: sh.clock.now_ms(),
+        n: state.n,
+        event: None,
+        target: Some(target),
+        original: Some(original),
+        edited_at: None,
+        deleted: false,
+    };
+    let mut payload = Bytes::from(serde_json::to_vec(&msg)?);
+    let ack = publish(sh, subject.clone(), key.to_owned(), payload.clone()).await?;
+    if ack.duplicate {
+        (msg, payload) = stored_at(sh, ack.sequence).await?;
+    }
+    if msg.kind == MessageKind::Delete {
+        erase(sh, &conv, target, original.seq).await?;
+        // The target's earlier edits held its text too.
+        sh.storage.history.purge().filter(subject).keep(1).await?;
+    }
+    let written = copy_all(sh, msg.id, members, payload).await?;
+    let copies: Vec<(i64, u64)> = members.iter().copied().zip(written).collect();
+    wake(sh, &copies).await?;
+    convs.insert(conv.clone(), ConvState { last_id: msg.id.max(state.last_id), n: state.n });
+    Ok(SeqResult::Ok { id: msg.id, conv: conv.to_string(), ts: msg.ts })
+}
+
+/// Erases message `target` of `conv` from history (JetStream overwrites a
+/// deleted message's bytes), after checking that `seq` holds it: the
+/// gateway's word on where it is is not enough to erase anything.
+async fn erase(sh: &Shared, conv: &ConvId, target: u64, seq: u64) -> Result<(), async_nats::Error> {
+    let m = match sh.storage.history.get_raw_message(seq).await {
+        Ok(m) => m,
+        // Already erased (a redo).
+        Err(e) if e.kind() == async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let found: Option<StoredMessage> = serde_json::from_slice(&m.payload).ok();
+    if m.subject.as_str() != subjects::history(conv) || found.map(|f| f.id) != Some(target) {
+        tracing::error!(%conv, target, seq, "a delete names a history sequence holding another message; not erased");
+        return Ok(());
+    }
+    sh.storage.history.delete_message(seq).await?;
+    Ok(())
 }
 
 /// A message as stored: the history entry (its sequence) and the inbox
@@ -378,6 +473,10 @@ pub(crate) async fn assign_id(
         ts: sh.clock.now_ms(),
         n: state.n + 1,
         event: send.event.clone(),
+        target: None,
+        original: None,
+        edited_at: None,
+        deleted: false,
     })
 }
 
@@ -499,8 +598,8 @@ pub(crate) async fn conv_state(
     if let Some(s) = convs.get(conv) {
         return Ok(*s);
     }
-    Ok(match chat_nats::history::last_message(&sh.storage.history, conv).await? {
-        Some((_, last)) => ConvState { last_id: last.id, n: last.n },
+    Ok(match chat_nats::history::head(&sh.storage.history, conv).await? {
+        Some((last_id, n)) => ConvState { last_id, n },
         None => ConvState::default(),
     })
 }

@@ -100,8 +100,16 @@ async fn post_system(
     event: GroupEvent,
 ) -> Result<(), ClientError> {
     let conv = ConvId::group(group);
-    let out =
-        Outgoing { from: actor, device: "sys", cid, conv: &conv, kind: MessageKind::System, body, event: Some(event) };
+    let out = Outgoing {
+        from: actor,
+        device: "sys",
+        cid,
+        conv: &conv,
+        kind: MessageKind::System,
+        body,
+        event: Some(event),
+        target: None,
+    };
     st.sender.send(out).await?;
     Ok(())
 }

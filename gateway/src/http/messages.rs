@@ -54,8 +54,15 @@ pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<R
         .messages
         .into_iter()
         .map(|(_, m)| {
-            json!({"id": m.id.to_string(), "conv": m.conv, "from": m.from.to_string(), "kind": m.kind, "body": m.body,
-                   "ts": m.ts, "event": m.event})
+            let mut v = json!({"id": m.id.to_string(), "conv": m.conv, "from": m.from.to_string(), "kind": m.kind,
+                               "body": m.body, "ts": m.ts, "event": m.event});
+            if let Some(at) = m.edited_at {
+                v["edited_at"] = json!(at);
+            }
+            if m.deleted {
+                v["deleted"] = json!(true);
+            }
+            v
         })
         .collect();
     Ok(json(StatusCode::OK, &json!({"messages": messages, "has_more": out.has_more})))

@@ -108,6 +108,8 @@ async fn dispatch(state: &Arc<AppState>, mut req: Request<Incoming>) -> (&'stati
             GET => moderation::list(st, req).await,
             PUT => moderation::add(st, req).await,
             DELETE => moderation::remove(st, req).await),
+        ["v1", "admin", "messages", conv, id] => methods!(method, path;
+            DELETE => moderation::delete_message(st, req, conv, id).await),
         ["v1", "admin", "flood-events"] => methods!(method, path; GET => moderation::flood_events(st, req).await),
         ["v1", "conversations"] => methods!(method, path; GET => conversations::list(st, req).await),
         ["v1", "conversations", conv, "messages"] => {

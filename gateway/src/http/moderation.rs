@@ -164,3 +164,20 @@ async fn read_events(st: &AppState, limit: u64) -> Result<Vec<Value>, async_nats
     }
     Ok(out)
 }
+
+/// `DELETE /v1/admin/messages/{conv}/{id}`: an operator deletes any text
+/// message, with the effect of its author's delete (an event in the
+/// conversation's order to every member's inbox; erased from history,
+/// a tombstone in pages). Its cid is derived from the id, so two operators
+/// racing store one delete; a repeat afterwards answers 404 `not_found`.
+pub async fn delete_message(st: &AppState, req: Request<Incoming>, conv: &str, id: &str) -> Result<Resp, ClientError> {
+    crate::http::edges::require_operator(st, &req)?;
+    if chat_nats::subjects::parse_seq(id).is_none_or(|v| v == 0) {
+        return Err(ClientError::bad_request("id must be a message id"));
+    }
+    let cid = format!("del-{id}");
+    let actor = crate::messaging::change::Actor::Operator;
+    let (event, ts, conv) =
+        crate::messaging::change::apply(st, actor, &cid, conv, id, crate::messaging::change::Change::Delete).await?;
+    Ok(json(StatusCode::OK, &json!({"deleted": id, "conv": conv, "event": event.to_string(), "ts": ts})))
+}

@@ -252,6 +252,7 @@ async fn deliver(
         ts: stored.ts,
         cursor: seq.to_string(),
         cid: own.then_some(stored.cid),
+        target: stored.target.map(|t| t.to_string()),
         event: stored.event,
     });
     if !out.push_msg(&msg, ts, phase).await {

@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chat_nats::envelope::StoredMessage;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use chat_nats::envelope::{MessageKind, Original, StoredMessage};
 pub use chat_nats::history::INDEX_BLOCK;
 use chat_nats::history::{self as hist, direct_get};
 use chat_nats::provision::Storage;
@@ -84,49 +85,179 @@ pub struct Reader<'a> {
     pub cache: &'a IndexCache,
 }
 
-/// Reads one page of a conversation.
+/// Reads one page of a conversation, each message in its current state:
+/// edited text with `edited_at`, and a tombstone (no body, `deleted`) at a
+/// deleted message's place. Deleted messages are erased from history, so
+/// a page reads around the gaps they leave and fills them from the
+/// conversation's event subjects (one `multi_last` request per page).
 pub async fn page(rd: Reader<'_>, conv: &ConvId, page: Page, limit: usize) -> Result<PageOut, async_nats::Error> {
     let st = rd.storage;
-    let Some(last) = hist::last_message(&st.history, conv).await? else {
+    let Some((_, last_n)) = hist::head(&st.history, conv).await? else {
         return Ok(PageOut { messages: vec![], has_more: false });
     };
-    let (last_seq, last_n) = (last.0, last.1.n);
-    let limit = limit as u64;
-    match page {
+    let last_seq = hist::last_message(&st.history, conv).await?.map_or(0, |(seq, _)| seq);
+    let lim = limit as u64;
+    let mut out = match page {
         Page::Latest => {
-            let from_n = last_n.saturating_sub(limit) + 1;
+            let from_n = last_n.saturating_sub(lim) + 1;
             let start = block_start(rd, conv, from_n).await?;
             let msgs = read(st, conv, start, last_seq, |m| m.n >= from_n, u64::MAX, last_n).await?;
-            Ok(PageOut { has_more: from_n > 1, messages: msgs })
+            with_changes(rd, conv, msgs, (from_n, last_n), |_| true).await?
         }
         Page::Before(id) => {
             // Block `b` holds the last message with an id below `id` (or
             // none does). One forward read from `limit` messages before that
             // block through the end of it finds the page: ordinals are
-            // contiguous, so the page is the last `limit` messages read with
-            // an id below `id`.
+            // contiguous (a deleted message's tombstone keeps its place), so
+            // the page is the last `limit` entries with an id below `id`.
             let Some(b) = locate(rd, conv, id, last_n).await? else {
                 return Ok(PageOut { messages: vec![], has_more: false });
             };
-            let from_n = (b * INDEX_BLOCK + 1).saturating_sub(limit).max(1);
+            let from_n = (b * INDEX_BLOCK + 1).saturating_sub(lim).max(1);
             let end_n = ((b + 1) * INDEX_BLOCK).min(last_n);
             let start = block_start(rd, conv, from_n).await?;
-            let mut msgs = read(st, conv, start, last_seq, |m| m.n >= from_n && m.id < id, u64::MAX, end_n).await?;
-            let skip = msgs.len().saturating_sub(limit as usize);
-            msgs.drain(..skip);
-            let has_more = msgs.first().map(|(_, m)| m.n > 1).unwrap_or(false);
-            Ok(PageOut { has_more, messages: msgs })
+            let msgs = read(st, conv, start, last_seq, |m| m.n >= from_n && m.id < id, u64::MAX, end_n).await?;
+            with_changes(rd, conv, msgs, (from_n, end_n), |m| m.id < id).await?
         }
         Page::After(id) => {
-            let start = match locate(rd, conv, id, last_n).await? {
-                Some(b) => block_start(rd, conv, b * INDEX_BLOCK + 1).await?,
-                None => block_start(rd, conv, 1).await?,
+            let from_n = match locate(rd, conv, id, last_n).await? {
+                Some(b) => b * INDEX_BLOCK + 1,
+                None => 1,
             };
-            let msgs = read(st, conv, start, last_seq, |m| m.id > id, limit, last_n).await?;
-            let has_more = msgs.last().map(|(_, m)| m.n < last_n).unwrap_or(false);
-            Ok(PageOut { messages: msgs, has_more })
+            let start = block_start(rd, conv, from_n).await?;
+            let msgs = read(st, conv, start, last_seq, |m| m.id > id, lim, last_n).await?;
+            // Tombstones count up to the last message read, or to the end
+            // when the read got fewer than it asked for.
+            let to_n = if msgs.len() as u64 >= lim { msgs.last().map_or(last_n, |(_, m)| m.n) } else { last_n };
+            let mut all = with_changes(rd, conv, msgs, (from_n, to_n), |m| m.id > id).await?;
+            all.truncate(limit);
+            let has_more = all.last().is_some_and(|(_, m)| m.n < last_n);
+            return Ok(PageOut { messages: all, has_more });
+        }
+    };
+    // Latest and before: the newest `limit` of them.
+    let skip = out.len().saturating_sub(limit);
+    out.drain(..skip);
+    let has_more = out.first().is_some_and(|(_, m)| m.n > 1);
+    Ok(PageOut { messages: out, has_more })
+}
+
+/// The current state of the messages read and the tombstones of deleted
+/// messages with ordinals in `span` that pass `keep`, in ordinal order. A
+/// tombstone's sequence is 0.
+async fn with_changes(
+    rd: Reader<'_>,
+    conv: &ConvId,
+    mut msgs: Vec<(u64, StoredMessage)>,
+    span: (u64, u64),
+    keep: impl Fn(&StoredMessage) -> bool,
+) -> Result<Vec<(u64, StoredMessage)>, async_nats::Error> {
+    let (lo, hi) = (span.0.max(1), span.1);
+    if lo > hi {
+        return Ok(msgs);
+    }
+    let blocks = ((lo - 1) / INDEX_BLOCK..=(hi - 1) / INDEX_BLOCK).map(|b| subjects::history_events_of_block(conv, b));
+    let filters: Vec<String> = blocks.collect();
+    let changes = direct_get::last_matching(
+        &rd.storage.js.client(),
+        subjects::HISTORY_STREAM,
+        &filters,
+        direct_get::MAX_SUBJECTS,
+        Duration::from_secs(5),
+    )
+    .await?;
+    let mut by_target: HashMap<u64, StoredMessage> = HashMap::with_capacity(changes.len());
+    for payload in changes.values() {
+        let Ok(e) = serde_json::from_slice::<StoredMessage>(payload) else { continue };
+        if let Some(t) = e.target {
+            by_target.insert(t, e);
         }
     }
+    if by_target.is_empty() {
+        return Ok(msgs);
+    }
+    for (_, m) in msgs.iter_mut() {
+        if let Some(e) = by_target.remove(&m.id) {
+            apply(m, &e);
+        }
+    }
+    // What is left: deleted messages, erased from history.
+    for e in by_target.into_values() {
+        let (Some(target), Some(o)) = (e.target, e.original) else { continue };
+        if e.kind != MessageKind::Delete || o.n < lo || o.n > hi {
+            continue;
+        }
+        let mut t = tombstone(conv, target, o);
+        apply(&mut t, &e);
+        if keep(&t) {
+            msgs.push((0, t));
+        }
+    }
+    msgs.sort_by_key(|(_, m)| m.n);
+    Ok(msgs)
+}
+
+/// Applies the target's current state (its last edit or its delete).
+fn apply(m: &mut StoredMessage, change: &StoredMessage) {
+    match change.kind {
+        MessageKind::Edit => {
+            m.body.clone_from(&change.body);
+            m.edited_at = Some(change.ts);
+        }
+        MessageKind::Delete => {
+            m.body.clear();
+            m.deleted = true;
+            m.edited_at = None;
+        }
+        _ => {}
+    }
+}
+
+/// The place of a deleted message in a page.
+fn tombstone(conv: &ConvId, id: u64, o: Original) -> StoredMessage {
+    StoredMessage {
+        id,
+        conv: conv.to_string(),
+        from: o.from,
+        device: String::new(),
+        cid: String::new(),
+        kind: MessageKind::Text,
+        body: String::new(),
+        ts: o.ts,
+        n: o.n,
+        event: None,
+        target: None,
+        original: None,
+        edited_at: None,
+        deleted: true,
+    }
+}
+
+/// One message of a conversation by id, in its current state (edits
+/// applied), with its history sequence; `None` if there is no such message
+/// or it was deleted.
+pub async fn find(rd: Reader<'_>, conv: &ConvId, id: u64) -> Result<Option<(u64, StoredMessage)>, async_nats::Error> {
+    let st = rd.storage;
+    let Some((_, last_n)) = hist::head(&st.history, conv).await? else { return Ok(None) };
+    // The last block whose first id is at or below `id`.
+    let Some(b) = locate(rd, conv, id.saturating_add(1), last_n).await? else { return Ok(None) };
+    let start = block_start(rd, conv, b * INDEX_BLOCK + 1).await?;
+    let end_n = ((b + 1) * INDEX_BLOCK).min(last_n);
+    let Some((seq, mut m)) = read(st, conv, start, u64::MAX, |m| m.id == id, 1, end_n).await?.pop() else {
+        return Ok(None);
+    };
+    match st.history.get_last_raw_message_by_subject(&subjects::history_event(conv, m.n, id)).await {
+        Ok(e) => {
+            let e: StoredMessage = serde_json::from_slice(&e.payload)?;
+            if e.kind == MessageKind::Delete {
+                return Ok(None);
+            }
+            apply(&mut m, &e);
+        }
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Some((seq, m)))
 }
 
 /// Index entry of a block: (stream sequence, first id).

@@ -1,7 +1,8 @@
-//! Messages: the [`send`] path, [`delivery`] (catch-up and live) with its
+//! Messages: the [`send`] path, [`change`] (edits and deletes), [`delivery`] (catch-up and live) with its
 //! wake-ups ([`live`], [`hub`]), [`history`] pages, delivered [`marks`] and
 //! the internal-service subject ([`service`]).
 
+pub mod change;
 pub mod delivery;
 pub mod history;
 pub mod hub;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_nats::envelope::{GroupEvent, IngressSend, MessageKind, SeqAck, SeqResult};
+use chat_nats::envelope::{GroupEvent, IngressSend, MessageKind, Original, SeqAck, SeqResult};
 use chat_nats::provision::Storage;
 use chat_nats::subjects::{self, ConvId};
 use chat_nats::wire::{ErrorCode, ServerFrame, Target};
@@ -39,6 +39,8 @@ pub struct Outgoing<'a> {
     pub body: String,
     /// A group membership change, on system messages.
     pub event: Option<GroupEvent>,
+    /// On edits and deletes: the id of the message changed and where it is.
+    pub target: Option<(u64, Original)>,
 }
 
 /// Sends waiting for their outcome: dedupe key → (token, reply channel).
@@ -99,7 +101,7 @@ impl Sender {
     /// Publishes one send and waits for its outcome: the message id, its
     /// timestamp and its conversation (a retry reports the first attempt's).
     pub async fn send(&self, m: Outgoing<'_>) -> Result<(u64, u64, String), ClientError> {
-        let Outgoing { from, device, cid, conv, kind, body, event } = m;
+        let Outgoing { from, device, cid, conv, kind, body, event, target } = m;
         let key = subjects::dedupe_key(from, device, cid);
         let (tx, mut rx) = oneshot::channel();
         let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -113,6 +115,8 @@ impl Sender {
             body,
             reply: Some(self.ack_subject.clone()),
             event,
+            target: target.map(|t| t.0),
+            original: target.map(|t| t.1),
         };
         let outcome = self.publish_and_wait(&key, conv, env, &mut rx).await;
         {
@@ -189,11 +193,8 @@ fn bad_id(field: &str) -> ClientError {
     ClientError::new(ErrorCode::BadFrame, format!("{field} must be an id: decimal, no sign or leading zero"))
 }
 
-/// Validates a send and resolves its conversation.
-pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: &str) -> Result<ConvId, ClientError> {
-    if !subjects::is_token(cid) {
-        return Err(ClientError::new(ErrorCode::BadCid, "cid must be 1-64 characters of [A-Za-z0-9_-]"));
-    }
+/// A message body's limits: not blank, at most `CHAT_MAX_BODY_CHARS`.
+pub fn check_body(state: &AppState, body: &str) -> Result<(), ClientError> {
     if body.trim().is_empty() {
         return Err(ClientError::new(ErrorCode::EmptyBody, "body is empty"));
     }
@@ -201,6 +202,15 @@ pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: 
     if body.len() > max && body.chars().count() > max {
         return Err(ClientError::new(ErrorCode::TooLarge, format!("body exceeds {max} characters")));
     }
+    Ok(())
+}
+
+/// Validates a send and resolves its conversation.
+pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: &str) -> Result<ConvId, ClientError> {
+    if !subjects::is_token(cid) {
+        return Err(ClientError::new(ErrorCode::BadCid, "cid must be 1-64 characters of [A-Za-z0-9_-]"));
+    }
+    check_body(state, body)?;
     match to {
         Target::User(u) => {
             let id = subjects::parse_id(u).ok_or_else(|| bad_id("to.user"))?;
@@ -241,7 +251,8 @@ pub async fn send_frame(
         let conv = prepare(state, from, &cid, to, &body).await?;
         let body = state.moderation.screen(from, device, origin, body).await?;
         // A retry of an earlier send reports where that message went.
-        let out = Outgoing { from, device, cid: &cid, conv: &conv, kind: MessageKind::Text, body, event: None };
+        let out =
+            Outgoing { from, device, cid: &cid, conv: &conv, kind: MessageKind::Text, body, event: None, target: None };
         let (id, ts, conv) = state.sender.send(out).await?;
         let conv = ConvId::parse(&conv).ok_or_else(|| ClientError::new(ErrorCode::Internal, "bad conversation id"))?;
         if let chat_nats::subjects::ConvKind::Direct(a, b) = conv.kind() {

@@ -193,7 +193,7 @@ async fn a_copy_whose_wake_up_was_lost_is_delivered_by_the_re_read() -> Result<(
         body: "unannounced".into(),
         ts: 0,
         n: 2,
-        event: None,
+        ..Default::default()
     };
     let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
     js.publish(chat_nats::subjects::inbox(b_id), serde_json::to_vec(&stored)?.into()).await?.await?;

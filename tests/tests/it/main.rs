@@ -4,6 +4,7 @@
 mod bans;
 mod batch;
 mod bench_smoke;
+mod changes;
 mod cli;
 mod cluster;
 mod core;

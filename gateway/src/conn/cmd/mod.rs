@@ -2,6 +2,8 @@
 //! A new frame type: a variant in `chat_nats::wire::ClientFrame`, a file
 //! here, and one arm in [`dispatch`].
 
+pub mod delete;
+pub mod edit;
 pub mod presence;
 pub mod send;
 pub mod sync;
@@ -20,5 +22,7 @@ pub(crate) fn dispatch(s: &mut Session, frame: ClientFrame) {
         ClientFrame::Typing { conv } => typing::typing(s, conv),
         ClientFrame::Sync { cursor } => sync::sync(s, cursor),
         ClientFrame::Send { cid, to, body } => send::send(s, cid, to, body),
+        ClientFrame::Edit { cid, conv, id, body } => edit::edit(s, cid, conv, id, body),
+        ClientFrame::Delete { cid, conv, id } => delete::delete(s, cid, conv, id),
     }
 }

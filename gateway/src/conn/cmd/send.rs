@@ -1,5 +1,6 @@
-//! `send`: queued to the session's sender task, which runs sends one after
-//! another so a device's messages keep their order.
+//! `send`: queued to the session's sender task, which runs sends (and
+//! edits and deletes, `edit.rs`, `delete.rs`) one after another so a
+//! device's messages and changes keep their order.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use crate::auth::Claims;
 use crate::conn::outbound::Outbound;
 use crate::conn::session::Session;
 use crate::error::frame;
+use crate::messaging::change::Change;
 use crate::messaging::send::send_frame;
 use crate::moderation::Origin;
 use crate::AppState;
@@ -18,11 +20,30 @@ use crate::AppState;
 /// Sends a session may have queued behind the one in progress.
 const SEND_QUEUE: usize = 64;
 
-/// A send waiting for the sender task.
+/// A send, edit or delete waiting for the sender task.
 pub(crate) struct SendReq {
-    cid: String,
-    to: Target,
-    body: String,
+    pub(crate) cid: String,
+    pub(crate) op: Op,
+}
+
+/// What a queued request does.
+pub(crate) enum Op {
+    /// A new message.
+    Send {
+        /// Recipient.
+        to: Target,
+        /// Text.
+        body: String,
+    },
+    /// An edit or delete of message `id` of `conv`.
+    Change {
+        /// Conversation.
+        conv: String,
+        /// Message id.
+        id: String,
+        /// What to do.
+        change: Change,
+    },
 }
 
 /// Starts a session's sender task.
@@ -36,7 +57,14 @@ pub(crate) fn start_sender(
     let fut = async move {
         while let Some(r) = rx.recv().await {
             // Boxed: an idle sender keeps only its small waiting state.
-            let reply = Box::pin(send_frame(&state, user, &device, Origin::Session, r.cid, &r.to, r.body)).await;
+            let reply = match r.op {
+                Op::Send { to, body } => {
+                    Box::pin(send_frame(&state, user, &device, Origin::Session, r.cid, &to, body)).await
+                }
+                Op::Change { conv, id, change } => {
+                    Box::pin(crate::messaging::change::frame(&state, user, &device, r.cid, &conv, &id, change)).await
+                }
+            };
             if !out.push_wait(frame(&reply), 0, state.cfg.stall_timeout).await {
                 break;
             }
@@ -47,7 +75,12 @@ pub(crate) fn start_sender(
 
 /// Handles `send`.
 pub(crate) fn send(s: &mut Session, cid: String, to: Target, body: String) {
-    let req = SendReq { cid: cid.clone(), to, body };
+    queue(s, SendReq { cid, op: Op::Send { to, body } });
+}
+
+/// Queues a request for the sender task, refusing it when too many wait.
+pub(crate) fn queue(s: &mut Session, req: SendReq) {
+    let cid = req.cid.clone();
     if s.sends.try_send(req).is_err() {
         s.error(Some(cid), ErrorCode::RateLimited, "too many sends in flight; wait for acks");
     }

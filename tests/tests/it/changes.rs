@@ -1,0 +1,199 @@
+//! Edits and deletes: events in the conversation's order, delivered to
+//! every member's inbox (live and on catch-up), history pages in the
+//! current state (edited text, tombstones), a deleted body erased from the
+//! history stream, and who may do what (author within the window, group
+//! owner and admins, operators through the admin API).
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chat_client::{ClientError, Method};
+use serde_json::{json, Value};
+
+use crate::stack::stack;
+
+const OPERATOR: &str = "operator-credential-for-changes-0123456";
+
+fn code(r: Result<Value, ClientError>) -> String {
+    match r {
+        Err(ClientError::Api { code, .. }) => code,
+        other => format!("not refused: {other:?}"),
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletes_reach_every_device_in_order_and_history_shows_the_current_state() -> Result<()> {
+    let st = stack().env("CHAT_EDIT_WINDOW_SECS", "3").start().await?;
+    let alice = st.user("alice", "a1").await?;
+    let bob = st.user("bob", "phone").await?;
+    let bob_laptop = st.device("bob", "laptop").await?;
+    let carol = st.user("carol", "c1").await?;
+    let (mut a, _) = st.live(0, &alice).await?;
+    let (mut b, _) = st.live(0, &bob).await?;
+    // The laptop syncs once, then is offline while everything happens.
+    let mut laptop = st.connect(0, &bob_laptop).await?;
+    let (_, laptop_cursor) = laptop.sync(None).await?;
+    laptop.close().await;
+
+    let m1 = a.send_to_user("m1", &bob.user_id, "helo").await?;
+    let m2 = a.send_to_user("m2", &bob.user_id, "second").await?;
+    let m3 = a.send_to_user("m3", &bob.user_id, "regret this").await?;
+    let conv = s(&m1["conv"]);
+    let (id1, id2, id3) = (s(&m1["id"]), s(&m2["id"]), s(&m3["id"]));
+    for _ in 0..3 {
+        b.next_msg().await?;
+    }
+
+    // The author edits and deletes; the peer sees both live, in order.
+    let e = a.edit("e1", &conv, &id1, "hello").await?;
+    assert!(s(&e["id"]).parse::<u64>()? > id3.parse::<u64>()?, "a change has an id after every earlier one: {e}");
+    let d = a.delete("d1", &conv, &id3).await?;
+    let got = b.next_msg().await?;
+    assert_eq!((s(&got["kind"]), s(&got["target"]), s(&got["body"])), ("edit".into(), id1.clone(), "hello".into()));
+    let got = b.next_msg().await?;
+    assert_eq!((s(&got["kind"]), s(&got["target"]), s(&got["body"])), ("delete".into(), id3.clone(), String::new()));
+    assert_eq!(got["id"], d["id"]);
+    // A retried cid is not a second change.
+    assert_eq!(a.edit("e1", &conv, &id1, "hello").await?["id"], e["id"]);
+
+    // Refusals, each with its code, and nothing delivered for them.
+    assert_eq!(code(b.edit("x1", &conv, &id2, "not mine").await), "forbidden");
+    assert_eq!(code(b.delete("x2", &conv, &id2).await), "forbidden");
+    assert_eq!(code(a.edit("x3", &conv, &id3, "gone").await), "not_found");
+    assert_eq!(code(a.delete("x4", &conv, &id3).await), "not_found");
+    assert_eq!(code(a.edit("x5", &conv, "12345", "none").await), "not_found");
+    assert_eq!(code(a.edit("x6", &conv, "01", "bad id").await), "bad_frame");
+    assert_eq!(code(a.edit("x7", &conv, &id2, "  ").await), "empty_body");
+    assert_eq!(code(a.edit("x8", "nonsense", &id2, "x").await), "bad_frame");
+    let (mut c, _) = st.live(0, &carol).await?;
+    assert_eq!(code(c.edit("x9", &conv, &id2, "intruder").await), "forbidden");
+    assert_eq!(code(c.delete("x10", &conv, &id2).await), "forbidden");
+
+    // The conversation goes on after its last message was deleted: the
+    // next message takes the next ordinal, after the tombstone.
+    let m4 = a.send_to_user("m4", &bob.user_id, "after").await?;
+    let id4 = s(&m4["id"]);
+    let page = st.http(0).history(&bob.token, &conv, "").await?;
+    let msgs = page["messages"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<String> = msgs.iter().map(|m| s(&m["id"])).collect();
+    assert_eq!(ids, [id1.clone(), id2.clone(), id3.clone(), id4.clone()], "{page}");
+    assert_eq!((s(&msgs[0]["body"]), msgs[0]["edited_at"].is_u64()), ("hello".into(), true), "{page}");
+    assert!(msgs[1].get("edited_at").is_none() && msgs[1]["body"] == "second", "{page}");
+    assert_eq!((msgs[2]["deleted"].as_bool(), s(&msgs[2]["body"])), (Some(true), String::new()), "{page}");
+    assert_eq!(s(&msgs[2]["from"]), alice.user_id);
+    // Paging around the tombstone keeps every place.
+    let before = st.http(0).history(&bob.token, &conv, &format!("before={id4}&limit=2")).await?;
+    let ids: Vec<String> = before["messages"].as_array().unwrap().iter().map(|m| s(&m["id"])).collect();
+    assert_eq!(ids, [id2.clone(), id3.clone()], "{before}");
+    assert_eq!(before["has_more"], true);
+    let after = st.http(0).history(&bob.token, &conv, &format!("after={id2}&limit=2")).await?;
+    let ids: Vec<String> = after["messages"].as_array().unwrap().iter().map(|m| s(&m["id"])).collect();
+    assert_eq!(ids, [id3.clone(), id4.clone()], "{after}");
+
+    // The deleted body is gone from the history stream, not just hidden.
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&st.nats.url).await?);
+    let mut history = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await?;
+    let mut bodies = Vec::new();
+    let last = history.info().await?.state.last_sequence;
+    for seq in 1..=last {
+        if let Ok(m) = history.get_raw_message(seq).await {
+            bodies.push(String::from_utf8_lossy(&m.payload).into_owned());
+        }
+    }
+    assert!(bodies.iter().any(|b| b.contains("helo")), "an edit keeps the original (only a delete erases)");
+    assert!(!bodies.iter().any(|b| b.contains("regret this")), "the deleted body is still stored");
+
+    // The offline laptop catches up on everything, in order, from its cursor.
+    let mut laptop = st.connect(0, &bob_laptop).await?;
+    let (caught, _) = laptop.sync(Some(&laptop_cursor)).await?;
+    let seen: Vec<(String, String)> = caught.iter().map(|m| (s(&m["kind"]), s(&m["body"]))).collect();
+    let want = [
+        ("text", "helo"),
+        ("text", "second"),
+        ("text", "regret this"),
+        ("edit", "hello"),
+        ("delete", ""),
+        ("text", "after"),
+    ];
+    let want: Vec<(String, String)> = want.iter().map(|(k, b)| (k.to_string(), b.to_string())).collect();
+    assert_eq!(seen, want);
+
+    // The window: once it has passed, the author may no longer change m2.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    loop {
+        n += 1;
+        match a.edit(&format!("w{n}"), &conv, &id2, &format!("second, take {n}")).await {
+            Ok(_) => {}
+            Err(ClientError::Api { code, .. }) if code == "edit_window_closed" => break,
+            Err(e) => return Err(e.into()),
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the edit window never closed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(code(a.delete("late-delete", &conv, &id2).await), "edit_window_closed");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_owners_and_operators_delete_any_message_members_only_their_own() -> Result<()> {
+    let st = stack().env("CHAT_OPERATOR_TOKEN", OPERATOR).start().await?;
+    let owner = st.user("owner", "o1").await?;
+    let m1 = st.user("member1", "p1").await?;
+    let m2 = st.user("member2", "p2").await?;
+    let g = st.create_group(&owner, "team", &[&m1.user_id, &m2.user_id]).await?;
+    let gid = s(&g["group_id"]);
+    let (mut o, _) = st.live(0, &owner).await?;
+    let (mut p1, _) = st.live(0, &m1).await?;
+    let (mut p2, _) = st.live(0, &m2).await?;
+    let send = |cid: &str, body: &str| json!({"type": "send", "cid": cid, "to": {"group": gid}, "body": body});
+    let g1 = p1.send_frame_and_ack(send("g1", "first"), "g1").await?;
+    let g2 = p1.send_frame_and_ack(send("g2", "second"), "g2").await?;
+    let conv = s(&g1["conv"]);
+    let (id1, id2) = (s(&g1["id"]), s(&g2["id"]));
+
+    // A member may not delete another's message; the owner may.
+    assert_eq!(code(p2.delete("x1", &conv, &id1).await), "forbidden");
+    o.delete("od1", &conv, &id1).await?;
+    for c in [&mut o, &mut p1, &mut p2] {
+        c.wait_for("the owner's delete", |v| {
+            v["type"] == "msg" && v["kind"] == "delete" && v["target"] == id1.as_str()
+        })
+        .await?;
+    }
+
+    // The admin API: only the operator credential, with clear errors.
+    let http = st.http(0);
+    let path = format!("/v1/admin/messages/{conv}/{id2}");
+    for t in [Some(m1.token.as_str()), Some(owner.token.as_str()), None] {
+        let (status, v) = http.request(Method::DELETE, &path, t, None).await?;
+        assert_eq!((status, v["error"]["code"].as_str()), (401, Some("unauthorized")), "{v}");
+    }
+    let (status, _) =
+        http.request(Method::DELETE, &format!("/v1/admin/messages/{conv}/x"), Some(OPERATOR), None).await?;
+    assert_eq!(status, 400);
+    let (status, _) =
+        http.request(Method::DELETE, &format!("/v1/admin/messages/{conv}/999"), Some(OPERATOR), None).await?;
+    assert_eq!(status, 404);
+    let (status, v) = http.request(Method::DELETE, &path, Some(OPERATOR), None).await?;
+    assert_eq!(status, 200, "{v}");
+    let got = p2
+        .wait_for("the operator's delete", |v| {
+            v["type"] == "msg" && v["kind"] == "delete" && v["target"] == id2.as_str()
+        })
+        .await?;
+    assert_eq!(s(&got["from"]), "0", "an operator's delete comes from user 0");
+    // Again: the message is gone.
+    let (status, again) = http.request(Method::DELETE, &path, Some(OPERATOR), None).await?;
+    assert_eq!((status, again["error"]["code"].as_str()), (404, Some("not_found")), "{again}");
+
+    let page = http.history(&m2.token, &conv, "").await?;
+    let deleted: Vec<String> =
+        page["messages"].as_array().unwrap().iter().filter(|m| m["deleted"] == true).map(|m| s(&m["id"])).collect();
+    assert_eq!(deleted, [id1, id2], "{page}");
+    Ok(())
+}
