@@ -22,6 +22,7 @@ mod push;
 mod restarts;
 mod robustness;
 mod scaleout;
+mod search;
 mod service;
 mod stack;
 mod transports;
