@@ -7,9 +7,8 @@
 -- the C locale (the tests' initdb, and a common server default) Hangul is
 -- not alphanumeric: show_trgm('오늘회의') is empty. It also cannot index
 -- a 2-character LIKE pattern (no trigram in it), and Korean queries of
--- two syllables are the common case. A query is matched by the grams it
--- contains (its bigram if it has 2 characters, else its trigrams), then
--- rechecked exactly with ILIKE.
+-- two syllables are the common case. A query is looked up by grams it
+-- contains (below), then checked exactly with ILIKE.
 
 CREATE FUNCTION search_grams(t TEXT) RETURNS TEXT[]
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
