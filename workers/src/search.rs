@@ -161,6 +161,55 @@ pub async fn run(sh: Arc<Shared>, cfg: SearchConfig, name: String, ttl: Duration
     }
 }
 
+/// Text messages waiting to be inserted, as columns.
+#[derive(Default)]
+struct Texts {
+    id: Vec<i64>,
+    conv: Vec<String>,
+    grp: Vec<Option<i64>>,
+    dm_a: Vec<Option<i64>>,
+    dm_b: Vec<Option<i64>>,
+    from: Vec<i64>,
+    ts: Vec<i64>,
+    body: Vec<String>,
+}
+
+impl Texts {
+    #[allow(clippy::too_many_arguments)]
+    fn push(
+        &mut self,
+        id: i64,
+        conv: String,
+        grp: Option<i64>,
+        dm: Option<(i64, i64)>,
+        from: i64,
+        ts: i64,
+        body: String,
+    ) {
+        self.id.push(id);
+        self.conv.push(conv);
+        self.grp.push(grp);
+        self.dm_a.push(dm.map(|d| d.0));
+        self.dm_b.push(dm.map(|d| d.1));
+        self.from.push(from);
+        self.ts.push(ts);
+        self.body.push(body);
+    }
+
+    async fn flush(
+        &mut self,
+        tx: &tokio_postgres::Transaction<'_>,
+        insert: &tokio_postgres::Statement,
+    ) -> Result<(), tokio_postgres::Error> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        let t = std::mem::take(self);
+        tx.execute(insert, &[&t.id, &t.conv, &t.grp, &t.dm_a, &t.dm_b, &t.from, &t.ts, &t.body]).await?;
+        Ok(())
+    }
+}
+
 async fn consumer(sh: &Shared) -> Result<async_nats::jetstream::consumer::Consumer<pull::Config>, async_nats::Error> {
     let config = pull::Config {
         durable_name: Some(CONSUMER.into()),
@@ -191,11 +240,14 @@ async fn index(sh: &Shared, cfg: &SearchConfig) -> Result<(), async_nats::Error>
         tracing::info!("search indexer: waiting for the search_messages table (gateway migrations)");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // A run of texts is one statement (one round trip), flushed before an
+    // edit or delete so that events apply in history order.
     let insert = db
         .prepare(
             "INSERT INTO search_messages (id, conv, grp, dm_a, dm_b, sender, ts, body)
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8
-             WHERE NOT EXISTS (SELECT 1 FROM search_deleted WHERE id = $1)
+             SELECT u.* FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                                    $6::bigint[], $7::bigint[], $8::text[]) AS u(id, conv, grp, dm_a, dm_b, sender, ts, body)
+             WHERE NOT EXISTS (SELECT 1 FROM search_deleted d WHERE d.id = u.id)
              ON CONFLICT (id) DO NOTHING",
         )
         .await?;
@@ -208,19 +260,21 @@ async fn index(sh: &Shared, cfg: &SearchConfig) -> Result<(), async_nats::Error>
         let mut last = None;
         let tx = db.transaction().await?;
         let mut applied = [0u64; 3];
+        let mut texts = Texts::default();
         while let Some(m) = batch.next().await {
             let m = m?;
             match parse(&m.payload) {
                 Op::Insert { id, conv, grp, dm, from, ts, body } => {
-                    let (a, b) = (dm.map(|d| d.0), dm.map(|d| d.1));
-                    tx.execute(&insert, &[&id, &conv, &grp, &a, &b, &from, &ts, &body]).await?;
+                    texts.push(id, conv, grp, dm, from, ts, body);
                     applied[0] += 1;
                 }
                 Op::Edit { target, conv, body, ts } => {
+                    texts.flush(&tx, &insert).await?;
                     tx.execute(&edit, &[&target, &conv, &body, &ts]).await?;
                     applied[1] += 1;
                 }
                 Op::Delete { target, conv } => {
+                    texts.flush(&tx, &insert).await?;
                     tx.execute(&delete, &[&target, &conv]).await?;
                     tx.execute(&tombstone, &[&target]).await?;
                     applied[2] += 1;
@@ -229,6 +283,7 @@ async fn index(sh: &Shared, cfg: &SearchConfig) -> Result<(), async_nats::Error>
             }
             last = Some(m);
         }
+        texts.flush(&tx, &insert).await?;
         tx.commit().await?;
         sh.metrics.search_applied(applied);
         if let Some(m) = last {
