@@ -159,6 +159,39 @@ impl Http {
     pub async fn history(&self, token: &str, conv: &str, query: &str) -> Result<Value, ClientError> {
         self.ok(Method::GET, &format!("/v1/conversations/{conv}/messages?{query}"), Some(token), None).await
     }
+
+    /// `GET /v1/search`: messages the caller may read that contain `q`,
+    /// newest first; `conv`, `before` (a message id) and `limit` as given.
+    pub async fn search(
+        &self,
+        token: &str,
+        q: &str,
+        conv: Option<&str>,
+        before: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Value, ClientError> {
+        let mut path = format!("/v1/search?q={}", encode_query(q));
+        for (name, v) in [("conv", conv), ("before", before)] {
+            if let Some(v) = v {
+                path.push_str(&format!("&{name}={}", encode_query(v)));
+            }
+        }
+        if let Some(l) = limit {
+            path.push_str(&format!("&limit={l}"));
+        }
+        self.ok(Method::GET, &path, Some(token), None).await
+    }
+}
+
+/// Percent-encodes a query parameter value (everything but unreserved
+/// ASCII).
+pub fn encode_query(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The 1:1 conversation id of two users.

@@ -39,6 +39,12 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// `CHAT_HISTORY_INDEX_CACHE`: history index entries cached per gateway.
     pub history_index_cache: usize,
+    /// `CHAT_SEARCH_MAX_LIMIT`: most hits one `GET /v1/search` page returns
+    /// (1-1000, default 100; the default `limit` is 20, or this if smaller).
+    pub search_max_limit: usize,
+    /// `CHAT_SEARCH_MAX_QUERY_CHARS`: longest search query, in characters
+    /// (2-1000, default 200; the shortest is 2).
+    pub search_max_query_chars: usize,
     /// `CHAT_PASSWORD_HASH_CONCURRENCY`: threads that run argon2id
     /// (signups and logins beyond them queue).
     pub password_hash_concurrency: usize,
@@ -223,6 +229,8 @@ impl GatewayConfig {
                 256,
             )? as usize,
             history_index_cache: bounded(src, "CHAT_HISTORY_INDEX_CACHE", 200_000, 0, 100_000_000)? as usize,
+            search_max_limit: bounded(src, "CHAT_SEARCH_MAX_LIMIT", 100, 1, 1000)? as usize,
+            search_max_query_chars: bounded(src, "CHAT_SEARCH_MAX_QUERY_CHARS", 200, 2, 1000)? as usize,
             outbound_frames: bounded(src, "CHAT_WS_OUTBOUND_FRAMES", 1024, 8, 1 << 20)? as usize,
             outbound_bytes: bounded(src, "CHAT_WS_OUTBOUND_BYTES", 8 << 20, 1 << 20, 1 << 30)? as usize,
             stall_timeout: Duration::from_millis(bounded(src, "CHAT_WS_STALL_TIMEOUT_MS", 10_000, 100, 3_600_000)?),

@@ -5,6 +5,7 @@
 //! - [`idgen`]: the leased machine id and the snowflake generator.
 //! - [`sequencer`]: per-partition ordering, history, inbox copies, acks.
 //! - [`presence`]: online/offline transitions derived from heartbeats.
+//! - [`search`]: the search indexer (history → PostgreSQL).
 //! - [`push`]: push notifications (planner, sender, FCM, APNs, Web Push).
 //! - [`metrics`]: Prometheus metrics and their listener (`CHAT_METRICS_ADDR`).
 //!
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod presence;
 pub mod push;
 pub mod round;
+pub mod search;
 pub mod sequencer;
 
 use std::collections::HashMap;
@@ -61,6 +63,8 @@ pub struct WorkerConfig {
     pub subscription_capacity: usize,
     /// Push notification settings.
     pub push: push::PushConfig,
+    /// Search indexer settings.
+    pub search: search::SearchConfig,
     /// `CHAT_METRICS_ADDR`: where `GET /metrics` is served; unset or `off`
     /// (the default): not served.
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -83,6 +87,7 @@ impl WorkerConfig {
                 1 << 20,
             )? as usize,
             push: push::PushConfig::from_source(src)?,
+            search: search::SearchConfig::from_source(src)?,
             metrics_addr: match src.get("CHAT_METRICS_ADDR").as_deref() {
                 None | Some("") | Some("off") => None,
                 Some(_) => {
@@ -243,10 +248,19 @@ async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<
         });
         let (stop_presence, stop) = tokio::sync::oneshot::channel();
         let presence = tokio::spawn(presence::run(shared.clone(), cfg.name.clone(), ttl, stop));
+        let (stop_search, stop) = tokio::sync::oneshot::channel();
+        let search = cfg
+            .search
+            .enabled
+            .then(|| tokio::spawn(search::run(shared.clone(), cfg.search.clone(), cfg.name.clone(), ttl, stop)));
         let stopped = manage(&cfg, shared, machine, &mut shutdown).await;
-        // Not aborted: it releases the presence lease on its way out.
+        // Not aborted: they release their leases on their way out.
         let _ = stop_presence.send(());
+        let _ = stop_search.send(());
         let _ = presence.await;
+        if let Some(search) = search {
+            let _ = search.await;
+        }
         if stopped {
             return Ok(());
         }

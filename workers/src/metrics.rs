@@ -34,6 +34,9 @@ pub enum Mode {
 
 const MODES: [&str; 2] = ["batch", "single"];
 
+/// Operations of the search indexer, in the order of [`Metrics::search_applied`].
+const SEARCH_OPS: [&str; 3] = ["insert", "edit", "delete"];
+
 /// What happened to one push attempt (the order of `PUSH_RESULTS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushResult {
@@ -67,6 +70,8 @@ pub struct Metrics {
     partitions: Gauge,
     push: [[Counter; 4]; 4],
     presence: [Counter; 2],
+    search_lag: Gauge,
+    search_events: [Counter; 3],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +87,7 @@ impl Metrics {
         let commit = Family::<Label, Histogram, Seconds>::new_with_constructor(Seconds);
         let sequenced = Family::<Label, Counter>::default();
         let presence = Family::<Label, Counter>::default();
+        let search_events = Family::<Label, Counter>::default();
         // Every provider × result from the start, so a rule on `dead`
         // sees 0 before the first one.
         let push = Family::<PushLabels, Counter>::default();
@@ -95,6 +101,8 @@ impl Metrics {
                 PUSH_RESULTS.map(|result| push.get_or_create(&PushLabels { provider, result }).clone())
             }),
             presence: ["online", "offline"].map(|v| presence.get_or_create(&[("to", v)]).clone()),
+            search_lag: Gauge::default(),
+            search_events: SEARCH_OPS.map(|v| search_events.get_or_create(&[("op", v)]).clone()),
         };
         r.register(
             "chat_sequencer_round_messages",
@@ -110,6 +118,16 @@ impl Metrics {
         r.register("chat_partitions_owned", "Ingress partitions this worker owns", m.partitions.clone());
         r.register("chat_push_outcomes", "Push attempts by provider and result", push);
         r.register("chat_presence_transitions", "Presence transitions published, by new state", presence);
+        r.register(
+            "chat_search_index_lag_messages",
+            "History messages not yet applied to the search index (pending + unacknowledged of its consumer)",
+            m.search_lag.clone(),
+        );
+        r.register(
+            "chat_search_index_events",
+            "History events applied to the search index, by operation",
+            search_events,
+        );
         r.register_collector(Box::new(chat_nats::metrics::NatsCollector(client.clone())));
         Arc::new(Metrics { registry: r, ..m })
     }
@@ -139,6 +157,18 @@ impl Metrics {
     pub fn push(&self, provider: &str, result: PushResult) {
         let p = PROVIDERS.iter().position(|p| *p == provider).unwrap_or(PROVIDERS.len() - 1);
         self.push[p][result as usize].inc();
+    }
+
+    /// Records the search indexer's applied inserts, edits and deletes.
+    pub fn search_applied(&self, counts: [u64; 3]) {
+        for (c, n) in self.search_events.iter().zip(counts) {
+            c.inc_by(n);
+        }
+    }
+
+    /// Sets the search indexer's lag, in history messages.
+    pub fn search_lag(&self, messages: u64) {
+        self.search_lag.set(i64::try_from(messages).unwrap_or(i64::MAX));
     }
 
     /// Records a published presence transition.

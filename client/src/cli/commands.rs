@@ -22,6 +22,7 @@ pub async fn run(o: &Opts, cmd: Vec<String>) -> Result<(), CliError> {
         "listen" => listen(o).await,
         "history" => history(o, args).await,
         "conversations" => conversations(o).await,
+        "search" => search(o, args).await,
         "group" => group(o, args).await,
         "friends" => friends(o, args).await,
         other => Err(CliError::Usage(format!("unknown command {other:?}"))),
@@ -235,6 +236,49 @@ async fn history(o: &Opts, a: &[String]) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// `search <text...>`: the newest 20 hits, matches marked with `[` `]`.
+async fn search(o: &Opts, a: &[String]) -> Result<(), CliError> {
+    let q = a.join(" ");
+    if q.chars().count() < 2 {
+        return Err(CliError::Usage("search needs at least 2 characters".into()));
+    }
+    let (_, mut names) = session(o)?;
+    let page = names.call(Method::GET, &format!("/v1/search?q={}", crate::encode_query(&q)), None).await?;
+    let hits = page["results"].as_array().cloned().unwrap_or_default();
+    if hits.is_empty() && !o.json {
+        println!("no messages found");
+    }
+    for h in &hits {
+        let title = names.title_of(s(&h["conv"])).await;
+        let from = names.name_of(s(&h["from"])).await;
+        let mut v = h.clone();
+        v["title"] = json!(title);
+        v["from_name"] = json!(from);
+        out(o, &v, || format!("[{title}] {from}: {}", marked(s(&h["body"]), &h["highlights"])));
+    }
+    Ok(())
+}
+
+/// `body` with every highlighted `[start, end)` character range in brackets.
+fn marked(body: &str, highlights: &Value) -> String {
+    let ranges: Vec<(u64, u64)> = highlights
+        .as_array()
+        .map(|a| a.iter().filter_map(|r| Some((r[0].as_u64()?, r[1].as_u64()?))).collect())
+        .unwrap_or_default();
+    let mut out = String::new();
+    for (i, c) in body.chars().enumerate() {
+        let i = i as u64;
+        if ranges.iter().any(|r| r.0 == i) {
+            out.push('[');
+        }
+        out.push(c);
+        if ranges.iter().any(|r| r.1 == i + 1) {
+            out.push(']');
+        }
+    }
+    out
 }
 
 /// Messages from others after the read position, up to 100 ("100+").

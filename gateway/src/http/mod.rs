@@ -18,6 +18,7 @@ pub mod limits;
 pub mod messages;
 pub mod moderation;
 pub mod push;
+pub mod search;
 pub mod users;
 pub mod web;
 
@@ -131,6 +132,7 @@ async fn dispatch(state: &Arc<AppState>, mut req: Request<Incoming>) -> (&'stati
         ["v1", "groups", id, "members", user, "role"] => {
             methods!(method, path; PUT => groups::set_role(st, req, id, user).await)
         },
+        ["v1", "search"] => methods!(method, path; GET => search::search(st, req).await),
         ["v1", "friends"] => methods!(method, path; GET => friends::list(st, req).await),
         ["v1", "friends", user] => methods!(method, path;
             PUT => friends::put(st, req, user).await,

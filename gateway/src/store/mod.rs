@@ -1,6 +1,6 @@
 //! PostgreSQL: the connection pool, migrations and account queries. All SQL
-//! of the gateway lives in this module: [`groups`], [`friends`], [`push`]
-//! and [`conversations`] (1:1) beside the accounts here; [`pool`] measures
+//! of the gateway lives in this module: [`groups`], [`friends`], [`push`],
+//! [`conversations`] (1:1) and [`search`] beside the accounts here; [`pool`] measures
 //! the connection pool.
 
 pub mod conversations;
@@ -8,6 +8,7 @@ pub mod friends;
 pub mod groups;
 pub mod pool;
 pub mod push;
+pub mod search;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use thiserror::Error;
@@ -22,6 +23,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (5, include_str!("../../migrations/005_token_gen.sql")),
     (6, include_str!("../../migrations/006_bans.sql")),
     (7, include_str!("../../migrations/007_group_meta.sql")),
+    (8, include_str!("../../migrations/008_search.sql")),
 ];
 
 /// Database failures.

@@ -107,6 +107,24 @@ async fn edits_and_deletes_reach_every_device_in_order_and_history_shows_the_cur
     assert!(bodies.iter().any(|b| b.contains("helo")), "an edit keeps the original (only a delete erases)");
     assert!(!bodies.iter().any(|b| b.contains("regret this")), "the deleted body is still stored");
 
+    // Search follows: the edit is re-indexed, the deleted text is gone.
+    let http = st.http(0);
+    chat_tests::wait_for("the indexer to reach the last message", Duration::from_secs(30), || {
+        let http = http.clone();
+        let token = bob.token.clone();
+        async move {
+            let v = http.search(&token, "after", None, None, None).await.ok()?;
+            (!v["results"].as_array()?.is_empty()).then_some(())
+        }
+    })
+    .await?;
+    let hits = |v: &Value| -> Vec<String> {
+        v["results"].as_array().map(|a| a.iter().map(|h| s(&h["id"])).collect()).unwrap_or_default()
+    };
+    assert_eq!(hits(&http.search(&bob.token, "hello", None, None, None).await?), [id1.clone()]);
+    assert!(hits(&http.search(&bob.token, "helo", None, None, None).await?).is_empty(), "the old text is found");
+    assert!(hits(&http.search(&bob.token, "regret", None, None, None).await?).is_empty(), "a deleted text is found");
+
     // The offline laptop catches up on everything, in order, from its cursor.
     let mut laptop = st.connect(0, &bob_laptop).await?;
     let (caught, _) = laptop.sync(Some(&laptop_cursor)).await?;

@@ -221,3 +221,25 @@ async fn cli_errors_are_one_clear_line_with_an_exit_code() -> Result<()> {
     ensure!(o.code == 3, "{} {}", o.code, o.stderr);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_search_finds_korean_substrings_and_marks_them() -> Result<()> {
+    let s = stack().start().await?;
+    let dir = Dir::new("search")?;
+    for who in ["alice", "bob"] {
+        chat(&s, &dir, who, &["signup", who, "password123"]).await?;
+        chat(&s, &dir, who, &["login", who, "password123"]).await?;
+    }
+    chat(&s, &dir, "alice", &["send", "bob", "오늘회의는취소되었습니다"]).await?;
+    let out = chat_tests::wait_for("bob's search to find alice's message", Duration::from_secs(20), || async {
+        let out = chat(&s, &dir, "bob", &["search", "회의"]).await.ok()?;
+        (out != "no messages found\n").then_some(out)
+    })
+    .await?;
+    ensure!(out == "[alice] alice: 오늘[회의]는취소되었습니다\n", "{out}");
+    let v = json_line(&chat(&s, &dir, "alice", &["--json", "search", "취소"]).await?)?;
+    ensure!(v["from_name"] == "alice" && v["highlights"] == serde_json::json!([[5, 7]]), "{v}");
+    let o = chat_at(&s.addr(0), &dir.0.join("bob.json"), &["search", "x"]).await?;
+    ensure!(o.code == 2, "a 1-character search is a usage error: exit {}, {}", o.code, o.stderr);
+    Ok(())
+}

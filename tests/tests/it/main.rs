@@ -23,6 +23,7 @@ mod push;
 mod restarts;
 mod robustness;
 mod scaleout;
+mod search;
 mod service;
 mod stack;
 mod transports;
