@@ -37,6 +37,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("login", "login <username> <password> [device]", "log this device in (device defaults to \"cli\") and save the login"),
     ("logout", "logout", "log this device out and forget the saved login"),
     ("send", "send <to> <text...>", "send a message; <to> is a user name, a user id, #<group name>, or a conversation id (dm-1-2, g-3)"),
+    ("edit", "edit <conversation> <id> <text...>", "change the text of your message <id> (within the server's edit window); <conversation> as for send"),
+    ("delete", "delete <conversation> <id>", "delete a message for everyone (yours within the edit window; any, as a group owner or admin)"),
     ("listen", "listen", "catch up from the saved cursor, then print live messages (Ctrl-C stops; run again to resume)"),
     ("history", "history <to> [before_id|-] [limit]", "a page of a conversation, oldest first (newest 50 by default)"),
     ("conversations", "conversations", "your conversations, newest first, with unread counts"),

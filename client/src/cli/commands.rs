@@ -19,6 +19,8 @@ pub async fn run(o: &Opts, cmd: Vec<String>) -> Result<(), CliError> {
         "login" => login(o, args).await,
         "logout" => logout(o).await,
         "send" => send(o, args).await,
+        "edit" => change(o, args, true).await,
+        "delete" => change(o, args, false).await,
         "listen" => listen(o).await,
         "history" => history(o, args).await,
         "conversations" => conversations(o).await,
@@ -107,16 +109,28 @@ async fn send(o: &Opts, a: &[String]) -> Result<(), CliError> {
     }
     let (st, mut names) = session(o)?;
     let target = names.target(&to).await?;
-    let mut session = session_for(o, &names, s(&st["token"]), None).await?;
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let cid = format!("cli-{nanos}");
+    let cid = new_cid();
     let frame = json!({"type": "send", "cid": cid, "to": target.to, "body": body});
-    session.send(&cid, frame).await.map_err(|e| names.err(e))?;
-    // Until the ack, across moves between gateways (the same cid each time).
+    let ack = until_ack(o, &names, s(&st["token"]), &cid, frame).await?;
+    let v = json!({"id": ack["id"], "conv": ack["conv"], "title": target.title, "ts": ack["ts"]});
+    out(o, &v, || format!("sent {} to {} ({})", s(&ack["id"]), target.title, s(&ack["conv"])));
+    Ok(())
+}
+
+fn new_cid() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("cli-{nanos}")
+}
+
+/// Sends `frame` (a send, edit or delete with `cid`) and waits for its
+/// ack, across moves between gateways (the same cid each time).
+async fn until_ack(o: &Opts, names: &Names, token: &str, cid: &str, frame: Value) -> Result<Value, CliError> {
+    let mut session = session_for(o, names, token, None).await?;
+    session.send(cid, frame).await.map_err(|e| names.err(e))?;
     let wait = async {
         loop {
             match session.next().await.map_err(|e| names.err(e))? {
-                Event::Ack(a) if a["cid"] == cid.as_str() => return Ok(a),
+                Event::Ack(a) if a["cid"] == cid => return Ok(a),
                 Event::Refused(e) => {
                     return Err(CliError::Refused(format!("{}: {}", s(&e["code"]), s(&e["message"]))));
                 }
@@ -129,8 +143,28 @@ async fn send(o: &Opts, a: &[String]) -> Result<(), CliError> {
         .await
         .map_err(|_| CliError::Refused("no ack within 60 s; run the same command again later".into()))??;
     session.close().await;
-    let v = json!({"id": ack["id"], "conv": ack["conv"], "title": target.title, "ts": ack["ts"]});
-    out(o, &v, || format!("sent {} to {} ({})", s(&ack["id"]), target.title, s(&ack["conv"])));
+    Ok(ack)
+}
+
+/// `edit <conversation> <id> <text...>` and `delete <conversation> <id>`.
+async fn change(o: &Opts, a: &[String], edit: bool) -> Result<(), CliError> {
+    let (to, id) = (arg(a, 0, "conversation")?, arg(a, 1, "id")?);
+    let body = a.get(2..).map(|b| b.join(" ")).unwrap_or_default();
+    if edit && body.trim().is_empty() {
+        return Err(CliError::Usage("missing <text>".into()));
+    }
+    let (st, mut names) = session(o)?;
+    let target = names.target(&to).await?;
+    let cid = new_cid();
+    let frame = if edit {
+        json!({"type": "edit", "cid": cid, "conv": target.conv, "id": id, "body": body})
+    } else {
+        json!({"type": "delete", "cid": cid, "conv": target.conv, "id": id})
+    };
+    let ack = until_ack(o, &names, s(&st["token"]), &cid, frame).await?;
+    let what = if edit { "edited" } else { "deleted" };
+    let v = json!({what: id, "conv": target.conv, "event": ack["id"], "ts": ack["ts"]});
+    out(o, &v, || format!("{what} {id} in {} ({})", target.title, target.conv));
     Ok(())
 }
 

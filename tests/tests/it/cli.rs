@@ -243,3 +243,31 @@ async fn chat_search_finds_korean_substrings_and_marks_them() -> Result<()> {
     ensure!(o.code == 2, "a 1-character search is a usage error: exit {}, {}", o.code, o.stderr);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_edit_and_delete_change_a_message_in_history() -> Result<()> {
+    let s = stack().start().await?;
+    let dir = Dir::new("changes")?;
+    for who in ["alice", "bob"] {
+        chat(&s, &dir, who, &["signup", who, "password123"]).await?;
+        chat(&s, &dir, who, &["login", who, "password123"]).await?;
+    }
+    let first = json_line(&chat(&s, &dir, "alice", &["--json", "send", "bob", "helo"]).await?)?;
+    let second = json_line(&chat(&s, &dir, "alice", &["--json", "send", "bob", "oops"]).await?)?;
+    let (id1, id2) = (first["id"].as_str().unwrap_or_default(), second["id"].as_str().unwrap_or_default());
+    let out = chat(&s, &dir, "alice", &["edit", "bob", id1, "hello", "there"]).await?;
+    ensure!(out.starts_with(&format!("edited {id1} in bob")), "{out}");
+    let v = json_line(&chat(&s, &dir, "alice", &["--json", "delete", "bob", id2]).await?)?;
+    ensure!(v["deleted"] == id2, "{v}");
+    // Bob may not edit alice's message: a refusal, exit 1.
+    let o = chat_at(&s.addr(0), &dir.0.join("bob.json"), &["edit", "alice", id1, "mine now"]).await?;
+    ensure!(o.code == 1 && o.stderr.contains("forbidden"), "exit {}, {}", o.code, o.stderr);
+    let conv = first["conv"].as_str().unwrap_or_default();
+    let bob = json_line(&chat(&s, &dir, "bob", &["--json", "login", "bob", "password123"]).await?)?;
+    let token = std::fs::read_to_string(dir.0.join("bob.json"))?;
+    let token: serde_json::Value = serde_json::from_str(&token)?;
+    let page = s.http(0).history(token["token"].as_str().unwrap_or_default(), conv, "").await?;
+    let msgs = page["messages"].as_array().cloned().unwrap_or_default();
+    ensure!(msgs.len() == 2 && msgs[0]["body"] == "hello there" && msgs[1]["deleted"] == true, "{page} {bob}");
+    Ok(())
+}
