@@ -21,6 +21,7 @@ pub mod lease;
 pub mod metrics;
 pub mod presence;
 pub mod push;
+pub mod reads;
 pub mod round;
 pub mod sequencer;
 

@@ -19,6 +19,7 @@ mod moderation;
 mod nats_auth;
 mod presence;
 mod push;
+mod receipts;
 mod restarts;
 mod robustness;
 mod scaleout;

@@ -164,7 +164,7 @@ impl Inner {
         else {
             return m.ack().await;
         };
-        if stored.kind == MessageKind::System || stored.from == user {
+        if stored.kind != MessageKind::Text || stored.from == user {
             return m.ack().await;
         }
         let age = Duration::from_millis((now_ms() - published_ms).max(0) as u64);

@@ -3,6 +3,7 @@
 //! here, and one arm in [`dispatch`].
 
 pub mod presence;
+pub mod read;
 pub mod send;
 pub mod sync;
 pub mod typing;
@@ -20,5 +21,6 @@ pub(crate) fn dispatch(s: &mut Session, frame: ClientFrame) {
         ClientFrame::Typing { conv } => typing::typing(s, conv),
         ClientFrame::Sync { cursor } => sync::sync(s, cursor),
         ClientFrame::Send { cid, to, body } => send::send(s, cid, to, body),
+        ClientFrame::Read { conv, up_to } => read::read(s, conv, up_to),
     }
 }
