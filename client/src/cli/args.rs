@@ -39,7 +39,8 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("send", "send <to> <text...>", "send a message; <to> is a user name, a user id, #<group name>, or a conversation id (dm-1-2, g-3)"),
     ("listen", "listen", "catch up from the saved cursor, then print live messages (Ctrl-C stops; run again to resume)"),
     ("history", "history <to> [before_id|-] [limit]", "a page of a conversation, oldest first (newest 50 by default)"),
-    ("conversations", "conversations", "your conversations, newest first, with unread counts"),
+    ("conversations", "conversations", "your conversations, newest first, with unread counts (the server's, the same on every device)"),
+    ("read", "read <to> <message id>", "mark a conversation read up to a message, for every device of yours (never moves backwards)"),
     ("group", "group create <name> [user...] | add <group> <user...> | remove <group> <user> | leave <group> | list | show <group>", "groups; <group> is #name, a name, an id or g-<id>"),
     ("friends", "friends add <user> | remove <user> | list", "friend requests (add accepts theirs) and the friend list with presence"),
 ];
