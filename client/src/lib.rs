@@ -386,6 +386,31 @@ impl Conn {
         Ok(v)
     }
 
+    /// Whether a frame already read but not yet consumed matches `pred`.
+    pub fn buffered_any(&self, pred: impl Fn(&Value) -> bool) -> bool {
+        self.buffered.iter().any(pred)
+    }
+
+    /// Marks `conv` read up to message `up_to` and waits for the answer:
+    /// the `read` frame with the position (never moved backwards) and
+    /// `unread`, or the `error`.
+    pub async fn read_up_to(&mut self, conv: &str, up_to: &str) -> Result<Value, ClientError> {
+        self.send_json(&json!({"type": "read", "conv": conv, "up_to": up_to})).await?;
+        let v = self
+            .wait_for("read", |v| {
+                (v["type"] == "read" && v["conv"] == conv && v.get("cursor").is_none()) || v["type"] == "error"
+            })
+            .await?;
+        if v["type"] == "error" {
+            return Err(ClientError::Api {
+                status: 0,
+                code: v["code"].as_str().unwrap_or("").into(),
+                message: v["message"].as_str().unwrap_or("").into(),
+            });
+        }
+        Ok(v)
+    }
+
     /// The next `msg` frame.
     pub async fn next_msg(&mut self) -> Result<Value, ClientError> {
         self.wait_for("msg", |v| v["type"] == "msg").await

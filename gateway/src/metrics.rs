@@ -31,11 +31,12 @@ pub enum Transport {
 const TRANSPORTS: [&str; 2] = ["ws", "quic"];
 
 /// Client frame types as counted (`invalid`: did not parse).
-const FRAMES_IN: [&str; 8] =
-    ["send", "sync", "ping", "typing", "presence.subscribe", "presence.unsubscribe", "invalid", "binary"];
+const FRAMES_IN: [&str; 9] =
+    ["send", "sync", "ping", "typing", "presence.subscribe", "presence.unsubscribe", "read", "invalid", "binary"];
 
 /// Server frame types as counted (`other`: none of the known ones).
-const FRAMES_OUT: [&str; 8] = ["ack", "error", "msg", "synced", "pong", "presence", "typing", "other"];
+const FRAMES_OUT: [&str; 10] =
+    ["ack", "error", "msg", "synced", "pong", "presence", "typing", "read", "receipt", "other"];
 
 /// A server frame's type, as an index into `FRAMES_OUT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,14 +246,15 @@ impl Metrics {
             Ok(F::Typing { .. }) => 3,
             Ok(F::PresenceSubscribe { .. }) => 4,
             Ok(F::PresenceUnsubscribe { .. }) => 5,
-            Err(()) => 6,
+            Ok(F::Read { .. }) => 6,
+            Err(()) => 7,
         };
         self.frames_in[i].inc();
     }
 
     /// Counts a binary client frame.
     pub fn binary_in(&self) {
-        self.frames_in[7].inc();
+        self.frames_in[8].inc();
     }
 
     /// Counts a server frame written.

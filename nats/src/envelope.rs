@@ -139,6 +139,10 @@ pub enum MessageKind {
     /// The deletion of an earlier message (`target`); `body` is empty. An
     /// event, like `edit`; the deleted message is erased from history.
     Delete,
+    /// A read mark (`read` frame): never in history; its ingress `body` is
+    /// a [`ReadMark`] as JSON, and its inbox copies are [`StoredMessage`]s
+    /// whose `id`/`n` are the message read up to and `from` the reader.
+    Read,
 }
 
 impl MessageKind {
@@ -146,6 +150,22 @@ impl MessageKind {
     pub fn is_change(self) -> bool {
         matches!(self, MessageKind::Edit | MessageKind::Delete)
     }
+}
+
+/// A user's read position in a conversation: the message read up to and
+/// its ordinal (KV `chat_read`, and the body of a [`MessageKind::Read`]
+/// ingress message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadMark {
+    /// The message read up to.
+    #[serde(with = "u64_str")]
+    pub up_to: u64,
+    /// Its ordinal in the conversation.
+    pub n: u64,
+    /// Whether the other participant of a 1:1 gets a receipt (the reader's
+    /// `read_receipts` setting); only in ingress bodies.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub receipt: bool,
 }
 
 /// A sequenced message, as stored in history and in every member's inbox.

@@ -159,6 +159,8 @@ pub struct Storage {
     pub delivered: kv::Store,
     /// Pushes already sent.
     pub push_sent: kv::Store,
+    /// Read positions per (user, conversation).
+    pub reads: kv::Store,
     /// Live gateways (service discovery).
     pub gateways: kv::Store,
     /// The banned-word list.
@@ -477,6 +479,7 @@ async fn provision_once(
     let status = ensure_bucket_as(&js, mode, bucket(subjects::STATUS_BUCKET, Duration::ZERO)).await?;
     let delivered = ensure_bucket_as(&js, mode, bucket(subjects::DELIVERED_BUCKET, s.inbox_retention)).await?;
     let push_sent = ensure_bucket_as(&js, mode, bucket(subjects::PUSH_SENT_BUCKET, PUSH_JOB_MAX_AGE * 2)).await?;
+    let reads = ensure_bucket_as(&js, mode, bucket(subjects::READ_BUCKET, Duration::ZERO)).await?;
     // A SIGKILLed gateway's entry expires by itself; the marker tells
     // watchers at once.
     let gateways = ensure_bucket_as(
@@ -513,6 +516,7 @@ async fn provision_once(
         push_dead,
         delivered,
         push_sent,
+        reads,
         gateways,
         banned_words,
         flood,

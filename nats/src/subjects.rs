@@ -36,6 +36,10 @@ pub const IDHW_BUCKET: &str = "chat_idhw";
 /// sequence a gateway has handed to any of the user's devices (key
 /// [`delivered_key`]). The push planner does not push what is below it.
 pub const DELIVERED_BUCKET: &str = "chat_delivered";
+/// KV bucket of read positions: key [`read_key`] (user, conversation),
+/// value a [`crate::envelope::ReadMark`]; written by gateways only ever
+/// forwards (compare-and-set).
+pub const READ_BUCKET: &str = "chat_read";
 /// KV bucket of device token generations raised by logout (key
 /// [`revoked_key`]); every gateway watches it into memory.
 pub const REVOKED_BUCKET: &str = "chat_revoked";
@@ -252,6 +256,16 @@ pub fn push_dead(user: i64) -> String {
 /// the job and its key in [`PUSH_SENT_BUCKET`].
 pub fn push_job_id(message_id: u64, user: i64, device: &str) -> String {
     format!("{message_id}.{user}.{device}")
+}
+
+/// KV key of a user's read position in a conversation in [`READ_BUCKET`].
+pub fn read_key(user: i64, conv: &ConvId) -> String {
+    format!("r.{user}.{conv}")
+}
+
+/// Dedupe id of the inbox copy of a read mark for `recipient`.
+pub fn read_copy_id(user: i64, conv: &str, up_to: u64, recipient: i64) -> String {
+    format!("read.{user}.{conv}.{up_to}.{recipient}")
 }
 
 /// KV key of a user's delivered mark in [`DELIVERED_BUCKET`].

@@ -70,6 +70,13 @@ pub enum ClientFrame {
         /// User ids.
         users: Vec<String>,
     },
+    /// Mark a conversation read up to a message (never moves backwards).
+    Read {
+        /// Conversation id.
+        conv: String,
+        /// The message id read up to.
+        up_to: String,
+    },
 }
 
 /// Presence status.
@@ -151,6 +158,33 @@ pub enum ServerFrame {
         conv: String,
         /// Who.
         user: String,
+    },
+    /// The user's read position in a conversation: to the device that sent
+    /// the `read` (no cursor) and, from the inbox, to the user's other
+    /// devices (with a cursor). Clients keep the highest `up_to`.
+    Read {
+        /// Conversation id.
+        conv: String,
+        /// The message read up to.
+        up_to: String,
+        /// Unread messages left in the conversation for the user (0 unless
+        /// newer messages arrived meanwhile); only on the answer to `read`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        unread: Option<u64>,
+        /// Sync cursor after this entry (inbox copies only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
+    /// The other participant of a 1:1 read up to a message.
+    Receipt {
+        /// Conversation id.
+        conv: String,
+        /// Who read.
+        user: String,
+        /// The message read up to.
+        up_to: String,
+        /// Sync cursor after this entry.
+        cursor: String,
     },
 }
 
@@ -306,8 +340,8 @@ pub struct FrameError {
     pub message: String,
 }
 
-const CLIENT_TYPES: [&str; 8] =
-    ["send", "edit", "delete", "sync", "ping", "typing", "presence.subscribe", "presence.unsubscribe"];
+const CLIENT_TYPES: [&str; 9] =
+    ["send", "edit", "delete", "sync", "ping", "typing", "presence.subscribe", "presence.unsubscribe", "read"];
 
 /// Parses one client text frame, telling malformed JSON, unknown types and
 /// bad fields apart.

@@ -73,6 +73,12 @@ struct Placed {
 /// are: see [`run`].)
 pub fn batchable(payloads: &[&[u8]]) -> Option<Vec<IngressSend>> {
     let sends: Vec<IngressSend> = payloads.iter().map(|p| serde_json::from_slice(p).ok()).collect::<Option<_>>()?;
+    if sends
+        .iter()
+        .any(|s| !matches!(s.kind, chat_nats::envelope::MessageKind::Text | chat_nats::envelope::MessageKind::System))
+    {
+        return None; // read marks (and other non-message kinds) go one by one
+    }
     // The same send twice in a round goes one by one (the second finds the
     // first in history).
     let keys: std::collections::HashSet<_> = sends.iter().map(|s| (s.from, &s.device, &s.cid)).collect();

@@ -188,6 +188,9 @@ async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8], fresh: bool) 
     if let Some(done) = sh.storage.acks.get(&key).await? {
         return reply(sh, &send, done).await;
     }
+    if send.kind == MessageKind::Read {
+        return crate::reads::process(sh, &send, &key).await;
+    }
     let result = match route(sh, caches, &send).await? {
         Route::Refused(refusal) => refusal,
         Route::To(conv, members) => sequence(sh, &mut caches.convs, &send, &key, conv, &members, fresh).await?,

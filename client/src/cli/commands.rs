@@ -25,6 +25,7 @@ pub async fn run(o: &Opts, cmd: Vec<String>) -> Result<(), CliError> {
         "history" => history(o, args).await,
         "conversations" => conversations(o).await,
         "search" => search(o, args).await,
+        "read" => read(o, args).await,
         "group" => group(o, args).await,
         "friends" => friends(o, args).await,
         other => Err(CliError::Usage(format!("unknown command {other:?}"))),
@@ -315,13 +316,41 @@ fn marked(body: &str, highlights: &Value) -> String {
     out
 }
 
-/// Messages from others after the read position, up to 100 ("100+").
+/// `read <to> <message id>`: marks the conversation read up to the
+/// message on the server (every device of the user follows).
+async fn read(o: &Opts, a: &[String]) -> Result<(), CliError> {
+    let to = arg(a, 0, "to")?;
+    let id = arg(a, 1, "message id")?;
+    let (mut st, mut names) = session(o)?;
+    let target = names.target(&to).await?;
+    let mut conn = connect(o, &names, s(&st["token"])).await?;
+    let answer = conn.read_up_to(&target.conv, &id).await.map_err(|e| names.err(e))?;
+    conn.close().await;
+    state::mark_read(&mut st, &target.conv, s(&answer["up_to"]));
+    state::save(&st)?;
+    let v = json!({"conv": target.conv, "up_to": answer["up_to"], "unread": answer["unread"]});
+    out(o, &v, || {
+        format!(
+            "read {} up to {} ({} unread)",
+            target.title,
+            s(&answer["up_to"]),
+            answer["unread"].as_u64().unwrap_or(0)
+        )
+    });
+    Ok(())
+}
+
+/// Unread messages: the server's exact count (`unread` in the list), else
+/// those from others after the local read position, up to 100 ("100+").
 async fn unread(names: &Names, st: &Value, c: &Value) -> Result<(u64, bool), CliError> {
     let conv = s(&c["conv"]);
     let read = state::read_pos(st, conv);
     let last = c["last_message"]["id"].as_str().and_then(|i| i.parse::<u64>().ok()).unwrap_or(0);
     if last <= read.parse::<u64>().unwrap_or(0) {
-        return Ok((0, false));
+        return Ok((0, false)); // shown here by `history`
+    }
+    if let Some(n) = c["unread"].as_u64() {
+        return Ok((n, false));
     }
     let mut path = format!("/v1/conversations/{conv}/messages?limit=100");
     if read != "0" {

@@ -94,7 +94,9 @@ async fn dispatch(state: &Arc<AppState>, mut req: Request<Incoming>) -> (&'stati
         ["v1", "login"] => methods!(method, path; POST => accounts::login(st, req).await),
         ["v1", "logout"] => methods!(method, path; POST => accounts::logout(st, req).await),
         ["v1", "users", "by-name", name] => methods!(method, path; GET => users::by_name(st, req, name).await),
-        ["v1", "users", id] => methods!(method, path; GET => users::by_id(st, req, id).await),
+        ["v1", "users", id] => methods!(method, path;
+            GET => users::by_id(st, req, id).await,
+            PATCH => users::update(st, req, id).await),
         ["v1", "ws"] => methods!(method, path; GET => match accounts::authenticate(st, &req).await {
             Ok(claims) => crate::edge::admit(st).map(|()| crate::conn::ws::upgrade(state.clone(), claims, req)),
             Err(e) => Err(e),
@@ -116,6 +118,7 @@ async fn dispatch(state: &Arc<AppState>, mut req: Request<Incoming>) -> (&'stati
         ["v1", "conversations", conv, "messages"] => {
             methods!(method, path; GET => messages::page(st, req, conv).await)
         },
+        ["v1", "conversations", conv, "reads"] => methods!(method, path; GET => conversations::reads(st, req, conv).await),
         ["v1", "conversations", conv, "mute"] => methods!(method, path;
             PUT => push::mute(st, req, conv, true).await,
             DELETE => push::mute(st, req, conv, false).await),

@@ -62,6 +62,31 @@ pub async fn by_name(st: &AppState, req: Request<Incoming>, name: &str) -> Resul
     Ok(profile(u))
 }
 
+/// The body of `PATCH /v1/users/{id}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Update {
+    /// Send read receipts to 1:1 peers (and show the read position to
+    /// other participants).
+    read_receipts: Option<bool>,
+}
+
+/// `PATCH /v1/users/{id}`: the caller's own settings (`forbidden` for
+/// another user's); answers `{"user_id", "read_receipts"}`.
+pub async fn update(st: &AppState, req: Request<Incoming>, id: &str) -> Result<Resp, ClientError> {
+    let me = authenticate(st, &req).await?.user;
+    let id = crate::http::id(id, "user id")?;
+    if id != me {
+        return Err(ClientError::forbidden("only your own profile"));
+    }
+    let body: Update = crate::http::body::read_json(req).await?;
+    if let Some(on) = body.read_receipts {
+        st.db.set_read_receipts(me, on).await?;
+    }
+    let on = st.db.read_receipts(me).await?;
+    Ok(json(StatusCode::OK, &json!({"user_id": me.to_string(), "read_receipts": on})))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Lookups;

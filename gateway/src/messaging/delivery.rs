@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::{DirectGetErrorKind, RawMessageErrorKind};
-use chat_nats::envelope::StoredMessage;
+use chat_nats::envelope::{MessageKind, StoredMessage};
 use chat_nats::subjects;
 use chat_nats::wire::{ErrorCode, MsgFrame, ServerFrame};
 use futures::StreamExt;
@@ -243,6 +243,28 @@ async fn deliver(
     let from_self = stored.from == user;
     let own = from_self && stored.device == device;
     let ts = stored.ts;
+    if stored.kind == MessageKind::Read {
+        // A read mark: the user's own (other devices; the device that sent
+        // it already has the answer to its `read`) or a 1:1 peer's receipt.
+        let f = if !from_self {
+            ServerFrame::Receipt {
+                conv: stored.conv,
+                user: stored.from.to_string(),
+                up_to: stored.id.to_string(),
+                cursor: seq.to_string(),
+            }
+        } else if own {
+            return true;
+        } else {
+            ServerFrame::Read {
+                conv: stored.conv,
+                up_to: stored.id.to_string(),
+                unread: None,
+                cursor: Some(seq.to_string()),
+            }
+        };
+        return out.push(&f).await;
+    }
     let msg = ServerFrame::Msg(MsgFrame {
         id: stored.id.to_string(),
         conv: stored.conv,

@@ -1,5 +1,5 @@
 //! Messages: the [`send`] path, [`change`] (edits and deletes), [`delivery`] (catch-up and live) with its
-//! wake-ups ([`live`], [`hub`]), [`history`] pages, delivered [`marks`] and
+//! wake-ups ([`live`], [`hub`]), [`history`] pages, delivered [`marks`], read positions ([`reads`]) and
 //! the internal-service subject ([`service`]).
 
 pub mod change;
@@ -9,5 +9,6 @@ pub mod hub;
 pub mod ingress;
 pub mod live;
 pub mod marks;
+pub mod reads;
 pub mod send;
 pub mod service;

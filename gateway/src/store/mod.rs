@@ -24,6 +24,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (6, include_str!("../../migrations/006_bans.sql")),
     (7, include_str!("../../migrations/007_group_meta.sql")),
     (8, include_str!("../../migrations/008_search.sql")),
+    (9, include_str!("../../migrations/009_read_receipts.sql")),
 ];
 
 /// Database failures.
@@ -250,6 +251,27 @@ impl Db {
             )
             .await?;
         Ok(row.map(|r| User { id: r.get(0), username: r.get(1), created_ms: r.get(2) }))
+    }
+
+    /// Whether the user sends read receipts (true for an unknown user).
+    pub async fn read_receipts(&self, id: i64) -> Result<bool, DbError> {
+        let c = self.pool.get().await?;
+        let row = c.query_opt("SELECT read_receipts FROM users WHERE id = $1", &[&id]).await?;
+        Ok(row.map(|r| r.get(0)).unwrap_or(true))
+    }
+
+    /// Those of `ids` who turned read receipts off.
+    pub async fn receipts_off(&self, ids: &[i64]) -> Result<std::collections::HashSet<i64>, DbError> {
+        let c = self.pool.get().await?;
+        let rows = c.query("SELECT id FROM users WHERE id = ANY($1) AND NOT read_receipts", &[&ids]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Turns the user's read receipts on or off.
+    pub async fn set_read_receipts(&self, id: i64, on: bool) -> Result<(), DbError> {
+        let c = self.pool.get().await?;
+        c.execute("UPDATE users SET read_receipts = $2 WHERE id = $1", &[&id, &on]).await?;
+        Ok(())
     }
 
     /// A user by exact (lower-case) username.

@@ -121,7 +121,7 @@ async fn edits_and_deletes_reach_every_device_in_order_and_history_shows_the_cur
     let hits = |v: &Value| -> Vec<String> {
         v["results"].as_array().map(|a| a.iter().map(|h| s(&h["id"])).collect()).unwrap_or_default()
     };
-    assert_eq!(hits(&http.search(&bob.token, "hello", None, None, None).await?), [id1.clone()]);
+    assert_eq!(hits(&http.search(&bob.token, "hello", None, None, None).await?), std::slice::from_ref(&id1));
     assert!(hits(&http.search(&bob.token, "helo", None, None, None).await?).is_empty(), "the old text is found");
     assert!(hits(&http.search(&bob.token, "regret", None, None, None).await?).is_empty(), "a deleted text is found");
 

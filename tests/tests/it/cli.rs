@@ -271,3 +271,27 @@ async fn chat_edit_and_delete_change_a_message_in_history() -> Result<()> {
     ensure!(msgs.len() == 2 && msgs[0]["body"] == "hello there" && msgs[1]["deleted"] == true, "{page} {bob}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_read_clears_the_unread_count_on_every_device() -> Result<()> {
+    let s = stack().start().await?;
+    let dir = Dir::new("read")?;
+    for who in ["alice", "bob"] {
+        chat(&s, &dir, who, &["signup", who, "password123"]).await?;
+        chat(&s, &dir, who, &["login", who, "password123"]).await?;
+    }
+    // A second device of bob's with its own state file.
+    chat(&s, &dir, "bob2", &["login", "bob", "password123", "cli2"]).await?;
+    let first = json_line(&chat(&s, &dir, "alice", &["--json", "send", "bob", "one"]).await?)?;
+    chat(&s, &dir, "alice", &["send", "bob", "two"]).await?;
+    let out = chat(&s, &dir, "bob2", &["conversations"]).await?;
+    ensure!(out.contains("alice (2 unread)"), "{out}");
+    let id = first["id"].as_str().context("id")?;
+    let out = chat(&s, &dir, "bob", &["read", "alice", id]).await?;
+    ensure!(out.contains("(1 unread)"), "{out}");
+    let v = json_line(&chat(&s, &dir, "bob2", &["--json", "conversations"]).await?)?;
+    ensure!(v["conversations"][0]["unread"] == 1, "{v}");
+    let o = chat_at(&s.addr(0), &dir.0.join("bob.json"), &["read", "alice", "12345"]).await?;
+    ensure!(o.code == 1 && o.stderr.contains("not_found"), "exit {}: {}", o.code, o.stderr);
+    Ok(())
+}

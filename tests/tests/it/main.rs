@@ -20,6 +20,7 @@ mod moderation;
 mod nats_auth;
 mod presence;
 mod push;
+mod receipts;
 mod restarts;
 mod robustness;
 mod scaleout;

@@ -1,0 +1,140 @@
+//! Read positions (KV `chat_read`, key `r.<user>.<conv>`, value a
+//! [`ReadMark`]): moved by `read` frames and by the user's own sends, only
+//! ever forwards (compare-and-set), and spread to the user's other devices
+//! (and a 1:1 peer, as a receipt) through the worker, which alone writes
+//! inboxes (`workers/src/reads.rs`).
+
+use async_nats::jetstream::kv::{self, Operation};
+use bytes::Bytes;
+use chat_nats::envelope::{MessageKind, ReadMark, StoredMessage};
+use chat_nats::subjects::{self, ConvId, ConvKind};
+use chat_nats::wire::{ErrorCode, ServerFrame};
+
+use crate::error::ClientError;
+use crate::messaging::history::{self, Page, Reader};
+use crate::messaging::send::Outgoing;
+use crate::AppState;
+
+/// The conversation, if `user` takes part in it now (1:1 participant,
+/// current group member); else `forbidden` (also for a malformed or
+/// unknown one: the caller learns nothing).
+pub async fn participant(state: &AppState, user: i64, conv: &str) -> Result<ConvId, ClientError> {
+    let forbidden = || ClientError::forbidden("not a participant of this conversation");
+    let c = ConvId::parse(conv).ok_or_else(forbidden)?;
+    match c.kind() {
+        ConvKind::Direct(a, b) if a == user || b == user => Ok(c),
+        ConvKind::Direct(..) => Err(forbidden()),
+        ConvKind::Group(g) => match state.db.role(g, user).await? {
+            Some(_) => Ok(c),
+            None => Err(forbidden()),
+        },
+    }
+}
+
+/// The stored message `id` of `conv`, if there is one.
+pub async fn find(state: &AppState, conv: &ConvId, id: u64) -> Result<Option<StoredMessage>, ClientError> {
+    if id == 0 {
+        return Ok(None);
+    }
+    let rd = Reader { storage: &state.storage, cache: &state.history_index };
+    let page = history::page(rd, conv, Page::After(id - 1), 1).await.map_err(ClientError::unavailable)?;
+    Ok(page.messages.into_iter().map(|(_, m)| m).find(|m| m.id == id))
+}
+
+/// The user's read position in `conv`.
+pub async fn get(kv: &kv::Store, user: i64, conv: &ConvId) -> Result<Option<ReadMark>, async_nats::Error> {
+    Ok(match kv.entry(subjects::read_key(user, conv)).await? {
+        Some(e) if e.operation == Operation::Put => serde_json::from_slice(&e.value).ok(),
+        _ => None,
+    })
+}
+
+/// Moves the position to `mark` unless it is already further; the position
+/// after the call.
+pub async fn raise(kv: &kv::Store, user: i64, conv: &ConvId, mark: &ReadMark) -> Result<ReadMark, async_nats::Error> {
+    let key = subjects::read_key(user, conv);
+    let stored = ReadMark { receipt: false, ..mark.clone() };
+    let value = Bytes::from(serde_json::to_vec(&stored)?);
+    for _ in 0..16 {
+        let written = match kv.entry(&key).await? {
+            Some(e) if e.operation == Operation::Put => {
+                if let Ok(cur) = serde_json::from_slice::<ReadMark>(&e.value) {
+                    if cur.n >= mark.n {
+                        return Ok(cur);
+                    }
+                }
+                kv.update(&key, value.clone(), e.revision).await.is_ok()
+            }
+            _ => kv.create(&key, value.clone()).await.is_ok(),
+        };
+        if written {
+            return Ok(stored);
+        }
+    }
+    Err("read position contended: gave up after 16 attempts".into())
+}
+
+/// Handles a `read` frame: the answer for the device that sent it.
+pub async fn mark(
+    state: &AppState,
+    user: i64,
+    device: &str,
+    conv: &str,
+    up_to: &str,
+) -> Result<ServerFrame, ClientError> {
+    let conv = participant(state, user, conv).await?;
+    let id = subjects::parse_seq(up_to)
+        .ok_or_else(|| ClientError::new(ErrorCode::BadFrame, "up_to must be a message id"))?;
+    let msg = find(state, &conv, id)
+        .await?
+        .filter(|m| m.kind != MessageKind::Read)
+        .ok_or_else(|| ClientError::not_found("no such message in this conversation"))?;
+    let wanted = ReadMark { up_to: msg.id, n: msg.n, receipt: false };
+    let now = raise(&state.storage.reads, user, &conv, &wanted).await.map_err(ClientError::unavailable)?;
+    if now.n == wanted.n {
+        // Spread it (again, if an earlier attempt failed after the KV
+        // write: the copies' ids dedupe).
+        let receipt = matches!(conv.kind(), ConvKind::Direct(..)) && state.db.read_receipts(user).await?;
+        let body = serde_json::to_string(&ReadMark { receipt, ..wanted.clone() })
+            .map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))?;
+        let cid = format!("r{}", msg.id);
+        let out = Outgoing {
+            from: user,
+            device,
+            cid: &cid,
+            conv: &conv,
+            kind: MessageKind::Read,
+            body,
+            event: None,
+            target: None,
+        };
+        state.sender.send(out).await?;
+    }
+    let last_n = chat_nats::history::last_message(&state.storage.history, &conv)
+        .await
+        .map_err(ClientError::unavailable)?
+        .map_or(0, |(_, m)| m.n);
+    Ok(ServerFrame::Read {
+        conv: conv.to_string(),
+        up_to: now.up_to.to_string(),
+        unread: Some(last_n.saturating_sub(now.n)),
+        cursor: None,
+    })
+}
+
+/// After a send of the user's own was stored: their position moves to it
+/// (their own message counts as read), silently (no frames: every device
+/// gets the message itself and clears the badge).
+pub async fn own_send(state: &AppState, user: i64, conv: &ConvId, id: u64) {
+    let result = async {
+        let Some(m) = find(state, conv, id).await? else { return Ok(()) };
+        raise(&state.storage.reads, user, conv, &ReadMark { up_to: m.id, n: m.n, receipt: false })
+            .await
+            .map_err(ClientError::unavailable)?;
+        Ok::<_, ClientError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(user_id = user, conv = %conv, error = %e.message, "cannot move the read position to an own send");
+    }
+}

@@ -1,0 +1,159 @@
+//! Read state, read receipts and unread counts (issue #16 points 1, 2).
+
+use anyhow::Result;
+use chat_client::{direct_conv, ClientError, Login, Method};
+use serde_json::{json, Value};
+
+use crate::stack::{stack, Stack};
+
+async fn req(s: &Stack, who: &Login, m: Method, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+    Ok(s.http(0).request(m, path, Some(&who.token), body).await?)
+}
+
+/// `unread` of `conv` in the caller's conversation list.
+async fn unread(s: &Stack, who: &Login, conv: &str) -> Result<u64> {
+    let (st, v) = req(s, who, Method::GET, "/v1/conversations", None).await?;
+    assert_eq!(st, 200, "{v}");
+    let c = v["conversations"].as_array().unwrap().iter().find(|c| c["conv"] == conv).cloned().unwrap();
+    Ok(c["unread"].as_u64().unwrap())
+}
+
+fn code(e: ClientError) -> String {
+    match e {
+        ClientError::Api { code, .. } => code,
+        e => panic!("not an API error: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_on_one_device_clears_unread_everywhere_and_the_peer_gets_a_receipt() -> Result<()> {
+    let s = stack().start().await?;
+    let a = s.user("alice", "a1").await?;
+    let (b1, b2, b3) = (s.user("bob", "b1").await?, s.device("bob", "b2").await?, s.device("bob", "b3").await?);
+    let conv = direct_conv(&a.user_id, &b1.user_id);
+    let (mut ca, _) = s.live(0, &a).await?;
+    let (mut cb1, _) = s.live(0, &b1).await?;
+    let (mut cb2, _) = s.live(0, &b2).await?;
+    // b3 synced once (its cursor), then goes offline.
+    let mut cb3 = s.connect(0, &b3).await?;
+    let (_, cursor3) = cb3.sync(None).await?;
+    cb3.close().await;
+
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            ca.send_to_user(&format!("m{i}"), &b1.user_id, &format!("hi {i}")).await?["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // Alice's own sends count as read by her; Bob has all three unread, on
+    // every device alike (the count is the server's).
+    assert_eq!(unread(&s, &a, &conv).await?, 0);
+    assert_eq!(unread(&s, &b1, &conv).await?, 3);
+
+    let r = cb1.read_up_to(&conv, &ids[1]).await?;
+    assert_eq!((r["up_to"].as_str(), r["unread"].as_u64()), (Some(ids[1].as_str()), Some(1)));
+    assert_eq!(unread(&s, &b2, &conv).await?, 1);
+    // The other device hears it live, with a cursor.
+    let live = cb2.wait_for("read", |v| v["type"] == "read").await?;
+    assert_eq!((live["conv"].as_str(), live["up_to"].as_str()), (Some(conv.as_str()), Some(ids[1].as_str())));
+    assert!(live["cursor"].is_string());
+    // The peer gets a receipt.
+    let rc = ca.wait_for("receipt", |v| v["type"] == "receipt").await?;
+    assert_eq!((rc["user"].as_str(), rc["up_to"].as_str()), (Some(b1.user_id.as_str()), Some(ids[1].as_str())));
+    // The offline device catches the read up from its cursor.
+    let mut cb3 = s.connect(0, &b3).await?;
+    let (msgs, _) = cb3.sync(Some(&cursor3)).await?;
+    assert_eq!(msgs.len(), 3);
+    let caught = cb3.wait_for("read", |v| v["type"] == "read").await?;
+    assert_eq!(caught["up_to"], ids[1].as_str());
+
+    // Never backwards: reading an older message keeps the position.
+    let back = cb2.read_up_to(&conv, &ids[0]).await?;
+    assert_eq!(back["up_to"], ids[1].as_str());
+    assert_eq!(unread(&s, &b1, &conv).await?, 1);
+    cb1.read_up_to(&conv, &ids[2]).await?;
+    assert_eq!(unread(&s, &b1, &conv).await?, 0);
+    assert_eq!(unread(&s, &b2, &conv).await?, 0);
+
+    // An unknown message is not_found; a foreign conversation is forbidden
+    // whether or not the message exists (nothing is learnt).
+    assert_eq!(code(cb1.read_up_to(&conv, "12345").await.unwrap_err()), "not_found");
+    let eve = s.user("eve", "e1").await?;
+    let (mut ce, _) = s.live(0, &eve).await?;
+    assert_eq!(code(ce.read_up_to(&conv, &ids[2]).await.unwrap_err()), "forbidden");
+    assert_eq!(code(ce.read_up_to(&conv, "12345").await.unwrap_err()), "forbidden");
+    let (st, _) = req(&s, &eve, Method::GET, &format!("/v1/conversations/{conv}/reads"), None).await?;
+    assert_eq!(st, 403);
+    let (st, v) = req(&s, &a, Method::GET, &format!("/v1/conversations/{conv}/reads"), None).await?;
+    assert_eq!(st, 200);
+    let bob = v["reads"].as_array().unwrap().iter().find(|r| r["user_id"] == b1.user_id.as_str()).unwrap().clone();
+    assert_eq!(bob["up_to"], ids[2].as_str());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_receipts_off_the_peer_gets_none_but_own_devices_still_sync() -> Result<()> {
+    let s = stack().start().await?;
+    let a = s.user("alice", "a1").await?;
+    let (b1, b2) = (s.user("bob", "b1").await?, s.device("bob", "b2").await?);
+    let conv = direct_conv(&a.user_id, &b1.user_id);
+    let path = format!("/v1/users/{}", b1.user_id);
+    let (st, v) = req(&s, &b1, Method::PATCH, &path, Some(json!({"read_receipts": false}))).await?;
+    assert_eq!((st, v["read_receipts"].as_bool()), (200, Some(false)), "{v}");
+    let (st, _) = req(&s, &a, Method::PATCH, &path, Some(json!({"read_receipts": true}))).await?;
+    assert_eq!(st, 403, "only one's own profile");
+
+    let (mut ca, _) = s.live(0, &a).await?;
+    let (mut cb1, _) = s.live(0, &b1).await?;
+    let (mut cb2, _) = s.live(0, &b2).await?;
+    let id1 = ca.send_to_user("x1", &b1.user_id, "one").await?["id"].as_str().unwrap().to_owned();
+    cb1.read_up_to(&conv, &id1).await?;
+    assert_eq!(cb2.wait_for("read", |v| v["type"] == "read").await?["up_to"], id1.as_str());
+    // Alice then sends and Bob answers; Alice's inbox holds the messages
+    // but no receipt before them.
+    let id2 = ca.send_to_user("x2", &b1.user_id, "two").await?["id"].as_str().unwrap().to_owned();
+    cb1.send_to_user("y1", &a.user_id, "back").await?;
+    ca.wait_for("bob's message", |v| v["type"] == "msg" && v["body"] == "back").await?;
+    assert!(!ca.buffered_any(|v| v["type"] == "receipt"), "no live receipt after {id2}");
+    let mut fresh = s.connect(0, &a).await?;
+    fresh.sync(None).await?;
+    fresh.send_json(&json!({"type": "ping"})).await?;
+    fresh.wait_for("pong", |v| v["type"] == "pong").await?;
+    assert!(!fresh.buffered_any(|v| v["type"] == "receipt"), "no receipt reached alice");
+    // Bob's own answer counts as reading up to it.
+    assert_eq!(unread(&s, &b1, &conv).await?, 0);
+    let (_, v) = req(&s, &a, Method::GET, &format!("/v1/conversations/{conv}/reads"), None).await?;
+    let bob = v["reads"].as_array().unwrap().iter().find(|r| r["user_id"] == b1.user_id.as_str()).unwrap().clone();
+    assert!(bob["up_to"].is_null(), "hidden with receipts off: {v}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_reads_are_for_members_only() -> Result<()> {
+    let s = stack().start().await?;
+    let (a, b, eve) = (s.user("alice", "a1").await?, s.user("bob", "b1").await?, s.user("eve", "e1").await?);
+    let g = s.create_group(&a, "team", &[&b.user_id]).await?;
+    let conv = g["conv"].as_str().unwrap().to_owned();
+    let gid = g["group_id"].as_str().unwrap().to_owned();
+    let (mut ca, _) = s.live(0, &a).await?;
+    let (mut cb, _) = s.live(0, &b).await?;
+    let ack =
+        ca.send_frame_and_ack(json!({"type": "send", "cid": "g1", "to": {"group": gid}, "body": "hey"}), "g1").await?;
+    let id = ack["id"].as_str().unwrap().to_owned();
+    let before = unread(&s, &b, &conv).await?;
+    assert!(before >= 1);
+    cb.read_up_to(&conv, &id).await?;
+    assert_eq!(unread(&s, &b, &conv).await?, 0);
+    let path = format!("/v1/conversations/{conv}/reads");
+    let (st, v) = req(&s, &a, Method::GET, &path, None).await?;
+    assert_eq!(st, 200);
+    let bob = v["reads"].as_array().unwrap().iter().find(|r| r["user_id"] == b.user_id.as_str()).unwrap().clone();
+    assert_eq!(bob["up_to"], id.as_str());
+    assert_eq!(req(&s, &eve, Method::GET, &path, None).await?.0, 403);
+    let mut ce = s.connect(0, &eve).await?;
+    assert_eq!(code(ce.read_up_to(&conv, &id).await.unwrap_err()), "forbidden");
+    Ok(())
+}
