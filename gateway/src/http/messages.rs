@@ -20,7 +20,7 @@ pub async fn participant(st: &AppState, conv: &ConvId, user: i64) -> Result<bool
     }
 }
 
-/// `GET /v1/conversations/{conv}/messages?before=&after=&limit=`.
+/// `GET /v1/conversations/{conv}/messages?before=&after=&around=&limit=`.
 pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<Resp, ClientError> {
     let claims = authenticate(st, &req).await?;
     let conv = crate::http::conv(conv)?;
@@ -34,7 +34,11 @@ pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<R
             })
             .transpose()
     };
-    let page = match (id_param("before")?, id_param("after")?) {
+    let (before, after, around) = (id_param("before")?, id_param("after")?, id_param("around")?);
+    let page = match (before, after) {
+        _ if around.is_some() && (before.is_some() || after.is_some()) => {
+            return Err(ClientError::bad_request("give around alone, without before or after"))
+        }
         (Some(_), Some(_)) => return Err(ClientError::bad_request("give before or after, not both")),
         (Some(b), None) => Page::Before(b),
         (None, Some(a)) => Page::After(a),
@@ -47,9 +51,24 @@ pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<R
             .map(|l| l as usize)
             .ok_or_else(|| ClientError::bad_request("limit must be 1-100"))?,
     };
-    let out = history::page(history::Reader { storage: &st.storage, cache: &st.history_index }, &conv, page, limit)
-        .await
-        .map_err(ClientError::unavailable)?;
+    let rd = history::Reader { storage: &st.storage, cache: &st.history_index };
+    let (out, has_more_after) = match around {
+        // The page centred on a message: it and up to half the limit older
+        // (rounded up), then up to half newer.
+        Some(id) => {
+            let older = history::page(rd, &conv, Page::Before(id.saturating_add(1)), limit - limit / 2);
+            let mut out = older.await.map_err(ClientError::unavailable)?;
+            if limit / 2 > 0 {
+                let newer = history::page(rd, &conv, Page::After(id), limit / 2).await;
+                let newer = newer.map_err(ClientError::unavailable)?;
+                out.messages.extend(newer.messages);
+                (out, Some(newer.has_more))
+            } else {
+                (out, Some(false))
+            }
+        }
+        None => (history::page(rd, &conv, page, limit).await.map_err(ClientError::unavailable)?, None),
+    };
     let messages: Vec<_> = out
         .messages
         .into_iter()
@@ -65,5 +84,9 @@ pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<R
             v
         })
         .collect();
-    Ok(json(StatusCode::OK, &json!({"messages": messages, "has_more": out.has_more})))
+    let mut body = json!({"messages": messages, "has_more": out.has_more});
+    if let Some(after) = has_more_after {
+        body["has_more_after"] = json!(after);
+    }
+    Ok(json(StatusCode::OK, &body))
 }

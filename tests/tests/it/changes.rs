@@ -94,6 +94,22 @@ async fn edits_and_deletes_reach_every_device_in_order_and_history_shows_the_cur
     let ids: Vec<String> = after["messages"].as_array().unwrap().iter().map(|m| s(&m["id"])).collect();
     assert_eq!(ids, [id3.clone(), id4.clone()], "{after}");
 
+    // Jumping to a message: the page centred on it, tombstones included.
+    let around = st.http(0).history(&bob.token, &conv, &format!("around={id2}&limit=3")).await?;
+    let ids: Vec<String> = around["messages"].as_array().unwrap().iter().map(|m| s(&m["id"])).collect();
+    assert_eq!(ids, [id1.clone(), id2.clone(), id3.clone()], "{around}");
+    assert_eq!((around["has_more"].as_bool(), around["has_more_after"].as_bool()), (Some(false), Some(true)));
+    let (status, v) = st
+        .http(0)
+        .request(
+            Method::GET,
+            &format!("/v1/conversations/{conv}/messages?around={id2}&after={id1}"),
+            Some(&bob.token),
+            None,
+        )
+        .await?;
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("bad_request")), "{v}");
+
     // The deleted body is gone from the history stream, not just hidden.
     let js = async_nats::jetstream::new(chat_tests::nats_admin(&st.nats.url).await?);
     let mut history = js.get_stream(chat_nats::subjects::HISTORY_STREAM).await?;
