@@ -258,8 +258,6 @@ pub async fn send_frame(
         if let chat_nats::subjects::ConvKind::Direct(a, b) = conv.kind() {
             state.remember_direct(a, b).await;
         }
-        // The sender has read their conversation up to their own message.
-        crate::messaging::reads::own_send(state, from, &conv, id).await;
         Ok::<_, ClientError>((conv, id, ts))
     }
     .await;
