@@ -27,7 +27,7 @@ fn s(v: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_and_deletes_reach_every_device_in_order_and_history_shows_the_current_state() -> Result<()> {
-    let st = stack().env("CHAT_EDIT_WINDOW_SECS", "3").start().await?;
+    let st = stack().env("CHAT_EDIT_WINDOW_SECS", "3").env("CHAT_SEARCH_INDEXER", "true").start().await?;
     let alice = st.user("alice", "a1").await?;
     let bob = st.user("bob", "phone").await?;
     let bob_laptop = st.device("bob", "laptop").await?;

@@ -224,7 +224,7 @@ async fn cli_errors_are_one_clear_line_with_an_exit_code() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_search_finds_korean_substrings_and_marks_them() -> Result<()> {
-    let s = stack().start().await?;
+    let s = stack().env("CHAT_SEARCH_INDEXER", "true").start().await?;
     let dir = Dir::new("search")?;
     for who in ["alice", "bob"] {
         chat(&s, &dir, who, &["signup", who, "password123"]).await?;

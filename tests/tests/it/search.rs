@@ -43,7 +43,7 @@ async fn status(s: &Stack, who: &Login, path: &str) -> Result<(u16, Value)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn korean_and_english_substrings_are_found_newest_first_in_pages_with_highlights() -> Result<()> {
-    let s = stack().start().await?;
+    let s = stack().env("CHAT_SEARCH_INDEXER", "true").start().await?;
     let alice = s.user("alice", "a1").await?;
     let bob = s.user("bob", "b1").await?;
     let (mut ca, _) = s.live(0, &alice).await?;
@@ -102,7 +102,7 @@ async fn korean_and_english_substrings_are_found_newest_first_in_pages_with_high
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_finds_messages_of_a_conversation_they_left_were_removed_from_or_never_were_in() -> Result<()> {
-    let s = stack().start().await?;
+    let s = stack().env("CHAT_SEARCH_INDEXER", "true").start().await?;
     let alice = s.user("alice", "a1").await?;
     let bob = s.user("bob", "b1").await?;
     let carol = s.user("carol", "c1").await?;
@@ -144,7 +144,7 @@ async fn nobody_finds_messages_of_a_conversation_they_left_were_removed_from_or_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edit_and_delete_events_in_history_reindex_and_unindex() -> Result<()> {
-    let s = stack().worker_metrics().start().await?;
+    let s = stack().env("CHAT_SEARCH_INDEXER", "true").worker_metrics().start().await?;
     let alice = s.user("alice", "a1").await?;
     let bob = s.user("bob", "b1").await?;
     let (mut ca, _) = s.live(0, &alice).await?;

@@ -185,6 +185,10 @@ impl StackBuilder {
             // Tests send hundreds of messages a second from one account:
             // flood detection stays off unless a test sets it (`moderation`).
             ("CHAT_FLOOD_MAX_MESSAGES", "0"),
+            // The search indexer (a PostgreSQL write per message) runs only
+            // where a test searches (`search`, `changes`, `cli`): on this
+            // 2-core machine it would slow every load test.
+            ("CHAT_SEARCH_INDEXER", "false"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

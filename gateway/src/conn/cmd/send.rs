@@ -76,7 +76,7 @@ pub(crate) fn start_sender(
             }
             // The sender has read the conversation up to their own message:
             // off the ack's path (a history lookup and a KV write).
-            if let Some((conv, id)) = own {
+            if let Some((conv, id)) = own.filter(|_| state.cfg.own_send_reads) {
                 let state = state.clone();
                 tokio::spawn(async move { crate::messaging::reads::own_send(&state, user, &conv, id).await });
             }
