@@ -27,7 +27,7 @@ fn code(e: ClientError) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_on_one_device_clears_unread_everywhere_and_the_peer_gets_a_receipt() -> Result<()> {
-    let s = stack().start().await?;
+    let s = stack().env("CHAT_OWN_SEND_READS", "true").start().await?;
     let a = s.user("alice", "a1").await?;
     let (b1, b2, b3) = (s.user("bob", "b1").await?, s.device("bob", "b2").await?, s.device("bob", "b3").await?);
     let conv = direct_conv(&a.user_id, &b1.user_id);
@@ -96,7 +96,7 @@ async fn reading_on_one_device_clears_unread_everywhere_and_the_peer_gets_a_rece
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_receipts_off_the_peer_gets_none_but_own_devices_still_sync() -> Result<()> {
-    let s = stack().start().await?;
+    let s = stack().env("CHAT_OWN_SEND_READS", "true").start().await?;
     let a = s.user("alice", "a1").await?;
     let (b1, b2) = (s.user("bob", "b1").await?, s.device("bob", "b2").await?);
     let conv = direct_conv(&a.user_id, &b1.user_id);
@@ -133,7 +133,7 @@ async fn with_receipts_off_the_peer_gets_none_but_own_devices_still_sync() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_reads_are_for_members_only() -> Result<()> {
-    let s = stack().start().await?;
+    let s = stack().env("CHAT_OWN_SEND_READS", "true").start().await?;
     let (a, b, eve) = (s.user("alice", "a1").await?, s.user("bob", "b1").await?, s.user("eve", "e1").await?);
     let g = s.create_group(&a, "team", &[&b.user_id]).await?;
     let conv = g["conv"].as_str().unwrap().to_owned();
