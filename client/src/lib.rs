@@ -183,6 +183,24 @@ impl Http {
     }
 }
 
+/// A frame answering a request: an `error` frame as [`ClientError::Api`]
+/// (status 0), any other as it is.
+fn frame_result(v: Value) -> Result<Value, ClientError> {
+    if v["type"] == "error" {
+        return Err(api_error(&v));
+    }
+    Ok(v)
+}
+
+/// An `error` frame as [`ClientError::Api`] (status 0).
+fn api_error(v: &Value) -> ClientError {
+    ClientError::Api {
+        status: 0,
+        code: v["code"].as_str().unwrap_or("").into(),
+        message: v["message"].as_str().unwrap_or("").into(),
+    }
+}
+
 /// Percent-encodes a query parameter value (everything but unreserved
 /// ASCII).
 pub fn encode_query(v: &str) -> String {
@@ -376,14 +394,7 @@ impl Conn {
     pub async fn send_frame_and_ack(&mut self, frame: Value, cid: &str) -> Result<Value, ClientError> {
         self.send_json(&frame).await?;
         let v = self.wait_for("ack", |v| (v["type"] == "ack" || v["type"] == "error") && v["cid"] == cid).await?;
-        if v["type"] == "error" {
-            return Err(ClientError::Api {
-                status: 0,
-                code: v["code"].as_str().unwrap_or("").into(),
-                message: v["message"].as_str().unwrap_or("").into(),
-            });
-        }
-        Ok(v)
+        frame_result(v)
     }
 
     /// Whether a frame already read but not yet consumed matches `pred`.
@@ -401,14 +412,7 @@ impl Conn {
                 (v["type"] == "read" && v["conv"] == conv && v.get("cursor").is_none()) || v["type"] == "error"
             })
             .await?;
-        if v["type"] == "error" {
-            return Err(ClientError::Api {
-                status: 0,
-                code: v["code"].as_str().unwrap_or("").into(),
-                message: v["message"].as_str().unwrap_or("").into(),
-            });
-        }
-        Ok(v)
+        frame_result(v)
     }
 
     /// The next `msg` frame.
@@ -431,13 +435,7 @@ impl Conn {
                 .await?;
             match v["type"].as_str() {
                 Some("synced") => return Ok((msgs, v["cursor"].as_str().unwrap_or_default().to_owned())),
-                Some("error") => {
-                    return Err(ClientError::Api {
-                        status: 0,
-                        code: v["code"].as_str().unwrap_or("").into(),
-                        message: v["message"].as_str().unwrap_or("").into(),
-                    })
-                }
+                Some("error") => return Err(api_error(&v)),
                 _ => msgs.push(v),
             }
         }

@@ -16,7 +16,15 @@ pub const INDEX_BLOCK: u64 = 64;
 /// The last stored message of a conversation with its stream sequence, or
 /// `None` for a conversation with no messages yet.
 pub async fn last_message(history: &Stream, conv: &ConvId) -> Result<Option<(u64, StoredMessage)>, async_nats::Error> {
-    match history.get_last_raw_message_by_subject(&subjects::history(conv)).await {
+    last_on(history, &subjects::history(conv)).await
+}
+
+/// The last history entry on `subject` (wildcards allowed) with its stream
+/// sequence, or `None` when there is none: a conversation's last message,
+/// a target's current state on its event subject, or a conversation's
+/// last event.
+pub async fn last_on(history: &Stream, subject: &str) -> Result<Option<(u64, StoredMessage)>, async_nats::Error> {
+    match history.get_last_raw_message_by_subject(subject).await {
         Ok(m) => Ok(Some((m.sequence, serde_json::from_slice(&m.payload)?))),
         Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
         Err(e) => Err(e.into()),
@@ -31,14 +39,7 @@ pub async fn last_message(history: &Stream, conv: &ConvId) -> Result<Option<(u64
 /// stored). `None` for a conversation with nothing stored.
 pub async fn head(history: &Stream, conv: &ConvId) -> Result<Option<(u64, u64)>, async_nats::Error> {
     let last = last_message(history, conv).await?.map(|(_, m)| (m.id, m.n));
-    let event = match history.get_last_raw_message_by_subject(&subjects::history_events(conv)).await {
-        Ok(m) => {
-            let e: StoredMessage = serde_json::from_slice(&m.payload)?;
-            Some((e.id, e.n))
-        }
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => None,
-        Err(e) => return Err(e.into()),
-    };
+    let event = last_on(history, &subjects::history_events(conv)).await?.map(|(_, e)| (e.id, e.n));
     Ok(match (last, event) {
         (Some(a), Some(b)) => Some((a.0.max(b.0), a.1.max(b.1))),
         (a, b) => a.or(b),

@@ -364,16 +364,11 @@ async fn change(
         return Ok(SeqResult::Err { code: ErrorCode::BadFrame, message });
     };
     let subject = subjects::history_event(&conv, original.n, target);
-    match sh.storage.history.get_last_raw_message_by_subject(&subject).await {
-        Ok(m) => {
-            let last: StoredMessage = serde_json::from_slice(&m.payload)?;
-            // A redo of this very delete finds itself: go on and finish it.
-            if last.kind == MessageKind::Delete && subjects::dedupe_key(last.from, &last.device, &last.cid) != key {
-                return Ok(SeqResult::Err { code: ErrorCode::NotFound, message: "the message was deleted".into() });
-            }
+    if let Some((_, last)) = chat_nats::history::last_on(&sh.storage.history, &subject).await? {
+        // A redo of this very delete finds itself: go on and finish it.
+        if last.kind == MessageKind::Delete && subjects::dedupe_key(last.from, &last.device, &last.cid) != key {
+            return Ok(SeqResult::Err { code: ErrorCode::NotFound, message: "the message was deleted".into() });
         }
-        Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
-        Err(e) => return Err(e.into()),
     }
     let state = conv_state(sh, convs, &conv).await?;
     let mut msg = StoredMessage {

@@ -13,7 +13,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use chat_nats::envelope::{MessageKind, Original, StoredMessage};
 pub use chat_nats::history::INDEX_BLOCK;
 use chat_nats::history::{self as hist, direct_get};
@@ -246,16 +245,10 @@ pub async fn find(rd: Reader<'_>, conv: &ConvId, id: u64) -> Result<Option<(u64,
     let Some((seq, mut m)) = read(st, conv, start, u64::MAX, |m| m.id == id, 1, end_n).await?.pop() else {
         return Ok(None);
     };
-    match st.history.get_last_raw_message_by_subject(&subjects::history_event(conv, m.n, id)).await {
-        Ok(e) => {
-            let e: StoredMessage = serde_json::from_slice(&e.payload)?;
-            if e.kind == MessageKind::Delete {
-                return Ok(None);
-            }
-            apply(&mut m, &e);
-        }
-        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => {}
-        Err(e) => return Err(e.into()),
+    match hist::last_on(&st.history, &subjects::history_event(conv, m.n, id)).await? {
+        Some((_, e)) if e.kind == MessageKind::Delete => return Ok(None),
+        Some((_, e)) => apply(&mut m, &e),
+        None => {}
     }
     Ok(Some((seq, m)))
 }
