@@ -242,7 +242,26 @@ impl Failover {
         }
     }
 
+    /// Connects if not connected: rounds over discovery with backoff until a
+    /// gateway takes the session; `Some(Event::Moved)` if this was a move.
+    /// A caller that cuts [`Failover::next`] short with a timeout (to send,
+    /// or to look at a stop flag) calls this uncut while
+    /// [`Failover::edge`] is `None`: a reconnect cancelled part-way starts
+    /// over, so a timeout shorter than a reconnect under load would keep a
+    /// session from ever getting back.
+    pub async fn connect(&mut self) -> Result<Option<Event>, ClientError> {
+        while self.conn.is_none() {
+            if let Some(moved) = self.reconnect().await? {
+                return Ok(Some(moved));
+            }
+        }
+        Ok(None)
+    }
+
     /// The next event; reconnects as often as needed (waiting with backoff).
+    /// Cancelling it between frames loses nothing; cancelling it during a
+    /// reconnect makes the next call start that reconnect over (see
+    /// [`Failover::connect`]).
     pub async fn next(&mut self) -> Result<Event, ClientError> {
         loop {
             if self.conn.is_none() {

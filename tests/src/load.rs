@@ -148,6 +148,14 @@ async fn sender(
         if !sending && session.unacked() == 0 {
             return Ok(out);
         }
+        // A reconnect is not cut short by the send ticks (a cancelled one
+        // starts over, and under load would never finish).
+        if session.edge().is_none() {
+            if let Some(Event::Moved { took, .. }) = session.connect().await.with_context(|| format!("sender {i}"))? {
+                out.moves.push(took);
+            }
+            continue;
+        }
         if sending && session.unacked() < window && tokio::time::Instant::now() >= next_send {
             let cid = format!("ld{i}-{}", out.sent);
             let to = &spec.targets[out.sent % spec.targets.len()];

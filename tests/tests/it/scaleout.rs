@@ -197,7 +197,16 @@ fn listen(seeds: Vec<String>, login: &Login, synced: Arc<AtomicUsize>, stop: Arc
     tokio::spawn(async move {
         let mut first = true;
         while !stop.load(Ordering::Acquire) {
-            let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(500), session.next()).await else { continue };
+            // Reads are cut short to look at `stop`; reconnects are not.
+            let e = if session.edge().is_none() {
+                match session.connect().await {
+                    Ok(Some(moved)) => moved,
+                    _ => continue,
+                }
+            } else {
+                let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(500), session.next()).await else { continue };
+                e
+            };
             match e {
                 Event::Msg(m) => {
                     let id: u64 = m["id"].as_str().unwrap().parse().unwrap();
