@@ -36,8 +36,12 @@ pub struct GatewayConfig {
     /// message or delete it for everyone.
     pub edit_window: std::time::Duration,
     /// `CHAT_OWN_SEND_READS`: a session's own send raises the sender's read
-    /// position (a history lookup and a KV write per send, after the ack).
+    /// position (coalesced: at most one KV write per conversation per
+    /// `own_read_flush`).
     pub own_send_reads: bool,
+    /// `CHAT_OWN_READ_FLUSH_MS`: how long own sends' read positions are
+    /// coalesced before they are written.
+    pub own_read_flush: Duration,
     /// `CHAT_WS_MAX_FRAME_BYTES`: largest WebSocket message accepted.
     pub max_frame_bytes: usize,
     /// `CHAT_HISTORY_INDEX_CACHE`: history index entries cached per gateway.
@@ -216,6 +220,7 @@ impl GatewayConfig {
             token_ttl: Duration::from_secs(bounded(src, "CHAT_TOKEN_TTL_SECS", 7 * 24 * 3600, 1, 365 * 24 * 3600)?),
             max_body_chars: bounded(src, "CHAT_MAX_BODY_CHARS", 100_000, 1, 200_000)? as usize,
             own_send_reads: var(src, "CHAT_OWN_SEND_READS", true)?,
+            own_read_flush: Duration::from_millis(bounded(src, "CHAT_OWN_READ_FLUSH_MS", 500, 1, 10_000)?),
             edit_window: std::time::Duration::from_secs(bounded(
                 src,
                 "CHAT_EDIT_WINDOW_SECS",

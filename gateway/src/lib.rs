@@ -49,7 +49,7 @@ use conn::quic;
 
 use error::ClientError;
 use messaging::send::Sender;
-use messaging::{history, hub, live, marks, service};
+use messaging::{history, hub, live, marks, reads, service};
 use store::{self as db, Db};
 
 /// Start-up failures.
@@ -96,6 +96,8 @@ pub struct AppState {
     pub connections: Connections,
     /// Delivered marks waiting to be written.
     pub delivered: Arc<marks::DeliveredMarks>,
+    /// Read positions of own sends waiting to be written.
+    pub own_reads: Arc<reads::OwnReads>,
     known_users: Mutex<HashSet<i64>>,
     known_directs: Mutex<HashSet<(i64, i64)>>,
     /// History index entries read so far.
@@ -293,6 +295,7 @@ pub async fn run(
         shutdown: shutdown_tx,
         connections: Connections::default(),
         delivered: Arc::default(),
+        own_reads: Arc::default(),
         known_users: Mutex::default(),
         known_directs: Mutex::default(),
         history_index,
@@ -308,7 +311,8 @@ pub async fn run(
     });
     let registry = edge::start(state.clone());
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));
-    tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));
+    tokio::spawn(marks::run(state.delivered.clone(), state.storage.delivered.clone(), state.cfg.delivered_flush));
+    tokio::spawn(reads::run_own(state.own_reads.clone(), state.storage.reads.clone(), state.cfg.own_read_flush));
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
     let quic = match listeners.quic {
         Some(socket) => {

@@ -235,6 +235,11 @@ pub enum SeqResult {
         conv: String,
         /// Unix ms of acceptance.
         ts: u64,
+        /// The message's ordinal in its conversation (`StoredMessage::n`);
+        /// 0 for events (edits, deletes, read marks), which have none, and
+        /// in outcomes recorded before it was carried.
+        #[serde(default)]
+        n: u64,
     },
     /// Refused by the sequencer.
     Err {

@@ -25,6 +25,7 @@ pub(crate) async fn process(sh: &Shared, send: &IngressSend, key: &str) -> Resul
             id: serde_json::from_str::<ReadMark>(&send.body).map(|m| m.up_to).unwrap_or(0),
             conv: send.conv.clone(),
             ts: now_ms(),
+            n: 0,
         },
         Err(message) => SeqResult::Err { code: ErrorCode::BadFrame, message },
     };

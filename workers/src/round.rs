@@ -208,7 +208,7 @@ async fn finish(
                 sequencer::wake(sh, &woken).await?;
                 let history_seq = history.seq_of(h).ok_or("history batch without its sequence")?;
                 index.extend(sequencer::index_entry(&conv, &msg, history_seq));
-                outcome(&p.key, SeqResult::Ok { id: msg.id, conv: msg.conv.clone(), ts: msg.ts })?
+                outcome(&p.key, SeqResult::Ok { id: msg.id, conv: msg.conv.clone(), ts: msg.ts, n: msg.n })?
             }
             _ => return Err("a stored message of the round has no place in its batches".into()),
         };

@@ -339,7 +339,7 @@ async fn sequence(
     index(sh, &conv, &stored).await?;
     let next = ConvState { last_id: stored.msg.id.max(state.last_id), n: stored.msg.n.max(state.n) };
     convs.insert(conv.clone(), next);
-    Ok(SeqResult::Ok { id: stored.msg.id, conv: conv.to_string(), ts: stored.msg.ts })
+    Ok(SeqResult::Ok { id: stored.msg.id, conv: conv.to_string(), ts: stored.msg.ts, n: stored.msg.n })
 }
 
 /// Sequences an edit or a delete of an earlier message: an event with an id
@@ -401,7 +401,7 @@ async fn change(
     let copies: Vec<(i64, u64)> = members.iter().copied().zip(written).collect();
     wake(sh, &copies).await?;
     convs.insert(conv.clone(), ConvState { last_id: msg.id.max(state.last_id), n: state.n });
-    Ok(SeqResult::Ok { id: msg.id, conv: conv.to_string(), ts: msg.ts })
+    Ok(SeqResult::Ok { id: msg.id, conv: conv.to_string(), ts: msg.ts, n: 0 })
 }
 
 /// Erases message `target` of `conv` from history (JetStream overwrites a
@@ -446,7 +446,8 @@ pub(crate) async fn store_big(
     let stored = store(sh, key, conv, draft, members, false).await?;
     wake(sh, &stored.copies).await?;
     index(sh, conv, &stored).await?;
-    let ack = outcome(key, SeqResult::Ok { id: stored.msg.id, conv: conv.to_string(), ts: stored.msg.ts })?;
+    let ack =
+        outcome(key, SeqResult::Ok { id: stored.msg.id, conv: conv.to_string(), ts: stored.msg.ts, n: stored.msg.n })?;
     reply(sh, send, ack.clone()).await?;
     sh.storage.acks.put(key, ack).await?;
     Ok(())

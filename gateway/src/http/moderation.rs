@@ -177,7 +177,7 @@ pub async fn delete_message(st: &AppState, req: Request<Incoming>, conv: &str, i
     }
     let cid = format!("del-{id}");
     let actor = crate::messaging::change::Actor::Operator;
-    let (event, ts, conv) =
+    let sent =
         crate::messaging::change::apply(st, actor, &cid, conv, id, crate::messaging::change::Change::Delete).await?;
-    Ok(json(StatusCode::OK, &json!({"deleted": id, "conv": conv, "event": event.to_string(), "ts": ts})))
+    Ok(json(StatusCode::OK, &json!({"deleted": id, "conv": sent.conv, "event": sent.id.to_string(), "ts": sent.ts})))
 }

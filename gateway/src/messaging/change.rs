@@ -54,7 +54,7 @@ pub async fn apply(
     conv: &str,
     id: &str,
     change: Change,
-) -> Result<(u64, u64, String), ClientError> {
+) -> Result<crate::messaging::send::Sent, ClientError> {
     if !subjects::is_token(cid) {
         return Err(ClientError::new(ErrorCode::BadCid, "cid must be 1-64 characters of [A-Za-z0-9_-]"));
     }
@@ -133,7 +133,7 @@ pub async fn frame(
     change: Change,
 ) -> ServerFrame {
     match apply(state, Actor::User { user, device }, &cid, conv, id, change).await {
-        Ok((id, ts, conv)) => ServerFrame::Ack { cid, id: id.to_string(), conv, ts },
+        Ok(s) => ServerFrame::Ack { cid, id: s.id.to_string(), conv: s.conv, ts: s.ts },
         Err(e) => e.into_frame(Some(cid)),
     }
 }

@@ -9,7 +9,10 @@
 //! rises: it is written by compare-and-set, so gateways racing on the same
 //! user keep the highest.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,47 +22,77 @@ use chat_nats::subjects;
 use futures::StreamExt;
 use tokio::sync::Notify;
 
-/// Writes at most this many users' marks at once.
+/// Writes at most this many keys at once.
 const FLUSH_CONCURRENCY: usize = 64;
 
-/// Pending marks of this gateway.
-#[derive(Debug, Default)]
-pub struct DeliveredMarks {
-    pending: Mutex<HashMap<i64, u64>>,
+/// Values waiting to be written, the highest per key: the first record
+/// after a quiet spell starts a timer, and everything recorded by then is
+/// written in one round, one write per key however many records it had.
+/// Used for delivered marks (user → inbox sequence) and for the read
+/// positions of users' own sends (`reads::OwnReads`).
+#[derive(Debug)]
+pub struct Coalesced<K, V> {
+    pending: Mutex<HashMap<K, V>>,
     wake: Notify,
 }
 
-impl DeliveredMarks {
-    /// Records that the copy at inbox sequence `seq` reached a device of
-    /// `user`.
-    pub fn record(&self, user: i64, seq: u64) {
+impl<K, V> Default for Coalesced<K, V> {
+    fn default() -> Self {
+        Coalesced { pending: Mutex::new(HashMap::new()), wake: Notify::new() }
+    }
+}
+
+impl<K: Eq + Hash + Send + 'static, V: Ord + Send + 'static> Coalesced<K, V> {
+    /// Records `value` for `key`, kept if higher than what waits.
+    pub fn record(&self, key: K, value: V) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let first = p.is_empty();
-        let e = p.entry(user).or_insert(0);
-        *e = (*e).max(seq);
+        match p.entry(key) {
+            Entry::Occupied(mut e) if *e.get() < value => {
+                e.insert(value);
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(e) => {
+                e.insert(value);
+            }
+        }
         if first {
             self.wake.notify_one();
         }
     }
 
-    /// Writes recorded marks until the process ends.
-    pub async fn run(self: Arc<Self>, kv: kv::Store, coalesce: Duration) {
+    /// Writes what is recorded with `write`, `coalesce` after the first
+    /// record of each round, until the process ends.
+    pub async fn run<F, Fut>(self: Arc<Self>, coalesce: Duration, write: F)
+    where
+        F: Fn(K, V) -> Fut,
+        Fut: Future<Output = ()>,
+    {
         loop {
             self.wake.notified().await;
             tokio::time::sleep(coalesce).await;
             let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-            futures::stream::iter(batch)
-                .for_each_concurrent(FLUSH_CONCURRENCY, |(user, seq)| {
-                    let kv = kv.clone();
-                    async move {
-                        if let Err(e) = raise(&kv, user, seq).await {
-                            tracing::warn!(user_id = user, seq, error = %e, "cannot write the delivered mark");
-                        }
-                    }
-                })
-                .await;
+            futures::stream::iter(batch).for_each_concurrent(FLUSH_CONCURRENCY, |(k, v)| write(k, v)).await;
         }
     }
+}
+
+/// Pending delivered marks of this gateway: user → the highest inbox
+/// sequence handed to any of their devices.
+pub type DeliveredMarks = Coalesced<i64, u64>;
+
+/// Writes delivered marks until the process ends.
+pub async fn run(marks: Arc<DeliveredMarks>, kv: kv::Store, coalesce: Duration) {
+    marks
+        .run(coalesce, |user, seq| {
+            let kv = kv.clone();
+            async move {
+                if let Err(e) = raise(&kv, user, seq).await {
+                    tracing::warn!(user_id = user, seq, error = %e, "cannot write the delivered mark");
+                }
+            }
+        })
+        .await
 }
 
 /// Raises the user's mark to `seq` unless it is already there.

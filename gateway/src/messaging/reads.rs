@@ -1,8 +1,8 @@
 //! Read positions (KV `chat_read`, key `r.<user>.<conv>`, value a
-//! [`ReadMark`]): moved by `read` frames and by the user's own sends, only
-//! ever forwards (compare-and-set), and spread to the user's other devices
-//! (and a 1:1 peer, as a receipt) through the worker, which alone writes
-//! inboxes (`workers/src/reads.rs`).
+//! [`ReadMark`]): moved by `read` frames and by the user's own sends
+//! ([`OwnReads`]), only ever forwards (compare-and-set), and spread to the
+//! user's other devices (and a 1:1 peer, as a receipt) through the worker,
+//! which alone writes inboxes (`workers/src/reads.rs`).
 
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
@@ -12,6 +12,7 @@ use chat_nats::wire::{ErrorCode, ServerFrame};
 
 use crate::error::ClientError;
 use crate::messaging::history::{self, Page, Reader};
+use crate::messaging::marks::Coalesced;
 use crate::messaging::send::Outgoing;
 use crate::AppState;
 
@@ -122,19 +123,24 @@ pub async fn mark(
     })
 }
 
-/// After a send of the user's own was stored: their position moves to it
-/// (their own message counts as read), silently (no frames: every device
-/// gets the message itself and clears the badge).
-pub async fn own_send(state: &AppState, user: i64, conv: &ConvId, id: u64) {
-    let result = async {
-        let Some(m) = find(state, conv, id).await? else { return Ok(()) };
-        raise(&state.storage.reads, user, conv, &ReadMark { up_to: m.id, n: m.n, receipt: false })
-            .await
-            .map_err(ClientError::unavailable)?;
-        Ok::<_, ClientError>(())
-    }
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(user_id = user, conv = %conv, error = %e.message, "cannot move the read position to an own send");
-    }
+/// Read positions of users' own sends, coalesced: (user, conversation) →
+/// (ordinal, id) of their latest own message. Sending from a session counts
+/// as reading up to it; the position moves once per `CHAT_OWN_READ_FLUSH_MS`
+/// per conversation however many messages were sent, and never waits on
+/// the ack's path (the ack carries the ordinal, so nothing is looked up).
+pub type OwnReads = Coalesced<(i64, ConvId), (u64, u64)>;
+
+/// Writes own sends' read positions until the process ends (silently: every
+/// device gets the message itself, and the conversation list counts
+/// nothing up to a user's own last message as unread in the meantime).
+pub async fn run_own(own: std::sync::Arc<OwnReads>, kv: kv::Store, coalesce: std::time::Duration) {
+    own.run(coalesce, |(user, conv), (n, up_to)| {
+        let kv = kv.clone();
+        async move {
+            if let Err(e) = raise(&kv, user, &conv, &ReadMark { up_to, n, receipt: false }).await {
+                tracing::warn!(user_id = user, conv = %conv, error = %e, "cannot move the read position to an own send");
+            }
+        }
+    })
+    .await
 }

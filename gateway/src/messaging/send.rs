@@ -59,6 +59,19 @@ pub struct Sender {
     timeout: Duration,
 }
 
+/// A stored send, as its outcome reports it.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// Message id.
+    pub id: u64,
+    /// Unix ms of acceptance.
+    pub ts: u64,
+    /// Conversation id.
+    pub conv: String,
+    /// Ordinal in the conversation (0 for events).
+    pub n: u64,
+}
+
 impl Sender {
     /// Subscribes to this gateway's ack subject and starts dispatching.
     pub async fn start(
@@ -98,9 +111,9 @@ impl Sender {
         self.waiters.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Publishes one send and waits for its outcome: the message id, its
-    /// timestamp and its conversation (a retry reports the first attempt's).
-    pub async fn send(&self, m: Outgoing<'_>) -> Result<(u64, u64, String), ClientError> {
+    /// Publishes one send and waits for its outcome (a retry reports the
+    /// first attempt's).
+    pub async fn send(&self, m: Outgoing<'_>) -> Result<Sent, ClientError> {
         let Outgoing { from, device, cid, conv, kind, body, event, target } = m;
         let key = subjects::dedupe_key(from, device, cid);
         let (tx, mut rx) = oneshot::channel();
@@ -129,7 +142,7 @@ impl Sender {
             }
         }
         match outcome? {
-            SeqResult::Ok { id, ts, conv } => Ok((id, ts, conv)),
+            SeqResult::Ok { id, ts, conv, n } => Ok(Sent { id, ts, conv, n }),
             SeqResult::Err { code, message } => Err(ClientError::new(code, message)),
         }
     }
@@ -253,10 +266,16 @@ pub async fn send_frame(
         // A retry of an earlier send reports where that message went.
         let out =
             Outgoing { from, device, cid: &cid, conv: &conv, kind: MessageKind::Text, body, event: None, target: None };
-        let (id, ts, conv) = state.sender.send(out).await?;
+        let Sent { id, ts, conv, n } = state.sender.send(out).await?;
         let conv = ConvId::parse(&conv).ok_or_else(|| ClientError::new(ErrorCode::Internal, "bad conversation id"))?;
         if let chat_nats::subjects::ConvKind::Direct(a, b) = conv.kind() {
             state.remember_direct(a, b).await;
+        }
+        // The sender has read the conversation up to their own message
+        // (written later, coalesced: `reads::OwnReads`). Not for services,
+        // and not from an outcome recorded without its ordinal.
+        if origin == Origin::Session && n > 0 && state.cfg.own_send_reads {
+            state.own_reads.record((from, conv.clone()), (n, id));
         }
         Ok::<_, ClientError>((conv, id, ts))
     }

@@ -274,7 +274,7 @@ async fn chat_edit_and_delete_change_a_message_in_history() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chat_read_clears_the_unread_count_on_every_device() -> Result<()> {
-    let s = stack().env("CHAT_OWN_SEND_READS", "true").start().await?;
+    let s = stack().start().await?;
     let dir = Dir::new("read")?;
     for who in ["alice", "bob"] {
         chat(&s, &dir, who, &["signup", who, "password123"]).await?;

@@ -1,7 +1,10 @@
 //! Read state, read receipts and unread counts (issue #16 points 1, 2).
 
+use std::time::Duration;
+
 use anyhow::Result;
 use chat_client::{direct_conv, ClientError, Login, Method};
+use chat_tests::wait_for;
 use serde_json::{json, Value};
 
 use crate::stack::{stack, Stack};
@@ -27,7 +30,7 @@ fn code(e: ClientError) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_on_one_device_clears_unread_everywhere_and_the_peer_gets_a_receipt() -> Result<()> {
-    let s = stack().env("CHAT_OWN_SEND_READS", "true").start().await?;
+    let s = stack().start().await?;
     let a = s.user("alice", "a1").await?;
     let (b1, b2, b3) = (s.user("bob", "b1").await?, s.device("bob", "b2").await?, s.device("bob", "b3").await?);
     let conv = direct_conv(&a.user_id, &b1.user_id);
@@ -52,6 +55,14 @@ async fn reading_on_one_device_clears_unread_everywhere_and_the_peer_gets_a_rece
     // every device alike (the count is the server's).
     assert_eq!(unread(&s, &a, &conv).await?, 0);
     assert_eq!(unread(&s, &b1, &conv).await?, 3);
+    // Her position moves to her last send (written coalesced, within
+    // CHAT_OWN_READ_FLUSH_MS, not on the ack's path).
+    wait_for("alice's position at her own last send", Duration::from_secs(10), || async {
+        let (_, v) = req(&s, &a, Method::GET, &format!("/v1/conversations/{conv}/reads"), None).await.ok()?;
+        let me = v["reads"].as_array()?.iter().find(|r| r["user_id"] == a.user_id.as_str())?.clone();
+        (me["up_to"] == ids[2].as_str()).then_some(())
+    })
+    .await?;
 
     let r = cb1.read_up_to(&conv, &ids[1]).await?;
     assert_eq!((r["up_to"].as_str(), r["unread"].as_u64()), (Some(ids[1].as_str()), Some(1)));
@@ -96,7 +107,7 @@ async fn reading_on_one_device_clears_unread_everywhere_and_the_peer_gets_a_rece
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_receipts_off_the_peer_gets_none_but_own_devices_still_sync() -> Result<()> {
-    let s = stack().env("CHAT_OWN_SEND_READS", "true").start().await?;
+    let s = stack().start().await?;
     let a = s.user("alice", "a1").await?;
     let (b1, b2) = (s.user("bob", "b1").await?, s.device("bob", "b2").await?);
     let conv = direct_conv(&a.user_id, &b1.user_id);
@@ -133,7 +144,7 @@ async fn with_receipts_off_the_peer_gets_none_but_own_devices_still_sync() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_reads_are_for_members_only() -> Result<()> {
-    let s = stack().env("CHAT_OWN_SEND_READS", "true").start().await?;
+    let s = stack().start().await?;
     let (a, b, eve) = (s.user("alice", "a1").await?, s.user("bob", "b1").await?, s.user("eve", "e1").await?);
     let g = s.create_group(&a, "team", &[&b.user_id]).await?;
     let conv = g["conv"].as_str().unwrap().to_owned();

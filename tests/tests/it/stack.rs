@@ -189,10 +189,6 @@ impl StackBuilder {
             // where a test searches (`search`, `changes`, `cli`): on this
             // 2-core machine it would slow every load test.
             ("CHAT_SEARCH_INDEXER", "false"),
-            // Likewise the own-send read raise (a history lookup and a KV
-            // write per send): on where a test reads unread counts
-            // (`receipts`, `cli`).
-            ("CHAT_OWN_SEND_READS", "false"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

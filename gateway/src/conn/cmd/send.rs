@@ -4,8 +4,7 @@
 
 use std::sync::Arc;
 
-use chat_nats::subjects::ConvId;
-use chat_nats::wire::{ErrorCode, ServerFrame, Target};
+use chat_nats::wire::{ErrorCode, Target};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -58,7 +57,6 @@ pub(crate) fn start_sender(
     let fut = async move {
         while let Some(r) = rx.recv().await {
             // Boxed: an idle sender keeps only its small waiting state.
-            let is_send = matches!(r.op, Op::Send { .. });
             let reply = match r.op {
                 Op::Send { to, body } => {
                     Box::pin(send_frame(&state, user, &device, Origin::Session, r.cid, &to, body)).await
@@ -67,18 +65,8 @@ pub(crate) fn start_sender(
                     Box::pin(crate::messaging::change::frame(&state, user, &device, r.cid, &conv, &id, change)).await
                 }
             };
-            let own = match (&reply, is_send) {
-                (ServerFrame::Ack { id, conv, .. }, true) => ConvId::parse(conv).zip(id.parse::<u64>().ok()),
-                _ => None,
-            };
             if !out.push_wait(frame(&reply), 0, state.cfg.stall_timeout).await {
                 break;
-            }
-            // The sender has read the conversation up to their own message:
-            // off the ack's path (a history lookup and a KV write).
-            if let Some((conv, id)) = own.filter(|_| state.cfg.own_send_reads) {
-                let state = state.clone();
-                tokio::spawn(async move { crate::messaging::reads::own_send(&state, user, &conv, id).await });
             }
         }
     };
