@@ -38,6 +38,10 @@ pub struct GatewayConfig {
     /// `CHAT_OWN_SEND_READS`: a session's own send raises the sender's read
     /// position (a history lookup and a KV write per send, after the ack).
     pub own_send_reads: bool,
+    /// `CHAT_DELIVERY_RECEIPTS`: 1:1 senders learn that a device of the
+    /// recipient got their messages (`delivered` frames, coalesced over
+    /// `CHAT_DELIVERED_FLUSH_MS`).
+    pub delivery_receipts: bool,
     /// `CHAT_WS_MAX_FRAME_BYTES`: largest WebSocket message accepted.
     pub max_frame_bytes: usize,
     /// `CHAT_HISTORY_INDEX_CACHE`: history index entries cached per gateway.
@@ -216,6 +220,7 @@ impl GatewayConfig {
             token_ttl: Duration::from_secs(bounded(src, "CHAT_TOKEN_TTL_SECS", 7 * 24 * 3600, 1, 365 * 24 * 3600)?),
             max_body_chars: bounded(src, "CHAT_MAX_BODY_CHARS", 100_000, 1, 200_000)? as usize,
             own_send_reads: var(src, "CHAT_OWN_SEND_READS", true)?,
+            delivery_receipts: var(src, "CHAT_DELIVERY_RECEIPTS", true)?,
             edit_window: std::time::Duration::from_secs(bounded(
                 src,
                 "CHAT_EDIT_WINDOW_SECS",

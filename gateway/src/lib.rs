@@ -96,6 +96,8 @@ pub struct AppState {
     pub connections: Connections,
     /// Delivered marks waiting to be written.
     pub delivered: Arc<marks::DeliveredMarks>,
+    /// 1:1 delivery receipts waiting to be spread.
+    pub receipts: Arc<crate::messaging::receipts::DeliveryReceipts>,
     known_users: Mutex<HashSet<i64>>,
     known_directs: Mutex<HashSet<(i64, i64)>>,
     /// History index entries read so far.
@@ -293,6 +295,7 @@ pub async fn run(
         shutdown: shutdown_tx,
         connections: Connections::default(),
         delivered: Arc::default(),
+        receipts: Arc::default(),
         known_users: Mutex::default(),
         known_directs: Mutex::default(),
         history_index,
@@ -309,6 +312,7 @@ pub async fn run(
     let registry = edge::start(state.clone());
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));
     tokio::spawn(state.delivered.clone().run(state.storage.delivered.clone(), state.cfg.delivered_flush));
+    tokio::spawn(state.receipts.clone().run(Arc::downgrade(&state), state.cfg.delivered_flush));
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
     let quic = match listeners.quic {
         Some(socket) => {

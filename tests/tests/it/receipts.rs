@@ -157,3 +157,96 @@ async fn group_reads_are_for_members_only() -> Result<()> {
     assert_eq!(code(ce.read_up_to(&conv, &id).await.unwrap_err()), "forbidden");
     Ok(())
 }
+
+/// Every `delivered` frame a connection holds or receives until one names
+/// `up_to`: their `up_to`s in order.
+async fn delivered_until(c: &mut chat_client::Conn, up_to: &str) -> Result<Vec<String>> {
+    let mut seen = Vec::new();
+    loop {
+        let f = c.wait_for("delivered", |v| v["type"] == "delivered").await?;
+        seen.push(f["up_to"].as_str().unwrap().to_owned());
+        if f["up_to"] == up_to {
+            return Ok(seen);
+        }
+    }
+}
+
+/// Message ids strictly rising (ids grow within a conversation).
+fn rising(ids: &[String]) -> bool {
+    ids.windows(2).all(|w| w[0].parse::<u64>().unwrap() < w[1].parse::<u64>().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_learns_when_a_device_of_the_recipient_got_the_messages() -> Result<()> {
+    let s = stack().env("CHAT_DELIVERY_RECEIPTS", "true").start().await?;
+    let (a1, a2) = (s.user("alice", "a1").await?, s.device("alice", "a2").await?);
+    let (b1, b2) = (s.user("bob", "b1").await?, s.device("bob", "b2").await?);
+    let conv = direct_conv(&a1.user_id, &b1.user_id);
+    // Delivery receipts do not follow read_receipts (as in WhatsApp: the
+    // second tick stays when blue ticks are off).
+    let path = format!("/v1/users/{}", b1.user_id);
+    assert_eq!(req(&s, &b1, Method::PATCH, &path, Some(json!({"read_receipts": false}))).await?.0, 200);
+    let (mut ca1, _) = s.live(0, &a1).await?;
+    // a2 synced once (its cursor), then goes offline.
+    let mut ca2 = s.connect(0, &a2).await?;
+    let (_, cursor2) = ca2.sync(None).await?;
+    ca2.close().await;
+
+    // Bob is offline: the messages are stored, nothing is delivered.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let ack = ca1.send_to_user(&format!("m{i}"), &b1.user_id, &format!("hi {i}")).await?;
+        ids.push(ack["id"].as_str().unwrap().to_owned());
+    }
+    ca1.send_json(&json!({"type": "ping"})).await?;
+    ca1.wait_for("pong", |v| v["type"] == "pong").await?;
+    assert!(!ca1.buffered_any(|v| v["type"] == "delivered"), "nothing was delivered yet");
+
+    // Bob's phone catches up: Alice learns it, coalesced, never backwards.
+    let (mut cb1, _) = s.live(0, &b1).await?;
+    let seen = delivered_until(&mut ca1, &ids[2]).await?;
+    assert!(seen.len() <= 3, "{seen:?}");
+    assert!(rising(&seen), "only forwards: {seen:?}");
+
+    // Bob's laptop catches up on the same messages: no receipt again.
+    let mut cb2 = s.connect(0, &b2).await?;
+    assert_eq!(cb2.sync(None).await?.0.len(), 3);
+    let ack = ca1.send_to_user("m3", &b1.user_id, "hi 3").await?;
+    ids.push(ack["id"].as_str().unwrap().to_owned());
+    cb1.wait_for("m3", |v| v["type"] == "msg" && v["body"] == "hi 3").await?;
+    assert_eq!(delivered_until(&mut ca1, &ids[3]).await?, vec![ids[3].clone()], "one receipt for the new message only");
+
+    // Bob's own messages to Alice give Bob receipts, never Alice.
+    cb1.send_to_user("y1", &a1.user_id, "back").await?;
+    let rb = cb1.wait_for("delivered", |v| v["type"] == "delivered").await?;
+    assert_eq!((rb["user"].as_str(), rb["conv"].as_str()), (Some(a1.user_id.as_str()), Some(conv.as_str())));
+    assert!(rb["cursor"].is_string());
+
+    // Alice's offline device catches the receipts up from its cursor, after
+    // the messages they name, ending at the newest.
+    let mut ca2 = s.connect(0, &a2).await?;
+    let (msgs, _) = ca2.sync(Some(&cursor2)).await?;
+    assert_eq!(msgs.len(), 5, "four sends and bob's answer");
+    let caught = delivered_until(&mut ca2, &ids[3]).await?;
+    assert!(rising(&caught), "{caught:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_get_no_delivery_receipts() -> Result<()> {
+    let s = stack().env("CHAT_DELIVERY_RECEIPTS", "true").start().await?;
+    let (a, b) = (s.user("alice", "a1").await?, s.user("bob", "b1").await?);
+    let g = s.create_group(&a, "team", &[&b.user_id]).await?;
+    let gid = g["group_id"].as_str().unwrap().to_owned();
+    let (mut ca, _) = s.live(0, &a).await?;
+    let (mut cb, _) = s.live(0, &b).await?;
+    ca.send_frame_and_ack(json!({"type": "send", "cid": "g1", "to": {"group": gid}, "body": "hey"}), "g1").await?;
+    cb.wait_for("group message", |v| v["type"] == "msg" && v["body"] == "hey").await?;
+    // A 1:1 message after it: its receipt arrives, and none for the group.
+    ca.send_to_user("d1", &b.user_id, "direct").await?;
+    cb.wait_for("direct", |v| v["type"] == "msg" && v["body"] == "direct").await?;
+    let r = ca.wait_for("delivered", |v| v["type"] == "delivered").await?;
+    assert_eq!(r["conv"], direct_conv(&a.user_id, &b.user_id).as_str());
+    assert!(!ca.buffered_any(|v| v["type"] == "delivered"));
+    Ok(())
+}

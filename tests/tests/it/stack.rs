@@ -193,6 +193,8 @@ impl StackBuilder {
             // write per send): on where a test reads unread counts
             // (`receipts`, `cli`).
             ("CHAT_OWN_SEND_READS", "false"),
+            // And 1:1 delivery receipts (a receipt per delivered burst).
+            ("CHAT_DELIVERY_RECEIPTS", "false"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
