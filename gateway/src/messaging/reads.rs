@@ -115,10 +115,12 @@ pub async fn mark(
         };
         state.sender.send(out).await?;
     }
-    let last_n = chat_nats::history::last_message(&state.storage.history, &conv)
+    // The head, as the conversation list counts: an edit or delete carries
+    // the ordinal reached.
+    let last_n = chat_nats::history::head(&state.storage.history, &conv)
         .await
         .map_err(ClientError::unavailable)?
-        .map_or(0, |(_, m)| m.n);
+        .map_or(0, |(_, n)| n);
     Ok(ServerFrame::Read {
         conv: conv.to_string(),
         up_to: now.up_to.to_string(),

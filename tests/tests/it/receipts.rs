@@ -1,7 +1,7 @@
 //! Read state, read receipts and unread counts (issue #16 points 1, 2).
 
 use anyhow::Result;
-use chat_client::{direct_conv, ClientError, Login, Method};
+use chat_client::{direct_conv, ClientError, Login, Method, Unread};
 use serde_json::{json, Value};
 
 use crate::stack::{stack, Stack};
@@ -248,5 +248,144 @@ async fn groups_get_no_delivery_receipts() -> Result<()> {
     let r = ca.wait_for("delivered", |v| v["type"] == "delivered").await?;
     assert_eq!(r["conv"], direct_conv(&a.user_id, &b.user_id).as_str());
     assert!(!ca.buffered_any(|v| v["type"] == "delivered"));
+    Ok(())
+}
+
+/// A page of the caller's conversation list.
+async fn page(s: &Stack, who: &Login, query: &str) -> Result<Value> {
+    let (st, v) = req(s, who, Method::GET, &format!("/v1/conversations{query}"), None).await?;
+    assert_eq!(st, 200, "{v}");
+    Ok(v)
+}
+
+/// Applies every frame `c` holds or receives until `pred` matches one
+/// (applied too) to `counts`.
+async fn follow(
+    c: &mut chat_client::Conn,
+    counts: &mut Unread,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Result<()> {
+    loop {
+        let f = c.wait_for(what, |_| true).await?;
+        counts.apply(&f);
+        if pred(&f) {
+            return Ok(());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_keeps_the_servers_unread_count_from_its_frames_alone() -> Result<()> {
+    let s = stack().env("CHAT_OWN_SEND_READS", "true").start().await?;
+    let a = s.user("alice", "a1").await?;
+    let (b1, b2, b3) = (s.user("bob", "b1").await?, s.device("bob", "b2").await?, s.device("bob", "b3").await?);
+    let conv = direct_conv(&a.user_id, &b1.user_id);
+    let (mut ca, _) = s.live(0, &a).await?;
+    let (mut cb1, _) = s.live(0, &b1).await?;
+    let (mut cb2, _) = s.live(0, &b2).await?;
+    // b2 seeds its counts from the list, then follows its frames only.
+    let mut counts = Unread::new(&b1.user_id);
+    counts.seed(&page(&s, &b2, "").await?);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let ack = ca.send_to_user(&format!("m{i}"), &b1.user_id, &format!("hi {i}")).await?;
+        ids.push(ack["id"].as_str().unwrap().to_owned());
+    }
+    follow(&mut cb2, &mut counts, "m2", |v| v["type"] == "msg" && v["id"] == ids[2].as_str()).await?;
+    assert_eq!((counts.of(&conv), unread(&s, &b1, &conv).await?), (3, 3));
+
+    // Read on b1: b1's answer and b2's read frame carry the ordinal.
+    let r = cb1.read_up_to(&conv, &ids[1]).await?;
+    assert_eq!((r["n"].as_u64(), r["unread"].as_u64()), (Some(2), Some(1)), "{r}");
+    follow(&mut cb2, &mut counts, "read", |v| v["type"] == "read").await?;
+    assert_eq!((counts.of(&conv), unread(&s, &b2, &conv).await?), (1, 1));
+
+    // A new message; then Alice deletes it: the count stays (the delete
+    // carries the ordinal reached), on the device and in the list.
+    let id3 = ca.send_to_user("m3", &b1.user_id, "hi 3").await?["id"].as_str().unwrap().to_owned();
+    follow(&mut cb2, &mut counts, "m3", |v| v["type"] == "msg" && v["id"] == id3.as_str()).await?;
+    assert_eq!((counts.of(&conv), unread(&s, &b2, &conv).await?), (2, 2));
+    ca.delete("del3", &conv, &id3).await?;
+    follow(&mut cb2, &mut counts, "delete", |v| v["type"] == "msg" && v["kind"] == "delete").await?;
+    assert_eq!((counts.of(&conv), unread(&s, &b2, &conv).await?), (2, 2));
+
+    // Bob answers from b1: his own message counts as read everywhere.
+    cb1.send_to_user("y1", &a.user_id, "back").await?;
+    follow(&mut cb2, &mut counts, "back", |v| v["type"] == "msg" && v["body"] == "back").await?;
+    chat_tests::wait_for("bob's own send raised his position", std::time::Duration::from_secs(10), || async {
+        (unread(&s, &b2, &conv).await.ok()? == 0).then_some(())
+    })
+    .await?;
+    assert_eq!(counts.of(&conv), 0);
+    let id4 = ca.send_to_user("m4", &b1.user_id, "hi 4").await?["id"].as_str().unwrap().to_owned();
+    follow(&mut cb2, &mut counts, "m4", |v| v["type"] == "msg" && v["id"] == id4.as_str()).await?;
+    assert_eq!((counts.of(&conv), unread(&s, &b2, &conv).await?), (1, 1));
+
+    // A device that was never online: the list, then everything from the
+    // start of its inbox in one catch-up, lands on the same count.
+    let mut fresh = Unread::new(&b1.user_id);
+    fresh.seed(&page(&s, &b3, "").await?);
+    let mut cb3 = s.connect(0, &b3).await?;
+    let (msgs, _) = cb3.sync(None).await?;
+    msgs.iter().for_each(|m| drop(fresh.apply(m)));
+    assert_eq!(fresh.of(&conv), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conversation_list_pages_by_last_activity() -> Result<()> {
+    let s = stack().start().await?;
+    let a = s.user("alice", "a1").await?;
+    let mut peers = Vec::new();
+    for i in 0..4 {
+        peers.push(s.user(&format!("peer{i}"), "p").await?);
+    }
+    let g = s.create_group(&a, "team", &[&peers[0].user_id]).await?;
+    let (mut ca, _) = s.live(0, &a).await?;
+    // Activity order, oldest first: the group (created), peer 2, 0, 3, 1.
+    for (k, i) in [2usize, 0, 3, 1].into_iter().enumerate() {
+        ca.send_to_user(&format!("c{k}"), &peers[i].user_id, "hello").await?;
+    }
+    let mut sent_order: Vec<String> =
+        [1usize, 3, 0, 2].iter().map(|&i| direct_conv(&a.user_id, &peers[i].user_id)).collect();
+    sent_order.push(g["conv"].as_str().unwrap().to_owned());
+    // The whole list in one page: newest activity first, ties by
+    // conversation id (descending).
+    let all = page(&s, &a, "").await?;
+    assert!(all["next_before"].is_null());
+    let key = |c: &Value| (c["last_message"]["ts"].as_u64().unwrap_or(0), c["conv"].as_str().unwrap().to_owned());
+    let keys: Vec<_> = all["conversations"].as_array().unwrap().iter().map(key).collect();
+    assert!(keys.windows(2).all(|w| w[0] > w[1]), "ordered: {keys:?}");
+    let expected: Vec<String> = keys.iter().map(|k| k.1.clone()).collect();
+    let mut ts: Vec<u64> = keys.iter().map(|k| k.0).collect();
+    ts.dedup();
+    if ts.len() == keys.len() {
+        assert_eq!(expected, sent_order, "distinct times: the order of activity");
+    }
+
+    let mut seen = Vec::new();
+    let mut query = "?limit=2".to_owned();
+    let mut pages = 0;
+    loop {
+        let v = page(&s, &a, &query).await?;
+        let convs = v["conversations"].as_array().unwrap();
+        assert!(convs.len() <= 2);
+        seen.extend(convs.iter().map(|c| c["conv"].as_str().unwrap().to_owned()));
+        pages += 1;
+        match v["next_before"].as_str() {
+            Some(next) => query = format!("?limit=2&before={next}"),
+            None => break,
+        }
+    }
+    assert_eq!((pages, seen), (3, expected));
+    // New activity moves a conversation to the front.
+    ca.send_to_user("c9", &peers[2].user_id, "again").await?;
+    let first = page(&s, &a, "?limit=1").await?;
+    assert_eq!(first["conversations"][0]["conv"], direct_conv(&a.user_id, &peers[2].user_id).as_str());
+    for bad in ["?limit=0", "?limit=201", "?before=nope", "?before=12.x-1"] {
+        let (st, v) = req(&s, &a, Method::GET, &format!("/v1/conversations{bad}"), None).await?;
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some("bad_request")), "{bad}: {v}");
+    }
     Ok(())
 }
