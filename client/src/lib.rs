@@ -7,8 +7,10 @@
 pub mod cli;
 pub mod failover;
 pub mod quic;
+pub mod unread;
 
 pub use failover::{Edge, Event, Failover, FailoverConfig};
+pub use unread::Unread;
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -179,6 +181,27 @@ impl Http {
         if let Some(l) = limit {
             path.push_str(&format!("&limit={l}"));
         }
+        self.ok(Method::GET, &path, Some(token), None).await
+    }
+
+    /// One page of `GET /v1/conversations` (newest activity first):
+    /// `limit` conversations (the server's default when `None`) after the
+    /// `next_before` of the page before.
+    pub async fn conversations(
+        &self,
+        token: &str,
+        limit: Option<usize>,
+        before: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut q = Vec::new();
+        if let Some(l) = limit {
+            q.push(format!("limit={l}"));
+        }
+        if let Some(b) = before {
+            q.push(format!("before={}", encode_query(b)));
+        }
+        let path =
+            if q.is_empty() { "/v1/conversations".to_owned() } else { format!("/v1/conversations?{}", q.join("&")) };
         self.ok(Method::GET, &path, Some(token), None).await
     }
 }

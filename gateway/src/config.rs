@@ -42,6 +42,10 @@ pub struct GatewayConfig {
     /// `CHAT_OWN_READ_FLUSH_MS`: how long own sends' read positions are
     /// coalesced before they are written.
     pub own_read_flush: Duration,
+    /// `CHAT_DELIVERY_RECEIPTS`: 1:1 senders learn that a device of the
+    /// recipient got their messages (`delivered` frames, coalesced over
+    /// `CHAT_DELIVERED_FLUSH_MS`).
+    pub delivery_receipts: bool,
     /// `CHAT_WS_MAX_FRAME_BYTES`: largest WebSocket message accepted.
     pub max_frame_bytes: usize,
     /// `CHAT_HISTORY_INDEX_CACHE`: history index entries cached per gateway.
@@ -220,7 +224,8 @@ impl GatewayConfig {
             token_ttl: Duration::from_secs(bounded(src, "CHAT_TOKEN_TTL_SECS", 7 * 24 * 3600, 1, 365 * 24 * 3600)?),
             max_body_chars: bounded(src, "CHAT_MAX_BODY_CHARS", 100_000, 1, 200_000)? as usize,
             own_send_reads: var(src, "CHAT_OWN_SEND_READS", true)?,
-            own_read_flush: Duration::from_millis(bounded(src, "CHAT_OWN_READ_FLUSH_MS", 500, 1, 10_000)?),
+            own_read_flush: Duration::from_millis(bounded(src, "CHAT_OWN_READ_FLUSH_MS", 100, 1, 10_000)?),
+            delivery_receipts: var(src, "CHAT_DELIVERY_RECEIPTS", true)?,
             edit_window: std::time::Duration::from_secs(bounded(
                 src,
                 "CHAT_EDIT_WINDOW_SECS",

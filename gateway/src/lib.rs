@@ -98,6 +98,8 @@ pub struct AppState {
     pub delivered: Arc<marks::DeliveredMarks>,
     /// Read positions of own sends waiting to be written.
     pub own_reads: Arc<reads::OwnReads>,
+    /// 1:1 delivery receipts waiting to be spread.
+    pub receipts: Arc<crate::messaging::receipts::DeliveryReceipts>,
     known_users: Mutex<HashSet<i64>>,
     known_directs: Mutex<HashSet<(i64, i64)>>,
     /// History index entries read so far.
@@ -296,6 +298,7 @@ pub async fn run(
         connections: Connections::default(),
         delivered: Arc::default(),
         own_reads: Arc::default(),
+        receipts: Arc::default(),
         known_users: Mutex::default(),
         known_directs: Mutex::default(),
         history_index,
@@ -313,6 +316,7 @@ pub async fn run(
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));
     tokio::spawn(marks::run(state.delivered.clone(), state.storage.delivered.clone(), state.cfg.delivered_flush));
     tokio::spawn(reads::run_own(state.own_reads.clone(), state.storage.reads.clone(), state.cfg.own_read_flush));
+    tokio::spawn(state.receipts.clone().run(Arc::downgrade(&state), state.cfg.delivered_flush));
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
     let quic = match listeners.quic {
         Some(socket) => {

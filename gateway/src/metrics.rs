@@ -35,8 +35,8 @@ const FRAMES_IN: [&str; 9] =
     ["send", "sync", "ping", "typing", "presence.subscribe", "presence.unsubscribe", "read", "invalid", "binary"];
 
 /// Server frame types as counted (`other`: none of the known ones).
-const FRAMES_OUT: [&str; 10] =
-    ["ack", "error", "msg", "synced", "pong", "presence", "typing", "read", "receipt", "other"];
+const FRAMES_OUT: [&str; 11] =
+    ["ack", "error", "msg", "synced", "pong", "presence", "typing", "read", "receipt", "delivered", "other"];
 
 /// A server frame's type, as an index into `FRAMES_OUT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

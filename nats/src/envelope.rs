@@ -143,12 +143,22 @@ pub enum MessageKind {
     /// a [`ReadMark`] as JSON, and its inbox copies are [`StoredMessage`]s
     /// whose `id`/`n` are the message read up to and `from` the reader.
     Read,
+    /// A delivery receipt of a 1:1 (some device of the recipient got the
+    /// messages up to `id`): like [`MessageKind::Read`], never in history;
+    /// its ingress `body` is a [`ReadMark`], copied to the peer's inbox
+    /// only, with `from` the recipient who got them.
+    Delivered,
 }
 
 impl MessageKind {
     /// An edit or a delete: changes an earlier message instead of adding one.
     pub fn is_change(self) -> bool {
         matches!(self, MessageKind::Edit | MessageKind::Delete)
+    }
+
+    /// A read mark or a delivery receipt: no history, no id of its own.
+    pub fn is_mark(self) -> bool {
+        matches!(self, MessageKind::Read | MessageKind::Delivered)
     }
 }
 

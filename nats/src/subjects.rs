@@ -268,6 +268,18 @@ pub fn read_copy_id(user: i64, conv: &str, up_to: u64, recipient: i64) -> String
     format!("read.{user}.{conv}.{up_to}.{recipient}")
 }
 
+/// KV key in [`READ_BUCKET`] of how far a user's devices got a 1:1's
+/// messages (delivery receipts): a [`crate::envelope::ReadMark`], only
+/// ever raised.
+pub fn delivered_receipt_key(user: i64, conv: &ConvId) -> String {
+    format!("d.{user}.{conv}")
+}
+
+/// Dedupe id of the inbox copy of a delivery receipt for `recipient`.
+pub fn delivered_copy_id(user: i64, conv: &str, up_to: u64, recipient: i64) -> String {
+    format!("delivered.{user}.{conv}.{up_to}.{recipient}")
+}
+
 /// KV key of a user's delivered mark in [`DELIVERED_BUCKET`].
 pub fn delivered_key(user: i64) -> String {
     format!("u.{user}")

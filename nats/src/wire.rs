@@ -167,6 +167,10 @@ pub enum ServerFrame {
         conv: String,
         /// The message read up to.
         up_to: String,
+        /// Its ordinal in the conversation (`n` of its `msg` frame): a
+        /// client's unread count is its highest `msg` `n` minus this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        n: Option<u64>,
         /// Unread messages left in the conversation for the user (0 unless
         /// newer messages arrived meanwhile); only on the answer to `read`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +178,18 @@ pub enum ServerFrame {
         /// Sync cursor after this entry (inbox copies only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<String>,
+    },
+    /// Some device of the other participant of a 1:1 got the messages up
+    /// to `up_to` (a delivery receipt; coalesced, only ever rising).
+    Delivered {
+        /// Conversation id.
+        conv: String,
+        /// Who got them.
+        user: String,
+        /// The newest message delivered.
+        up_to: String,
+        /// Sync cursor after this entry.
+        cursor: String,
     },
     /// The other participant of a 1:1 read up to a message.
     Receipt {
@@ -203,6 +219,11 @@ pub struct MsgFrame {
     pub body: String,
     /// Unix ms of acceptance.
     pub ts: u64,
+    /// Ordinal in the conversation (from 1, without gaps; an `edit` or
+    /// `delete` carries the conversation's last ordinal when it was
+    /// stored): unread counts follow from it (`docs/protocol.md`).
+    #[serde(default)]
+    pub n: u64,
     /// Sync cursor after this message (opaque).
     pub cursor: String,
     /// The client message id, only on the device that sent the message.

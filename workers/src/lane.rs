@@ -117,7 +117,7 @@ impl Lanes {
             let candidate = matches!(conv.kind(), ConvKind::Group(_))
                 && send.event.is_none()
                 && !send.kind.is_change()
-                && send.kind != chat_nats::envelope::MessageKind::Read
+                && !send.kind.is_mark()
                 && !in_round.contains(&conv)
                 && fresh(&msg);
             if candidate {

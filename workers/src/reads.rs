@@ -1,9 +1,10 @@
-//! Read marks (`MessageKind::Read` on ingress): no history, no id of their
-//! own. The mark is copied to the reader's own inbox (their other devices
+//! Read marks (`MessageKind::Read` on ingress) and 1:1 delivery receipts
+//! (`MessageKind::Delivered`): no history, no id of their own. The mark is copied to the reader's own inbox (their other devices
 //! get a `read` frame, offline ones catch it up from their cursor) and, in
 //! a 1:1 whose reader allows receipts, to the peer's inbox (a `receipt`
 //! frame). Group read positions are not copied to other members: they are
-//! read on request (`GET /v1/conversations/{conv}/reads`).
+//! read on request (`GET /v1/conversations/{conv}/reads`). A delivery
+//! receipt is copied to the 1:1 peer only (a `delivered` frame).
 //!
 //! Each copy's `Nats-Msg-Id` is [`subjects::read_copy_id`], so a redo after
 //! a crash (the ingress message redelivered) stores nothing twice. The
@@ -42,14 +43,16 @@ async fn spread(sh: &Shared, send: &IngressSend) -> Result<Result<(), String>, a
     let (Some(conv), Ok(mark)) = (ConvId::parse(&send.conv), serde_json::from_str::<ReadMark>(&send.body)) else {
         return Ok(Err("malformed read mark".into()));
     };
-    let mut to = vec![send.from];
+    let delivered = send.kind == MessageKind::Delivered;
+    let mut to = if delivered { vec![] } else { vec![send.from] };
     match conv.kind() {
         ConvKind::Direct(a, b) if a == send.from || b == send.from => {
-            if mark.receipt && a != b {
+            if (mark.receipt || delivered) && a != b {
                 to.push(if a == send.from { b } else { a });
             }
         }
         ConvKind::Direct(..) => return Ok(Err("not a participant".into())),
+        ConvKind::Group(_) if delivered => return Ok(Err("delivery receipts are for 1:1s".into())),
         ConvKind::Group(_) => {}
     }
     let copy = StoredMessage {
@@ -58,7 +61,7 @@ async fn spread(sh: &Shared, send: &IngressSend) -> Result<Result<(), String>, a
         from: send.from,
         device: send.device.clone(),
         cid: send.cid.clone(),
-        kind: MessageKind::Read,
+        kind: send.kind,
         body: String::new(),
         ts: now_ms(),
         n: mark.n,
@@ -67,7 +70,11 @@ async fn spread(sh: &Shared, send: &IngressSend) -> Result<Result<(), String>, a
     let payload = Bytes::from(serde_json::to_vec(&copy)?);
     let mut copies = Vec::with_capacity(to.len());
     for r in to {
-        let id = subjects::read_copy_id(send.from, &send.conv, mark.up_to, r);
+        let id = if delivered {
+            subjects::delivered_copy_id(send.from, &send.conv, mark.up_to, r)
+        } else {
+            subjects::read_copy_id(send.from, &send.conv, mark.up_to, r)
+        };
         let ack = sh
             .storage
             .js

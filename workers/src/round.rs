@@ -67,6 +67,17 @@ struct Placed {
     copies: Vec<(i64, usize, usize)>,
 }
 
+/// Whether an ingress payload is a read mark or a delivery receipt (read
+/// without decoding the whole send).
+pub fn is_mark(payload: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind {
+        #[serde(default)]
+        kind: chat_nats::envelope::MessageKind,
+    }
+    serde_json::from_slice::<Kind>(payload).is_ok_and(|k| k.kind.is_mark())
+}
+
 /// Whether `payloads` (all fresh) may be taken as one batched round: they
 /// parse and hold no membership change. Returns the parsed sends when they
 /// may. (Whether the round is large enough is known once its recipients

@@ -94,6 +94,11 @@ pub async fn run_partition(
         // Messages too big for one commit get lanes of their own (after
         // what the round stores); messages of their conversations wait.
         let (round, big) = lanes.split(&sh, &mut convs, round, fresh).await?;
+        // Read marks and delivery receipts go after the round's messages,
+        // one by one, so that they never keep a round from being batched.
+        // Each names a message already stored (its gateway saw it in
+        // history or an inbox), so an earlier round had it.
+        let (marks, round): (Vec<_>, Vec<_>) = round.into_iter().partition(|m| crate::round::is_mark(&m.payload));
         sh.metrics.round(round.len());
         let started = std::time::Instant::now();
         let payloads: Vec<&[u8]> = round.iter().map(|m| m.payload.as_ref()).collect();
@@ -118,7 +123,12 @@ pub async fn run_partition(
                 sh.metrics.committed(Mode::Single, 1, started);
             }
         }
-        for msg in round {
+        for msg in &marks {
+            if !one_by_one(&sh, &mut convs, msg, false, &valid, partition).await {
+                return Ok(());
+            }
+        }
+        for msg in round.into_iter().chain(marks) {
             if let Err(e) = msg.ack_with(AckKind::Ack).await {
                 tracing::warn!(partition, error = %e, "ingress ack failed; the message will be redelivered and deduped");
             }
@@ -188,7 +198,7 @@ async fn process(sh: &Shared, caches: &mut Caches, payload: &[u8], fresh: bool) 
     if let Some(done) = sh.storage.acks.get(&key).await? {
         return reply(sh, &send, done).await;
     }
-    if send.kind == MessageKind::Read {
+    if send.kind.is_mark() {
         return crate::reads::process(sh, &send, &key).await;
     }
     let result = match route(sh, caches, &send).await? {

@@ -152,10 +152,19 @@ impl Names {
         Ok(Target { conv: direct_conv(&self.me, &id), to: json!({"user": id}), title: name })
     }
 
-    /// The conversation list (cached titles and peer names).
+    /// The conversation list, every page of it (cached titles and peer
+    /// names).
     pub async fn conversations(&mut self) -> Result<Vec<Value>, CliError> {
-        let v = self.call(Method::GET, "/v1/conversations", None).await?;
-        let list = v["conversations"].as_array().cloned().unwrap_or_default();
+        let mut list = Vec::new();
+        let mut path = "/v1/conversations?limit=200".to_owned();
+        loop {
+            let v = self.call(Method::GET, &path, None).await?;
+            list.extend(v["conversations"].as_array().cloned().unwrap_or_default());
+            match v["next_before"].as_str() {
+                Some(next) => path = format!("/v1/conversations?limit=200&before={}", crate::encode_query(next)),
+                None => break,
+            }
+        }
         let titles = self.titles.get_or_insert_with(HashMap::new);
         for c in &list {
             if let (Some(conv), Some(t)) = (c["conv"].as_str(), c["title"].as_str()) {

@@ -1,5 +1,6 @@
 //! `GET /v1/conversations`: the caller's 1:1 and group conversations, each
-//! with its last message, newest activity first, and its `unread` count;
+//! with its last message, newest activity first, a page at a time, and its
+//! `unread` count;
 //! `GET /v1/conversations/{conv}/reads`: every participant's read position.
 
 use chat_nats::envelope::StoredMessage;
@@ -10,12 +11,52 @@ use serde_json::{json, Value};
 
 use crate::error::ClientError;
 use crate::http::accounts::authenticate;
+use crate::http::body::query;
 use crate::http::{json, Resp};
 use crate::AppState;
 
-/// Lists the caller's conversations.
+/// Conversations per page when `limit` is not given.
+const DEFAULT_LIMIT: usize = 50;
+/// Most conversations one page returns.
+const MAX_LIMIT: usize = 200;
+
+/// Where a page of the list starts: after the conversation whose last
+/// activity (its last message's `ts`, 0 without one) and id are these, in
+/// the list's order (newest activity first, then conversation id
+/// descending). Written `<ts>.<conv>` (`next_before`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Position(u64, String);
+
+impl Position {
+    fn parse(s: &str) -> Option<Position> {
+        let (ts, conv) = s.split_once('.')?;
+        ConvId::parse(conv)?;
+        Some(Position(ts.parse().ok()?, conv.to_owned()))
+    }
+
+    fn cursor(&self) -> String {
+        format!("{}.{}", self.0, self.1)
+    }
+}
+
+/// Lists the caller's conversations, newest activity first, a page at a
+/// time (`limit`, `before`).
 pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientError> {
     let me = authenticate(st, &req).await?.user;
+    let limit = match query(&req, "limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| ClientError::bad_request(format!("limit must be 1-{MAX_LIMIT}")))?,
+    };
+    let before = match query(&req, "before") {
+        None => None,
+        Some(v) => Some(Position::parse(&v).ok_or_else(|| {
+            ClientError::bad_request("before must be a next_before of an earlier page (<ts>.<conv>)")
+        })?),
+    };
     let mut convs: Vec<(ConvId, Value)> = Vec::new();
     for (peer, username) in st.db.direct_peers(me).await? {
         convs.push((
@@ -29,46 +70,68 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientE
             json!({"type": "group", "group_id": gid.to_string(), "name": name, "title": name, "role": role.as_str(), "members_count": count}),
         ));
     }
-    // The last message of each, 32 lookups at a time.
+    // The last message, head and read position of each, 32 conversations
+    // at a time: the order needs every conversation's last activity.
     let mut lasts = Vec::with_capacity(convs.len());
     for chunk in convs.chunks(32) {
         lasts.extend(futures::future::join_all(chunk.iter().map(|(c, _)| last_and_read(st, me, c))).await);
     }
     let mut out = Vec::with_capacity(convs.len());
     for ((conv, mut info), last) in convs.into_iter().zip(lasts) {
-        let (last, read) = last.map_err(ClientError::unavailable)?;
-        // Everything after the read position is from others: the user's
-        // own sends move the position to themselves.
+        let LastAndRead { last, head_n, read } = last.map_err(ClientError::unavailable)?;
+        // Everything after the read position counts (the user's own sends
+        // move the position to themselves), up to the head: the highest
+        // ordinal stored, which an edit or delete carries too, so deleting
+        // the newest message does not change the count (protocol.md,
+        // "Unread counts").
         let read_n = read.as_ref().map_or(0, |r| r.n);
         let unread = match &last {
-            Some(m) if m.from != me => m.n.saturating_sub(read_n),
-            _ => 0,
+            Some(m) if m.from == me && m.n >= head_n => 0,
+            _ => head_n.saturating_sub(read_n),
         };
         info["unread"] = json!(unread);
+        info["last_n"] = json!(head_n);
         if matches!(conv.kind(), chat_nats::subjects::ConvKind::Group(_)) {
+            // Counted with unread once mentions exist.
             info["mentions"] = json!(0);
         }
         info["read_up_to"] = json!(read.map(|r| r.up_to.to_string()));
         info["conv"] = json!(conv.to_string());
         info["last_message"] = match &last {
             Some(m) => {
-                json!({"id": m.id.to_string(), "from": m.from.to_string(), "kind": m.kind, "body": m.body, "ts": m.ts, "event": m.event})
+                json!({"id": m.id.to_string(), "from": m.from.to_string(), "kind": m.kind, "body": m.body, "ts": m.ts, "n": m.n, "event": m.event})
             }
             None => Value::Null,
         };
-        out.push((last.map(|m| m.ts).unwrap_or(0), info));
+        out.push((Position(last.map(|m| m.ts).unwrap_or(0), conv.to_string()), info));
     }
-    out.sort_by_key(|c| std::cmp::Reverse(c.0));
-    let conversations: Vec<Value> = out.into_iter().map(|(_, v)| v).collect();
-    Ok(json(StatusCode::OK, &json!({ "conversations": conversations })))
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    let mut page: Vec<(Position, Value)> =
+        out.into_iter().filter(|(p, _)| before.as_ref().is_none_or(|b| p < b)).take(limit + 1).collect();
+    let more = page.len() > limit;
+    page.truncate(limit);
+    let next_before = if more { page.last().map(|(p, _)| p.cursor()) } else { None };
+    let conversations: Vec<Value> = page.into_iter().map(|(_, v)| v).collect();
+    Ok(json(StatusCode::OK, &json!({ "conversations": conversations, "next_before": next_before })))
 }
 
-type LastAndRead = (Option<StoredMessage>, Option<chat_nats::envelope::ReadMark>);
+struct LastAndRead {
+    last: Option<StoredMessage>,
+    head_n: u64,
+    read: Option<chat_nats::envelope::ReadMark>,
+}
 
 async fn last_and_read(st: &AppState, me: i64, conv: &ConvId) -> Result<LastAndRead, async_nats::Error> {
-    let last = chat_nats::history::last_message(&st.storage.history, conv).await?.map(|(_, m)| m);
-    let read = crate::messaging::reads::get(&st.storage.reads, me, conv).await?;
-    Ok((last, read))
+    let h = &st.storage.history;
+    let events = chat_nats::subjects::history_events(conv);
+    let (last, event, read) = futures::try_join!(
+        chat_nats::history::last_message(h, conv),
+        chat_nats::history::last_on(h, &events),
+        crate::messaging::reads::get(&st.storage.reads, me, conv),
+    )?;
+    let last = last.map(|(_, m)| m);
+    let head_n = last.as_ref().map_or(0, |m| m.n).max(event.map_or(0, |(_, e)| e.n));
+    Ok(LastAndRead { last, head_n, read })
 }
 
 /// `GET /v1/conversations/{conv}/reads`: each participant's read position

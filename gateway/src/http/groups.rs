@@ -110,7 +110,12 @@ async fn post_system(
         event: Some(event),
         target: None,
     };
-    st.sender.send(out).await?;
+    let sent = st.sender.send(out).await?;
+    // The actor's own system message counts as read by them, like an own
+    // send (the unread counts of protocol.md count it so on the device).
+    if st.cfg.own_send_reads && sent.n > 0 {
+        st.own_reads.record((actor, conv), (sent.n, sent.id));
+    }
     Ok(())
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use async_nats::jetstream::stream::{DirectGetErrorKind, RawMessageErrorKind};
 use chat_nats::envelope::{MessageKind, StoredMessage};
-use chat_nats::subjects;
+use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::{ErrorCode, MsgFrame, ServerFrame};
 use futures::StreamExt;
 
@@ -243,6 +243,16 @@ async fn deliver(
     let from_self = stored.from == user;
     let own = from_self && stored.device == device;
     let ts = stored.ts;
+    if stored.kind == MessageKind::Delivered {
+        // A 1:1 peer's devices got our messages up to `id`.
+        let f = ServerFrame::Delivered {
+            conv: stored.conv,
+            user: stored.from.to_string(),
+            up_to: stored.id.to_string(),
+            cursor: seq.to_string(),
+        };
+        return out.push(&f).await;
+    }
     if stored.kind == MessageKind::Read {
         // A read mark: the user's own (other devices; the device that sent
         // it already has the answer to its `read`) or a 1:1 peer's receipt.
@@ -259,12 +269,19 @@ async fn deliver(
             ServerFrame::Read {
                 conv: stored.conv,
                 up_to: stored.id.to_string(),
+                n: Some(stored.n),
                 unread: None,
                 cursor: Some(seq.to_string()),
             }
         };
         return out.push(&f).await;
     }
+    // A peer's 1:1 text: its delivery receipt (coalesced, see `receipts`).
+    let receipt = (!from_self && stored.kind == MessageKind::Text && state.cfg.delivery_receipts)
+        .then(|| ConvId::parse(&stored.conv))
+        .flatten()
+        .filter(|c| matches!(c.kind(), ConvKind::Direct(..)))
+        .map(|c| (c, stored.id, stored.n));
     let msg = ServerFrame::Msg(MsgFrame {
         id: stored.id.to_string(),
         conv: stored.conv,
@@ -272,6 +289,7 @@ async fn deliver(
         kind: stored.kind,
         body: stored.body,
         ts: stored.ts,
+        n: stored.n,
         cursor: seq.to_string(),
         cid: own.then_some(stored.cid),
         target: stored.target.map(|t| t.to_string()),
@@ -285,6 +303,9 @@ async fn deliver(
     // exchange).
     if !from_self {
         state.delivered.record(user, seq);
+    }
+    if let Some((conv, id, n)) = receipt {
+        state.receipts.record(user, conv, id, n);
     }
     true
 }

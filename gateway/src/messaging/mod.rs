@@ -1,5 +1,6 @@
 //! Messages: the [`send`] path, [`change`] (edits and deletes), [`delivery`] (catch-up and live) with its
-//! wake-ups ([`live`], [`hub`]), [`history`] pages, delivered [`marks`], read positions ([`reads`]) and
+//! wake-ups ([`live`], [`hub`]), [`history`] pages, delivered [`marks`], read positions ([`reads`]),
+//! 1:1 delivery receipts ([`receipts`]) and
 //! the internal-service subject ([`service`]).
 
 pub mod change;
@@ -10,5 +11,6 @@ pub mod ingress;
 pub mod live;
 pub mod marks;
 pub mod reads;
+pub mod receipts;
 pub mod send;
 pub mod service;

@@ -53,20 +53,25 @@ pub async fn get(kv: &kv::Store, user: i64, conv: &ConvId) -> Result<Option<Read
 /// Moves the position to `mark` unless it is already further; the position
 /// after the call.
 pub async fn raise(kv: &kv::Store, user: i64, conv: &ConvId, mark: &ReadMark) -> Result<ReadMark, async_nats::Error> {
-    let key = subjects::read_key(user, conv);
+    raise_at(kv, &subjects::read_key(user, conv), mark).await
+}
+
+/// Moves the position at `key` to `mark` unless it is already further (by
+/// ordinal); the position after the call.
+pub async fn raise_at(kv: &kv::Store, key: &str, mark: &ReadMark) -> Result<ReadMark, async_nats::Error> {
     let stored = ReadMark { receipt: false, ..mark.clone() };
     let value = Bytes::from(serde_json::to_vec(&stored)?);
     for _ in 0..16 {
-        let written = match kv.entry(&key).await? {
+        let written = match kv.entry(key).await? {
             Some(e) if e.operation == Operation::Put => {
                 if let Ok(cur) = serde_json::from_slice::<ReadMark>(&e.value) {
                     if cur.n >= mark.n {
                         return Ok(cur);
                     }
                 }
-                kv.update(&key, value.clone(), e.revision).await.is_ok()
+                kv.update(key, value.clone(), e.revision).await.is_ok()
             }
-            _ => kv.create(&key, value.clone()).await.is_ok(),
+            _ => kv.create(key, value.clone()).await.is_ok(),
         };
         if written {
             return Ok(stored);
@@ -88,7 +93,7 @@ pub async fn mark(
         .ok_or_else(|| ClientError::new(ErrorCode::BadFrame, "up_to must be a message id"))?;
     let msg = find(state, &conv, id)
         .await?
-        .filter(|m| m.kind != MessageKind::Read)
+        .filter(|m| !m.kind.is_mark())
         .ok_or_else(|| ClientError::not_found("no such message in this conversation"))?;
     let wanted = ReadMark { up_to: msg.id, n: msg.n, receipt: false };
     let now = raise(&state.storage.reads, user, &conv, &wanted).await.map_err(ClientError::unavailable)?;
@@ -111,13 +116,16 @@ pub async fn mark(
         };
         state.sender.send(out).await?;
     }
-    let last_n = chat_nats::history::last_message(&state.storage.history, &conv)
+    // The head, as the conversation list counts: an edit or delete carries
+    // the ordinal reached.
+    let last_n = chat_nats::history::head(&state.storage.history, &conv)
         .await
         .map_err(ClientError::unavailable)?
-        .map_or(0, |(_, m)| m.n);
+        .map_or(0, |(_, n)| n);
     Ok(ServerFrame::Read {
         conv: conv.to_string(),
         up_to: now.up_to.to_string(),
+        n: Some(now.n),
         unread: Some(last_n.saturating_sub(now.n)),
         cursor: None,
     })

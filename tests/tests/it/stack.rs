@@ -189,6 +189,9 @@ impl StackBuilder {
             // where a test searches (`search`, `changes`, `cli`): on this
             // 2-core machine it would slow every load test.
             ("CHAT_SEARCH_INDEXER", "false"),
+            // And 1:1 delivery receipts (a receipt per delivered burst): on
+            // where a test counts them (`receipts`).
+            ("CHAT_DELIVERY_RECEIPTS", "false"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1,0 +1,106 @@
+//! Delivery receipts of 1:1s: when a message of the peer is handed to a
+//! device of its recipient, the peer's devices learn it (`delivered`
+//! frames), in conversation order and caught up from their cursors like
+//! read receipts.
+//!
+//! Delivery records (recipient, conversation) → the newest message handed
+//! over, in memory; a background task spreads them coalesced, like the
+//! delivered marks (`marks.rs`): the first record after a quiet spell
+//! starts a timer of `CHAT_DELIVERED_FLUSH_MS`, and everything recorded by
+//! then is spread in one round, one receipt per (recipient, conversation)
+//! whatever the number of messages. Each raises KV `chat_read`
+//! `d.<user>.<conv>` by compare-and-set (never backwards, whichever
+//! gateway writes), and only a raise is spread: a second device catching
+//! up on messages already receipted costs one KV read, nothing else. The
+//! spreading is an ingress message of kind `delivered` on the
+//! conversation's partition, which the worker copies to the peer's inbox
+//! (`workers/src/reads.rs`) after the messages it names.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use chat_nats::envelope::{MessageKind, ReadMark};
+use chat_nats::subjects::{self, ConvId};
+use futures::StreamExt;
+use tokio::sync::Notify;
+
+use crate::error::ClientError;
+use crate::messaging::send::Outgoing;
+use crate::AppState;
+
+/// Spreads at most this many receipts at once.
+const FLUSH_CONCURRENCY: usize = 64;
+
+/// The device name of receipts in their dedupe keys
+/// (`<user>.dlv.d<message id>`): no session's device is called this.
+const DEVICE: &str = "dlv";
+
+/// Delivery receipts of this gateway waiting to be spread.
+#[derive(Debug, Default)]
+pub struct DeliveryReceipts {
+    pending: Mutex<HashMap<(i64, ConvId), ReadMark>>,
+    wake: Notify,
+}
+
+impl DeliveryReceipts {
+    /// Records that message `id` (ordinal `n`) of the 1:1 `conv` reached a
+    /// device of its recipient `user`.
+    pub fn record(&self, user: i64, conv: ConvId, id: u64, n: u64) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let first = p.is_empty();
+        let e = p.entry((user, conv)).or_insert(ReadMark { up_to: 0, n: 0, receipt: false });
+        if n > e.n {
+            *e = ReadMark { up_to: id, n, receipt: false };
+        }
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Spreads recorded receipts until the gateway is gone.
+    pub async fn run(self: Arc<Self>, state: Weak<AppState>, coalesce: Duration) {
+        loop {
+            self.wake.notified().await;
+            tokio::time::sleep(coalesce).await;
+            let Some(state) = state.upgrade() else { return };
+            let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            futures::stream::iter(batch)
+                .for_each_concurrent(FLUSH_CONCURRENCY, |((user, conv), mark)| {
+                    let state = &state;
+                    async move {
+                        if let Err(e) = spread(state, user, &conv, &mark).await {
+                            tracing::warn!(user_id = user, conv = %conv, error = %e.message, "cannot spread a delivery receipt");
+                        }
+                    }
+                })
+                .await;
+        }
+    }
+}
+
+/// Raises the recipient's delivered position and, if it moved (or a
+/// retry finds it where an earlier spread may have failed), hands the
+/// receipt to the worker.
+async fn spread(state: &AppState, user: i64, conv: &ConvId, mark: &ReadMark) -> Result<(), ClientError> {
+    let key = subjects::delivered_receipt_key(user, conv);
+    let now =
+        crate::messaging::reads::raise_at(&state.storage.reads, &key, mark).await.map_err(ClientError::unavailable)?;
+    if now.n != mark.n {
+        return Ok(()); // already further: receipted before
+    }
+    let body = serde_json::to_string(mark)
+        .map_err(|e| ClientError::new(chat_nats::wire::ErrorCode::Internal, e.to_string()))?;
+    let cid = format!("d{}", mark.up_to);
+    let out = Outgoing {
+        from: user,
+        device: DEVICE,
+        cid: &cid,
+        conv,
+        kind: MessageKind::Delivered,
+        body,
+        event: None,
+        target: None,
+    };
+    state.sender.send(out).await.map(|_| ())
+}
