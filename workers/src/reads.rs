@@ -49,6 +49,7 @@ async fn spread(sh: &Shared, send: &IngressSend) -> Result<Result<(), String>, a
             }
         }
         ConvKind::Direct(..) => return Ok(Err("not a participant".into())),
+        ConvKind::Room(_) => return Ok(Err("rooms have no read positions".into())),
         ConvKind::Group(_) => {}
     }
     let copy = StoredMessage {
