@@ -423,9 +423,7 @@ impl Conn {
         loop {
             let v = self
                 .wait_for("joined", |v| {
-                    (v["type"] == "msg" && v["room"] == room)
-                        || (v["type"] == "joined" && v["room"] == room)
-                        || v["type"] == "error"
+                    ((v["type"] == "msg" || v["type"] == "joined") && v["room"] == room) || v["type"] == "error"
                 })
                 .await?;
             match v["type"].as_str() {

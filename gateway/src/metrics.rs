@@ -45,8 +45,9 @@ const FRAMES_IN: [&str; 10] = [
 ];
 
 /// Server frame types as counted (`other`: none of the known ones).
-const FRAMES_OUT: [&str; 13] =
-    ["ack", "error", "msg", "synced", "pong", "presence", "typing", "read", "receipt", "joined", "left", "gap", "other"];
+const FRAMES_OUT: [&str; 13] = [
+    "ack", "error", "msg", "synced", "pong", "presence", "typing", "read", "receipt", "joined", "left", "gap", "other",
+];
 
 /// A server frame's type, as an index into `FRAMES_OUT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -227,5 +227,8 @@ pub async fn sanction(
         let notice = Bytes::from(serde_json::to_vec(&RoomControl::Ban { user }).expect("serializable"));
         st.client.publish(subjects::room_control(room), notice).await.map_err(ClientError::unavailable)?;
     }
-    Ok(json(StatusCode::OK, &json!({"room": room.to_string(), "user": user.to_string(), "secs": r.secs, "lifted": lift})))
+    Ok(json(
+        StatusCode::OK,
+        &json!({"room": room.to_string(), "user": user.to_string(), "secs": r.secs, "lifted": lift}),
+    ))
 }

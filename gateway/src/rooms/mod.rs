@@ -239,13 +239,8 @@ impl Rooms {
 
     fn start_feed(self: &Arc<Self>, room: i64) -> Arc<Feed> {
         let (ready_tx, ready) = watch::channel(false);
-        let feed = Arc::new(Feed {
-            room,
-            viewers: Mutex::default(),
-            last: Mutex::new(None),
-            ready,
-            task: Mutex::new(None),
-        });
+        let feed =
+            Arc::new(Feed { room, viewers: Mutex::default(), last: Mutex::new(None), ready, task: Mutex::new(None) });
         let task = tokio::spawn(run_feed(self.clone(), feed.clone(), ready_tx));
         *lock(&feed.task) = Some(task);
         feed

@@ -201,8 +201,8 @@ impl Db {
                 &format!(
                     "SELECT {ROOM_COLUMNS}, coalesce(u.moderator, false), coalesce(u.poster, false),
                             coalesce(u.invited, false),
-                            CASE WHEN u.banned_until > now() THEN extract(epoch from u.banned_until) * 1000 END,
-                            CASE WHEN u.muted_until > now() THEN extract(epoch from u.muted_until) * 1000 END
+                            CASE WHEN u.banned_until > now() THEN (extract(epoch from u.banned_until) * 1000)::float8 END,
+                            CASE WHEN u.muted_until > now() THEN (extract(epoch from u.muted_until) * 1000)::float8 END
                      FROM rooms r LEFT JOIN room_users u ON u.room_id = r.id AND u.user_id = $2
                      WHERE r.id = $1"
                 ),
