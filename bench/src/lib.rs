@@ -43,6 +43,7 @@ pub mod latency;
 pub mod pace;
 pub mod procfs;
 pub mod report;
+pub mod room;
 pub mod stack;
 pub mod storm;
 pub mod tap;

@@ -11,12 +11,12 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use chat_bench::client::Transport;
 use chat_bench::stack::{OwnStack, StackCfg};
-use chat_bench::{catchup, fanout, fsync, heartbeat, history, idle, latency, storm, QuicTarget, Report, Target};
+use chat_bench::{catchup, fanout, fsync, heartbeat, history, idle, latency, room, storm, QuicTarget, Report, Target};
 
 const HELP: &str = "\
 chat-bench <scenario> [options]
 
-scenarios: latency catchup history idle storm fanout heartbeat fsync all
+scenarios: latency catchup history idle storm fanout heartbeat fsync room all
 
 stack (default: start nats-server, PostgreSQL and target/release binaries):
   --gateways N            gateway processes [1] (idle: 2 shows scaling)
@@ -45,13 +45,14 @@ scenario options (with `all`, prefix one with the scenario, e.g. --history-messa
            --concurrency 64 (connections opened at once per client process) --transport ws|quic
   storm    --clients 1000 --devices-per-user 10 --missed 2
   fanout   --groups 2 --members 100 --devices 1 --senders 4 --rate 100 --duration 10
+  room     --viewers 10000 --users 100 --rate 20 --duration 10 --warmup 2 --size 100 (one live room)
   heartbeat --conns 5000 --users 100 --interval 1 (per connection) or --rates 5000,10000,20000
            (total per second, stepped until saturated) --duration 10 --warmup 2 --transport ws|quic
   fsync    --fsyncs 1000 --batch-sizes 1,20,100,500,999 --window 256 --duration 3 --size 200
            (starts only nats-server; with --nats URL uses that one, and --dir for the fsync file)
 ";
 
-const SCENARIOS: [&str; 8] = ["latency", "catchup", "history", "idle", "storm", "fanout", "heartbeat", "fsync"];
+const SCENARIOS: [&str; 9] = ["latency", "catchup", "history", "idle", "storm", "fanout", "heartbeat", "fsync", "room"];
 
 /// Parsed `--key value` options (repeatable) and flags.
 struct Opts {
@@ -203,6 +204,20 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
                 baselines: base,
             };
             fanout::run(t, &cfg).await?
+        }
+        "room" => {
+            let d = room::Cfg::default();
+            let cfg = room::Cfg {
+                viewers: o.num("viewers", d.viewers)?,
+                users: o.num("users", d.users)?,
+                rate: o.num("rate", d.rate)?,
+                duration: o.secs("duration", d.duration)?,
+                warmup: o.secs("warmup", d.warmup)?,
+                size: o.num("size", d.size)?,
+                ceiling_msgs: o.num("ceiling-msgs", d.ceiling_msgs)?,
+                baselines: base,
+            };
+            room::run(t, &cfg).await?
         }
         "heartbeat" => {
             let d = heartbeat::Cfg::default();

@@ -438,6 +438,36 @@ impl Conn {
         frame_result(v)
     }
 
+    /// Joins a live room: the backlog's `msg` frames and the `joined`
+    /// frame that ends it (or the `error`). Live messages follow.
+    pub async fn join_room(&mut self, room: &str) -> Result<(Vec<Value>, Value), ClientError> {
+        self.send_json(&json!({"type": "join", "room": room})).await?;
+        let mut backlog = Vec::new();
+        loop {
+            let v = self
+                .wait_for("joined", |v| {
+                    ((v["type"] == "msg" || v["type"] == "joined") && v["room"] == room) || v["type"] == "error"
+                })
+                .await?;
+            match v["type"].as_str() {
+                Some("joined") => return Ok((backlog, v)),
+                Some("error") => return Err(api_error(&v)),
+                _ => backlog.push(v),
+            }
+        }
+    }
+
+    /// Leaves a live room and waits for `left`.
+    pub async fn leave_room(&mut self, room: &str) -> Result<Value, ClientError> {
+        self.send_json(&json!({"type": "leave", "room": room})).await?;
+        self.wait_for("left", |v| v["type"] == "left" && v["room"] == room).await
+    }
+
+    /// Posts in a live room and waits for the `ack` (or `error`).
+    pub async fn send_to_room(&mut self, cid: &str, room: &str, body: &str) -> Result<Value, ClientError> {
+        self.send_frame_and_ack(json!({"type": "send", "cid": cid, "to": {"room": room}, "body": body}), cid).await
+    }
+
     /// The next `msg` frame.
     pub async fn next_msg(&mut self) -> Result<Value, ClientError> {
         self.wait_for("msg", |v| v["type"] == "msg").await

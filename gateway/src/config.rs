@@ -48,6 +48,14 @@ pub struct GatewayConfig {
     pub delivery_receipts: bool,
     /// `CHAT_WS_MAX_FRAME_BYTES`: largest WebSocket message accepted.
     pub max_frame_bytes: usize,
+    /// `CHAT_ROOM_BACKLOG`: messages of a room's history sent on `join`.
+    pub room_backlog: usize,
+    /// `CHAT_ROOM_QUEUE_FRAMES`: frames a session's queue may hold when a
+    /// room message is offered to it; past that the viewer skips messages
+    /// (a `gap` notice follows) instead of slowing the room.
+    pub room_queue_frames: usize,
+    /// `CHAT_ROOM_MAX_JOINED`: rooms one session may have joined at once.
+    pub room_max_joined: usize,
     /// `CHAT_HISTORY_INDEX_CACHE`: history index entries cached per gateway.
     pub history_index_cache: usize,
     /// `CHAT_SEARCH_MAX_LIMIT`: most hits one `GET /v1/search` page returns
@@ -208,6 +216,9 @@ impl PushProviders {
 /// kernel then drops SYNs and each client waits ~1 s to retransmit).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
+/// Default of `CHAT_ROOM_BACKLOG`.
+pub const ROOM_BACKLOG: u64 = 50;
+
 impl GatewayConfig {
     /// Reads and validates the configuration.
     pub fn from_source(src: &dyn Source) -> Result<GatewayConfig, ConfigError> {
@@ -234,6 +245,9 @@ impl GatewayConfig {
                 30 * 24 * 3600,
             )?),
             max_frame_bytes: bounded(src, "CHAT_WS_MAX_FRAME_BYTES", 1 << 20, 1024, 1 << 20)? as usize,
+            room_backlog: bounded(src, "CHAT_ROOM_BACKLOG", ROOM_BACKLOG, 0, 100)? as usize,
+            room_queue_frames: bounded(src, "CHAT_ROOM_QUEUE_FRAMES", 256, 1, 1 << 20)? as usize,
+            room_max_joined: bounded(src, "CHAT_ROOM_MAX_JOINED", 16, 1, 1000)? as usize,
             live_poll: Duration::from_secs(bounded(src, "CHAT_LIVE_POLL_SECS", 60, 1, 86_400)?),
             password_hash_concurrency: bounded(
                 src,

@@ -47,6 +47,7 @@ impl Edges {
             draining: false,
             at_capacity: false,
             updated_ms: 0,
+            rooms: Default::default(),
         };
         Edges {
             me,
@@ -91,6 +92,15 @@ impl Edges {
                 .then_with(|| a.id.cmp(&b.id))
         });
         all
+    }
+
+    /// Viewers of a room on the other live gateways, as last written.
+    pub fn room_viewers(&self, room: &str, ttl: Duration) -> u64 {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.values()
+            .filter(|(e, at)| e.id != self.me.id && at.elapsed() < ttl)
+            .filter_map(|(e, _)| e.rooms.get(room))
+            .sum()
     }
 
     fn apply(&self, key: &str, value: &[u8]) {
@@ -143,7 +153,8 @@ pub fn start(state: Arc<AppState>) -> Registry {
         let every = writer.storage.settings.registry_ttl / 3;
         loop {
             let count = writer.connections.count();
-            let entry = writer.edges.entry(count);
+            let mut entry = writer.edges.entry(count);
+            entry.rooms = writer.rooms.counts();
             writer.edges.full.store(entry.at_capacity, Ordering::Release);
             let value = serde_json::to_vec(&entry).expect("entries serialize");
             if let Err(e) = writer.storage.gateways.put(&entry.id, value.into()).await {

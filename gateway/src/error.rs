@@ -128,7 +128,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | E::BannedWord => StatusCode::BAD_REQUEST,
         E::Unauthorized => StatusCode::UNAUTHORIZED,
         E::Forbidden | E::Banned | E::EditWindowClosed => StatusCode::FORBIDDEN,
-        E::NotFound => StatusCode::NOT_FOUND,
+        E::NotFound | E::UnknownRoom => StatusCode::NOT_FOUND,
         E::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         E::UsernameTaken | E::GroupFull | E::Conflict => StatusCode::CONFLICT,
         E::RateLimited | E::Muted => StatusCode::TOO_MANY_REQUESTS,

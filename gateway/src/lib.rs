@@ -13,6 +13,8 @@
 //! - [`metrics`]: the Prometheus metrics `GET /metrics` serves.
 //! - [`moderation`]: the live banned-word list and flood detection, applied
 //!   to every send.
+//! - [`rooms`]: live rooms, one subscription per room fanned out to the
+//!   local viewers.
 //!
 //! The gateway keeps no state of its own: every message is in JetStream,
 //! every account in PostgreSQL. [`run`] takes a bound listener and a
@@ -28,6 +30,7 @@ pub mod http;
 pub mod messaging;
 pub mod metrics;
 pub mod moderation;
+pub mod rooms;
 pub mod store;
 
 use std::collections::{HashMap, HashSet};
@@ -123,6 +126,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Banned words and flood detection.
     pub moderation: moderation::Moderation,
+    /// Live rooms with viewers on this gateway.
+    pub rooms: Arc<rooms::Rooms>,
 }
 
 impl AppState {
@@ -145,6 +150,13 @@ impl AppState {
 }
 
 impl AppState {
+    /// A room's approximate live viewer count: this gateway's now, the
+    /// others' as their registry entries last said.
+    pub fn room_viewers(&self, room: i64) -> u64 {
+        let others = self.edges.room_viewers(&room.to_string(), self.storage.settings.registry_ttl);
+        others + self.rooms.count(room)
+    }
+
     /// Records a 1:1 conversation for the conversation list (once per
     /// gateway process; the insert is idempotent).
     pub async fn remember_direct(&self, a: i64, b: i64) {
@@ -288,6 +300,7 @@ pub async fn run(
     let edges = edge::Edges::new(&cfg, http_addr, quic_addr);
     let auth_limits = http::accounts::AuthLimits::new(&cfg);
     let metrics = metrics::Metrics::new(&db, &client, &moderation);
+    let rooms = rooms::Rooms::new(client.clone(), storage.clone(), cfg.room_queue_frames);
     let state = Arc::new(AppState {
         cfg,
         db,
@@ -311,6 +324,7 @@ pub async fn run(
         edges,
         metrics,
         moderation,
+        rooms,
     });
     let registry = edge::start(state.clone());
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));

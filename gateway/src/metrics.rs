@@ -31,12 +31,36 @@ pub enum Transport {
 const TRANSPORTS: [&str; 2] = ["ws", "quic"];
 
 /// Client frame types as counted (`invalid`: did not parse).
-const FRAMES_IN: [&str; 9] =
-    ["send", "sync", "ping", "typing", "presence.subscribe", "presence.unsubscribe", "read", "invalid", "binary"];
+const FRAMES_IN: [&str; 10] = [
+    "send",
+    "sync",
+    "ping",
+    "typing",
+    "presence.subscribe",
+    "presence.unsubscribe",
+    "read",
+    "invalid",
+    "binary",
+    "room",
+];
 
 /// Server frame types as counted (`other`: none of the known ones).
-const FRAMES_OUT: [&str; 11] =
-    ["ack", "error", "msg", "synced", "pong", "presence", "typing", "read", "receipt", "delivered", "other"];
+const FRAMES_OUT: [&str; 14] = [
+    "ack",
+    "error",
+    "msg",
+    "synced",
+    "pong",
+    "presence",
+    "typing",
+    "read",
+    "receipt",
+    "delivered",
+    "joined",
+    "left",
+    "gap",
+    "other",
+];
 
 /// A server frame's type, as an index into `FRAMES_OUT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +271,7 @@ impl Metrics {
             Ok(F::PresenceSubscribe { .. }) => 4,
             Ok(F::PresenceUnsubscribe { .. }) => 5,
             Ok(F::Read { .. }) => 6,
+            Ok(F::Join { .. } | F::Leave { .. }) => 9,
             Err(()) => 7,
         };
         self.frames_in[i].inc();

@@ -482,6 +482,23 @@ pub struct GatewayEntry {
     pub at_capacity: bool,
     /// Unix ms of this write.
     pub updated_ms: u64,
+    /// Live viewers of each room on this gateway (room id → viewers), for
+    /// the approximate count of `GET /v1/rooms/{room}`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub rooms: std::collections::BTreeMap<String, u64>,
+}
+
+/// A moderation action a gateway announces to every gateway with viewers
+/// of a room ([`crate::subjects::room_control`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum RoomControl {
+    /// The user was banned from the room: their sessions leave it now.
+    Ban {
+        /// The banned user.
+        #[serde(with = "id_str")]
+        user: i64,
+    },
 }
 
 impl GatewayEntry {

@@ -152,6 +152,26 @@ pub fn inbox(user: i64) -> String {
     format!("{PREFIX}.inbox.{user}")
 }
 
+/// Core subject on which the sequencer publishes every stored message of a
+/// room (payload: the [`crate::envelope::StoredMessage`] as stored in
+/// history), once, for every gateway with viewers of the room. Never
+/// persisted: the room's history is.
+pub fn room_live(room: i64) -> String {
+    format!("{PREFIX}.room.{room}.m")
+}
+
+/// Core subject on which a gateway tells the others' viewers of a room
+/// about a moderation action (payload: a [`crate::envelope::RoomControl`]).
+pub fn room_control(room: i64) -> String {
+    format!("{PREFIX}.room.{room}.c")
+}
+
+/// What a gateway subscribes to, once per room with local viewers: the
+/// room's [`room_live`] and [`room_control`] subjects.
+pub fn room_all(room: i64) -> String {
+    format!("{PREFIX}.room.{room}.*")
+}
+
 /// Subject on which a gateway instance receives sequencer acks.
 pub fn gateway_acks(gateway_id: &str) -> String {
     format!("{PREFIX}.gwack.{gateway_id}")
@@ -315,8 +335,9 @@ pub fn hindex_key(conv: &ConvId, block: u64) -> String {
     format!("{conv}.{block}")
 }
 
-/// A conversation id. `dm-<a>-<b>` for 1:1 (a ≤ b, user ids) and
-/// `g-<group id>` for groups. Safe as a subject token.
+/// A conversation id. `dm-<a>-<b>` for 1:1 (a ≤ b, user ids),
+/// `g-<group id>` for groups and `r-<room id>` for live rooms. Safe as a
+/// subject token.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConvId(String);
 
@@ -328,6 +349,8 @@ pub enum ConvKind {
     Direct(i64, i64),
     /// A group conversation.
     Group(i64),
+    /// A live room: history only, no inbox copies (read fan-out).
+    Room(i64),
 }
 
 impl ConvId {
@@ -342,12 +365,18 @@ impl ConvId {
         ConvId(format!("g-{group_id}"))
     }
 
+    /// The conversation of a live room.
+    pub fn room(room_id: i64) -> ConvId {
+        ConvId(format!("r-{room_id}"))
+    }
+
     /// Parses a conversation id received from outside; `None` if malformed.
     pub fn parse(s: &str) -> Option<ConvId> {
         let kind = Self::kind_of(s)?;
         Some(match kind {
             ConvKind::Direct(a, b) => ConvId::direct(a, b),
             ConvKind::Group(g) => ConvId::group(g),
+            ConvKind::Room(r) => ConvId::room(r),
         })
         .filter(|c| c.0 == s)
     }
@@ -357,6 +386,8 @@ impl ConvId {
             let (a, b) = rest.split_once('-')?;
             let (a, b) = (parse_id(a)?, parse_id(b)?);
             (a <= b).then_some(ConvKind::Direct(a, b))
+        } else if let Some(room) = s.strip_prefix("r-") {
+            parse_id(room).map(ConvKind::Room)
         } else {
             s.strip_prefix("g-").and_then(parse_id).map(ConvKind::Group)
         }
@@ -426,6 +457,11 @@ mod tests {
             assert_eq!(ConvId::parse(bad), None, "{bad}");
         }
         assert_eq!(ConvId::parse("g-5").map(|c| c.kind()), Some(ConvKind::Group(5)));
+        assert_eq!(ConvId::parse("r-9").map(|c| c.kind()), Some(ConvKind::Room(9)));
+        for bad in ["r-", "r-0", "r-09", "r-1.2"] {
+            assert_eq!(ConvId::parse(bad), None, "{bad}");
+        }
+        assert_eq!(room_all(9), "chat.room.9.*");
     }
 
     #[test]

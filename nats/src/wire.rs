@@ -77,6 +77,17 @@ pub enum ClientFrame {
         /// The message id read up to.
         up_to: String,
     },
+    /// Join a live room: answered with its last `CHAT_ROOM_BACKLOG`
+    /// messages, then `joined`, then its live messages.
+    Join {
+        /// Room id.
+        room: String,
+    },
+    /// Leave a live room; answered with `left`.
+    Leave {
+        /// Room id.
+        room: String,
+    },
 }
 
 /// Presence status.
@@ -97,6 +108,8 @@ pub enum Target {
     User(String),
     /// A group conversation (group id).
     Group(String),
+    /// A live room (room id).
+    Room(String),
 }
 
 /// A frame sent by the server.
@@ -191,6 +204,33 @@ pub enum ServerFrame {
         /// Sync cursor after this entry.
         cursor: String,
     },
+    /// A `join` is complete: the backlog (`msg` frames with `room`) was
+    /// sent; live messages follow with no gap or duplicate at the seam.
+    Joined {
+        /// Room id.
+        room: String,
+        /// How many backlog messages were sent.
+        backlog: u64,
+        /// The room's approximate live viewer count.
+        viewers: u64,
+    },
+    /// The session no longer receives a room: answer to `leave`, or the
+    /// user was banned from it (`reason` `banned`).
+    Left {
+        /// Room id.
+        room: String,
+        /// Why, when the session did not ask (`banned`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// This session read too slowly for a room and skipped `missed` of
+    /// its messages (they stay in the room's history); newer ones follow.
+    Gap {
+        /// Room id.
+        room: String,
+        /// How many messages were skipped.
+        missed: u64,
+    },
     /// The other participant of a 1:1 read up to a message.
     Receipt {
         /// Conversation id.
@@ -224,7 +264,9 @@ pub struct MsgFrame {
     /// stored): unread counts follow from it (`docs/protocol.md`).
     #[serde(default)]
     pub n: u64,
-    /// Sync cursor after this message (opaque).
+    /// Sync cursor after this message (opaque); absent on room messages
+    /// (rooms are not part of the sync cursor).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cursor: String,
     /// The client message id, only on the device that sent the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,6 +277,9 @@ pub struct MsgFrame {
     /// On `system` messages of groups: the membership change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<crate::envelope::GroupEvent>,
+    /// On messages of a live room: the room id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
 }
 
 /// Stable error codes, shared by WebSocket `error` frames and HTTP errors.
@@ -309,6 +354,8 @@ pub enum ErrorCode {
     Muted,
     /// An edit or delete of one's own message after `CHAT_EDIT_WINDOW_SECS`.
     EditWindowClosed,
+    /// The room does not exist.
+    UnknownRoom,
 }
 
 impl ErrorCode {
@@ -346,6 +393,7 @@ impl ErrorCode {
             ErrorCode::BannedWord => "banned_word",
             ErrorCode::Muted => "muted",
             ErrorCode::EditWindowClosed => "edit_window_closed",
+            ErrorCode::UnknownRoom => "unknown_room",
         }
     }
 }
@@ -361,8 +409,19 @@ pub struct FrameError {
     pub message: String,
 }
 
-const CLIENT_TYPES: [&str; 9] =
-    ["send", "edit", "delete", "sync", "ping", "typing", "presence.subscribe", "presence.unsubscribe", "read"];
+const CLIENT_TYPES: [&str; 11] = [
+    "send",
+    "edit",
+    "delete",
+    "sync",
+    "ping",
+    "typing",
+    "presence.subscribe",
+    "presence.unsubscribe",
+    "read",
+    "join",
+    "leave",
+];
 
 /// Parses one client text frame, telling malformed JSON, unknown types and
 /// bad fields apart.
@@ -415,6 +474,16 @@ mod tests {
         assert_eq!(f, Ok(ClientFrame::Delete { cid: "x1".into(), conv: "g-3".into(), id: "9".into() }));
         let e = parse_client_frame(r#"{"type":"delete","cid":"x2","conv":"g-3","id":"9","body":"no"}"#).unwrap_err();
         assert_eq!((e.code, e.cid.as_deref()), (ErrorCode::BadFrame, Some("x2")));
+    }
+
+    #[test]
+    fn parses_room_frames() {
+        assert_eq!(parse_client_frame(r#"{"type":"join","room":"5"}"#), Ok(ClientFrame::Join { room: "5".into() }));
+        assert_eq!(parse_client_frame(r#"{"type":"leave","room":"5"}"#), Ok(ClientFrame::Leave { room: "5".into() }));
+        let f = parse_client_frame(r#"{"type":"send","cid":"c","to":{"room":"5"},"body":"hi"}"#);
+        assert_eq!(f, Ok(ClientFrame::Send { cid: "c".into(), to: Target::Room("5".into()), body: "hi".into() }));
+        let gap = serde_json::to_value(ServerFrame::Gap { room: "5".into(), missed: 3 }).unwrap();
+        assert_eq!(gap, serde_json::json!({"type":"gap","room":"5","missed":3}));
     }
 
     #[test]

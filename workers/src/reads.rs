@@ -53,6 +53,7 @@ async fn spread(sh: &Shared, send: &IngressSend) -> Result<Result<(), String>, a
         }
         ConvKind::Direct(..) => return Ok(Err("not a participant".into())),
         ConvKind::Group(_) if delivered => return Ok(Err("delivery receipts are for 1:1s".into())),
+        ConvKind::Room(_) => return Ok(Err("rooms have no read positions".into())),
         ConvKind::Group(_) => {}
     }
     let copy = StoredMessage {

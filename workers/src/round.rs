@@ -217,6 +217,7 @@ async fn finish(
                         .push((m, inboxes.get(b).and_then(|c| c.seq_of(i)).ok_or("inbox batch without its sequence")?));
                 }
                 sequencer::wake(sh, &woken).await?;
+                sequencer::announce(sh, &conv, &msg).await?;
                 let history_seq = history.seq_of(h).ok_or("history batch without its sequence")?;
                 index.extend(sequencer::index_entry(&conv, &msg, history_seq));
                 outcome(&p.key, SeqResult::Ok { id: msg.id, conv: msg.conv.clone(), ts: msg.ts, n: msg.n })?

@@ -101,6 +101,8 @@ fn parse(payload: &[u8]) -> Op {
             let (grp, dm) = match conv_id.kind() {
                 ConvKind::Group(g) => (Some(g), None),
                 ConvKind::Direct(a, b) => (None, Some((a, b))),
+                // Rooms are not searched (see docs/architecture.md, Rooms).
+                ConvKind::Room(_) => return Op::Skip,
             };
             Op::Insert { id, conv: e.conv, grp, dm, from, ts: e.ts, body: e.body }
         }

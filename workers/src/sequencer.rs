@@ -273,6 +273,10 @@ async fn recipients(
     let group = match conv.kind() {
         ConvKind::Direct(a, b) if a == b => return Ok(Recipients::To(vec![a])),
         ConvKind::Direct(a, b) => return Ok(Recipients::To(vec![a, b])),
+        // A room is read fan-out: stored once in history, no inbox copy;
+        // the gateway checked who may post (PostgreSQL), and viewers get
+        // it from the room's live subject (see `announce`).
+        ConvKind::Room(_) => return Ok(Recipients::To(Vec::new())),
         ConvKind::Group(g) => g,
     };
     if let std::collections::hash_map::Entry::Vacant(slot) = caches.groups.entry(group) {
@@ -346,6 +350,7 @@ async fn sequence(
     let draft = assign_id(sh, send, &conv, state).await?;
     let stored = store(sh, key, &conv, draft, members, fresh).await?;
     wake(sh, &stored.copies).await?;
+    announce(sh, &conv, &stored.msg).await?;
     index(sh, &conv, &stored).await?;
     let next = ConvState { last_id: stored.msg.id.max(state.last_id), n: stored.msg.n.max(state.n) };
     convs.insert(conv.clone(), next);
@@ -410,6 +415,7 @@ async fn change(
     let written = copy_all(sh, msg.id, members, payload).await?;
     let copies: Vec<(i64, u64)> = members.iter().copied().zip(written).collect();
     wake(sh, &copies).await?;
+    announce(sh, &conv, &msg).await?;
     convs.insert(conv.clone(), ConvState { last_id: msg.id.max(state.last_id), n: state.n });
     Ok(SeqResult::Ok { id: msg.id, conv: conv.to_string(), ts: msg.ts, n: 0 })
 }
@@ -563,6 +569,17 @@ async fn copy_plain(sh: &Shared, id: u64, members: &[i64], payload: &Bytes) -> R
 pub(crate) async fn wake(sh: &Shared, copies: &[(i64, u64)]) -> Result<(), async_nats::Error> {
     for (m, seq) in copies {
         sh.client.publish(subjects::live(*m), Bytes::from(seq.to_string())).await?;
+    }
+    Ok(())
+}
+
+/// Step 3 for a room: the stored message, once, on the room's live
+/// subject, which every gateway with viewers of the room subscribes to
+/// (core NATS: a lost notice shows up as a skipped ordinal and the gateway
+/// reads history to fill it). Also after a duplicate, like `wake`.
+pub(crate) async fn announce(sh: &Shared, conv: &ConvId, msg: &StoredMessage) -> Result<(), async_nats::Error> {
+    if let ConvKind::Room(room) = conv.kind() {
+        sh.client.publish(subjects::room_live(room), Bytes::from(serde_json::to_vec(msg)?)).await?;
     }
     Ok(())
 }

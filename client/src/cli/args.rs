@@ -46,6 +46,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("read", "read <to> <message id>", "mark a conversation read up to a message, for every device of yours (never moves backwards)"),
     ("group", "group create <name> [user...] | add <group> <user...> | remove <group> <user> | leave <group> | list | show <group>", "groups; <group> is #name, a name, an id or g-<id>"),
     ("friends", "friends add <user> | remove <user> | list", "friend requests (add accepts theirs) and the friend list with presence"),
+    ("room", "room create <title...> | show <room> | join <room> | send <room> <text...>", "live rooms: join prints the backlog, then live messages and gaps (Ctrl-C stops); <room> is an id or r-<id>"),
 ];
 
 const GLOBAL: &str = "Options (before or after the command):

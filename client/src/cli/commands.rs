@@ -28,6 +28,7 @@ pub async fn run(o: &Opts, cmd: Vec<String>) -> Result<(), CliError> {
         "read" => read(o, args).await,
         "group" => group(o, args).await,
         "friends" => friends(o, args).await,
+        "room" => room(o, args).await,
         other => Err(CliError::Usage(format!("unknown command {other:?}"))),
     }
 }
@@ -528,6 +529,76 @@ async fn friends(o: &Opts, a: &[String]) -> Result<(), CliError> {
             });
         }
         other => return Err(CliError::Usage(format!("unknown friends command {other:?}: add, remove or list"))),
+    }
+    Ok(())
+}
+
+/// `room create <title...> | show <room> | join <room> | send <room> <text...>`.
+async fn room(o: &Opts, a: &[String]) -> Result<(), CliError> {
+    let (st, mut names) = session(o)?;
+    let sub = arg(a, 0, "create|show|join|send")?;
+    let room_arg = |i: usize| -> Result<String, CliError> {
+        let r = arg(a, i, "room")?;
+        Ok(r.strip_prefix("r-").unwrap_or(&r).to_owned())
+    };
+    match sub.as_str() {
+        "create" => {
+            let title = a[1..].join(" ");
+            if title.trim().is_empty() {
+                return Err(CliError::Usage("missing <title>".into()));
+            }
+            let v = names.call(Method::POST, "/v1/rooms", Some(json!({"title": title}))).await?;
+            out(o, &v, || format!("created room {} ({}) \"{}\"", s(&v["room"]), s(&v["conv"]), s(&v["title"])));
+        }
+        "show" => {
+            let v = names.call(Method::GET, &format!("/v1/rooms/{}", room_arg(1)?), None).await?;
+            out(o, &v, || {
+                format!(
+                    "room {} \"{}\": {} viewers, post {}, join {}",
+                    s(&v["room"]),
+                    s(&v["title"]),
+                    v["viewers"],
+                    s(&v["post"]),
+                    s(&v["join"])
+                )
+            });
+        }
+        "send" => {
+            let room = room_arg(1)?;
+            let body = a[2..].join(" ");
+            if body.trim().is_empty() {
+                return Err(CliError::Usage("missing <text>".into()));
+            }
+            let cid = new_cid();
+            let frame = json!({"type": "send", "cid": cid, "to": {"room": room}, "body": body});
+            let ack = until_ack(o, &names, s(&st["token"]), &cid, frame).await?;
+            let v = json!({"id": ack["id"], "conv": ack["conv"], "ts": ack["ts"]});
+            out(o, &v, || format!("sent {} to room {room}", s(&ack["id"])));
+        }
+        "join" => {
+            let room = room_arg(1)?;
+            let mut c = connect(o, &names, s(&st["token"])).await?;
+            // A room is live: no timeout between its messages.
+            c.timeout = Duration::from_secs(365 * 24 * 3600);
+            let (backlog, joined) = c.join_room(&room).await.map_err(|e| names.err(e))?;
+            for m in &backlog {
+                print_msg(o, &mut names, m).await;
+            }
+            out(o, &joined, || format!("-- joined room {room} ({} viewers); live (Ctrl-C to stop)", joined["viewers"]));
+            loop {
+                let v = c.next().await.map_err(|e| names.err(e))?;
+                match v["type"].as_str() {
+                    Some("msg") if v["room"] == room.as_str() => print_msg(o, &mut names, &v).await,
+                    Some("gap") => out(o, &v, || format!("-- skipped {} messages (reading too slowly)", v["missed"])),
+                    Some("left") => {
+                        out(o, &v, || format!("-- left room {room} ({})", s(&v["reason"])));
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        other => return Err(CliError::Usage(format!("unknown room command {other:?}"))),
     }
     Ok(())
 }

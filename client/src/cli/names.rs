@@ -179,6 +179,9 @@ impl Names {
 
     /// A conversation's title: the other person's name, or the group's.
     pub async fn title_of(&mut self, conv: &str) -> String {
+        if conv.starts_with("r-") {
+            return conv.to_owned(); // rooms are not in the conversation list
+        }
         if self.titles.as_ref().is_none_or(|t| !t.contains_key(conv)) {
             let _ = self.conversations().await;
         }

@@ -116,6 +116,28 @@ impl Outbound {
         true
     }
 
+    /// Queues a live room frame only if the queue holds fewer than `limit`
+    /// frames (and the bytes fit); false, with nothing queued and the
+    /// connection untouched, otherwise. A room never waits for a viewer:
+    /// the viewer skips the message instead (see `crate::rooms`).
+    pub fn offer(&self, frame: String, limit: usize, stored: Option<Stored>) -> bool {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let queued = self.shared.bytes.load(Ordering::Acquire);
+        let frames = self.shared.frames.load(Ordering::Acquire);
+        let fits = queued == 0 || queued + frame.len() <= self.shared.max_bytes;
+        if !fits || frames >= limit.min(self.shared.max_frames) {
+            return false;
+        }
+        self.push_item(Item { epoch: 0, text: frame, stored }, 0)
+    }
+
+    /// Frames queued now.
+    pub fn queued(&self) -> usize {
+        self.shared.frames.load(Ordering::Acquire)
+    }
+
     /// Starts a new delivery epoch: frames queued by earlier epochs and not
     /// yet written are dropped. Returns the new epoch.
     pub fn new_epoch(&self) -> u64 {
@@ -263,6 +285,16 @@ mod tests {
         let stalled = tx.push_wait("c".into(), 0, std::time::Duration::from_millis(10)).await;
         assert!(!stalled);
         assert_eq!(rx.next().await, Err(CLOSE_SLOW_CONSUMER));
+    }
+
+    #[test]
+    fn offer_refuses_past_its_limit_without_closing() {
+        let (tx, _rx) = channel(100, 1 << 20);
+        assert!(tx.offer("a".into(), 2, None));
+        assert!(tx.offer("b".into(), 2, None));
+        assert!(!tx.offer("c".into(), 2, None));
+        assert!(!tx.is_closed());
+        assert_eq!(tx.queued(), 2);
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct Session {
     bucket: TokenBucket,
     pub(in crate::conn) presence: mpsc::UnboundedSender<presence::Cmd>,
     pub(in crate::conn) last_typing: Option<Instant>,
+    /// Joined rooms: each room's task holds the session's place in it.
+    pub(in crate::conn) rooms: std::collections::HashMap<i64, JoinHandle<()>>,
     clean: bool,
 }
 
@@ -57,6 +59,7 @@ impl Session {
             bucket,
             presence,
             last_typing: None,
+            rooms: std::collections::HashMap::new(),
             clean: false,
         }
     }
@@ -116,6 +119,9 @@ impl Drop for Session {
             d.abort();
         }
         self.sender.abort();
+        for (_, room) in self.rooms.drain() {
+            room.abort();
+        }
         let _ = self.presence.send(presence::Cmd::End { clean: self.clean });
     }
 }

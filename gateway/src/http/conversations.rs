@@ -148,6 +148,7 @@ pub async fn reads(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<
                 vec![a, b]
             }
         }
+        chat_nats::subjects::ConvKind::Room(_) => Vec::new(),
         chat_nats::subjects::ConvKind::Group(g) => {
             st.db.group(g).await?.map(|(_, m)| m.iter().map(|m| m.user_id).collect()).unwrap_or_default()
         }

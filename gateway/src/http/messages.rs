@@ -12,11 +12,15 @@ use crate::http::{json, query, Resp};
 use crate::messaging::history::{self, Page};
 use crate::AppState;
 
-/// True when `user` takes part in `conv` (for groups: is a member now).
+/// True when `user` takes part in `conv` (for groups: is a member now;
+/// for rooms: may join it).
 pub async fn participant(st: &AppState, conv: &ConvId, user: i64) -> Result<bool, ClientError> {
     match conv.kind() {
         ConvKind::Direct(a, b) => Ok(user == a || user == b),
         ConvKind::Group(g) => Ok(st.db.role(g, user).await?.is_some()),
+        // A room's history: whoever may join it (not banned, invited if
+        // the room is by invitation).
+        ConvKind::Room(r) => Ok(st.db.room_access(r, user).await?.is_some_and(|a| a.may_join())),
     }
 }
 

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod messages;
 pub mod moderation;
 pub mod push;
+pub mod rooms;
 pub mod search;
 pub mod users;
 pub mod web;
@@ -135,6 +136,17 @@ async fn dispatch(state: &Arc<AppState>, mut req: Request<Incoming>) -> (&'stati
         ["v1", "groups", id, "members", user, "role"] => {
             methods!(method, path; PUT => groups::set_role(st, req, id, user).await)
         },
+        ["v1", "rooms"] => methods!(method, path; POST => rooms::create(st, req).await),
+        ["v1", "rooms", id] => methods!(method, path;
+            GET => rooms::show(st, req, id).await,
+            PATCH => rooms::update(st, req, id).await),
+        ["v1", "rooms", id, "users", user] => methods!(method, path; PUT => rooms::standing(st, req, id, user).await),
+        ["v1", "rooms", id, "bans", user] => methods!(method, path;
+            PUT => rooms::sanction(st, req, id, user, crate::store::rooms::Sanction::Ban, false).await,
+            DELETE => rooms::sanction(st, req, id, user, crate::store::rooms::Sanction::Ban, true).await),
+        ["v1", "rooms", id, "mutes", user] => methods!(method, path;
+            PUT => rooms::sanction(st, req, id, user, crate::store::rooms::Sanction::Mute, false).await,
+            DELETE => rooms::sanction(st, req, id, user, crate::store::rooms::Sanction::Mute, true).await),
         ["v1", "search"] => methods!(method, path; GET => search::search(st, req).await),
         ["v1", "friends"] => methods!(method, path; GET => friends::list(st, req).await),
         ["v1", "friends", user] => methods!(method, path;

@@ -76,6 +76,13 @@ pub async fn apply(
             let allowed = match conv.kind() {
                 ConvKind::Direct(a, b) => (user == a || user == b).then_some(None),
                 ConvKind::Group(g) => state.db.role(g, user).await?.map(Some),
+                // A room's owner and moderators delete like a group's admins.
+                ConvKind::Room(r) => state
+                    .db
+                    .room_access(r, user)
+                    .await?
+                    .filter(|a| a.may_join())
+                    .map(|a| a.moderator.then_some(Role::Admin)),
             };
             match allowed {
                 Some(role) => role,

@@ -294,6 +294,7 @@ async fn deliver(
         cid: own.then_some(stored.cid),
         target: stored.target.map(|t| t.to_string()),
         event: stored.event,
+        room: None,
     });
     if !out.push_msg(&msg, ts, phase).await {
         return false;

@@ -25,6 +25,8 @@ pub async fn participant(state: &AppState, user: i64, conv: &str) -> Result<Conv
     match c.kind() {
         ConvKind::Direct(a, b) if a == user || b == user => Ok(c),
         ConvKind::Direct(..) => Err(forbidden()),
+        // Rooms have no read state (not part of the sync cursor either).
+        ConvKind::Room(_) => Err(forbidden()),
         ConvKind::Group(g) => match state.db.role(g, user).await? {
             Some(_) => Ok(c),
             None => Err(forbidden()),

@@ -233,6 +233,11 @@ pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: 
                 Err(ClientError::new(ErrorCode::UnknownUser, format!("no user {u:?}")))
             }
         }
+        Target::Room(r) => {
+            let room = crate::rooms::access::room_id(r)?;
+            crate::rooms::access::postable(state, room, from).await?;
+            Ok(ConvId::room(room))
+        }
         Target::Group(g) => {
             let unknown = || ClientError::new(ErrorCode::UnknownGroup, format!("no group {g:?}"));
             let gid = subjects::parse_id(g).ok_or_else(|| bad_id("to.group"))?;

@@ -1,6 +1,6 @@
 //! PostgreSQL: the connection pool, migrations and account queries. All SQL
 //! of the gateway lives in this module: [`groups`], [`friends`], [`push`],
-//! [`conversations`] (1:1) and [`search`] beside the accounts here; [`pool`] measures
+//! [`conversations`] (1:1), [`rooms`] and [`search`] beside the accounts here; [`pool`] measures
 //! the connection pool.
 
 pub mod conversations;
@@ -8,6 +8,7 @@ pub mod friends;
 pub mod groups;
 pub mod pool;
 pub mod push;
+pub mod rooms;
 pub mod search;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -25,6 +26,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (7, include_str!("../../migrations/007_group_meta.sql")),
     (8, include_str!("../../migrations/008_search.sql")),
     (9, include_str!("../../migrations/009_read_receipts.sql")),
+    (10, include_str!("../../migrations/010_rooms.sql")),
 ];
 
 /// Database failures.

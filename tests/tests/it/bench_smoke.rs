@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chat_bench::client::Transport;
-use chat_bench::{catchup, fanout, heartbeat, history, idle, latency, procfs, storm, QuicTarget, Report, Target};
+use chat_bench::{catchup, fanout, heartbeat, history, idle, latency, procfs, room, storm, QuicTarget, Report, Target};
 
 use crate::stack::{stack, Kind, Stack};
 
@@ -162,6 +162,29 @@ async fn storm_smoke() -> Result<()> {
     assert_eq!(r.get("baseline_messages_read"), 40.0, "{}", r.table());
     assert!(r.get("all_synced_s") > 0.0, "{}", r.table());
     lat_positive(&r, "ours reconnect→synced (per client)", 20);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_smoke() -> Result<()> {
+    let s = bench_stack().await?;
+    let cfg = room::Cfg {
+        viewers: 20,
+        users: 4,
+        rate: 20.0,
+        duration: Duration::from_secs(1),
+        warmup: Duration::from_millis(500),
+        size: 32,
+        ceiling_msgs: 200,
+        baselines: true,
+    };
+    let r = room::run(&target(&s), &cfg).await?;
+    assert_eq!(r.get("viewers_joined"), 20.0, "{}", r.table());
+    assert_eq!(r.get("acked"), 20.0, "{}", r.table());
+    assert_eq!(r.get("delivered"), 400.0, "every viewer, every message\n{}", r.table());
+    assert_eq!(r.get("errors"), 0.0, "{}", r.table());
+    lat_positive(&r, "ours room post→delivery", 400);
+    assert!(r.get("baseline_core_fanout_max_deliveries_per_s") > 0.0, "{}", r.table());
     Ok(())
 }
 

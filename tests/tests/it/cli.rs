@@ -295,3 +295,34 @@ async fn chat_read_clears_the_unread_count_on_every_device() -> Result<()> {
     ensure!(o.code == 1 && o.stderr.contains("not_found"), "exit {}: {}", o.code, o.stderr);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_room_create_join_and_send() -> Result<()> {
+    let s = stack().start().await?;
+    let dir = Dir::new("rooms")?;
+    for who in ["alice", "bob"] {
+        chat(&s, &dir, who, &["signup", who, "password123"]).await?;
+        chat(&s, &dir, who, &["login", who, "password123"]).await?;
+    }
+    let room = json_line(&chat(&s, &dir, "alice", &["--json", "room", "create", "the", "final"]).await?)?;
+    let id = room["room"].as_str().unwrap_or_default().to_owned();
+    ensure!(room["title"] == "the final", "{room}");
+    chat(&s, &dir, "alice", &["room", "send", &id, "before", "kick-off"]).await?;
+    let mut join = command(&s.addr(0), &dir.0.join("bob.json"), &["--json", "room", "join", &id])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(join.stdout.take().context("stdout")?).lines();
+    async fn next(lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) -> Result<Value> {
+        let l = tokio::time::timeout(Duration::from_secs(20), lines.next_line()).await.context("no line")??;
+        json_line(&l.context("eof")?)
+    }
+    ensure!(next(&mut lines).await?["body"] == "before kick-off", "the backlog first");
+    ensure!(next(&mut lines).await?["backlog"] == 1, "then joined");
+    chat(&s, &dir, "alice", &["room", "send", &id, "goal"]).await?;
+    let live = next(&mut lines).await?;
+    ensure!(live["body"] == "goal" && live["room"] == id.as_str(), "{live}");
+    let shown = json_line(&chat(&s, &dir, "alice", &["--json", "room", "show", &id]).await?)?;
+    ensure!(shown["viewers"] == 1, "{shown}");
+    term(&mut join).await?;
+    Ok(())
+}

@@ -23,6 +23,7 @@ mod push;
 mod receipts;
 mod restarts;
 mod robustness;
+mod rooms;
 mod scaleout;
 mod search;
 mod service;

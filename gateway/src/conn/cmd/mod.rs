@@ -4,6 +4,8 @@
 
 pub mod delete;
 pub mod edit;
+pub mod join;
+pub mod leave;
 pub mod presence;
 pub mod read;
 pub mod send;
@@ -26,5 +28,7 @@ pub(crate) fn dispatch(s: &mut Session, frame: ClientFrame) {
         ClientFrame::Edit { cid, conv, id, body } => edit::edit(s, cid, conv, id, body),
         ClientFrame::Delete { cid, conv, id } => delete::delete(s, cid, conv, id),
         ClientFrame::Read { conv, up_to } => read::read(s, conv, up_to),
+        ClientFrame::Join { room } => join::join(s, room),
+        ClientFrame::Leave { room } => leave::leave(s, room),
     }
 }

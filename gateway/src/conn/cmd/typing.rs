@@ -32,6 +32,8 @@ async fn relay_typing(state: &AppState, user: i64, conv: &str) -> Result<(), cra
     let others: Vec<i64> = match c.kind() {
         ConvKind::Direct(a, b) if a == user || b == user => vec![if a == user { b } else { a }],
         ConvKind::Direct(..) => return Err(forbidden()),
+        // A room's viewers are not told who is typing (thousands of them).
+        ConvKind::Room(_) => return Err(forbidden()),
         ConvKind::Group(g) => {
             let db = |e: crate::store::DbError| crate::error::ClientError::unavailable(e);
             let (_, members) = state.db.group(g).await.map_err(db)?.ok_or_else(forbidden)?;
