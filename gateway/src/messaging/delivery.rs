@@ -276,6 +276,8 @@ async fn deliver(
         cid: own.then_some(stored.cid),
         target: stored.target.map(|t| t.to_string()),
         event: stored.event,
+        reaction: stored.reaction,
+        reactions: stored.reactions,
     });
     if !out.push_msg(&msg, ts, phase).await {
         return false;

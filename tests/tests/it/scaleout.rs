@@ -204,7 +204,9 @@ fn listen(seeds: Vec<String>, login: &Login, synced: Arc<AtomicUsize>, stop: Arc
                     _ => continue,
                 }
             } else {
-                let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(500), session.next()).await else { continue };
+                let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(500), session.next()).await else {
+                    continue;
+                };
                 e
             };
             match e {

@@ -5,6 +5,7 @@
 pub mod delete;
 pub mod edit;
 pub mod presence;
+pub mod react;
 pub mod read;
 pub mod send;
 pub mod sync;
@@ -25,6 +26,7 @@ pub(crate) fn dispatch(s: &mut Session, frame: ClientFrame) {
         ClientFrame::Send { cid, to, body } => send::send(s, cid, to, body),
         ClientFrame::Edit { cid, conv, id, body } => edit::edit(s, cid, conv, id, body),
         ClientFrame::Delete { cid, conv, id } => delete::delete(s, cid, conv, id),
+        ClientFrame::React { cid, conv, id, emoji, op } => react::react(s, cid, conv, id, emoji, op),
         ClientFrame::Read { conv, up_to } => read::read(s, conv, up_to),
     }
 }
