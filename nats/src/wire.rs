@@ -230,7 +230,7 @@ pub struct MsgFrame {
     pub event: Option<crate::envelope::GroupEvent>,
     /// On `react`: the emoji added or removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reaction: Option<crate::envelope::Reaction>,
+    pub reaction: Option<Box<crate::envelope::Reaction>>,
     /// On `react`: the target's reaction counts after it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<crate::envelope::ReactionCount>,

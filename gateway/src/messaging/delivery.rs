@@ -276,7 +276,7 @@ async fn deliver(
         cid: own.then_some(stored.cid),
         target: stored.target.map(|t| t.to_string()),
         event: stored.event,
-        reaction: stored.reaction,
+        reaction: stored.reaction.map(Box::new),
         reactions: stored.reactions,
     });
     if !out.push_msg(&msg, ts, phase).await {
