@@ -413,6 +413,21 @@ impl Conn {
         self.send_frame_and_ack(json!({"type": "delete", "cid": cid, "conv": conv, "id": id}), cid).await
     }
 
+    /// Adds (`remove` false) or removes one's reaction `emoji` on message
+    /// `id` of `conv`; waits for the `ack`.
+    pub async fn react(
+        &mut self,
+        cid: &str,
+        conv: &str,
+        id: &str,
+        emoji: &str,
+        remove: bool,
+    ) -> Result<Value, ClientError> {
+        let op = if remove { "remove" } else { "add" };
+        let frame = json!({"type": "react", "cid": cid, "conv": conv, "id": id, "emoji": emoji, "op": op});
+        self.send_frame_and_ack(frame, cid).await
+    }
+
     /// Sends a `send` frame and waits for the `ack` or `error` with its cid.
     pub async fn send_frame_and_ack(&mut self, frame: Value, cid: &str) -> Result<Value, ClientError> {
         self.send_json(&frame).await?;

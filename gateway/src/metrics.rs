@@ -264,7 +264,7 @@ impl Metrics {
     pub fn frame_in(&self, parsed: Result<&chat_nats::wire::ClientFrame, ()>) {
         use chat_nats::wire::ClientFrame as F;
         let i = match parsed {
-            Ok(F::Send { .. } | F::Edit { .. } | F::Delete { .. }) => 0,
+            Ok(F::Send { .. } | F::Edit { .. } | F::Delete { .. } | F::React { .. }) => 0,
             Ok(F::Sync { .. }) => 1,
             Ok(F::Ping) => 2,
             Ok(F::Typing { .. }) => 3,

@@ -148,18 +148,82 @@ pub enum MessageKind {
     /// its ingress `body` is a [`ReadMark`], copied to the peer's inbox
     /// only, with `from` the recipient who got them.
     Delivered,
+    /// A reaction added to or removed from an earlier message (`target`,
+    /// `reaction`); `body` is empty. An event, like `edit`, stored on the
+    /// target's reaction subject ([`crate::subjects::history_reactions`])
+    /// with the message's reaction counts after it (`reactions`).
+    React,
 }
 
 impl MessageKind {
-    /// An edit or a delete: changes an earlier message instead of adding one.
+    /// An edit, a delete or a reaction: changes an earlier message instead
+    /// of adding one (an event without an ordinal of its own).
     pub fn is_change(self) -> bool {
-        matches!(self, MessageKind::Edit | MessageKind::Delete)
+        matches!(self, MessageKind::Edit | MessageKind::Delete | MessageKind::React)
     }
 
     /// A read mark or a delivery receipt: no history, no id of its own.
     pub fn is_mark(self) -> bool {
         matches!(self, MessageKind::Read | MessageKind::Delivered)
     }
+}
+
+/// Most distinct emoji on one message: an `add` of another is refused with
+/// `limit_exceeded`.
+pub const MAX_REACTION_EMOJI: usize = 20;
+
+/// Most users listed per emoji in a message's reaction counts (the count
+/// itself is exact).
+pub const REACTION_USERS_LISTED: usize = 10;
+
+/// Most bytes of an emoji (UTF-8); also at most [`MAX_EMOJI_CHARS`]
+/// Unicode scalar values, no whitespace or control characters.
+pub const MAX_EMOJI_BYTES: usize = 32;
+
+/// Most Unicode scalar values of an emoji (a family of four joined by
+/// zero-width joiners is 7).
+pub const MAX_EMOJI_CHARS: usize = 10;
+
+/// True when `emoji` is acceptable as a reaction: 1 to
+/// [`MAX_EMOJI_CHARS`] scalar values and at most [`MAX_EMOJI_BYTES`]
+/// bytes, none of them whitespace or a control character. It is not
+/// checked against a list of emoji (new ones appear every year).
+pub fn valid_emoji(emoji: &str) -> bool {
+    !emoji.is_empty()
+        && emoji.len() <= MAX_EMOJI_BYTES
+        && emoji.chars().count() <= MAX_EMOJI_CHARS
+        && !emoji.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// A reaction change (the `react` frame).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The emoji ([`valid_emoji`]).
+    pub emoji: String,
+    /// Added or removed.
+    pub op: ReactionOp,
+}
+
+/// Whether a reaction is added or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReactionOp {
+    /// The user adds the emoji (nothing changes if they have it already).
+    Add,
+    /// The user removes it (nothing changes if they do not have it).
+    Remove,
+}
+
+/// One emoji's reactions on a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionCount {
+    /// The emoji.
+    pub emoji: String,
+    /// How many users reacted with it (exact).
+    pub count: u64,
+    /// Up to [`REACTION_USERS_LISTED`] of them, in the order they reacted.
+    #[serde(default, with = "ids_str")]
+    pub users: Vec<i64>,
 }
 
 /// A user's read position in a conversation: the message read up to and
@@ -220,6 +284,15 @@ pub struct StoredMessage {
     /// body is gone.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub deleted: bool,
+    /// For `react`: the emoji added or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<Reaction>,
+    /// On `react` events as stored on the target's reaction subject, and
+    /// in history pages: the message's reaction counts (at most
+    /// [`MAX_REACTION_EMOJI`] emoji, in the order first used). On a user's
+    /// own reaction entry: the emoji that user has on the message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<ReactionCount>,
 }
 
 /// The result of sequencing one send, stored in the acks bucket and
@@ -534,11 +607,23 @@ mod tests {
             original: None,
             edited_at: None,
             deleted: false,
+            ..Default::default()
         };
         let v: serde_json::Value = serde_json::to_value(&m).unwrap();
         assert_eq!(v["id"], "18446744073709551615");
         assert_eq!(v["from"], "1");
         assert_eq!(serde_json::from_value::<StoredMessage>(v).unwrap(), m);
+    }
+
+    #[test]
+    fn emoji_are_short_and_printable() {
+        for ok in ["👍", "❤️", "👨‍👩‍👧‍👦", "🇰🇷", "1️⃣", "+1", "ㅋ"] {
+            assert!(valid_emoji(ok), "{ok:?}");
+        }
+        let long = "👍".repeat(MAX_EMOJI_BYTES / 4 + 1);
+        for bad in ["", " ", "👍 ", "a\nb", "\u{7}", long.as_str(), "abcdefghijk"] {
+            assert!(!valid_emoji(bad), "{bad:?}");
+        }
     }
 
     #[test]

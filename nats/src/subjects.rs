@@ -133,9 +133,36 @@ pub fn history_event(conv: &ConvId, n: u64, target: u64) -> String {
     format!("{PREFIX}.hist.{conv}.e.{}.{target}", n.saturating_sub(1) / crate::history::INDEX_BLOCK)
 }
 
-/// Filter of the events of one index block of a conversation.
+/// Filter of the edit and delete subjects of one index block of a
+/// conversation (one token per target: not the reaction subjects below a
+/// target).
 pub fn history_events_of_block(conv: &ConvId, block: u64) -> String {
-    format!("{PREFIX}.hist.{conv}.e.{block}.>")
+    format!("{PREFIX}.hist.{conv}.e.{block}.*")
+}
+
+/// Every history subject below message `target`'s event subject: its
+/// reaction counts and each user's reactions (purged when it is deleted).
+pub fn history_event_all(conv: &ConvId, n: u64, target: u64) -> String {
+    format!("{}.>", history_event(conv, n, target))
+}
+
+/// History subject of the reaction events of message `target` (ordinal
+/// `n`): `chat.hist.<conv>.e.<block>.<target>.r`. Its last entry holds the
+/// message's reaction counts; the sequencer keeps only that one.
+pub fn history_reactions(conv: &ConvId, n: u64, target: u64) -> String {
+    format!("{}.r", history_event(conv, n, target))
+}
+
+/// History subject of one user's reactions on message `target`:
+/// `chat.hist.<conv>.e.<block>.<target>.r.<user>`, whose one entry lists
+/// the emoji the user has on it (what makes add and remove idempotent).
+pub fn history_reactions_of(conv: &ConvId, n: u64, target: u64, user: i64) -> String {
+    format!("{}.{user}", history_reactions(conv, n, target))
+}
+
+/// Filter of the reaction-count subjects of one index block.
+pub fn history_reactions_of_block(conv: &ConvId, block: u64) -> String {
+    format!("{PREFIX}.hist.{conv}.e.{block}.*.r")
 }
 
 /// Filter of every event of a conversation.

@@ -45,6 +45,20 @@ pub enum ClientFrame {
         /// Id of the message to delete.
         id: String,
     },
+    /// Add or remove one's reaction (an emoji) on a message; answered with
+    /// `ack`, delivered to every member as a `msg` of kind `react`.
+    React {
+        /// Client message id of this change.
+        cid: String,
+        /// Conversation id.
+        conv: String,
+        /// Id of the message reacted to.
+        id: String,
+        /// The emoji (see `envelope::valid_emoji`).
+        emoji: String,
+        /// `add` or `remove`.
+        op: crate::envelope::ReactionOp,
+    },
     /// Catch up from a cursor, then continue live.
     Sync {
         /// The last cursor the device saw; absent means from the beginning.
@@ -280,6 +294,12 @@ pub struct MsgFrame {
     /// On messages of a live room: the room id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<String>,
+    /// On `react`: the emoji added or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaction: Option<Box<crate::envelope::Reaction>>,
+    /// On `react`: the target's reaction counts after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reactions: Vec<crate::envelope::ReactionCount>,
 }
 
 /// Stable error codes, shared by WebSocket `error` frames and HTTP errors.
@@ -409,10 +429,11 @@ pub struct FrameError {
     pub message: String,
 }
 
-const CLIENT_TYPES: [&str; 11] = [
+const CLIENT_TYPES: [&str; 12] = [
     "send",
     "edit",
     "delete",
+    "react",
     "sync",
     "ping",
     "typing",

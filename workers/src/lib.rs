@@ -22,6 +22,7 @@ pub mod lease;
 pub mod metrics;
 pub mod presence;
 pub mod push;
+pub mod reactions;
 pub mod reads;
 pub mod round;
 pub mod search;

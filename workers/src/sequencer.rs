@@ -343,6 +343,9 @@ async fn sequence(
     members: &[i64],
     fresh: bool,
 ) -> Result<SeqResult, async_nats::Error> {
+    if send.kind == MessageKind::React {
+        return crate::reactions::react(sh, convs, send, key, conv, members).await;
+    }
     if send.kind.is_change() {
         return change(sh, convs, send, key, conv, members).await;
     }
@@ -401,6 +404,7 @@ async fn change(
         original: Some(original),
         edited_at: None,
         deleted: false,
+        ..Default::default()
     };
     let mut payload = Bytes::from(serde_json::to_vec(&msg)?);
     let ack = publish(sh, subject.clone(), key.to_owned(), payload.clone()).await?;
@@ -409,8 +413,9 @@ async fn change(
     }
     if msg.kind == MessageKind::Delete {
         erase(sh, &conv, target, original.seq).await?;
-        // The target's earlier edits held its text too.
+        // The target's earlier edits held its text too; its reactions go.
         sh.storage.history.purge().filter(subject).keep(1).await?;
+        sh.storage.history.purge().filter(subjects::history_event_all(&conv, original.n, target)).await?;
     }
     let written = copy_all(sh, msg.id, members, payload).await?;
     let copies: Vec<(i64, u64)> = members.iter().copied().zip(written).collect();
@@ -492,6 +497,7 @@ pub(crate) async fn assign_id(
         original: None,
         edited_at: None,
         deleted: false,
+        ..Default::default()
     })
 }
 
@@ -535,7 +541,12 @@ async fn store(
 /// because some of its copies are already stored (a redo after a crash:
 /// one duplicate `Nats-Msg-Id` rejects the batch) or whose outcome is
 /// unknown goes again as plain publishes, which dedupe copy by copy.
-async fn copy_all(sh: &Shared, id: u64, members: &[i64], payload: Bytes) -> Result<Vec<u64>, async_nats::Error> {
+pub(crate) async fn copy_all(
+    sh: &Shared,
+    id: u64,
+    members: &[i64],
+    payload: Bytes,
+) -> Result<Vec<u64>, async_nats::Error> {
     if members.len() < crate::round::MIN_BATCH_ENTRIES {
         return copy_plain(sh, id, members, &payload).await;
     }
@@ -600,12 +611,12 @@ pub(crate) fn index_entry(conv: &ConvId, msg: &StoredMessage, history_seq: u64) 
 }
 
 /// The history message stored at `seq`, decoded and as stored.
-async fn stored_at(sh: &Shared, seq: u64) -> Result<(StoredMessage, Bytes), async_nats::Error> {
+pub(crate) async fn stored_at(sh: &Shared, seq: u64) -> Result<(StoredMessage, Bytes), async_nats::Error> {
     let original = sh.storage.history.get_raw_message(seq).await?;
     Ok((serde_json::from_slice(&original.payload)?, original.payload))
 }
 
-async fn publish(
+pub(crate) async fn publish(
     sh: &Shared,
     subject: String,
     msg_id: String,

@@ -38,6 +38,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("logout", "logout", "log this device out and forget the saved login"),
     ("send", "send <to> <text...>", "send a message; <to> is a user name, a user id, #<group name>, or a conversation id (dm-1-2, g-3)"),
     ("edit", "edit <conversation> <id> <text...>", "change the text of your message <id> (within the server's edit window); <conversation> as for send"),
+    ("react", "react <conversation> <id> <emoji> [--remove]", "add your reaction <emoji> to message <id> (or remove it with --remove); <conversation> as for send"),
     ("delete", "delete <conversation> <id>", "delete a message for everyone (yours within the edit window; any, as a group owner or admin)"),
     ("listen", "listen", "catch up from the saved cursor, then print live messages (Ctrl-C stops; run again to resume)"),
     ("history", "history <to> [before_id|-] [limit]", "a page of a conversation, oldest first (newest 50 by default)"),
@@ -101,6 +102,8 @@ pub fn parse(argv: Vec<String>) -> Result<Parsed, CliError> {
             "--quic" => quic = value("--quic")?,
             "--fingerprint" => trust = Some(Trust::Fingerprint(value("--fingerprint")?)),
             "--ca" => trust = Some(Trust::CaFile(value("--ca")?.into())),
+            // A command's own flag (`react --remove`), left for the command.
+            "--remove" => rest.push(a),
             s if s.starts_with("--") => return Err(CliError::Usage(format!("unknown option {s}"))),
             _ => rest.push(a),
         }

@@ -21,6 +21,7 @@ pub async fn run(o: &Opts, cmd: Vec<String>) -> Result<(), CliError> {
         "send" => send(o, args).await,
         "edit" => change(o, args, true).await,
         "delete" => change(o, args, false).await,
+        "react" => react(o, args).await,
         "listen" => listen(o).await,
         "history" => history(o, args).await,
         "conversations" => conversations(o).await,
@@ -167,6 +168,23 @@ async fn change(o: &Opts, a: &[String], edit: bool) -> Result<(), CliError> {
     let what = if edit { "edited" } else { "deleted" };
     let v = json!({what: id, "conv": target.conv, "event": ack["id"], "ts": ack["ts"]});
     out(o, &v, || format!("{what} {id} in {} ({})", target.title, target.conv));
+    Ok(())
+}
+
+/// `react <conversation> <id> <emoji> [--remove]`.
+async fn react(o: &Opts, a: &[String]) -> Result<(), CliError> {
+    let remove = a.iter().any(|x| x == "--remove");
+    let a: Vec<String> = a.iter().filter(|x| *x != "--remove").cloned().collect();
+    let (to, id, emoji) = (arg(&a, 0, "conversation")?, arg(&a, 1, "id")?, arg(&a, 2, "emoji")?);
+    let (st, mut names) = session(o)?;
+    let target = names.target(&to).await?;
+    let cid = new_cid();
+    let op = if remove { "remove" } else { "add" };
+    let frame = json!({"type": "react", "cid": cid, "conv": target.conv, "id": id, "emoji": emoji, "op": op});
+    let ack = until_ack(o, &names, s(&st["token"]), &cid, frame).await?;
+    let what = if remove { "removed" } else { "reacted" };
+    let v = json!({what: emoji, "id": id, "conv": target.conv, "event": ack["id"], "ts": ack["ts"]});
+    out(o, &v, || format!("{what} {emoji} on {id} in {} ({})", target.title, target.conv));
     Ok(())
 }
 

@@ -85,6 +85,9 @@ pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<R
             if m.deleted {
                 v["deleted"] = json!(true);
             }
+            if !m.reactions.is_empty() {
+                v["reactions"] = json!(m.reactions);
+            }
             v
         })
         .collect();

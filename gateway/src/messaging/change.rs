@@ -9,9 +9,10 @@
 //! Rules: only text messages change. The author edits, and deletes for
 //! everyone, within `CHAT_EDIT_WINDOW_SECS` of sending; a group's owner
 //! and admins delete any of its messages at any time; an operator deletes
-//! any message. A deleted message takes no further change (`not_found`).
+//! any message. Any participant reacts to a text message (`react`). A
+//! deleted message takes no further change (`not_found`).
 
-use chat_nats::envelope::{MessageKind, Original};
+use chat_nats::envelope::{valid_emoji, MessageKind, Original, Reaction};
 use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::{ErrorCode, ServerFrame};
 
@@ -29,6 +30,8 @@ pub enum Change {
     Edit(String),
     /// Delete it for everyone.
     Delete,
+    /// Add or remove the caller's reaction (any participant may).
+    React(Reaction),
 }
 
 /// Who asks.
@@ -68,6 +71,15 @@ pub async fn apply(
         }
         check_body(state, body)?;
     }
+    if let Change::React(r) = &change {
+        if matches!(actor, Actor::Operator) {
+            return Err(ClientError::forbidden("operators do not react"));
+        }
+        if !valid_emoji(&r.emoji) {
+            let m = "emoji must be 1-10 characters and at most 32 bytes, without whitespace or control characters";
+            return Err(ClientError::new(ErrorCode::BadFrame, m));
+        }
+    }
     // Who the caller is in the conversation: not in it learns nothing,
     // not even whether the message exists.
     let role = match actor {
@@ -106,6 +118,7 @@ pub async fn apply(
             let in_window = age_ms <= state.cfg.edit_window.as_millis() as u64;
             let moderator = matches!(role, Some(Role::Owner | Role::Admin));
             let allowed = match &change {
+                Change::React(_) => Ok(()),
                 Change::Edit(_) if !author => Err(ClientError::forbidden("only the author may edit a message")),
                 Change::Delete if !author && !moderator => {
                     Err(ClientError::forbidden("only the author, or a group's owner or admins, may delete a message"))
@@ -123,6 +136,11 @@ pub async fn apply(
     let (kind, body) = match change {
         Change::Edit(body) => (MessageKind::Edit, state.moderation.screen(from, device, Origin::Session, body).await?),
         Change::Delete => (MessageKind::Delete, String::new()),
+        // The reaction travels as the ingress body, like a read mark.
+        Change::React(r) => (
+            MessageKind::React,
+            serde_json::to_string(&r).map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))?,
+        ),
     };
     let target = Some((id, Original { n: original.n, seq, from: original.from, ts: original.ts }));
     let out = Outgoing { from, device, cid, conv: &conv, kind, body, event: None, target };

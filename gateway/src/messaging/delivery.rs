@@ -295,6 +295,8 @@ async fn deliver(
         target: stored.target.map(|t| t.to_string()),
         event: stored.event,
         room: None,
+        reaction: stored.reaction.map(Box::new),
+        reactions: stored.reactions,
     });
     if !out.push_msg(&msg, ts, phase).await {
         return false;

@@ -155,8 +155,12 @@ async fn with_changes(
     if lo > hi {
         return Ok(msgs);
     }
-    let blocks = ((lo - 1) / INDEX_BLOCK..=(hi - 1) / INDEX_BLOCK).map(|b| subjects::history_events_of_block(conv, b));
-    let filters: Vec<String> = blocks.collect();
+    let blocks = (lo - 1) / INDEX_BLOCK..=(hi - 1) / INDEX_BLOCK;
+    // Each message's edit or delete and its reaction counts: at most two
+    // entries per message, in one request.
+    let filters: Vec<String> = blocks
+        .flat_map(|b| [subjects::history_events_of_block(conv, b), subjects::history_reactions_of_block(conv, b)])
+        .collect();
     let changes = direct_get::last_matching(
         &rd.storage.js.client(),
         subjects::HISTORY_STREAM,
@@ -166,19 +170,26 @@ async fn with_changes(
     )
     .await?;
     let mut by_target: HashMap<u64, StoredMessage> = HashMap::with_capacity(changes.len());
+    let mut reactions: HashMap<u64, StoredMessage> = HashMap::new();
     for payload in changes.values() {
         let Ok(e) = serde_json::from_slice::<StoredMessage>(payload) else { continue };
-        if let Some(t) = e.target {
+        let Some(t) = e.target else { continue };
+        if e.kind == MessageKind::React {
+            reactions.insert(t, e);
+        } else {
             by_target.insert(t, e);
         }
-    }
-    if by_target.is_empty() {
-        return Ok(msgs);
     }
     for (_, m) in msgs.iter_mut() {
         if let Some(e) = by_target.remove(&m.id) {
             apply(m, &e);
         }
+        if let Some(r) = reactions.remove(&m.id).filter(|_| !m.deleted) {
+            m.reactions = r.reactions;
+        }
+    }
+    if by_target.is_empty() {
+        return Ok(msgs);
     }
     // What is left: deleted messages, erased from history.
     for e in by_target.into_values() {
@@ -229,6 +240,7 @@ fn tombstone(conv: &ConvId, id: u64, o: Original) -> StoredMessage {
         original: None,
         edited_at: None,
         deleted: true,
+        ..Default::default()
     }
 }
 

@@ -92,6 +92,8 @@ impl Live {
             target: m.target.map(|t| t.to_string()),
             event: m.event,
             room: Some(room.to_string()),
+            reaction: m.reaction.map(Box::new),
+            reactions: m.reactions,
         }));
         Live { n, change, ts, text }
     }

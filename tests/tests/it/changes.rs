@@ -231,3 +231,87 @@ async fn group_owners_and_operators_delete_any_message_members_only_their_own() 
     assert_eq!(deleted, [id1, id2], "{page}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_are_idempotent_counted_in_pages_and_an_offline_device_catches_up_on_changes_in_order() -> Result<()>
+{
+    let st = stack().start().await?;
+    let alice = st.user("alice", "a1").await?;
+    let bob = st.user("bob", "phone").await?;
+    let bob_laptop = st.device("bob", "laptop").await?;
+    let carol = st.user("carol", "c1").await?;
+    let (mut a, _) = st.live(0, &alice).await?;
+    let (mut b, _) = st.live(0, &bob).await?;
+    let mut laptop = st.connect(0, &bob_laptop).await?;
+    let (_, laptop_cursor) = laptop.sync(None).await?;
+    laptop.close().await;
+
+    let m1 = a.send_to_user("m1", &bob.user_id, "helo").await?;
+    let m2 = a.send_to_user("m2", &bob.user_id, "gone soon").await?;
+    let conv = s(&m1["conv"]);
+    let (id1, id2) = (s(&m1["id"]), s(&m2["id"]));
+    for _ in 0..2 {
+        b.next_msg().await?;
+    }
+    // An edit, a delete and a reaction, in this order.
+    a.edit("e1", &conv, &id1, "hello").await?;
+    a.delete("d1", &conv, &id2).await?;
+    let r1 = b.react("r1", &conv, &id1, "👍", false).await?;
+    // Idempotent: a second add, or a remove of what one does not have,
+    // changes nothing (no event, same id).
+    assert_eq!(b.react("r2", &conv, &id1, "👍", false).await?["id"], r1["id"]);
+    assert_eq!(b.react("r3", &conv, &id1, "🎉", true).await?["id"], r1["id"]);
+    a.react("r4", &conv, &id1, "👍", false).await?;
+    a.react("r5", &conv, &id1, "❤️", false).await?;
+    a.react("r6", &conv, &id1, "❤️", true).await?;
+
+    // Refusals.
+    assert_eq!(code(b.react("x1", &conv, &id2, "👍", false).await), "not_found");
+    assert_eq!(code(b.react("x2", &conv, &id1, "", false).await), "bad_frame");
+    assert_eq!(code(b.react("x3", &conv, &id1, "not an emoji", false).await), "bad_frame");
+    let (mut c, _) = st.live(0, &carol).await?;
+    assert_eq!(code(c.react("x4", &conv, &id1, "👍", false).await), "forbidden");
+    // The outsider learns nothing: the same answer for a message that
+    // does not exist.
+    assert_eq!(code(c.react("x5", &conv, "12345", "👍", false).await), "forbidden");
+    let (status, _) = st
+        .http(0)
+        .request(Method::GET, &format!("/v1/conversations/{conv}/messages"), Some(&carol.token), None)
+        .await?;
+    assert_eq!(status, 403);
+
+    // The page: counts exact, who listed, the tombstone without reactions.
+    let page = st.http(0).history(&alice.token, &conv, "").await?;
+    let msgs = page["messages"].as_array().cloned().unwrap_or_default();
+    assert_eq!(msgs.len(), 2, "{page}");
+    assert_eq!(msgs[0]["body"], "hello");
+    let want = json!([{"emoji": "👍", "count": 2, "users": [bob.user_id, alice.user_id]}]);
+    assert_eq!(msgs[0]["reactions"], want, "{page}");
+    assert!(msgs[1]["deleted"] == true && msgs[1].get("reactions").is_none(), "{page}");
+
+    // The laptop, offline through all of it, catches up in order.
+    let mut laptop = st.connect(0, &bob_laptop).await?;
+    let (caught, _) = laptop.sync(Some(&laptop_cursor)).await?;
+    let seen: Vec<(String, String, String)> = caught
+        .iter()
+        .filter(|f| f["type"] == "msg")
+        .map(|f| (s(&f["kind"]), s(&f["target"]), s(&f["reaction"]["emoji"]) + &s(&f["reaction"]["op"])))
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("text", "", ""),
+        ("text", "", ""),
+        ("edit", &id1, ""),
+        ("delete", &id2, ""),
+        ("react", &id1, "👍add"),
+        ("react", &id1, "👍add"),
+        ("react", &id1, "❤️add"),
+        ("react", &id1, "❤️remove"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(seen, want);
+    let ids: Vec<u64> = caught.iter().filter(|f| f["type"] == "msg").map(|f| s(&f["id"]).parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in conversation order: {ids:?}");
+    Ok(())
+}

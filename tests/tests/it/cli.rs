@@ -269,6 +269,17 @@ async fn chat_edit_and_delete_change_a_message_in_history() -> Result<()> {
     let page = s.http(0).history(token["token"].as_str().unwrap_or_default(), conv, "").await?;
     let msgs = page["messages"].as_array().cloned().unwrap_or_default();
     ensure!(msgs.len() == 2 && msgs[0]["body"] == "hello there" && msgs[1]["deleted"] == true, "{page} {bob}");
+    // Reactions: bob adds two and removes one.
+    let out = chat(&s, &dir, "bob", &["react", "alice", id1, "👍"]).await?;
+    ensure!(out.starts_with(&format!("reacted 👍 on {id1} in alice")), "{out}");
+    chat(&s, &dir, "bob", &["react", "alice", id1, "🎉"]).await?;
+    let v = json_line(&chat(&s, &dir, "bob", &["--json", "react", "alice", id1, "🎉", "--remove"]).await?)?;
+    ensure!(v["removed"] == "🎉", "{v}");
+    let o = chat_at(&s.addr(0), &dir.0.join("bob.json"), &["react", "alice", id2, "👍"]).await?;
+    ensure!(o.code == 1 && o.stderr.contains("not_found"), "exit {}, {}", o.code, o.stderr);
+    let page = s.http(0).history(token["token"].as_str().unwrap_or_default(), conv, "").await?;
+    let want = serde_json::json!([{"emoji": "👍", "count": 1, "users": [bob["user_id"]]}]);
+    ensure!(page["messages"][0]["reactions"] == want, "{page}");
     Ok(())
 }
 

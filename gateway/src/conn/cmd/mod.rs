@@ -7,6 +7,7 @@ pub mod edit;
 pub mod join;
 pub mod leave;
 pub mod presence;
+pub mod react;
 pub mod read;
 pub mod send;
 pub mod sync;
@@ -27,6 +28,7 @@ pub(crate) fn dispatch(s: &mut Session, frame: ClientFrame) {
         ClientFrame::Send { cid, to, body } => send::send(s, cid, to, body),
         ClientFrame::Edit { cid, conv, id, body } => edit::edit(s, cid, conv, id, body),
         ClientFrame::Delete { cid, conv, id } => delete::delete(s, cid, conv, id),
+        ClientFrame::React { cid, conv, id, emoji, op } => react::react(s, cid, conv, id, emoji, op),
         ClientFrame::Read { conv, up_to } => read::read(s, conv, up_to),
         ClientFrame::Join { room } => join::join(s, room),
         ClientFrame::Leave { room } => leave::leave(s, room),
