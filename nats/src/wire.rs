@@ -127,6 +127,9 @@ pub enum Target {
 }
 
 /// A frame sent by the server.
+// A frame lives only from building to serialising it, never in a
+// collection, so `Msg` being the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum ServerFrame {
