@@ -38,6 +38,9 @@ pub struct IngressSend {
     /// gateway found it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original: Option<Original>,
+    /// A reply: the message it answers, as the gateway found it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
 }
 
 /// The message an `edit` or `delete` changes, as the gateway found it in
@@ -54,6 +57,43 @@ pub struct Original {
     pub from: i64,
     /// Unix ms it was accepted.
     pub ts: u64,
+}
+
+/// Most characters of a reply's preview of the message it answers.
+pub const REPLY_PREVIEW_CHARS: usize = 100;
+
+/// The message a reply answers: its id, ordinal and author and the start of
+/// its text when the reply was sent. History pages drop the preview (and
+/// set `deleted`) once the answered message is deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyTo {
+    /// The answered message's id.
+    #[serde(with = "u64_str")]
+    pub id: u64,
+    /// Its ordinal in the conversation.
+    pub n: u64,
+    /// Its author.
+    #[serde(with = "id_str")]
+    pub from: i64,
+    /// Its first [`REPLY_PREVIEW_CHARS`] characters; absent once deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
+    /// The answered message was deleted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
+}
+
+impl ReplyTo {
+    /// The reference to `m` (in its current state) a reply carries.
+    pub fn to(m: &StoredMessage) -> ReplyTo {
+        ReplyTo {
+            id: m.id,
+            n: m.n,
+            from: m.from,
+            preview: Some(m.body.chars().take(REPLY_PREVIEW_CHARS).collect()),
+            deleted: false,
+        }
+    }
 }
 
 /// A group membership change, carried by a system message. The sequencer
@@ -293,6 +333,9 @@ pub struct StoredMessage {
     /// own reaction entry: the emoji that user has on the message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<ReactionCount>,
+    /// On a reply: the message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyTo>,
 }
 
 /// The result of sequencing one send, stored in the acks bucket and
@@ -350,6 +393,9 @@ pub struct ServiceSend {
     pub to: crate::wire::Target,
     /// Message text.
     pub body: String,
+    /// As in a client `send` frame: the id of the message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 /// The reply to a [`ServiceSend`]: exactly the frame a client would get.

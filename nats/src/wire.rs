@@ -19,6 +19,10 @@ pub enum ClientFrame {
         to: Target,
         /// Message text, 1 to the configured maximum of characters.
         body: String,
+        /// The id of an earlier message of the same conversation this
+        /// one answers.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
     },
     /// Change the text of one's own earlier message (within
     /// `CHAT_EDIT_WINDOW_SECS`); answered with `ack`, delivered to every
@@ -303,6 +307,9 @@ pub struct MsgFrame {
     /// On `react`: the target's reaction counts after it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<crate::envelope::ReactionCount>,
+    /// On a reply: the message it answers (id, author, preview).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<crate::envelope::ReplyTo>,
 }
 
 /// Stable error codes, shared by WebSocket `error` frames and HTTP errors.
@@ -486,7 +493,10 @@ mod tests {
     #[test]
     fn parses_send() {
         let f = parse_client_frame(r#"{"type":"send","cid":"c1","to":{"user":"7"},"body":"hi"}"#);
-        assert_eq!(f, Ok(ClientFrame::Send { cid: "c1".into(), to: Target::User("7".into()), body: "hi".into() }));
+        assert_eq!(
+            f,
+            Ok(ClientFrame::Send { cid: "c1".into(), to: Target::User("7".into()), body: "hi".into(), reply_to: None })
+        );
     }
 
     #[test]
@@ -505,7 +515,10 @@ mod tests {
         assert_eq!(parse_client_frame(r#"{"type":"join","room":"5"}"#), Ok(ClientFrame::Join { room: "5".into() }));
         assert_eq!(parse_client_frame(r#"{"type":"leave","room":"5"}"#), Ok(ClientFrame::Leave { room: "5".into() }));
         let f = parse_client_frame(r#"{"type":"send","cid":"c","to":{"room":"5"},"body":"hi"}"#);
-        assert_eq!(f, Ok(ClientFrame::Send { cid: "c".into(), to: Target::Room("5".into()), body: "hi".into() }));
+        assert_eq!(
+            f,
+            Ok(ClientFrame::Send { cid: "c".into(), to: Target::Room("5".into()), body: "hi".into(), reply_to: None })
+        );
         let gap = serde_json::to_value(ServerFrame::Gap { room: "5".into(), missed: 3 }).unwrap();
         assert_eq!(gap, serde_json::json!({"type":"gap","room":"5","missed":3}));
     }

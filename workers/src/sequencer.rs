@@ -493,6 +493,7 @@ pub(crate) async fn assign_id(
         ts: sh.clock.now_ms(),
         n: state.n + 1,
         event: send.event.clone(),
+        reply_to: send.reply_to.clone(),
         target: None,
         original: None,
         edited_at: None,

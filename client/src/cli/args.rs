@@ -36,7 +36,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("signup", "signup <username> <password>", "create an account"),
     ("login", "login <username> <password> [device]", "log this device in (device defaults to \"cli\") and save the login"),
     ("logout", "logout", "log this device out and forget the saved login"),
-    ("send", "send <to> <text...>", "send a message; <to> is a user name, a user id, #<group name>, or a conversation id (dm-1-2, g-3)"),
+    ("send", "send <to> <text...> [--reply-to <id>]", "send a message; <to> is a user name, a user id, #<group name>, or a conversation id (dm-1-2, g-3); --reply-to answers message <id> of that conversation"),
     ("edit", "edit <conversation> <id> <text...>", "change the text of your message <id> (within the server's edit window); <conversation> as for send"),
     ("react", "react <conversation> <id> <emoji> [--remove]", "add your reaction <emoji> to message <id> (or remove it with --remove); <conversation> as for send"),
     ("delete", "delete <conversation> <id>", "delete a message for everyone (yours within the edit window; any, as a group owner or admin)"),
@@ -102,8 +102,13 @@ pub fn parse(argv: Vec<String>) -> Result<Parsed, CliError> {
             "--quic" => quic = value("--quic")?,
             "--fingerprint" => trust = Some(Trust::Fingerprint(value("--fingerprint")?)),
             "--ca" => trust = Some(Trust::CaFile(value("--ca")?.into())),
-            // A command's own flag (`react --remove`), left for the command.
+            // A command's own flags (`react --remove`, `send --reply-to
+            // <id>`), left for the command.
             "--remove" => rest.push(a),
+            "--reply-to" => {
+                let id = value("--reply-to")?;
+                rest.extend([a, id]);
+            }
             s if s.starts_with("--") => return Err(CliError::Usage(format!("unknown option {s}"))),
             _ => rest.push(a),
         }

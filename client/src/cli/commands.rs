@@ -105,7 +105,9 @@ async fn session_for(o: &Opts, names: &Names, token: &str, cursor: Option<String
 }
 
 async fn send(o: &Opts, a: &[String]) -> Result<(), CliError> {
-    let to = arg(a, 0, "to")?;
+    let mut a = a.to_vec();
+    let reply_to = a.iter().position(|x| x == "--reply-to").map(|i| a.drain(i..i + 2).nth(1).unwrap_or_default());
+    let to = arg(&a, 0, "to")?;
     let body = a[1..].join(" ");
     if body.trim().is_empty() {
         return Err(CliError::Usage("missing <text>".into()));
@@ -113,7 +115,10 @@ async fn send(o: &Opts, a: &[String]) -> Result<(), CliError> {
     let (st, mut names) = session(o)?;
     let target = names.target(&to).await?;
     let cid = new_cid();
-    let frame = json!({"type": "send", "cid": cid, "to": target.to, "body": body});
+    let mut frame = json!({"type": "send", "cid": cid, "to": target.to, "body": body});
+    if let Some(id) = reply_to {
+        frame["reply_to"] = json!(id);
+    }
     let ack = until_ack(o, &names, s(&st["token"]), &cid, frame).await?;
     let v = json!({"id": ack["id"], "conv": ack["conv"], "title": target.title, "ts": ack["ts"]});
     out(o, &v, || format!("sent {} to {} ({})", s(&ack["id"]), target.title, s(&ack["conv"])));

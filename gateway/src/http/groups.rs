@@ -109,6 +109,7 @@ async fn post_system(
         body,
         event: Some(event),
         target: None,
+        reply_to: None,
     };
     let sent = st.sender.send(out).await?;
     // The actor's own system message counts as read by them, like an own

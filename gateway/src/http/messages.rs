@@ -88,6 +88,9 @@ pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<R
             if !m.reactions.is_empty() {
                 v["reactions"] = json!(m.reactions);
             }
+            if let Some(r) = &m.reply_to {
+                v["reply_to"] = json!(r);
+            }
             v
         })
         .collect();

@@ -177,6 +177,7 @@ pub async fn update(st: &AppState, req: Request<Incoming>, id: &str) -> Result<R
         body: format!("{me} changed the room's details"),
         event: Some(event),
         target: None,
+        reply_to: None,
     };
     st.sender.send(out).await?;
     Ok(json(StatusCode::OK, &room_json(&updated, st.room_viewers(room))))

@@ -143,7 +143,7 @@ pub async fn apply(
         ),
     };
     let target = Some((id, Original { n: original.n, seq, from: original.from, ts: original.ts }));
-    let out = Outgoing { from, device, cid, conv: &conv, kind, body, event: None, target };
+    let out = Outgoing { from, device, cid, conv: &conv, kind, body, event: None, target, reply_to: None };
     state.sender.send(out).await
 }
 

@@ -9,7 +9,7 @@
 //! from the last message's ordinal, `before`/`after` by a binary search of
 //! the blocks' first ids.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -171,9 +171,13 @@ async fn with_changes(
     .await?;
     let mut by_target: HashMap<u64, StoredMessage> = HashMap::with_capacity(changes.len());
     let mut reactions: HashMap<u64, StoredMessage> = HashMap::new();
+    let mut deleted: HashSet<u64> = HashSet::new();
     for payload in changes.values() {
         let Ok(e) = serde_json::from_slice::<StoredMessage>(payload) else { continue };
         let Some(t) = e.target else { continue };
+        if e.kind == MessageKind::Delete {
+            deleted.insert(t);
+        }
         if e.kind == MessageKind::React {
             reactions.insert(t, e);
         } else {
@@ -188,6 +192,7 @@ async fn with_changes(
             m.reactions = r.reactions;
         }
     }
+    replies(rd, conv, &mut msgs, (lo, hi), &deleted).await?;
     if by_target.is_empty() {
         return Ok(msgs);
     }
@@ -205,6 +210,47 @@ async fn with_changes(
     }
     msgs.sort_by_key(|(_, m)| m.n);
     Ok(msgs)
+}
+
+/// Replies whose answered message is deleted lose its preview (and say
+/// `deleted`): from the page's own events when it lies in `span`, else
+/// one lookup of its event subject per such reply (at most one per message
+/// of the page, all at once).
+async fn replies(
+    rd: Reader<'_>,
+    conv: &ConvId,
+    msgs: &mut [(u64, StoredMessage)],
+    span: (u64, u64),
+    deleted: &HashSet<u64>,
+) -> Result<(), async_nats::Error> {
+    let outside: Vec<(u64, u64)> = msgs
+        .iter()
+        .filter_map(|(_, m)| m.reply_to.as_ref())
+        .filter(|r| r.n < span.0 || r.n > span.1)
+        .map(|r| (r.n, r.id))
+        .collect();
+    let history = &rd.storage.history;
+    let looked = futures::future::join_all(
+        outside
+            .iter()
+            .map(|&(n, id)| async move { hist::last_on(history, &subjects::history_event(conv, n, id)).await }),
+    )
+    .await;
+    let mut gone = deleted.clone();
+    for (&(_, id), e) in outside.iter().zip(looked) {
+        if e?.is_some_and(|(_, e)| e.kind == MessageKind::Delete) {
+            gone.insert(id);
+        }
+    }
+    for (_, m) in msgs.iter_mut() {
+        if m.deleted {
+            m.reply_to = None;
+        } else if let Some(r) = m.reply_to.as_mut().filter(|r| gone.contains(&r.id)) {
+            r.preview = None;
+            r.deleted = true;
+        }
+    }
+    Ok(())
 }
 
 /// Applies the target's current state (its last edit or its delete).

@@ -115,6 +115,7 @@ pub async fn mark(
             body,
             event: None,
             target: None,
+            reply_to: None,
         };
         state.sender.send(out).await?;
     }

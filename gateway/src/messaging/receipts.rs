@@ -101,6 +101,7 @@ async fn spread(state: &AppState, user: i64, conv: &ConvId, mark: &ReadMark) -> 
         body,
         event: None,
         target: None,
+        reply_to: None,
     };
     state.sender.send(out).await.map(|_| ())
 }

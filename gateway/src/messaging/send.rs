@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chat_nats::envelope::{GroupEvent, IngressSend, MessageKind, Original, SeqAck, SeqResult};
+use chat_nats::envelope::{GroupEvent, IngressSend, MessageKind, Original, ReplyTo, SeqAck, SeqResult};
 use chat_nats::provision::Storage;
 use chat_nats::subjects::{self, ConvId};
 use chat_nats::wire::{ErrorCode, ServerFrame, Target};
@@ -41,6 +41,8 @@ pub struct Outgoing<'a> {
     pub event: Option<GroupEvent>,
     /// On edits and deletes: the id of the message changed and where it is.
     pub target: Option<(u64, Original)>,
+    /// On a reply: the message it answers.
+    pub reply_to: Option<ReplyTo>,
 }
 
 /// Sends waiting for their outcome: dedupe key → (token, reply channel).
@@ -114,7 +116,7 @@ impl Sender {
     /// Publishes one send and waits for its outcome (a retry reports the
     /// first attempt's).
     pub async fn send(&self, m: Outgoing<'_>) -> Result<Sent, ClientError> {
-        let Outgoing { from, device, cid, conv, kind, body, event, target } = m;
+        let Outgoing { from, device, cid, conv, kind, body, event, target, reply_to } = m;
         let key = subjects::dedupe_key(from, device, cid);
         let (tx, mut rx) = oneshot::channel();
         let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -130,6 +132,7 @@ impl Sender {
             event,
             target: target.map(|t| t.0),
             original: target.map(|t| t.1),
+            reply_to,
         };
         let outcome = self.publish_and_wait(&key, conv, env, &mut rx).await;
         {
@@ -253,6 +256,33 @@ pub async fn prepare(state: &AppState, from: i64, cid: &str, to: &Target, body: 
     }
 }
 
+/// The message a reply answers, in its current state: a text message of
+/// the same conversation that is not deleted (`not_found` otherwise; the
+/// caller is a participant, `prepare` checked).
+async fn answered(state: &AppState, conv: &ConvId, reply_to: Option<&str>) -> Result<Option<ReplyTo>, ClientError> {
+    let Some(raw) = reply_to else { return Ok(None) };
+    let id = subjects::parse_seq(raw)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| ClientError::new(ErrorCode::BadFrame, "reply_to must be a message id"))?;
+    let reader = crate::messaging::history::Reader { storage: &state.storage, cache: &state.history_index };
+    let found = crate::messaging::history::find(reader, conv, id).await.map_err(ClientError::unavailable)?;
+    match found {
+        Some((_, m)) if m.kind == MessageKind::Text => Ok(Some(ReplyTo::to(&m))),
+        _ => Err(ClientError::not_found("reply_to: no such message in this conversation (or it was deleted)")),
+    }
+}
+
+/// What a `send` asks for.
+#[derive(Debug)]
+pub struct Draft<'a> {
+    /// The recipient.
+    pub to: &'a Target,
+    /// The text.
+    pub body: String,
+    /// The id of the message it answers.
+    pub reply_to: Option<&'a str>,
+}
+
 /// Validates, screens (banned words, flood: [`crate::moderation`]), sends
 /// and turns the outcome into the frame the client gets.
 pub async fn send_frame(
@@ -261,16 +291,17 @@ pub async fn send_frame(
     device: &str,
     origin: Origin,
     cid: String,
-    to: &Target,
-    body: String,
+    draft: Draft<'_>,
 ) -> ServerFrame {
+    let Draft { to, body, reply_to } = draft;
     let started = std::time::Instant::now();
     let result = async {
         let conv = prepare(state, from, &cid, to, &body).await?;
+        let reply_to = answered(state, &conv, reply_to).await?;
         let body = state.moderation.screen(from, device, origin, body).await?;
         // A retry of an earlier send reports where that message went.
-        let out =
-            Outgoing { from, device, cid: &cid, conv: &conv, kind: MessageKind::Text, body, event: None, target: None };
+        let kind = MessageKind::Text;
+        let out = Outgoing { from, device, cid: &cid, conv: &conv, kind, body, event: None, target: None, reply_to };
         let Sent { id, ts, conv, n } = state.sender.send(out).await?;
         let conv = ConvId::parse(&conv).ok_or_else(|| ClientError::new(ErrorCode::Internal, "bad conversation id"))?;
         if let chat_nats::subjects::ConvKind::Direct(a, b) = conv.kind() {

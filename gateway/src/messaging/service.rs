@@ -52,5 +52,6 @@ async fn handle(state: &AppState, payload: &[u8]) -> ServerFrame {
         }
         Err(r) => return r.into_frame(Some(req.cid)),
     }
-    send_frame(state, req.as_user, &device, Origin::Service, req.cid, &req.to, req.body).await
+    let draft = crate::messaging::send::Draft { to: &req.to, body: req.body, reply_to: req.reply_to.as_deref() };
+    send_frame(state, req.as_user, &device, Origin::Service, req.cid, draft).await
 }

@@ -315,3 +315,56 @@ async fn reactions_are_idempotent_counted_in_pages_and_an_offline_device_catches
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in conversation order: {ids:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_quote_their_original_and_lose_the_preview_once_it_is_deleted() -> Result<()> {
+    let st = stack().start().await?;
+    let alice = st.user("alice", "a1").await?;
+    let bob = st.user("bob", "b1").await?;
+    let carol = st.user("carol", "c1").await?;
+    let (mut a, _) = st.live(0, &alice).await?;
+    let (mut b, _) = st.live(0, &bob).await?;
+    let (mut c, _) = st.live(0, &carol).await?;
+    let long = "q".repeat(150);
+    let m1 = a.send_to_user("m1", &bob.user_id, &long).await?;
+    let (conv, id1) = (s(&m1["conv"]), s(&m1["id"]));
+    let elsewhere = s(&c.send_to_user("c1", &alice.user_id, "another conversation").await?["id"]);
+    // Enough messages between them that the original's block is not the
+    // newest page's (the page looks it up on its own).
+    for i in 0..68 {
+        a.send_to_user(&format!("f{i}"), &bob.user_id, &format!("filler {i}")).await?;
+    }
+    let reply = |cid: &str, to: &str| json!({"type": "send", "cid": cid, "to": {"user": alice.user_id}, "body": "answer", "reply_to": to});
+    let ack = b.send_frame_and_ack(reply("r1", &id1), "r1").await?;
+    let got = a.wait_for("the reply", |v| v["type"] == "msg" && v["id"] == ack["id"]).await?;
+    let quoted = &got["reply_to"];
+    assert_eq!((s(&quoted["id"]), s(&quoted["from"])), (id1.clone(), alice.user_id.clone()), "{got}");
+    assert_eq!(quoted["preview"].as_str().map(|p| p.chars().count()), Some(100), "a short preview: {got}");
+    // Refusals: a malformed id, no such message, another conversation's.
+    assert_eq!(code(b.send_frame_and_ack(reply("r2", "01"), "r2").await), "bad_frame");
+    assert_eq!(code(b.send_frame_and_ack(reply("r3", "12345"), "r3").await), "not_found");
+    assert_eq!(code(b.send_frame_and_ack(reply("r4", &elsewhere), "r4").await), "not_found");
+
+    let page = |q: &'static str| {
+        let (http, token, conv) = (st.http(0), bob.token.clone(), conv.clone());
+        async move { http.history(&token, &conv, q).await }
+    };
+    let newest = page("limit=3").await?;
+    let last = newest["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
+    assert_eq!((s(&last["id"]), s(&last["reply_to"]["id"])), (s(&ack["id"]), id1.clone()), "{newest}");
+    assert!(last["reply_to"]["preview"].is_string(), "{newest}");
+
+    // The original is deleted: its text leaves the reply's quote too, on
+    // a page that holds the original and on one that does not.
+    a.delete("d1", &conv, &id1).await?;
+    for q in ["limit=3", "limit=100"] {
+        let p = page(q).await?;
+        let msgs = p["messages"].as_array().cloned().unwrap_or_default();
+        let r = msgs.iter().find(|m| m["id"] == ack["id"]).cloned().unwrap_or_default();
+        assert_eq!((r["reply_to"]["deleted"].as_bool(), r["reply_to"].get("preview")), (Some(true), None), "{q}: {p}");
+        assert!(!p.to_string().contains(&long[..100]), "{q}: the deleted text is still quoted: {p}");
+    }
+    // A deleted message cannot be answered.
+    assert_eq!(code(b.send_frame_and_ack(reply("r5", &id1), "r5").await), "not_found");
+    Ok(())
+}

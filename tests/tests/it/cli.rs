@@ -280,6 +280,16 @@ async fn chat_edit_and_delete_change_a_message_in_history() -> Result<()> {
     let page = s.http(0).history(token["token"].as_str().unwrap_or_default(), conv, "").await?;
     let want = serde_json::json!([{"emoji": "👍", "count": 1, "users": [bob["user_id"]]}]);
     ensure!(page["messages"][0]["reactions"] == want, "{page}");
+    // A reply: bob answers the edited message; a deleted one cannot be.
+    let r = json_line(&chat(&s, &dir, "bob", &["--json", "send", "alice", "agreed", "--reply-to", id1]).await?)?;
+    let page = s.http(0).history(token["token"].as_str().unwrap_or_default(), conv, "").await?;
+    let last = page["messages"].as_array().and_then(|m| m.last()).cloned().unwrap_or_default();
+    ensure!(
+        last["id"] == r["id"] && last["reply_to"]["preview"] == "hello there" && last["body"] == "agreed",
+        "{page}"
+    );
+    let o = chat_at(&s.addr(0), &dir.0.join("bob.json"), &["send", "alice", "late", "--reply-to", id2]).await?;
+    ensure!(o.code == 1 && o.stderr.contains("not_found"), "exit {}, {}", o.code, o.stderr);
     Ok(())
 }
 

@@ -25,7 +25,7 @@ pub(crate) fn dispatch(s: &mut Session, frame: ClientFrame) {
         ClientFrame::PresenceUnsubscribe { users } => presence::follow(s, &users, false),
         ClientFrame::Typing { conv } => typing::typing(s, conv),
         ClientFrame::Sync { cursor } => sync::sync(s, cursor),
-        ClientFrame::Send { cid, to, body } => send::send(s, cid, to, body),
+        ClientFrame::Send { cid, to, body, reply_to } => send::send(s, cid, to, body, reply_to),
         ClientFrame::Edit { cid, conv, id, body } => edit::edit(s, cid, conv, id, body),
         ClientFrame::Delete { cid, conv, id } => delete::delete(s, cid, conv, id),
         ClientFrame::React { cid, conv, id, emoji, op } => react::react(s, cid, conv, id, emoji, op),

@@ -34,6 +34,8 @@ pub(crate) enum Op {
         to: Target,
         /// Text.
         body: String,
+        /// The id of the message it answers.
+        reply_to: Option<String>,
     },
     /// An edit or delete of message `id` of `conv`.
     Change {
@@ -58,8 +60,9 @@ pub(crate) fn start_sender(
         while let Some(r) = rx.recv().await {
             // Boxed: an idle sender keeps only its small waiting state.
             let reply = match r.op {
-                Op::Send { to, body } => {
-                    Box::pin(send_frame(&state, user, &device, Origin::Session, r.cid, &to, body)).await
+                Op::Send { to, body, reply_to } => {
+                    let draft = crate::messaging::send::Draft { to: &to, body, reply_to: reply_to.as_deref() };
+                    Box::pin(send_frame(&state, user, &device, Origin::Session, r.cid, draft)).await
                 }
                 Op::Change { conv, id, change } => {
                     Box::pin(crate::messaging::change::frame(&state, user, &device, r.cid, &conv, &id, change)).await
@@ -74,8 +77,8 @@ pub(crate) fn start_sender(
 }
 
 /// Handles `send`.
-pub(crate) fn send(s: &mut Session, cid: String, to: Target, body: String) {
-    queue(s, SendReq { cid, op: Op::Send { to, body } });
+pub(crate) fn send(s: &mut Session, cid: String, to: Target, body: String, reply_to: Option<String>) {
+    queue(s, SendReq { cid, op: Op::Send { to, body, reply_to } });
 }
 
 /// Queues a request for the sender task, refusing it when too many wait.
