@@ -330,7 +330,7 @@ pub async fn run(
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));
     tokio::spawn(marks::run(state.delivered.clone(), state.storage.delivered.clone(), state.cfg.delivered_flush));
     tokio::spawn(reads::run_own(state.own_reads.clone(), state.storage.reads.clone(), state.cfg.own_read_flush));
-    tokio::spawn(state.receipts.clone().run(Arc::downgrade(&state), state.cfg.delivered_flush));
+    tokio::spawn(messaging::receipts::run(state.receipts.clone(), Arc::downgrade(&state), state.cfg.delivered_flush));
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
     let quic = match listeners.quic {
         Some(socket) => {

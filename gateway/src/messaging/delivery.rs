@@ -309,7 +309,7 @@ async fn deliver(
         state.delivered.record(user, seq);
     }
     if let Some((conv, id, n)) = receipt {
-        state.receipts.record(user, conv, id, n);
+        state.receipts.record((user, conv), (n, id));
     }
     true
 }

@@ -16,67 +16,38 @@
 //! conversation's partition, which the worker copies to the peer's inbox
 //! (`workers/src/reads.rs`) after the messages it names.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use chat_nats::envelope::{MessageKind, ReadMark};
 use chat_nats::subjects::{self, ConvId};
-use futures::StreamExt;
-use tokio::sync::Notify;
 
 use crate::error::ClientError;
+use crate::messaging::marks::Coalesced;
 use crate::messaging::send::Outgoing;
 use crate::AppState;
-
-/// Spreads at most this many receipts at once.
-const FLUSH_CONCURRENCY: usize = 64;
 
 /// The device name of receipts in their dedupe keys
 /// (`<user>.dlv.d<message id>`): no session's device is called this.
 const DEVICE: &str = "dlv";
 
-/// Delivery receipts of this gateway waiting to be spread.
-#[derive(Debug, Default)]
-pub struct DeliveryReceipts {
-    pending: Mutex<HashMap<(i64, ConvId), ReadMark>>,
-    wake: Notify,
-}
+/// Delivery receipts of this gateway waiting to be spread: (recipient,
+/// 1:1) → (ordinal, id) of the newest message handed over.
+pub type DeliveryReceipts = Coalesced<(i64, ConvId), (u64, u64)>;
 
-impl DeliveryReceipts {
-    /// Records that message `id` (ordinal `n`) of the 1:1 `conv` reached a
-    /// device of its recipient `user`.
-    pub fn record(&self, user: i64, conv: ConvId, id: u64, n: u64) {
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let first = p.is_empty();
-        let e = p.entry((user, conv)).or_insert(ReadMark { up_to: 0, n: 0, receipt: false });
-        if n > e.n {
-            *e = ReadMark { up_to: id, n, receipt: false };
-        }
-        if first {
-            self.wake.notify_one();
-        }
-    }
-
-    /// Spreads recorded receipts until the gateway is gone.
-    pub async fn run(self: Arc<Self>, state: Weak<AppState>, coalesce: Duration) {
-        loop {
-            self.wake.notified().await;
-            tokio::time::sleep(coalesce).await;
-            let Some(state) = state.upgrade() else { return };
-            let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-            futures::stream::iter(batch)
-                .for_each_concurrent(FLUSH_CONCURRENCY, |((user, conv), mark)| {
-                    let state = &state;
-                    async move {
-                        if let Err(e) = spread(state, user, &conv, &mark).await {
-                            tracing::warn!(user_id = user, conv = %conv, error = %e.message, "cannot spread a delivery receipt");
-                        }
-                    }
-                })
-                .await;
-        }
-    }
+/// Spreads recorded receipts (see the module docs) while the gateway lives.
+pub async fn run(receipts: Arc<DeliveryReceipts>, state: Weak<AppState>, coalesce: Duration) {
+    receipts
+        .run(coalesce, |(user, conv), (n, up_to)| {
+            let state = state.clone();
+            async move {
+                let Some(state) = state.upgrade() else { return };
+                if let Err(e) = spread(&state, user, &conv, &ReadMark { up_to, n, receipt: false }).await {
+                    tracing::warn!(user_id = user, conv = %conv, error = %e.message, "cannot spread a delivery receipt");
+                }
+            }
+        })
+        .await
 }
 
 /// Raises the recipient's delivered position and, if it moved (or a
