@@ -303,6 +303,10 @@ pub struct MsgFrame {
     /// On `react`: the target's reaction counts after it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reactions: Vec<crate::envelope::ReactionCount>,
+    /// On group texts: the user ids of the members its `@username`s
+    /// mention (at most [`crate::envelope::MAX_MENTIONS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 /// Stable error codes, shared by WebSocket `error` frames and HTTP errors.

@@ -297,6 +297,7 @@ async fn deliver(
         room: None,
         reaction: stored.reaction.map(Box::new),
         reactions: stored.reactions,
+        mentions: stored.mentions,
     });
     if !out.push_msg(&msg, ts, phase).await {
         return false;

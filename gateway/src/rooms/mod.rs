@@ -94,6 +94,7 @@ impl Live {
             room: Some(room.to_string()),
             reaction: m.reaction.map(Box::new),
             reactions: m.reactions,
+            mentions: m.mentions,
         }));
         Live { n, change, ts, text }
     }
