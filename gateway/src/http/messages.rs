@@ -88,6 +88,9 @@ pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<R
             if !m.reactions.is_empty() {
                 v["reactions"] = json!(m.reactions);
             }
+            if !m.mentions.is_empty() && !m.deleted {
+                v["mentions"] = json!(m.mentions);
+            }
             v
         })
         .collect();

@@ -278,7 +278,9 @@ pub async fn send_frame(
         let out =
             Outgoing { from, device, cid: &cid, conv: &conv, kind: MessageKind::Text, body, event: None, target: None };
         let mentions = match conv.kind() {
-            chat_nats::subjects::ConvKind::Group(g) => crate::messaging::mentions::resolve(state, g, from, &out.body).await?,
+            chat_nats::subjects::ConvKind::Group(g) => {
+                crate::messaging::mentions::resolve(state, g, from, &out.body).await?
+            }
             _ => Vec::new(),
         };
         let Sent { id, ts, conv, n } = state.sender.send_mentioning(out, mentions.clone()).await?;
