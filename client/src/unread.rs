@@ -102,3 +102,29 @@ impl Unread {
         e.1 = e.1.max(read);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::Unread;
+
+    #[test]
+    fn mentions_count_above_read_and_a_seed_holds_until_read_passes_it() {
+        let mut u = Unread::new("2");
+        u.seed(&json!({"conversations": [{"conv": "g-1", "last_n": 5, "unread": 3, "mentions": 1}]}));
+        assert_eq!(u.mentions_of("g-1"), 1);
+        let msg = |n: u64, mentions: serde_json::Value| json!({"type": "msg", "conv": "g-1", "from": "1", "kind": "text", "n": n, "mentions": mentions});
+        // A catch-up copy at or below the seed is already in it.
+        u.apply(&msg(4, json!(["2"])));
+        u.apply(&msg(6, json!(["3", "2"])));
+        u.apply(&msg(7, json!(["3"])));
+        assert_eq!(u.mentions_of("g-1"), 2);
+        u.apply(&json!({"type": "read", "conv": "g-1", "n": 4}));
+        assert_eq!(u.mentions_of("g-1"), 2, "below the seed's last_n: the seed holds");
+        u.apply(&json!({"type": "read", "conv": "g-1", "n": 5}));
+        assert_eq!(u.mentions_of("g-1"), 1);
+        u.apply(&json!({"type": "read", "conv": "g-1", "n": 7}));
+        assert_eq!((u.mentions_of("g-1"), u.of("g-1")), (0, 0));
+    }
+}
