@@ -41,7 +41,15 @@ pub struct IngressSend {
     /// A reply: the message it answers, as the gateway found it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<ReplyTo>,
+    /// On group texts: the user ids its `@username`s resolved to (current
+    /// members, at most [`MAX_MENTIONS`], distinct, in order of first use).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
+
+/// The most distinct users one message can mention (further `@names` are
+/// left as text).
+pub const MAX_MENTIONS: usize = 50;
 
 /// The message an `edit` or `delete` changes, as the gateway found it in
 /// history: the sequencer erases a deleted one at `seq` (after checking it
@@ -336,6 +344,10 @@ pub struct StoredMessage {
     /// On a reply: the message it answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<ReplyTo>,
+    /// On group texts: the user ids it mentions (from the send, see
+    /// [`IngressSend::mentions`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 /// The result of sequencing one send, stored in the acks bucket and

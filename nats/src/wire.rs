@@ -310,6 +310,10 @@ pub struct MsgFrame {
     /// On a reply: the message it answers (id, author, preview).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<crate::envelope::ReplyTo>,
+    /// On group texts: the user ids of the members its `@username`s
+    /// mention (at most [`crate::envelope::MAX_MENTIONS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
 }
 
 /// Stable error codes, shared by WebSocket `error` frames and HTTP errors.

@@ -498,6 +498,7 @@ pub(crate) async fn assign_id(
         original: None,
         edited_at: None,
         deleted: false,
+        mentions: if send.kind == MessageKind::Text { send.mentions.clone() } else { Vec::new() },
         ..Default::default()
     })
 }

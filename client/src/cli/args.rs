@@ -42,7 +42,7 @@ pub const COMMANDS: &[(&str, &str, &str)] = &[
     ("delete", "delete <conversation> <id>", "delete a message for everyone (yours within the edit window; any, as a group owner or admin)"),
     ("listen", "listen", "catch up from the saved cursor, then print live messages (Ctrl-C stops; run again to resume)"),
     ("history", "history <to> [before_id|-] [limit]", "a page of a conversation, oldest first (newest 50 by default)"),
-    ("conversations", "conversations", "your conversations, newest first, with unread counts (the server's, the same on every device)"),
+    ("conversations", "conversations", "your conversations, newest first, with unread counts (the server's, the same on every device) and mentions of you in groups as (@n)"),
     ("search", "search <text...>", "the newest 20 messages you may read that contain the text (2 characters or more; matches in [brackets])"),
     ("read", "read <to> <message id>", "mark a conversation read up to a message, for every device of yours (never moves backwards)"),
     ("group", "group create <name> [user...] | add <group> <user...> | remove <group> <user> | leave <group> | list | show <group>", "groups; <group> is #name, a name, an id or g-<id>"),

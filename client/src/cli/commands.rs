@@ -396,6 +396,8 @@ async fn conversations(o: &Opts) -> Result<(), CliError> {
         let body =
             if last["kind"] == "system" { system_text(&mut names, last).await } else { s(&last["body"]).to_owned() };
         rows.push(json!({"conv": c["conv"], "type": c["type"], "title": c["title"], "unread": n, "unread_more": more,
+            // Mentions among the unread (none once read here, as unread).
+            "mentions": if n == 0 { 0 } else { c["mentions"].as_u64().unwrap_or(0) },
             "last_message": if last.is_null() { Value::Null } else { json!({"id": last["id"], "from": last["from"], "from_name": from, "kind": last["kind"], "body": body, "ts": last["ts"]}) }}));
     }
     if o.json {
@@ -410,6 +412,10 @@ async fn conversations(o: &Opts) -> Result<(), CliError> {
             (0, _) => String::new(),
             (n, true) => format!(" ({n}+ unread)"),
             (n, false) => format!(" ({n} unread)"),
+        };
+        let badge = match r["mentions"].as_u64().unwrap_or(0) {
+            0 => badge,
+            m => format!("{badge} (@{m})"),
         };
         let l = &r["last_message"];
         let last = match (l.is_null(), l["kind"] == "system") {

@@ -1,6 +1,6 @@
 //! `GET /v1/conversations`: the caller's 1:1 and group conversations, each
 //! with its last message, newest activity first, a page at a time, and its
-//! `unread` count;
+//! `unread` count (and `mentions` for groups);
 //! `GET /v1/conversations/{conv}/reads`: every participant's read position.
 
 use chat_nats::envelope::StoredMessage;
@@ -76,6 +76,14 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientE
     for chunk in convs.chunks(32) {
         lasts.extend(futures::future::join_all(chunk.iter().map(|(c, _)| last_and_read(st, me, c))).await);
     }
+    // Mentions of the caller above each group's read position: one query.
+    let group_reads: Vec<(String, u64)> = convs
+        .iter()
+        .zip(&lasts)
+        .filter(|((c, _), _)| matches!(c.kind(), chat_nats::subjects::ConvKind::Group(_)))
+        .map(|((c, _), l)| (c.to_string(), l.as_ref().ok().and_then(|l| l.read.as_ref()).map_or(0, |r| r.n)))
+        .collect();
+    let mentions = st.db.mention_counts(me, &group_reads).await?;
     let mut out = Vec::with_capacity(convs.len());
     for ((conv, mut info), last) in convs.into_iter().zip(lasts) {
         let LastAndRead { last, head_n, read } = last.map_err(ClientError::unavailable)?;
@@ -92,8 +100,7 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientE
         info["unread"] = json!(unread);
         info["last_n"] = json!(head_n);
         if matches!(conv.kind(), chat_nats::subjects::ConvKind::Group(_)) {
-            // Counted with unread once mentions exist.
-            info["mentions"] = json!(0);
+            info["mentions"] = json!(mentions.get(&conv.to_string()).copied().unwrap_or(0));
         }
         info["read_up_to"] = json!(read.map(|r| r.up_to.to_string()));
         info["conv"] = json!(conv.to_string());

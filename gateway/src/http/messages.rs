@@ -91,6 +91,9 @@ pub async fn page(st: &AppState, req: Request<Incoming>, conv: &str) -> Result<R
             if let Some(r) = &m.reply_to {
                 v["reply_to"] = json!(r);
             }
+            if !m.mentions.is_empty() && !m.deleted {
+                v["mentions"] = json!(m.mentions);
+            }
             v
         })
         .collect();

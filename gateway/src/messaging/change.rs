@@ -144,7 +144,12 @@ pub async fn apply(
     };
     let target = Some((id, Original { n: original.n, seq, from: original.from, ts: original.ts }));
     let out = Outgoing { from, device, cid, conv: &conv, kind, body, event: None, target, reply_to: None };
-    state.sender.send(out).await
+    let sent = state.sender.send(out).await?;
+    if kind == MessageKind::Delete && matches!(conv.kind(), chat_nats::subjects::ConvKind::Group(_)) {
+        // A deleted message's mentions stop counting (a retry deletes again).
+        state.db.delete_mentions(&conv.to_string(), id).await.map_err(ClientError::unavailable)?;
+    }
+    Ok(sent)
 }
 
 /// [`apply`] for a session's frame: its `ack` or `error`.

@@ -298,6 +298,7 @@ async fn deliver(
         reaction: stored.reaction.map(Box::new),
         reactions: stored.reactions,
         reply_to: stored.reply_to,
+        mentions: stored.mentions,
     });
     if !out.push_msg(&msg, ts, phase).await {
         return false;

@@ -116,6 +116,11 @@ impl Sender {
     /// Publishes one send and waits for its outcome (a retry reports the
     /// first attempt's).
     pub async fn send(&self, m: Outgoing<'_>) -> Result<Sent, ClientError> {
+        self.send_mentioning(m, Vec::new()).await
+    }
+
+    /// [`Sender::send`] of a group text that mentions these user ids.
+    pub async fn send_mentioning(&self, m: Outgoing<'_>, mentions: Vec<i64>) -> Result<Sent, ClientError> {
         let Outgoing { from, device, cid, conv, kind, body, event, target, reply_to } = m;
         let key = subjects::dedupe_key(from, device, cid);
         let (tx, mut rx) = oneshot::channel();
@@ -133,6 +138,7 @@ impl Sender {
             target: target.map(|t| t.0),
             original: target.map(|t| t.1),
             reply_to,
+            mentions: mentions.iter().map(i64::to_string).collect(),
         };
         let outcome = self.publish_and_wait(&key, conv, env, &mut rx).await;
         {
@@ -302,8 +308,18 @@ pub async fn send_frame(
         // A retry of an earlier send reports where that message went.
         let kind = MessageKind::Text;
         let out = Outgoing { from, device, cid: &cid, conv: &conv, kind, body, event: None, target: None, reply_to };
-        let Sent { id, ts, conv, n } = state.sender.send(out).await?;
+        let mentions = match conv.kind() {
+            chat_nats::subjects::ConvKind::Group(g) => {
+                crate::messaging::mentions::resolve(state, g, from, &out.body).await?
+            }
+            _ => Vec::new(),
+        };
+        let Sent { id, ts, conv, n } = state.sender.send_mentioning(out, mentions.clone()).await?;
         let conv = ConvId::parse(&conv).ok_or_else(|| ClientError::new(ErrorCode::Internal, "bad conversation id"))?;
+        // Counted in the list before the ack (a retry records it again).
+        if !mentions.is_empty() && n > 0 {
+            state.db.record_mentions(&conv.to_string(), id, n, &mentions).await.map_err(ClientError::unavailable)?;
+        }
         if let chat_nats::subjects::ConvKind::Direct(a, b) = conv.kind() {
             state.remember_direct(a, b).await;
         }

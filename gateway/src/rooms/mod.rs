@@ -95,6 +95,7 @@ impl Live {
             reaction: m.reaction.map(Box::new),
             reactions: m.reactions,
             reply_to: m.reply_to,
+            mentions: m.mentions,
         }));
         Live { n, change, ts, text }
     }

@@ -1,11 +1,12 @@
 //! PostgreSQL: the connection pool, migrations and account queries. All SQL
 //! of the gateway lives in this module: [`groups`], [`friends`], [`push`],
-//! [`conversations`] (1:1), [`rooms`] and [`search`] beside the accounts here; [`pool`] measures
+//! [`conversations`] (1:1), [`rooms`], [`search`] and [`mentions`] beside the accounts here; [`pool`] measures
 //! the connection pool.
 
 pub mod conversations;
 pub mod friends;
 pub mod groups;
+pub mod mentions;
 pub mod pool;
 pub mod push;
 pub mod rooms;
@@ -27,6 +28,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (8, include_str!("../../migrations/008_search.sql")),
     (9, include_str!("../../migrations/009_read_receipts.sql")),
     (10, include_str!("../../migrations/010_rooms.sql")),
+    (11, include_str!("../../migrations/011_mentions.sql")),
 ];
 
 /// Database failures.

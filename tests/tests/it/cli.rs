@@ -132,6 +132,10 @@ async fn the_cli_names_people_groups_and_conversations() -> Result<()> {
     ensure!(out.contains("alice (owner)") && out.contains("bob (member)") && out.contains("carol (member)"), "{out}");
     chat(&s, &dir, "carol", &["send", "#team", "hi team"]).await?;
     ensure!(next_line().await? == "[team] carol: hi team");
+    chat(&s, &dir, "carol", &["send", "#team", "@alice look"]).await?;
+    ensure!(next_line().await? == "[team] carol: @alice look");
+    let out = chat(&s, &dir, "alice", &["conversations"]).await?;
+    ensure!(out.lines().any(|l| l.contains(" team (") && l.ends_with(" unread) (@1)  carol: @alice look")), "{out}");
     chat(&s, &dir, "alice", &["group", "remove", "team", "carol"]).await?;
     ensure!(next_line().await? == "[team] * alice removed carol");
     let out = chat(&s, &dir, "bob", &["conversations"]).await?;

@@ -15,6 +15,7 @@ mod group_commit;
 mod groups;
 mod limits;
 mod limits_auth;
+mod mentions;
 mod metrics;
 mod moderation;
 mod nats_auth;

@@ -323,6 +323,30 @@ async fn muted_conversations_are_not_pushed_until_unmuted() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_pushes_a_member_who_muted_the_group() -> Result<()> {
+    let p = push_stack(&[]).await?;
+    let s = &p.s;
+    let (a, b) = (s.user("alice", "a1").await?, s.user("bob", "phone").await?);
+    register_ok(s, &b, fcm("bob-token")).await?;
+    let g = s.create_group(&a, "team", &[&b.user_id]).await?;
+    let (conv, gid) = (g["conv"].as_str().unwrap(), g["group_id"].as_str().unwrap());
+    let (st, v) =
+        s.http(0).request(Method::PUT, &format!("/v1/conversations/{conv}/mute"), Some(&b.token), None).await?;
+    assert_eq!((st, v["muted"].as_bool()), (200, Some(true)));
+    let (mut ca, _) = s.live(0, &a).await?;
+    let send = |cid: &str, body: &str| json!({"type": "send", "cid": cid, "to": {"group": gid}, "body": body});
+    ca.send_frame_and_ack(send("g1", "muted, no mention"), "g1").await?;
+    idle(s).await?;
+    assert!(p.fcm.requests().is_empty(), "muted: nothing pushed");
+    let mention = ca.send_frame_and_ack(send("g2", "@bob are you there?"), "g2").await?;
+    requests_at_least(&p.fcm, 1).await?;
+    ca.send_frame_and_ack(send("g3", "muted again"), "g3").await?;
+    idle(s).await?;
+    assert_eq!(fcm_message_ids(&p.fcm), vec![mention["id"].as_str().unwrap().to_owned()]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_are_validated_owned_and_refused_for_providers_not_configured() -> Result<()> {
     let p = push_stack(&[]).await?;
     let s = &p.s;

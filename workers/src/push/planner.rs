@@ -5,7 +5,8 @@
 //!
 //! 1. system messages and the sender's own copies are never pushed;
 //! 2. copies older than `CHAT_PUSH_MAX_AGE_SECS` are not pushed;
-//! 3. a user with no registration, or who muted the conversation, is done;
+//! 3. a user with no registration, or who muted the conversation (unless the
+//!    message mentions them), is done;
 //! 4. a copy younger than `CHAT_PUSH_DELAY_MS` is nak'ed with the time
 //!    left, and JetStream redelivers it then;
 //! 5. if the user's delivered mark (KV `chat_delivered`) has reached the
@@ -173,7 +174,9 @@ impl Inner {
             return m.ack().await;
         }
         let up = self.user_push(user).await?;
-        if up.regs.is_empty() || up.mutes.contains(&stored.conv) {
+        // A mention of the user pushes even in a muted conversation.
+        let mentioned = stored.mentions.iter().any(|u| u.parse() == Ok(user));
+        if up.regs.is_empty() || (up.mutes.contains(&stored.conv) && !mentioned) {
             return m.ack().await;
         }
         if age < self.cfg.delay {
