@@ -28,6 +28,8 @@ use crate::AppState;
 pub struct Edges {
     me: GatewayEntry,
     draining: AtomicBool,
+    /// Raised by every undo: a drain in progress stops when it changes.
+    drain_epoch: std::sync::atomic::AtomicU64,
     full: AtomicBool,
     seen: Mutex<HashMap<String, (GatewayEntry, Instant)>>,
     poke: Notify,
@@ -52,6 +54,7 @@ impl Edges {
         Edges {
             me,
             draining: AtomicBool::new(false),
+            drain_epoch: Default::default(),
             full: AtomicBool::new(false),
             seen: Mutex::default(),
             poke: Notify::new(),
@@ -190,6 +193,9 @@ pub async fn drain(state: &AppState) {
     if state.edges.draining.swap(true, Ordering::AcqRel) {
         return;
     }
+    let epoch = state.edges.drain_epoch.load(Ordering::Acquire);
+    // Until an operator undoes it (`undrain`).
+    let on = || state.edges.draining() && state.edges.drain_epoch.load(Ordering::Acquire) == epoch;
     state.edges.poke.notify_one();
     let total = state.connections.count();
     tracing::info!(sessions = total, secs = state.cfg.drain.as_secs(), "draining");
@@ -197,6 +203,10 @@ pub async fn drain(state: &AppState) {
     let steps = (state.cfg.drain.as_millis() / 100).max(1) as u32;
     let mut told = 0;
     for k in 1..=steps {
+        if !on() {
+            tracing::info!(told, "drain undone");
+            return;
+        }
         if state.connections.count() == 0 {
             break;
         }
@@ -204,7 +214,20 @@ pub async fn drain(state: &AppState) {
         told += state.connections.drain(due.saturating_sub(told));
         tokio::time::sleep_until(started + state.cfg.drain * k / steps).await;
     }
-    state.connections.drain(usize::MAX);
+    if on() {
+        state.connections.drain(usize::MAX);
+    }
+}
+
+/// Undoes a drain: sessions are accepted again, the registry says so at
+/// once, and the sessions not closed yet stay. `false` if not draining.
+pub fn undrain(state: &AppState) -> bool {
+    if !state.edges.draining.swap(false, Ordering::AcqRel) {
+        return false;
+    }
+    state.edges.drain_epoch.fetch_add(1, Ordering::AcqRel);
+    state.edges.poke.notify_one();
+    true
 }
 
 /// Reads `/proc/self/limits` (Linux) for the soft open-file limit.

@@ -62,3 +62,15 @@ pub async fn drain(st: &Arc<AppState>, req: Request<Incoming>) -> Result<Resp, C
         &json!({"gateway": st.cfg.gateway_id, "draining": true, "sessions": sessions, "drain_secs": st.cfg.drain.as_secs()}),
     ))
 }
+
+/// `DELETE /v1/admin/drain`: undoes a drain started by the endpoint; the
+/// sessions it has not closed yet stay (`was_draining` false if none ran).
+pub async fn undrain(st: &Arc<AppState>, req: Request<Incoming>) -> Result<Resp, ClientError> {
+    require_operator(st, &req)?;
+    let was = crate::edge::undrain(st);
+    let sessions = st.connections.count();
+    Ok(json(
+        StatusCode::OK,
+        &json!({"gateway": st.cfg.gateway_id, "draining": false, "was_draining": was, "sessions": sessions}),
+    ))
+}

@@ -103,7 +103,7 @@ async fn dispatch(state: &Arc<AppState>, mut req: Request<Incoming>) -> (&'stati
             Err(e) => Err(e),
         }),
         ["v1", "edges"] => methods!(method, path; GET => edges::list(st, req).await),
-        ["v1", "admin", "drain"] => methods!(method, path; POST => edges::drain(st, req).await),
+        ["v1", "admin", "drain"] => methods!(method, path; POST => edges::drain(st, req).await, DELETE => edges::undrain(st, req).await),
         ["v1", "admin", "users", id] => methods!(method, path; GET => bans::show(st, req, id).await),
         ["v1", "admin", "users", id, "ban"] => methods!(method, path;
             PUT => bans::ban(st, req, id).await,

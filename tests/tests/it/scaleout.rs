@@ -386,3 +386,54 @@ async fn sigterm_drains_with_4010_keeps_every_send_once_and_leaves_the_registry_
     assert!(!edge_ids(&s, 0, "").await?.contains(&"gwp1".to_string()), "deleted, not left to expire");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_undoes_a_drain_and_the_sessions_left_stay() -> Result<()> {
+    // A slow drain of 4 sessions: one is told at once, the next after 2.5 s.
+    let s = stack().env("CHAT_DRAIN_SECS", "10").env("CHAT_OPERATOR_TOKEN", OPERATOR).start().await?;
+    let logins: Vec<Login> = users(&s, "undo", 4, &["d"]).await?.into_iter().map(|mut d| d.remove(0)).collect();
+    let mut conns = Vec::new();
+    for l in &logins {
+        conns.push(s.live(0, l).await?.0);
+    }
+    let req = |m: Method, t: &'static str| {
+        let http = s.http(0);
+        async move { http.request(m, "/v1/admin/drain", Some(t), None).await }
+    };
+    assert_eq!(req(Method::DELETE, "not-the-operator").await?.0, 401);
+    let (status, v) = req(Method::DELETE, OPERATOR).await?;
+    assert_eq!((status, v["was_draining"].as_bool()), (200, Some(false)), "{v}");
+    assert_eq!(req(Method::POST, OPERATOR).await?.0, 202);
+    let (status, v) = req(Method::DELETE, OPERATOR).await?;
+    assert_eq!((status, v["was_draining"].as_bool(), v["draining"].as_bool()), (200, Some(true), Some(false)), "{v}");
+    let (status, v) = s.http(0).request(Method::GET, "/readyz", None, None).await?;
+    assert_eq!((status, v["draining"].as_bool()), (200, Some(false)), "{v}");
+    // New sessions are taken again and discovery offers the gateway.
+    let mut fresh = s.live(0, &logins[0]).await?.0;
+    wait_for("gw0 offered again", Duration::from_secs(10), || async {
+        let (_, v) = s.http(0).request(Method::GET, "/v1/edges", None, None).await.ok()?;
+        v["edges"].as_array()?.iter().any(|e| e["id"] == "gw0").then_some(())
+    })
+    .await?;
+    // Past the whole drain window, at most the one session told at once
+    // was closed; the others still answer.
+    // A probe every 500 ms over the window (an observation, not a wait).
+    let until = Instant::now() + Duration::from_secs(11);
+    let mut open = vec![true; conns.len()];
+    let mut probe = tokio::time::interval(Duration::from_millis(500));
+    while Instant::now() < until {
+        probe.tick().await;
+        for (c, open) in conns.iter_mut().zip(open.iter_mut()).filter(|(_, o)| **o) {
+            let answered = async {
+                c.send_json(&json!({"type": "ping"})).await?;
+                c.wait_for("pong", |v| v["type"] == "pong").await
+            };
+            *open = answered.await.is_ok();
+        }
+        fresh.send_json(&json!({"type": "ping"})).await?;
+        fresh.wait_for("pong", |v| v["type"] == "pong").await?;
+    }
+    let closed = open.iter().filter(|o| !**o).count();
+    assert!(closed <= 1, "{closed} of {} sessions closed after the undo", open.len());
+    Ok(())
+}
