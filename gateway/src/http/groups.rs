@@ -110,6 +110,7 @@ async fn post_system(
         event: Some(event),
         target: None,
         reply_to: None,
+        mentions: Vec::new(),
     };
     let sent = st.sender.send(out).await?;
     // The actor's own system message counts as read by them, like an own

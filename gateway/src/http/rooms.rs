@@ -178,6 +178,7 @@ pub async fn update(st: &AppState, req: Request<Incoming>, id: &str) -> Result<R
         event: Some(event),
         target: None,
         reply_to: None,
+        mentions: Vec::new(),
     };
     st.sender.send(out).await?;
     Ok(json(StatusCode::OK, &room_json(&updated, st.room_viewers(room))))

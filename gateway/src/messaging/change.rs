@@ -143,7 +143,18 @@ pub async fn apply(
         ),
     };
     let target = Some((id, Original { n: original.n, seq, from: original.from, ts: original.ts }));
-    let out = Outgoing { from, device, cid, conv: &conv, kind, body, event: None, target, reply_to: None };
+    let out = Outgoing {
+        from,
+        device,
+        cid,
+        conv: &conv,
+        kind,
+        body,
+        event: None,
+        target,
+        reply_to: None,
+        mentions: Vec::new(),
+    };
     let sent = state.sender.send(out).await?;
     if kind == MessageKind::Delete && matches!(conv.kind(), chat_nats::subjects::ConvKind::Group(_)) {
         // A deleted message's mentions stop counting (a retry deletes again).

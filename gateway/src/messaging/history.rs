@@ -192,7 +192,7 @@ async fn with_changes(
             m.reactions = r.reactions;
         }
     }
-    replies(rd, conv, &mut msgs, (lo, hi), &deleted).await?;
+    replies(rd, conv, &mut msgs, (lo, hi), deleted).await?;
     if by_target.is_empty() {
         return Ok(msgs);
     }
@@ -213,7 +213,7 @@ async fn with_changes(
 }
 
 /// Replies whose answered message is deleted lose its preview (and say
-/// `deleted`): from the page's own events when it lies in `span`, else
+/// `deleted`): from the page's own deletes (`gone`) when it lies in `span`, else
 /// one lookup of its event subject per such reply (at most one per message
 /// of the page, all at once).
 async fn replies(
@@ -221,7 +221,7 @@ async fn replies(
     conv: &ConvId,
     msgs: &mut [(u64, StoredMessage)],
     span: (u64, u64),
-    deleted: &HashSet<u64>,
+    mut gone: HashSet<u64>,
 ) -> Result<(), async_nats::Error> {
     let outside: Vec<(u64, u64)> = msgs
         .iter()
@@ -236,7 +236,6 @@ async fn replies(
             .map(|&(n, id)| async move { hist::last_on(history, &subjects::history_event(conv, n, id)).await }),
     )
     .await;
-    let mut gone = deleted.clone();
     for (&(_, id), e) in outside.iter().zip(looked) {
         if e?.is_some_and(|(_, e)| e.kind == MessageKind::Delete) {
             gone.insert(id);

@@ -116,6 +116,7 @@ pub async fn mark(
             event: None,
             target: None,
             reply_to: None,
+            mentions: Vec::new(),
         };
         state.sender.send(out).await?;
     }

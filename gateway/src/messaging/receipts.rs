@@ -73,6 +73,7 @@ async fn spread(state: &AppState, user: i64, conv: &ConvId, mark: &ReadMark) -> 
         event: None,
         target: None,
         reply_to: None,
+        mentions: Vec::new(),
     };
     state.sender.send(out).await.map(|_| ())
 }

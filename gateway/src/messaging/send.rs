@@ -43,6 +43,8 @@ pub struct Outgoing<'a> {
     pub target: Option<(u64, Original)>,
     /// On a reply: the message it answers.
     pub reply_to: Option<ReplyTo>,
+    /// On a group text: the user ids its `@username`s resolved to.
+    pub mentions: Vec<i64>,
 }
 
 /// Sends waiting for their outcome: dedupe key → (token, reply channel).
@@ -116,12 +118,7 @@ impl Sender {
     /// Publishes one send and waits for its outcome (a retry reports the
     /// first attempt's).
     pub async fn send(&self, m: Outgoing<'_>) -> Result<Sent, ClientError> {
-        self.send_mentioning(m, Vec::new()).await
-    }
-
-    /// [`Sender::send`] of a group text that mentions these user ids.
-    pub async fn send_mentioning(&self, m: Outgoing<'_>, mentions: Vec<i64>) -> Result<Sent, ClientError> {
-        let Outgoing { from, device, cid, conv, kind, body, event, target, reply_to } = m;
+        let Outgoing { from, device, cid, conv, kind, body, event, target, reply_to, mentions } = m;
         let key = subjects::dedupe_key(from, device, cid);
         let (tx, mut rx) = oneshot::channel();
         let token = self.next_token.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -306,15 +303,26 @@ pub async fn send_frame(
         let reply_to = answered(state, &conv, reply_to).await?;
         let body = state.moderation.screen(from, device, origin, body).await?;
         // A retry of an earlier send reports where that message went.
-        let kind = MessageKind::Text;
-        let out = Outgoing { from, device, cid: &cid, conv: &conv, kind, body, event: None, target: None, reply_to };
         let mentions = match conv.kind() {
             chat_nats::subjects::ConvKind::Group(g) => {
-                crate::messaging::mentions::resolve(state, g, from, &out.body).await?
+                crate::messaging::mentions::resolve(state, g, from, &body).await?
             }
             _ => Vec::new(),
         };
-        let Sent { id, ts, conv, n } = state.sender.send_mentioning(out, mentions.clone()).await?;
+        let kind = MessageKind::Text;
+        let out = Outgoing {
+            from,
+            device,
+            cid: &cid,
+            conv: &conv,
+            kind,
+            body,
+            event: None,
+            target: None,
+            reply_to,
+            mentions: mentions.clone(),
+        };
+        let Sent { id, ts, conv, n } = state.sender.send(out).await?;
         let conv = ConvId::parse(&conv).ok_or_else(|| ClientError::new(ErrorCode::Internal, "bad conversation id"))?;
         // Counted in the list before the ack (a retry records it again).
         if !mentions.is_empty() && n > 0 {
