@@ -1,10 +1,15 @@
-// The reference web client (docs/web.md). Each tab is a device: its login,
-// cursor and read positions live in sessionStorage, so two tabs of one
-// user are two devices kept in sync by the server.
+// The reference web client (docs/web.md). Each tab is a device: its login
+// and cursor live in sessionStorage, so two tabs of one user are two
+// devices kept in sync by the server. Unread and mentions counts, read
+// positions and receipts are the server's (unread.js, `read`, `receipt`,
+// `delivered` frames, GET /v1/conversations and /reads).
 
 import { Api, ApiError, directConv, cmpId } from "/api.js";
 import { Session } from "/session.js";
+import { Unread } from "/unread.js";
+import { entry, merge, sortMsgs, applyChange, newestReadable, receipt } from "/messages.js";
 import { el, $, convItem, messageItem, memberItems, friendItems } from "/view.js";
+import { wireSearch } from "/search.js";
 
 const PAGE = 30;
 const TYPING_SEND_MS = 2000;
@@ -12,7 +17,8 @@ const TYPING_SHOW_MS = 4000;
 
 const api = new Api();
 let session = null;
-let saved = null; // {token, user_id, username, device_id, cursor, read, unread}
+let saved = null; // {token, user_id, username, device_id, cursor, receipts}
+let unread = null;
 const names = new Map(); // user id -> username
 const presence = new Map(); // user id -> online|offline
 const convs = new Map(); // conv id -> conversation
@@ -20,6 +26,13 @@ const groups = new Map(); // group id -> {members, role}
 let open = null; // conv id on screen
 let lastTyping = 0;
 const typing = new Map(); // conv -> {user, until}
+let convPage = null; // the list's next_before, when more conversations follow
+let compose = null; // {mode: "reply"|"edit", msg} while replying or editing
+let picking = null; // message id whose reaction picker is open
+let confirming = null; // message id whose Delete asks to be confirmed
+const seenLists = new Map(); // message id -> "read by …" text asked for
+const commands = new Map(); // cid -> what an edit/delete/react was, until answered
+let joining = null; // room id of a join not yet answered
 
 // --- per-tab storage --------------------------------------------------------
 
@@ -33,10 +46,14 @@ function deviceId() {
   return d;
 }
 
+// The cursor, and the receipts of 1:1 conversations (the `delivered` and
+// `receipt` frames before the cursor are not sent again after a reload).
 function persist() {
   if (!saved) return;
-  saved.unread = {};
-  for (const c of convs.values()) if (c.unread.size) saved.unread[c.conv] = [...c.unread];
+  saved.receipts = {};
+  for (const c of convs.values()) {
+    if (c.peerRead || c.peerDelivered) saved.receipts[c.conv] = [c.peerRead || null, c.peerDelivered || null];
+  }
   sessionStorage.setItem("chat.session", JSON.stringify(saved));
 }
 
@@ -45,13 +62,17 @@ function persist() {
 function conv(id) {
   let c = convs.get(id);
   if (!c) {
-    c = { conv: id, type: id.startsWith("g-") ? "group" : "direct", title: id, last: null, ts: 0,
-      unread: new Set((saved.unread || {})[id] || []), msgs: null, hasMore: true, loading: false, left: false };
-    if (c.type === "group") c.group = id.slice(2);
+    const type = id.startsWith("g-") ? "group" : id.startsWith("r-") ? "room" : "direct";
+    c = { conv: id, type, title: id, last: null, ts: 0, msgs: null, hasMore: true, hasMoreAfter: false,
+      loading: false, left: false, readUpTo: null, later: [] };
+    if (type === "group") c.group = id.slice(2);
+    else if (type === "room") c.room = id.slice(2);
     else {
       const [a, b] = id.slice(3).split("-");
       c.peer = a === saved.user_id ? b : a;
       c.title = nameOf(c.peer);
+      const r = (saved.receipts || {})[id];
+      if (r) [c.peerRead, c.peerDelivered] = r;
     }
     convs.set(id, c);
   }
@@ -60,38 +81,43 @@ function conv(id) {
 
 function nameOf(id) {
   if (names.has(id)) return names.get(id);
-  names.set(id, "user " + id);
-  api.user(id).then((u) => { names.set(id, u.username); render(); }).catch(() => {});
+  names.set(id, id === "0" ? "operator" : "user " + id);
+  if (id !== "0") api.user(id).then((u) => { names.set(id, u.username); render(); }).catch(() => {});
   return names.get(id);
 }
 
-function readPos(c) {
-  return saved.read[c.conv] || "0";
+function maxId(a, b) {
+  return !a ? b : !b ? a : cmpId(a, b) >= 0 ? a : b;
 }
 
-function markRead(c) {
-  if (c.msgs && c.msgs.length) {
-    const last = c.msgs.filter((m) => m.id).pop();
-    if (last && cmpId(last.id, readPos(c)) > 0) saved.read[c.conv] = last.id;
-  }
-  if (c.last && c.last.id && cmpId(c.last.id, readPos(c)) > 0) saved.read[c.conv] = c.last.id;
-  c.unread.clear();
-  persist();
-}
-
-async function loadConversations() {
-  const { conversations } = await api.conversations();
-  for (const s of conversations) {
+// A page of GET /v1/conversations: titles, last messages, counts.
+function takeConversations(page) {
+  for (const s of page.conversations) {
     const c = conv(s.conv);
     c.title = s.title || s.name || s.username || c.title;
     if (s.type === "direct") names.set(s.user_id, s.username);
     if (s.role) c.role = s.role;
+    c.readUpTo = maxId(c.readUpTo, s.read_up_to);
+    unread.seed(s);
     const m = s.last_message;
-    if (m && (!c.last || cmpId(m.id, c.last.id) > 0)) setLast(c, { ...m, text: m.body });
-    // A conversation this tab has never read counts what it held then as read.
-    if (!(c.conv in saved.read)) saved.read[c.conv] = m ? m.id : "0";
+    if (m && (!c.last || cmpId(m.id, c.last.id) > 0)) setLast(c, m);
   }
-  persist();
+}
+
+async function loadConversations() {
+  const page = await api.conversations(null);
+  takeConversations(page);
+  // Later pages are loaded on request ("More conversations"); a refresh
+  // reads the first page again (protocol.md, "Conversations").
+  if (convPage === null || !page.next_before) convPage = page.next_before;
+}
+
+async function moreConversations() {
+  if (!convPage) return;
+  const page = await api.conversations(convPage);
+  takeConversations(page);
+  convPage = page.next_before;
+  render();
 }
 
 let refreshing = null;
@@ -100,7 +126,7 @@ function refreshConversations() {
 }
 
 function setLast(c, m) {
-  c.last = { id: m.id, from: m.from, kind: m.kind, raw: m.body, event: m.event, body: m.body, fromName: "" };
+  c.last = { id: m.id, from: m.from, kind: m.kind, raw: m.body, event: m.event, body: m.body, fromName: "", deleted: false };
   c.ts = m.ts || Date.now();
 }
 
@@ -118,59 +144,101 @@ function displayText(m) {
   }
 }
 
-// A message from the session or from history, merged by id (and by cid
-// for this device's own sends).
-function merge(c, m) {
-  if (!c.msgs) return null;
-  let x = m.cid ? c.msgs.find((y) => y.cid === m.cid) : null;
-  if (!x) x = c.msgs.find((y) => y.id === m.id);
-  if (x) {
-    Object.assign(x, { id: m.id, ts: m.ts, state: "sent", error: null });
-    return x;
-  }
-  const entry = { id: m.id, cid: m.cid, from: m.from, kind: m.kind, event: m.event, text: m.body, ts: m.ts, state: "sent" };
-  c.msgs.push(entry);
-  sortMsgs(c);
-  return entry;
-}
-
-function sortMsgs(c) {
-  c.msgs.sort((a, b) => (a.id && b.id ? cmpId(a.id, b.id) : a.id ? -1 : b.id ? 1 : a.seq - b.seq));
-}
-
 // --- session frames -------------------------------------------------------------
 
 function onMsg(f) {
   const known = convs.has(f.conv);
   const c = conv(f.conv);
-  if (!known) refreshConversations();
-  if (!c.last || cmpId(f.id, c.last.id) >= 0) setLast(c, f);
-  merge(c, f);
-  const mine = f.from === saved.user_id && f.kind !== "system";
-  if (f.kind === "system" && f.event) {
-    groups.delete(c.group);
-    c.left = !f.event.members.includes(saved.user_id);
-    if (open === c.conv) loadGroup(c);
+  if (!known && c.type !== "room") refreshConversations();
+  unread.apply(f);
+  if (f.kind === "edit" || f.kind === "delete" || f.kind === "react") {
+    applyChange(c, f, saved.user_id);
+    if (c.hasMoreAfter) c.later.push(f);
+    if (c.last && c.last.id === f.target && f.kind !== "react") {
+      if (f.kind === "delete") c.last.deleted = true;
+      else c.last.raw = f.body;
+    }
+    if (f.kind === "delete" && compose && compose.msg.id === f.target) setCompose(null);
+  } else {
+    if (!c.last || cmpId(f.id, c.last.id) >= 0) setLast(c, f);
+    // Away from the newest page (after a jump): newer pages are read
+    // from history, and live messages wait until that reaches them.
+    if (c.msgs && c.hasMoreAfter) c.later.push(f);
+    else if (c.msgs) merge(c, f);
+    if (f.kind === "system" && f.event && c.type === "group") {
+      groups.delete(c.group);
+      c.left = !f.event.members.includes(saved.user_id);
+      if (open === c.conv) loadGroup(c);
+    }
+    if (c.type === "group" && f.from !== saved.user_id && open === c.conv) refreshReads(c);
   }
-  if (!mine && cmpId(f.id, readPos(c)) > 0) {
-    if (open === c.conv && !document.hidden) saved.read[c.conv] = f.id;
-    else c.unread.add(f.id);
-  }
-  persist();
   render();
+  maybeRead(c);
 }
 
 function onFrame(f) {
-  if (f.type === "msg") onMsg(f);
-  else if (f.type === "presence") { presence.set(f.user, f.status); render(); }
-  else if (f.type === "typing") {
-    typing.set(f.conv, { user: f.user, until: Date.now() + TYPING_SHOW_MS });
-    renderTyping();
-    setTimeout(renderTyping, TYPING_SHOW_MS + 50);
+  const c = f.conv ? convs.get(f.conv) : null;
+  switch (f.type) {
+    case "msg": return onMsg(f);
+    case "read":
+      unread.apply(f);
+      if (c) c.readUpTo = maxId(c.readUpTo, f.up_to);
+      return render();
+    case "receipt":
+    case "delivered": {
+      const d = conv(f.conv);
+      if (f.type === "receipt") d.peerRead = maxId(d.peerRead, f.up_to);
+      else d.peerDelivered = maxId(d.peerDelivered, f.up_to);
+      persist();
+      return render();
+    }
+    case "joined": {
+      const r = conv("r-" + f.room);
+      if (joining === f.room) joining = null;
+      Object.assign(r, { joined: true, viewers: f.viewers, hasMore: f.backlog > 0 });
+      return render(open === r.conv);
+    }
+    case "left": {
+      const r = convs.get("r-" + f.room);
+      if (r && f.reason === "banned") {
+        session.rooms.delete(f.room);
+        Object.assign(r, { joined: false, left: true });
+        $("conv-error").textContent = "you were banned from this room";
+      }
+      return render();
+    }
+    case "gap": {
+      const r = conv("r-" + f.room);
+      if (r.msgs) r.msgs.push({ kind: "gap", missed: f.missed, seq: seq++, text: f.missed + " messages skipped here (they are in the room's history)" });
+      return render();
+    }
+    case "presence":
+      presence.set(f.user, f.status);
+      return render();
+    case "typing":
+      typing.set(f.conv, { user: f.user, until: Date.now() + TYPING_SHOW_MS });
+      renderTyping();
+      setTimeout(renderTyping, TYPING_SHOW_MS + 50);
+      return;
+    case "error":
+      if (joining && (f.code === "unknown_room" || f.code === "forbidden" || f.code === "limit_exceeded")) {
+        session.rooms.delete(joining);
+        convs.delete("r-" + joining);
+        if (open === "r-" + joining) open = null;
+        joining = null;
+        $("sidebar-error").textContent = f.code === "unknown_room" ? "no such room" : f.message || f.code;
+        render();
+      }
   }
 }
 
 function onSendResult(cid, ack, err) {
+  const what = commands.get(cid);
+  if (what) {
+    commands.delete(cid);
+    if (err) $("conv-error").textContent = what + " refused: " + (err.message || err.code);
+    return;
+  }
   for (const c of convs.values()) {
     const m = c.msgs && c.msgs.find((x) => x.cid === cid);
     if (!m) continue;
@@ -192,9 +260,58 @@ function setConn(state, wait) {
   $("conn").dataset.state = state;
   $("conn").textContent = label || state;
   if (state === "logged_out") logout(false);
+  if (state === "online" && open) maybeRead(convs.get(open));
 }
 
-// --- sending -------------------------------------------------------------------
+// --- read state -------------------------------------------------------------------
+
+function atBottom() {
+  const box = $("messages");
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 30;
+}
+
+// Sends `read` for the newest message once the conversation is on
+// screen, the tab visible and the newest message in view.
+function maybeRead(c) {
+  if (!c || open !== c.conv || c.type === "room" || document.hidden || !c.msgs || c.hasMoreAfter || !atBottom()) return;
+  const m = newestReadable(c);
+  if (!m || (c.readUpTo && cmpId(m.id, c.readUpTo) <= 0)) {
+    if (m || !c.hasMore) unread.readAll(c.conv);
+    return;
+  }
+  if (!session || !session.raw({ type: "read", conv: c.conv, up_to: m.id })) return;
+  c.readUpTo = m.id;
+  unread.readAll(c.conv);
+  render();
+}
+
+// Groups: every member's read position, on request (no live receipts).
+const readsTimers = new Map();
+function refreshReads(c) {
+  clearTimeout(readsTimers.get(c.conv));
+  readsTimers.set(c.conv, setTimeout(() => loadReads(c), 500));
+}
+
+async function loadReads(c) {
+  try {
+    const r = await api.reads(c.conv);
+    c.reads = r.reads;
+    if (c.type === "direct") {
+      const peer = r.reads.find((x) => x.user_id === c.peer);
+      if (peer && peer.up_to) c.peerRead = maxId(c.peerRead, peer.up_to);
+      persist();
+    }
+    render();
+  } catch (e) {
+    // Not a participant any more: nothing to show.
+  }
+}
+
+function readers(c, m) {
+  return (c.reads || []).filter((r) => r.user_id !== saved.user_id && r.user_id !== m.from && r.up_to && cmpId(r.up_to, m.id) >= 0);
+}
+
+// --- sending and changing ---------------------------------------------------------
 
 let seq = 0;
 function newCid() {
@@ -202,20 +319,57 @@ function newCid() {
   return "w" + Date.now().toString(36) + "-" + Array.from(r, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-function send(c, text) {
-  const to = c.type === "group" ? { group: c.group } : { user: c.peer };
-  const m = { id: null, cid: newCid(), from: saved.user_id, kind: "text", text, ts: Date.now(), state: "pending", seq: seq++, to };
+function target(c) {
+  return c.type === "group" ? { group: c.group } : c.type === "room" ? { room: c.room } : { user: c.peer };
+}
+
+async function send(c, text) {
+  if (c.hasMoreAfter) await showNewest(c);
+  const to = target(c);
+  const reply = compose && compose.mode === "reply" ? compose.msg : null;
+  const m = { ...entry({ id: null, from: saved.user_id, kind: "text", body: text, ts: Date.now() }),
+    cid: newCid(), state: "pending", seq: seq++, to };
+  if (reply) m.replyTo = { id: reply.id, from: reply.from, preview: reply.text.slice(0, 100) };
   if (!c.msgs) c.msgs = [];
   c.msgs.push(m);
-  session.send(m.cid, to, text);
+  session.send(m.cid, to, text, reply ? reply.id : null);
+  setCompose(null);
   render(true);
+}
+
+function command(c, what, frame) {
+  const cid = newCid();
+  commands.set(cid, what);
+  $("conv-error").textContent = "";
+  session.command({ ...frame, cid, conv: c.conv });
 }
 
 function retry(c, m) {
   m.state = "pending";
   m.error = null;
-  session.send(m.cid, m.to || (c.type === "group" ? { group: c.group } : { user: c.peer }), m.text);
+  session.send(m.cid, m.to || target(c), m.text, m.replyTo ? m.replyTo.id : null);
   render();
+}
+
+function setCompose(next) {
+  compose = next;
+  const bar = $("compose-context");
+  bar.hidden = !next;
+  if (next) {
+    $("compose-what").textContent = (next.mode === "edit" ? "Editing: " : "Replying to " + nameOf(next.msg.from) + ": ") + next.msg.text.slice(0, 80);
+    if (next.mode === "edit") $("composer-input").value = next.msg.text;
+    $("composer-input").focus();
+  }
+}
+
+function canDelete(c, m) {
+  if (m.from === saved.user_id) return true;
+  if (c.type === "group") {
+    const g = groups.get(c.group);
+    const role = g ? g.role : c.role;
+    return role === "owner" || role === "admin";
+  }
+  return c.type === "room" && c.info && (c.info.owner === saved.user_id || (c.info.moderators || []).includes(saved.user_id));
 }
 
 // --- opening a conversation -----------------------------------------------------
@@ -224,18 +378,24 @@ async function openConv(id) {
   open = id;
   document.body.dataset.pane = "conv";
   const c = conv(id);
-  markRead(c);
   $("members-panel").hidden = true;
   $("members-btn").setAttribute("aria-expanded", "false");
+  $("conv-error").textContent = "";
+  setCompose(null);
   render(true);
   if (!c.msgs) {
     c.msgs = [];
     await loadOlder(c);
-    markRead(c);
     render(true);
   }
-  if (c.type === "group") loadGroup(c);
-  else if (c.peer !== saved.user_id && session) session.raw({ type: "presence.subscribe", users: [c.peer] });
+  maybeRead(c);
+  if (c.type === "group") {
+    loadGroup(c);
+    loadReads(c);
+  } else if (c.type === "direct") {
+    if (c.peer !== saved.user_id && session) session.raw({ type: "presence.subscribe", users: [c.peer] });
+    if (c.peer !== saved.user_id) loadReads(c);
+  }
   $("composer-input").focus();
 }
 
@@ -244,7 +404,7 @@ async function loadOlder(c) {
   c.loading = true;
   try {
     const oldest = c.msgs.find((m) => m.id);
-    const page = await api.history(c.conv, oldest ? oldest.id : null, PAGE);
+    const page = await api.history(c.conv, oldest ? { before: oldest.id } : null, PAGE);
     for (const m of page.messages) merge(c, m);
     c.hasMore = page.has_more;
   } catch (e) {
@@ -252,6 +412,67 @@ async function loadOlder(c) {
   } finally {
     c.loading = false;
   }
+}
+
+// After a jump: the pages after the newest held, until the live end.
+async function loadNewer(c) {
+  if (c.loading || !c.hasMoreAfter) return;
+  c.loading = true;
+  try {
+    const newest = [...c.msgs].reverse().find((m) => m.id);
+    const page = await api.history(c.conv, { after: newest.id }, PAGE);
+    for (const m of page.messages) merge(c, m);
+    c.hasMoreAfter = page.has_more;
+    if (!c.hasMoreAfter) catchUpLater(c);
+  } finally {
+    c.loading = false;
+  }
+}
+
+// Live frames held back while away from the newest page.
+function catchUpLater(c) {
+  const later = c.later;
+  c.later = [];
+  for (const f of later) {
+    if (f.kind === "edit" || f.kind === "delete" || f.kind === "react") applyChange(c, f, saved.user_id);
+    else merge(c, f);
+  }
+}
+
+async function showNewest(c) {
+  c.msgs = c.msgs.filter((m) => !m.id);
+  Object.assign(c, { hasMore: true, hasMoreAfter: false, later: [] });
+  await loadOlder(c);
+  render(true);
+}
+
+// Shows message `id` of `convId` (a search result, a quote), loading the
+// page around it when it is not held.
+async function jumpTo(convId, id) {
+  const c = conv(convId);
+  if (open !== convId) {
+    open = convId;
+    document.body.dataset.pane = "conv";
+    $("conv-error").textContent = "";
+    if (c.type === "group") loadGroup(c);
+  }
+  if (!c.msgs || !c.msgs.some((m) => m.id === id)) {
+    const page = await api.history(convId, { around: id }, PAGE);
+    c.msgs = (c.msgs || []).filter((m) => !m.id);
+    c.later = [];
+    for (const m of page.messages) merge(c, m);
+    c.hasMore = page.has_more;
+    c.hasMoreAfter = !!page.has_more_after;
+  }
+  render();
+  const node = document.querySelector('#message-list .msg[data-id="' + id + '"]');
+  if (node) {
+    for (const n of document.querySelectorAll(".msg.jumped")) n.classList.remove("jumped");
+    node.classList.add("jumped");
+    node.scrollIntoView({ block: "center" });
+    node.focus({ preventScroll: true });
+  }
+  maybeRead(c);
 }
 
 async function loadGroup(c) {
@@ -269,6 +490,36 @@ async function loadGroup(c) {
   render();
 }
 
+// --- live rooms ---------------------------------------------------------------------
+
+async function joinRoom(room) {
+  const c = conv("r-" + room);
+  c.title = "room " + room;
+  try {
+    c.info = await api.room(room);
+    c.title = c.info.title;
+  } catch (e) {
+    $("sidebar-error").textContent = e.code === "unknown_room" ? "no such room" : e.message;
+    convs.delete(c.conv);
+    return;
+  }
+  // The backlog arrives as `msg` frames, then `joined`; a reconnect
+  // joins again (session.js) and the backlog is merged by id.
+  if (!c.msgs) c.msgs = [];
+  c.hasMore = false;
+  joining = room;
+  session.join(room);
+  openConv(c.conv);
+}
+
+function leaveRoom(c) {
+  session.leave(c.room);
+  convs.delete(c.conv);
+  open = null;
+  document.body.dataset.pane = "list";
+  render();
+}
+
 // --- rendering -------------------------------------------------------------------
 
 function render(toBottom) {
@@ -278,14 +529,56 @@ function render(toBottom) {
     if (c.type === "direct") c.title = nameOf(c.peer);
     if (c.last) {
       c.last.fromName = c.last.kind === "system" || c.last.from === saved.user_id ? "" : nameOf(c.last.from);
-      c.last.body = displayText({ kind: c.last.kind, event: c.last.event, body: c.last.raw });
+      c.last.body = c.last.deleted ? "message deleted" : displayText({ kind: c.last.kind, event: c.last.event, body: c.last.raw });
     }
   }
-  const list = [...convs.values()].sort((a, b) => b.ts - a.ts || (a.conv < b.conv ? -1 : 1));
+  const list = [...convs.values()].sort((a, b) => (a.type === "room") - (b.type === "room") || b.ts - a.ts || (a.conv < b.conv ? -1 : 1));
   $("conv-list").replaceChildren(...list.map((c) =>
-    convItem(c, c.conv === open, c.type === "direct" ? presence.get(c.peer) : null, () => openConv(c.conv))));
+    convItem(c, c.conv === open, c.type === "direct" ? presence.get(c.peer) : null,
+      c.type === "room" ? 0 : unread.of(c.conv), c.type === "group" ? unread.mentionsCount(c.conv) : 0, () => openConv(c.conv))));
+  $("more-convs").hidden = !convPage;
   renderConv(toBottom);
-  document.title = (list.reduce((n, c) => n + c.unread.size, 0) || "") + (list.some((c) => c.unread.size) ? " · " : "") + "chat";
+  const total = list.reduce((n, c) => n + (c.type === "room" ? 0 : unread.of(c.conv)), 0);
+  document.title = (total ? total + " · " : "") + "chat";
+}
+
+function messageView(c, m) {
+  const mine = m.from === saved.user_id;
+  const text = m.kind === "system" ? displayText({ ...m, body: m.text }) : m.text;
+  const group = c.type === "group";
+  const seen = seenLists.get(m.id);
+  return messageItem({ ...m, text }, {
+    mine, fromName: nameOf(m.from), nameOf, me: saved.user_id,
+    status: receipt(c, m),
+    readBy: group && mine && m.kind === "text" && !m.deleted && m.id && c.reads ? "read by " + readers(c, m).length : null,
+    mentionsMe: (m.mentions || []).includes(saved.user_id),
+    canEdit: mine && m.kind === "text" && c.type !== "room",
+    canDelete: canDelete(c, m), picking: picking === m.id, confirming: confirming === m.id,
+    seenList: seen,
+    retry: () => retry(c, m),
+    reply: () => setCompose({ mode: "reply", msg: m }),
+    edit: () => setCompose({ mode: "edit", msg: m }),
+    del: () => {
+      if (confirming !== m.id) { confirming = m.id; render(); focusAct(m.id, "delete"); return; }
+      confirming = null;
+      command(c, "delete", { type: "delete", id: m.id });
+    },
+    pick: () => { picking = picking === m.id ? null : m.id; render(); focusAct(m.id, picking ? null : "react"); },
+    react: (emoji, op) => { picking = null; command(c, "reaction", { type: "react", id: m.id, emoji, op }); render(); },
+    seen: group && mine ? async () => {
+      await loadReads(c);
+      const who = readers(c, m).map((r) => nameOf(r.user_id));
+      seenLists.set(m.id, who.length ? "read by " + who.join(", ") : "not read yet");
+      render();
+    } : null,
+    jump: (id) => jumpTo(c.conv, id),
+  });
+}
+
+function focusAct(id, act) {
+  const sel = '#message-list .msg[data-id="' + id + '"] ' + (act ? '[data-act="' + act + '"]' : ".pick");
+  const b = document.querySelector(sel);
+  if (b) b.focus();
 }
 
 function renderConv(toBottom) {
@@ -293,24 +586,29 @@ function renderConv(toBottom) {
   const box = $("messages");
   $("composer-input").disabled = $("send-btn").disabled = !c || c.left;
   $("members-btn").hidden = !c || c.type !== "group";
+  $("leave-room").hidden = !c || c.type !== "room";
   if (!c) {
     $("conv-title").textContent = "Pick a conversation";
+    $("conv-sub").textContent = "";
     $("message-list").replaceChildren();
     return;
   }
   $("conv-title").textContent = c.title + (c.left ? " (not a member)" : "");
+  $("conv-sub").textContent = c.type === "room" ? "room " + c.room + (c.viewers ? " · " + c.viewers + " watching" : "") : "";
   const dot = $("conv-presence");
   dot.hidden = c.type !== "direct";
   dot.dataset.status = presence.get(c.peer) || "offline";
-  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 30;
+  const wasAtBottom = atBottom();
   const before = box.scrollHeight, top = box.scrollTop;
-  const items = (c.msgs || []).map((m) =>
-    messageItem(m.kind === "system" ? { ...m, text: displayText({ ...m, body: m.text }) } : m,
-      m.from === saved.user_id, nameOf(m.from), () => retry(c, m)));
+  const focused = document.activeElement && document.activeElement.closest ? document.activeElement.closest("#message-list .msg") : null;
+  const focusKey = focused ? [focused.dataset.id, document.activeElement.dataset.act] : null;
+  const items = (c.msgs || []).map((m) => messageView(c, m));
   if (c.loading) items.unshift(el("li", { class: "muted", text: "loading…" }));
-  else if (c.msgs && !c.hasMore) items.unshift(el("li", { class: "muted", "data-start": "1", text: "start of the conversation" }));
+  else if (c.msgs && !c.hasMore && c.type !== "room") items.unshift(el("li", { class: "muted", "data-start": "1", text: "start of the conversation" }));
+  if (c.hasMoreAfter) items.push(el("li", {}, el("button", { type: "button", id: "to-newest", onclick: () => showNewest(c), text: "Newer messages: jump to the newest" })));
   $("message-list").replaceChildren(...items);
-  if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
+  if (focusKey && focusKey[1]) focusAct(focusKey[0], focusKey[1]);
+  if ((toBottom || wasAtBottom) && !c.hasMoreAfter) box.scrollTop = box.scrollHeight;
   else if (top < 5 && box.scrollHeight > before) box.scrollTop = box.scrollHeight - before + top;
   renderMembers(c);
   renderTyping();
@@ -361,6 +659,7 @@ async function groupChange(call) {
 async function start(s) {
   saved = s;
   api.token = s.token;
+  unread = new Unread(s.user_id);
   names.set(s.user_id, s.username);
   $("login-view").hidden = true;
   $("chat-view").hidden = false;
@@ -385,7 +684,7 @@ async function login(signup) {
   try {
     if (signup) await api.signup(user, pass);
     const l = await api.login(user, pass, deviceId());
-    const s = { token: l.token, user_id: l.user_id, username: user.toLowerCase(), device_id: l.device_id, cursor: null, read: {}, unread: {} };
+    const s = { token: l.token, user_id: l.user_id, username: user.toLowerCase(), device_id: l.device_id, cursor: null, receipts: {} };
     sessionStorage.setItem("chat.session", JSON.stringify(s));
     start(s);
   } catch (e) {
@@ -403,45 +702,59 @@ async function logout(tellServer) {
 
 // --- wiring -----------------------------------------------------------------------
 
+async function byName(input, then) {
+  $("sidebar-error").textContent = "";
+  try {
+    const u = await api.userByName($(input).value.trim());
+    names.set(u.user_id, u.username);
+    $(input).value = "";
+    await then(u);
+  } catch (err) {
+    $("sidebar-error").textContent = err.code === "not_found" ? "no such user" : err.message;
+  }
+}
+
 function wire() {
-  $("login-form").addEventListener("submit", (e) => { e.preventDefault(); login(false); });
+  const submit = (id, fn) => $(id).addEventListener("submit", (e) => { e.preventDefault(); fn(); });
+  submit("login-form", () => login(false));
   $("signup-btn").addEventListener("click", () => { if ($("login-form").reportValidity()) login(true); });
   $("logout").addEventListener("click", () => logout(true));
   $("back").addEventListener("click", () => { document.body.dataset.pane = "list"; open = null; render(); });
-  $("composer").addEventListener("submit", (e) => {
-    e.preventDefault();
+  submit("composer", () => {
     const input = $("composer-input");
     const text = input.value;
     const c = open && convs.get(open);
     if (!c || !text.trim()) return;
     input.value = "";
-    send(c, text);
+    if (compose && compose.mode === "edit") {
+      if (text !== compose.msg.text) command(c, "edit", { type: "edit", id: compose.msg.id, body: text });
+      setCompose(null);
+    } else send(c, text);
   });
   $("composer-input").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("composer").requestSubmit(); }
+    if (e.key === "Escape" && compose) { if (compose.mode === "edit") $("composer-input").value = ""; setCompose(null); }
+  });
+  $("compose-cancel").addEventListener("click", () => {
+    if (compose && compose.mode === "edit") $("composer-input").value = "";
+    setCompose(null);
   });
   $("composer-input").addEventListener("input", () => {
-    if (open && session && Date.now() - lastTyping > TYPING_SEND_MS) {
+    const c = open && convs.get(open);
+    if (c && c.type !== "room" && session && Date.now() - lastTyping > TYPING_SEND_MS) {
       lastTyping = Date.now();
       session.raw({ type: "typing", conv: open });
     }
   });
   $("messages").addEventListener("scroll", () => {
     const c = open && convs.get(open);
-    if (c && c.msgs && $("messages").scrollTop < 40 && c.hasMore && !c.loading) loadOlder(c).then(() => render());
+    if (!c || !c.msgs) return;
+    const box = $("messages");
+    if (box.scrollTop < 40 && c.hasMore && !c.loading) loadOlder(c).then(() => render());
+    if (c.hasMoreAfter && box.scrollHeight - box.scrollTop - box.clientHeight < 40 && !c.loading) loadNewer(c).then(() => render());
+    maybeRead(c);
   });
-  $("new-chat").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    $("sidebar-error").textContent = "";
-    try {
-      const u = await api.userByName($("new-chat-name").value.trim());
-      names.set(u.user_id, u.username);
-      $("new-chat-name").value = "";
-      openConv(directConv(saved.user_id, u.user_id));
-    } catch (err) {
-      $("sidebar-error").textContent = err.code === "not_found" ? "no such user" : err.message;
-    }
-  });
+  submit("new-chat", () => byName("new-chat-name", (u) => openConv(directConv(saved.user_id, u.user_id))));
   const toggle = (btn, panel, onShow) => $(btn).addEventListener("click", () => {
     const p = $(panel);
     p.hidden = !p.hidden;
@@ -450,9 +763,9 @@ function wire() {
   });
   toggle("show-new-group", "new-group", () => $("group-name").focus());
   toggle("show-friends", "friends-panel", renderFriends);
+  toggle("show-rooms", "rooms-panel", () => $("room-id").focus());
   toggle("members-btn", "members-panel");
-  $("new-group").addEventListener("submit", async (e) => {
-    e.preventDefault();
+  submit("new-group", async () => {
     $("sidebar-error").textContent = "";
     try {
       const wanted = $("group-members").value.split(",").map((s) => s.trim()).filter(Boolean);
@@ -467,20 +780,8 @@ function wire() {
       $("sidebar-error").textContent = err.code === "not_found" ? "no such user" : err.message;
     }
   });
-  $("add-friend").addEventListener("submit", async (e) => {
-    e.preventDefault();
-    $("sidebar-error").textContent = "";
-    try {
-      const u = await api.userByName($("friend-name").value.trim());
-      await api.befriend(u.user_id);
-      $("friend-name").value = "";
-    } catch (err) {
-      $("sidebar-error").textContent = err.code === "not_found" ? "no such user" : err.message;
-    }
-    renderFriends();
-  });
-  $("add-member").addEventListener("submit", (e) => {
-    e.preventDefault();
+  submit("add-friend", () => byName("friend-name", (u) => api.befriend(u.user_id)).then(renderFriends));
+  submit("add-member", () => {
     const c = convs.get(open);
     groupChange(async () => {
       const u = await api.userByName($("member-name").value.trim());
@@ -492,9 +793,34 @@ function wire() {
     const c = convs.get(open);
     groupChange(() => api.removeMember(c.group, saved.user_id));
   });
+  submit("join-room", () => {
+    const id = $("room-id").value.trim();
+    $("sidebar-error").textContent = "";
+    if (!/^[1-9][0-9]{0,19}$/.test(id)) { $("sidebar-error").textContent = "a room id is a number"; return; }
+    $("room-id").value = "";
+    joinRoom(id);
+  });
+  submit("new-room", async () => {
+    $("sidebar-error").textContent = "";
+    try {
+      const r = await api.createRoom($("room-title").value.trim());
+      $("room-title").value = "";
+      joinRoom(r.room);
+    } catch (err) {
+      $("sidebar-error").textContent = err.message;
+    }
+  });
+  $("leave-room").addEventListener("click", () => leaveRoom(convs.get(open)));
+  $("more-convs").addEventListener("click", () => moreConversations().catch((e) => { $("sidebar-error").textContent = e.message; }));
+  wireSearch(api, {
+    open: () => open && convs.get(open),
+    title: (id) => (convs.has(id) ? convs.get(id).title : id),
+    nameOf,
+    jump: jumpTo,
+  });
   document.addEventListener("visibilitychange", () => {
     const c = open && convs.get(open);
-    if (!document.hidden && c) { markRead(c); render(); }
+    if (!document.hidden && c) { maybeRead(c); if (c.type === "group") loadReads(c); }
   });
 }
 
