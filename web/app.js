@@ -285,7 +285,15 @@ function maybeRead(c) {
   render();
 }
 
-// Groups: every member's read position, on request (no live receipts).
+// Groups: every member's read position, on request (no live receipts):
+// on opening, when a member's message arrives (their send moved their
+// position), when the tab is shown again, on "Seen by", and every
+// READS_POLL_MS while the group is open in a visible tab.
+const READS_POLL_MS = 10000;
+setInterval(() => {
+  const c = open && convs.get(open);
+  if (c && c.type === "group" && !document.hidden && !c.left) loadReads(c);
+}, READS_POLL_MS);
 const readsTimers = new Map();
 function refreshReads(c) {
   clearTimeout(readsTimers.get(c.conv));
@@ -581,6 +589,18 @@ function focusAct(id, act) {
   if (b) b.focus();
 }
 
+// The button of a message that has focus, as a selector that finds it
+// again after the list is rebuilt.
+function focusedButton() {
+  const a = document.activeElement;
+  const m = a && a.tagName === "BUTTON" ? a.closest("#message-list .msg[data-id]") : null;
+  if (!m) return null;
+  const at = '#message-list .msg[data-id="' + m.dataset.id + '"] ';
+  if (a.dataset.act) return at + '[data-act="' + a.dataset.act + '"]';
+  if (a.dataset.emoji) return at + "." + a.className + '[data-emoji="' + a.dataset.emoji + '"]';
+  return a.classList.contains("quote") ? at + ".quote" : null;
+}
+
 function renderConv(toBottom) {
   const c = open ? convs.get(open) : null;
   const box = $("messages");
@@ -600,14 +620,16 @@ function renderConv(toBottom) {
   dot.dataset.status = presence.get(c.peer) || "offline";
   const wasAtBottom = atBottom();
   const before = box.scrollHeight, top = box.scrollTop;
-  const focused = document.activeElement && document.activeElement.closest ? document.activeElement.closest("#message-list .msg") : null;
-  const focusKey = focused ? [focused.dataset.id, document.activeElement.dataset.act] : null;
+  const focusKey = focusedButton();
   const items = (c.msgs || []).map((m) => messageView(c, m));
   if (c.loading) items.unshift(el("li", { class: "muted", text: "loading…" }));
   else if (c.msgs && !c.hasMore && c.type !== "room") items.unshift(el("li", { class: "muted", "data-start": "1", text: "start of the conversation" }));
   if (c.hasMoreAfter) items.push(el("li", {}, el("button", { type: "button", id: "to-newest", onclick: () => showNewest(c), text: "Newer messages: jump to the newest" })));
   $("message-list").replaceChildren(...items);
-  if (focusKey && focusKey[1]) focusAct(focusKey[0], focusKey[1]);
+  if (focusKey) {
+    const b = document.querySelector(focusKey);
+    if (b) b.focus({ preventScroll: true });
+  }
   if ((toBottom || wasAtBottom) && !c.hasMoreAfter) box.scrollTop = box.scrollHeight;
   else if (top < 5 && box.scrollHeight > before) box.scrollTop = box.scrollHeight - before + top;
   renderMembers(c);
