@@ -106,6 +106,17 @@ async fn the_gateway_serves_the_client_with_a_strict_content_security_policy() -
         ensure!(lower.contains("content-security-policy: default-src 'none'; script-src 'self'"), "{path}: {raw:.600}");
         ensure!(lower.contains("x-content-type-options: nosniff"), "{path}");
     }
+    // Every module is served, and none builds markup from strings.
+    for path in ["/app.js", "/api.js", "/session.js", "/view.js", "/unread.js", "/messages.js", "/search.js"] {
+        let raw = raw_get(&s.addr(0), path).await?;
+        ensure!(
+            raw.starts_with("HTTP/1.1 200") && raw.to_ascii_lowercase().contains("content-type: text/javascript"),
+            "{path}: {raw:.200}"
+        );
+        for bad in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("] {
+            ensure!(!raw.contains(bad), "{path} uses {bad}");
+        }
+    }
     // Only the client's own files; the API's 404 and 405 are unchanged.
     assert_eq!(http.request(Method::GET, "/nope.js", None, None).await?.0, 404);
     assert_eq!(http.request(Method::POST, "/app.js", None, None).await?.0, 405);
