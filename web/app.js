@@ -540,7 +540,7 @@ function render(toBottom) {
       c.last.body = c.last.deleted ? "message deleted" : displayText({ kind: c.last.kind, event: c.last.event, body: c.last.raw });
     }
   }
-  const list = [...convs.values()].sort((a, b) => (a.type === "room") - (b.type === "room") || b.ts - a.ts || (a.conv < b.conv ? -1 : 1));
+  const list = [...convs.values()].sort((a, b) => (b.type === "room") - (a.type === "room") || b.ts - a.ts || (a.conv < b.conv ? -1 : 1));
   $("conv-list").replaceChildren(...list.map((c) =>
     convItem(c, c.conv === open, c.type === "direct" ? presence.get(c.peer) : null,
       c.type === "room" ? 0 : unread.of(c.conv), c.type === "group" ? unread.mentionsCount(c.conv) : 0, () => openConv(c.conv))));

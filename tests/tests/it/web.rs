@@ -726,6 +726,8 @@ async fn search_jumps_to_a_message_and_a_live_room_shows_its_backlog_then_live_p
         ensure!(hit == json!(needle), "hit: {hit}");
         let marks = bob.eval("[...document.querySelectorAll('#search-results .result mark')].map(m => m.textContent)").await?;
         ensure!(marks == json!(["needle"]), "highlights: {marks}");
+        let height = bob.eval("document.querySelector('#search-results .result').getBoundingClientRect().height").await?;
+        ensure!(height.as_f64().is_some_and(|h| h > 20.0), "the result is not visible: height {height}");
         let id = bob.eval("document.querySelector('#search-results .result').dataset.id").await?;
         bob.click("#search-results .result").await?;
         let jumped = format!("document.querySelector('#message-list .msg.jumped')?.dataset.id === {id}");
