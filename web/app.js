@@ -4,10 +4,14 @@
 // positions and receipts are the server's (unread.js, `read`, `receipt`,
 // `delivered` frames, GET /v1/conversations and /reads).
 
-import { Api, ApiError, directConv, cmpId } from "/api.js";
+import { ApiError, directConv, cmpId } from "/api.js";
 import { Session } from "/session.js";
 import { Unread } from "/unread.js";
-import { entry, merge, sortMsgs, applyChange, newestReadable, receipt } from "/messages.js";
+import { api, st, names, presence, convs, groups } from "/state.js";
+import { persist, conv, nameOf, maxId, loadConversations, moreConversations, refreshConversations, setLast, displayText } from "/conversations.js";
+import { atBottom, maybeRead, refreshReads, loadReads, readers } from "/reads.js";
+import { joinRoom, leaveRoom, roomFrame } from "/rooms.js";
+import { entry, merge, sortMsgs, applyChange, receipt } from "/messages.js";
 import { el, $, convItem, messageItem, memberItems, friendItems } from "/view.js";
 import { wireSearch } from "/search.js";
 
@@ -15,24 +19,13 @@ const PAGE = 30;
 const TYPING_SEND_MS = 2000;
 const TYPING_SHOW_MS = 4000;
 
-const api = new Api();
-let session = null;
-let saved = null; // {token, user_id, username, device_id, cursor, receipts}
-let unread = null;
-const names = new Map(); // user id -> username
-const presence = new Map(); // user id -> online|offline
-const convs = new Map(); // conv id -> conversation
-const groups = new Map(); // group id -> {members, role}
-let open = null; // conv id on screen
 let lastTyping = 0;
 const typing = new Map(); // conv -> {user, until}
-let convPage = null; // the list's next_before, when more conversations follow
 let compose = null; // {mode: "reply"|"edit", msg} while replying or editing
 let picking = null; // message id whose reaction picker is open
 let confirming = null; // message id whose Delete asks to be confirmed
 const seenLists = new Map(); // message id -> "read by …" text asked for
 const commands = new Map(); // cid -> what an edit/delete/react was, until answered
-let joining = null; // room id of a join not yet answered
 
 // --- per-tab storage --------------------------------------------------------
 
@@ -46,113 +39,15 @@ function deviceId() {
   return d;
 }
 
-// The cursor, and the receipts of 1:1 conversations (the `delivered` and
-// `receipt` frames before the cursor are not sent again after a reload).
-function persist() {
-  if (!saved) return;
-  saved.receipts = {};
-  for (const c of convs.values()) {
-    if (c.peerRead || c.peerDelivered) saved.receipts[c.conv] = [c.peerRead || null, c.peerDelivered || null];
-  }
-  sessionStorage.setItem("chat.session", JSON.stringify(saved));
-}
-
-// --- conversations ------------------------------------------------------------
-
-function conv(id) {
-  let c = convs.get(id);
-  if (!c) {
-    const type = id.startsWith("g-") ? "group" : id.startsWith("r-") ? "room" : "direct";
-    c = { conv: id, type, title: id, last: null, ts: 0, msgs: null, hasMore: true, hasMoreAfter: false,
-      loading: false, left: false, readUpTo: null, later: [] };
-    if (type === "group") c.group = id.slice(2);
-    else if (type === "room") c.room = id.slice(2);
-    else {
-      const [a, b] = id.slice(3).split("-");
-      c.peer = a === saved.user_id ? b : a;
-      c.title = nameOf(c.peer);
-      const r = (saved.receipts || {})[id];
-      if (r) [c.peerRead, c.peerDelivered] = r;
-    }
-    convs.set(id, c);
-  }
-  return c;
-}
-
-function nameOf(id) {
-  if (names.has(id)) return names.get(id);
-  names.set(id, id === "0" ? "operator" : "user " + id);
-  if (id !== "0") api.user(id).then((u) => { names.set(id, u.username); render(); }).catch(() => {});
-  return names.get(id);
-}
-
-function maxId(a, b) {
-  return !a ? b : !b ? a : cmpId(a, b) >= 0 ? a : b;
-}
-
-// A page of GET /v1/conversations: titles, last messages, counts.
-function takeConversations(page) {
-  for (const s of page.conversations) {
-    const c = conv(s.conv);
-    c.title = s.title || s.name || s.username || c.title;
-    if (s.type === "direct") names.set(s.user_id, s.username);
-    if (s.role) c.role = s.role;
-    c.readUpTo = maxId(c.readUpTo, s.read_up_to);
-    unread.seed(s);
-    const m = s.last_message;
-    if (m && (!c.last || cmpId(m.id, c.last.id) > 0)) setLast(c, m);
-  }
-}
-
-async function loadConversations() {
-  const page = await api.conversations(null);
-  takeConversations(page);
-  // Later pages are loaded on request ("More conversations"); a refresh
-  // reads the first page again (protocol.md, "Conversations").
-  if (convPage === null || !page.next_before) convPage = page.next_before;
-}
-
-async function moreConversations() {
-  if (!convPage) return;
-  const page = await api.conversations(convPage);
-  takeConversations(page);
-  convPage = page.next_before;
-  render();
-}
-
-let refreshing = null;
-function refreshConversations() {
-  if (!refreshing) refreshing = loadConversations().catch(() => {}).finally(() => { refreshing = null; render(); });
-}
-
-function setLast(c, m) {
-  c.last = { id: m.id, from: m.from, kind: m.kind, raw: m.body, event: m.event, body: m.body, fromName: "", deleted: false };
-  c.ts = m.ts || Date.now();
-}
-
-function displayText(m) {
-  const e = m.event;
-  if (m.kind !== "system" || !e) return m.body;
-  const who = (id) => (id === saved.user_id ? "you" : nameOf(id));
-  switch (e.op) {
-    case "created": return who(e.actor) + " created the group";
-    case "added": return who(e.actor) + " added " + who(e.user);
-    case "removed": return who(e.actor) + " removed " + who(e.user);
-    case "left": return who(e.user) + " left";
-    case "role": return who(e.actor) + " changed the role of " + who(e.user);
-    default: return m.body;
-  }
-}
-
 // --- session frames -------------------------------------------------------------
 
 function onMsg(f) {
   const known = convs.has(f.conv);
   const c = conv(f.conv);
   if (!known && c.type !== "room") refreshConversations();
-  unread.apply(f);
+  st.unread.apply(f);
   if (f.kind === "edit" || f.kind === "delete" || f.kind === "react") {
-    applyChange(c, f, saved.user_id);
+    applyChange(c, f, st.saved.user_id);
     if (c.hasMoreAfter) c.later.push(f);
     if (c.last && c.last.id === f.target && f.kind !== "react") {
       if (f.kind === "delete") c.last.deleted = true;
@@ -167,21 +62,22 @@ function onMsg(f) {
     else if (c.msgs) merge(c, f);
     if (f.kind === "system" && f.event && c.type === "group") {
       groups.delete(c.group);
-      c.left = !f.event.members.includes(saved.user_id);
-      if (open === c.conv) loadGroup(c);
+      c.left = !f.event.members.includes(st.saved.user_id);
+      if (st.open === c.conv) loadGroup(c);
     }
-    if (c.type === "group" && f.from !== saved.user_id && open === c.conv) refreshReads(c);
+    if (c.type === "group" && f.from !== st.saved.user_id && st.open === c.conv) refreshReads(c);
   }
   render();
   maybeRead(c);
 }
 
 function onFrame(f) {
+  if (roomFrame(f)) return;
   const c = f.conv ? convs.get(f.conv) : null;
   switch (f.type) {
     case "msg": return onMsg(f);
     case "read":
-      unread.apply(f);
+      st.unread.apply(f);
       if (c) c.readUpTo = maxId(c.readUpTo, f.up_to);
       return render();
     case "receipt":
@@ -192,26 +88,6 @@ function onFrame(f) {
       persist();
       return render();
     }
-    case "joined": {
-      const r = conv("r-" + f.room);
-      if (joining === f.room) joining = null;
-      Object.assign(r, { joined: true, viewers: f.viewers, hasMore: f.backlog > 0 });
-      return render(open === r.conv);
-    }
-    case "left": {
-      const r = convs.get("r-" + f.room);
-      if (r && f.reason === "banned") {
-        session.rooms.delete(f.room);
-        Object.assign(r, { joined: false, left: true });
-        $("conv-error").textContent = "you were banned from this room";
-      }
-      return render();
-    }
-    case "gap": {
-      const r = conv("r-" + f.room);
-      if (r.msgs) r.msgs.push({ kind: "gap", missed: f.missed, seq: seq++, text: f.missed + " messages skipped here (they are in the room's history)" });
-      return render();
-    }
     case "presence":
       presence.set(f.user, f.status);
       return render();
@@ -220,15 +96,7 @@ function onFrame(f) {
       renderTyping();
       setTimeout(renderTyping, TYPING_SHOW_MS + 50);
       return;
-    case "error":
-      if (joining && (f.code === "unknown_room" || f.code === "forbidden" || f.code === "limit_exceeded")) {
-        session.rooms.delete(joining);
-        convs.delete("r-" + joining);
-        if (open === "r-" + joining) open = null;
-        joining = null;
-        $("sidebar-error").textContent = f.code === "unknown_room" ? "no such room" : f.message || f.code;
-        render();
-      }
+
   }
 }
 
@@ -260,63 +128,7 @@ function setConn(state, wait) {
   $("conn").dataset.state = state;
   $("conn").textContent = label || state;
   if (state === "logged_out") logout(false);
-  if (state === "online" && open) maybeRead(convs.get(open));
-}
-
-// --- read state -------------------------------------------------------------------
-
-function atBottom() {
-  const box = $("messages");
-  return box.scrollHeight - box.scrollTop - box.clientHeight < 30;
-}
-
-// Sends `read` for the newest message once the conversation is on
-// screen, the tab visible and the newest message in view.
-function maybeRead(c) {
-  if (!c || open !== c.conv || c.type === "room" || document.hidden || !c.msgs || c.hasMoreAfter || !atBottom()) return;
-  const m = newestReadable(c);
-  if (!m || (c.readUpTo && cmpId(m.id, c.readUpTo) <= 0)) {
-    if (m || !c.hasMore) unread.readAll(c.conv);
-    return;
-  }
-  if (!session || !session.raw({ type: "read", conv: c.conv, up_to: m.id })) return;
-  c.readUpTo = m.id;
-  unread.readAll(c.conv);
-  render();
-}
-
-// Groups: every member's read position, on request (no live receipts):
-// on opening, when a member's message arrives (their send moved their
-// position), when the tab is shown again, on "Seen by", and every
-// READS_POLL_MS while the group is open in a visible tab.
-const READS_POLL_MS = 10000;
-setInterval(() => {
-  const c = open && convs.get(open);
-  if (c && c.type === "group" && !document.hidden && !c.left) loadReads(c);
-}, READS_POLL_MS);
-const readsTimers = new Map();
-function refreshReads(c) {
-  clearTimeout(readsTimers.get(c.conv));
-  readsTimers.set(c.conv, setTimeout(() => loadReads(c), 500));
-}
-
-async function loadReads(c) {
-  try {
-    const r = await api.reads(c.conv);
-    c.reads = r.reads;
-    if (c.type === "direct") {
-      const peer = r.reads.find((x) => x.user_id === c.peer);
-      if (peer && peer.up_to) c.peerRead = maxId(c.peerRead, peer.up_to);
-      persist();
-    }
-    render();
-  } catch (e) {
-    // Not a participant any more: nothing to show.
-  }
-}
-
-function readers(c, m) {
-  return (c.reads || []).filter((r) => r.user_id !== saved.user_id && r.user_id !== m.from && r.up_to && cmpId(r.up_to, m.id) >= 0);
+  if (state === "online" && st.open) maybeRead(convs.get(st.open));
 }
 
 // --- sending and changing ---------------------------------------------------------
@@ -335,12 +147,12 @@ async function send(c, text) {
   if (c.hasMoreAfter) await showNewest(c);
   const to = target(c);
   const reply = compose && compose.mode === "reply" ? compose.msg : null;
-  const m = { ...entry({ id: null, from: saved.user_id, kind: "text", body: text, ts: Date.now() }),
+  const m = { ...entry({ id: null, from: st.saved.user_id, kind: "text", body: text, ts: Date.now() }),
     cid: newCid(), state: "pending", seq: seq++, to };
   if (reply) m.replyTo = { id: reply.id, from: reply.from, preview: reply.text.slice(0, 100) };
   if (!c.msgs) c.msgs = [];
   c.msgs.push(m);
-  session.send(m.cid, to, text, reply ? reply.id : null);
+  st.session.send(m.cid, to, text, reply ? reply.id : null);
   setCompose(null);
   render(true);
 }
@@ -349,13 +161,13 @@ function command(c, what, frame) {
   const cid = newCid();
   commands.set(cid, what);
   $("conv-error").textContent = "";
-  session.command({ ...frame, cid, conv: c.conv });
+  st.session.command({ ...frame, cid, conv: c.conv });
 }
 
 function retry(c, m) {
   m.state = "pending";
   m.error = null;
-  session.send(m.cid, m.to || target(c), m.text, m.replyTo ? m.replyTo.id : null);
+  st.session.send(m.cid, m.to || target(c), m.text, m.replyTo ? m.replyTo.id : null);
   render();
 }
 
@@ -371,19 +183,19 @@ function setCompose(next) {
 }
 
 function canDelete(c, m) {
-  if (m.from === saved.user_id) return true;
+  if (m.from === st.saved.user_id) return true;
   if (c.type === "group") {
     const g = groups.get(c.group);
     const role = g ? g.role : c.role;
     return role === "owner" || role === "admin";
   }
-  return c.type === "room" && c.info && (c.info.owner === saved.user_id || (c.info.moderators || []).includes(saved.user_id));
+  return c.type === "room" && c.info && (c.info.owner === st.saved.user_id || (c.info.moderators || []).includes(st.saved.user_id));
 }
 
 // --- opening a conversation -----------------------------------------------------
 
 async function openConv(id) {
-  open = id;
+  st.open = id;
   document.body.dataset.pane = "conv";
   const c = conv(id);
   $("members-panel").hidden = true;
@@ -401,8 +213,8 @@ async function openConv(id) {
     loadGroup(c);
     loadReads(c);
   } else if (c.type === "direct") {
-    if (c.peer !== saved.user_id && session) session.raw({ type: "presence.subscribe", users: [c.peer] });
-    if (c.peer !== saved.user_id) loadReads(c);
+    if (c.peer !== st.saved.user_id && st.session) st.session.raw({ type: "presence.subscribe", users: [c.peer] });
+    if (c.peer !== st.saved.user_id) loadReads(c);
   }
   $("composer-input").focus();
 }
@@ -442,7 +254,7 @@ function catchUpLater(c) {
   const later = c.later;
   c.later = [];
   for (const f of later) {
-    if (f.kind === "edit" || f.kind === "delete" || f.kind === "react") applyChange(c, f, saved.user_id);
+    if (f.kind === "edit" || f.kind === "delete" || f.kind === "react") applyChange(c, f, st.saved.user_id);
     else merge(c, f);
   }
 }
@@ -458,8 +270,8 @@ async function showNewest(c) {
 // page around it when it is not held.
 async function jumpTo(convId, id) {
   const c = conv(convId);
-  if (open !== convId) {
-    open = convId;
+  if (st.open !== convId) {
+    st.open = convId;
     document.body.dataset.pane = "conv";
     $("conv-error").textContent = "";
     if (c.type === "group") loadGroup(c);
@@ -487,79 +299,49 @@ async function loadGroup(c) {
   try {
     const g = await api.group(c.group);
     for (const m of g.members) names.set(m.user_id, m.username);
-    const me = g.members.find((m) => m.user_id === saved.user_id);
+    const me = g.members.find((m) => m.user_id === st.saved.user_id);
     groups.set(c.group, { members: g.members, role: me ? me.role : null });
     c.title = g.name;
-    const others = g.members.map((m) => m.user_id).filter((u) => u !== saved.user_id && !presence.has(u));
-    if (others.length && session) session.raw({ type: "presence.subscribe", users: others });
+    const others = g.members.map((m) => m.user_id).filter((u) => u !== st.saved.user_id && !presence.has(u));
+    if (others.length && st.session) st.session.raw({ type: "presence.subscribe", users: others });
   } catch (e) {
     if (e instanceof ApiError && (e.status === 403 || e.status === 404)) c.left = true;
   }
   render();
 }
 
-// --- live rooms ---------------------------------------------------------------------
-
-async function joinRoom(room) {
-  const c = conv("r-" + room);
-  c.title = "room " + room;
-  try {
-    c.info = await api.room(room);
-    c.title = c.info.title;
-  } catch (e) {
-    $("sidebar-error").textContent = e.code === "unknown_room" ? "no such room" : e.message;
-    convs.delete(c.conv);
-    return;
-  }
-  // The backlog arrives as `msg` frames, then `joined`; a reconnect
-  // joins again (session.js) and the backlog is merged by id.
-  if (!c.msgs) c.msgs = [];
-  c.hasMore = false;
-  joining = room;
-  session.join(room);
-  openConv(c.conv);
-}
-
-function leaveRoom(c) {
-  session.leave(c.room);
-  convs.delete(c.conv);
-  open = null;
-  document.body.dataset.pane = "list";
-  render();
-}
-
 // --- rendering -------------------------------------------------------------------
 
 function render(toBottom) {
-  if (!saved) return;
+  if (!st.saved) return;
   for (const c of convs.values()) {
     // Names may arrive after the conversation did.
     if (c.type === "direct") c.title = nameOf(c.peer);
     if (c.last) {
-      c.last.fromName = c.last.kind === "system" || c.last.from === saved.user_id ? "" : nameOf(c.last.from);
+      c.last.fromName = c.last.kind === "system" || c.last.from === st.saved.user_id ? "" : nameOf(c.last.from);
       c.last.body = c.last.deleted ? "message deleted" : displayText({ kind: c.last.kind, event: c.last.event, body: c.last.raw });
     }
   }
   const list = [...convs.values()].sort((a, b) => (b.type === "room") - (a.type === "room") || b.ts - a.ts || (a.conv < b.conv ? -1 : 1));
   $("conv-list").replaceChildren(...list.map((c) =>
-    convItem(c, c.conv === open, c.type === "direct" ? presence.get(c.peer) : null,
-      c.type === "room" ? 0 : unread.of(c.conv), c.type === "group" ? unread.mentionsCount(c.conv) : 0, () => openConv(c.conv))));
-  $("more-convs").hidden = !convPage;
+    convItem(c, c.conv === st.open, c.type === "direct" ? presence.get(c.peer) : null,
+      c.type === "room" ? 0 : st.unread.of(c.conv), c.type === "group" ? st.unread.mentionsCount(c.conv) : 0, () => openConv(c.conv))));
+  $("more-convs").hidden = !st.convPage;
   renderConv(toBottom);
-  const total = list.reduce((n, c) => n + (c.type === "room" ? 0 : unread.of(c.conv)), 0);
+  const total = list.reduce((n, c) => n + (c.type === "room" ? 0 : st.unread.of(c.conv)), 0);
   document.title = (total ? total + " · " : "") + "chat";
 }
 
 function messageView(c, m) {
-  const mine = m.from === saved.user_id;
+  const mine = m.from === st.saved.user_id;
   const text = m.kind === "system" ? displayText({ ...m, body: m.text }) : m.text;
   const group = c.type === "group";
   const seen = seenLists.get(m.id);
   return messageItem({ ...m, text }, {
-    mine, fromName: nameOf(m.from), nameOf, me: saved.user_id,
+    mine, fromName: nameOf(m.from), nameOf, me: st.saved.user_id,
     status: receipt(c, m),
     readBy: group && mine && m.kind === "text" && !m.deleted && m.id && c.reads ? "read by " + readers(c, m).length : null,
-    mentionsMe: (m.mentions || []).includes(saved.user_id),
+    mentionsMe: (m.mentions || []).includes(st.saved.user_id),
     canEdit: mine && m.kind === "text" && c.type !== "room",
     canDelete: canDelete(c, m), picking: picking === m.id, confirming: confirming === m.id,
     seenList: seen,
@@ -602,7 +384,7 @@ function focusedButton() {
 }
 
 function renderConv(toBottom) {
-  const c = open ? convs.get(open) : null;
+  const c = st.open ? convs.get(st.open) : null;
   const box = $("messages");
   $("composer-input").disabled = $("send-btn").disabled = !c || c.left;
   $("members-btn").hidden = !c || c.type !== "group";
@@ -638,13 +420,13 @@ function renderConv(toBottom) {
 
 function renderMembers(c) {
   const g = c.type === "group" ? groups.get(c.group) : null;
-  $("member-list").replaceChildren(...(g ? memberItems(g, saved.user_id, presence,
+  $("member-list").replaceChildren(...(g ? memberItems(g, st.saved.user_id, presence,
     (m) => groupChange(() => api.removeMember(c.group, m.user_id))) : []));
   $("add-member").hidden = !g || !(g.role === "owner" || g.role === "admin");
 }
 
 function renderTyping() {
-  const t = open && typing.get(open);
+  const t = st.open && typing.get(st.open);
   $("typing").textContent = t && t.until > Date.now() ? nameOf(t.user) + " is typing…" : "";
 }
 
@@ -656,7 +438,7 @@ async function renderFriends() {
       if (!presence.has(x.user_id)) presence.set(x.user_id, x.status);
     }
     $("friend-list").replaceChildren(...friendItems(f, presence, {
-      chat: (x) => openConv(directConv(saved.user_id, x.user_id)),
+      chat: (x) => openConv(directConv(st.saved.user_id, x.user_id)),
       accept: (x) => api.befriend(x.user_id).then(renderFriends),
       drop: (x) => api.unfriend(x.user_id).then(renderFriends),
     }));
@@ -672,16 +454,16 @@ async function groupChange(call) {
   } catch (e) {
     $("members-error").textContent = e.message;
   }
-  const c = open && convs.get(open);
+  const c = st.open && convs.get(st.open);
   if (c && c.type === "group") loadGroup(c);
 }
 
 // --- login ---------------------------------------------------------------------
 
 async function start(s) {
-  saved = s;
+  st.saved = s;
   api.token = s.token;
-  unread = new Unread(s.user_id);
+  st.unread = new Unread(s.user_id);
   names.set(s.user_id, s.username);
   $("login-view").hidden = true;
   $("chat-view").hidden = false;
@@ -693,11 +475,11 @@ async function start(s) {
     if (e instanceof ApiError && e.status === 401) return logout(false);
   }
   render();
-  session = new Session(() => saved.token, saved.cursor, {
+  st.session = new Session(() => st.saved.token, st.saved.cursor, {
     onFrame, onSendResult, onState: setConn,
-    onCursor: (cur) => { saved.cursor = cur; persist(); },
+    onCursor: (cur) => { st.saved.cursor = cur; persist(); },
   });
-  session.start();
+  st.session.start();
 }
 
 async function login(signup) {
@@ -715,8 +497,8 @@ async function login(signup) {
 }
 
 async function logout(tellServer) {
-  if (session) session.stop();
-  session = null;
+  if (st.session) st.session.stop();
+  st.session = null;
   if (tellServer) await api.logout().catch(() => {});
   sessionStorage.removeItem("chat.session");
   location.reload();
@@ -741,11 +523,11 @@ function wire() {
   submit("login-form", () => login(false));
   $("signup-btn").addEventListener("click", () => { if ($("login-form").reportValidity()) login(true); });
   $("logout").addEventListener("click", () => logout(true));
-  $("back").addEventListener("click", () => { document.body.dataset.pane = "list"; open = null; render(); });
+  $("back").addEventListener("click", () => { document.body.dataset.pane = "list"; st.open = null; render(); });
   submit("composer", () => {
     const input = $("composer-input");
     const text = input.value;
-    const c = open && convs.get(open);
+    const c = st.open && convs.get(st.open);
     if (!c || !text.trim()) return;
     input.value = "";
     if (compose && compose.mode === "edit") {
@@ -762,21 +544,21 @@ function wire() {
     setCompose(null);
   });
   $("composer-input").addEventListener("input", () => {
-    const c = open && convs.get(open);
-    if (c && c.type !== "room" && session && Date.now() - lastTyping > TYPING_SEND_MS) {
+    const c = st.open && convs.get(st.open);
+    if (c && c.type !== "room" && st.session && Date.now() - lastTyping > TYPING_SEND_MS) {
       lastTyping = Date.now();
-      session.raw({ type: "typing", conv: open });
+      st.session.raw({ type: "typing", conv: st.open });
     }
   });
   $("messages").addEventListener("scroll", () => {
-    const c = open && convs.get(open);
+    const c = st.open && convs.get(st.open);
     if (!c || !c.msgs) return;
     const box = $("messages");
     if (box.scrollTop < 40 && c.hasMore && !c.loading) loadOlder(c).then(() => render());
     if (c.hasMoreAfter && box.scrollHeight - box.scrollTop - box.clientHeight < 40 && !c.loading) loadNewer(c).then(() => render());
     maybeRead(c);
   });
-  submit("new-chat", () => byName("new-chat-name", (u) => openConv(directConv(saved.user_id, u.user_id))));
+  submit("new-chat", () => byName("new-chat-name", (u) => openConv(directConv(st.saved.user_id, u.user_id))));
   const toggle = (btn, panel, onShow) => $(btn).addEventListener("click", () => {
     const p = $(panel);
     p.hidden = !p.hidden;
@@ -804,7 +586,7 @@ function wire() {
   });
   submit("add-friend", () => byName("friend-name", (u) => api.befriend(u.user_id)).then(renderFriends));
   submit("add-member", () => {
-    const c = convs.get(open);
+    const c = convs.get(st.open);
     groupChange(async () => {
       const u = await api.userByName($("member-name").value.trim());
       await api.addMember(c.group, u.user_id);
@@ -812,8 +594,8 @@ function wire() {
     });
   });
   $("leave-group").addEventListener("click", () => {
-    const c = convs.get(open);
-    groupChange(() => api.removeMember(c.group, saved.user_id));
+    const c = convs.get(st.open);
+    groupChange(() => api.removeMember(c.group, st.saved.user_id));
   });
   submit("join-room", () => {
     const id = $("room-id").value.trim();
@@ -832,20 +614,22 @@ function wire() {
       $("sidebar-error").textContent = err.message;
     }
   });
-  $("leave-room").addEventListener("click", () => leaveRoom(convs.get(open)));
+  $("leave-room").addEventListener("click", () => leaveRoom(convs.get(st.open)));
   $("more-convs").addEventListener("click", () => moreConversations().catch((e) => { $("sidebar-error").textContent = e.message; }));
   wireSearch(api, {
-    open: () => open && convs.get(open),
+    open: () => st.open && convs.get(st.open),
     title: (id) => (convs.has(id) ? convs.get(id).title : id),
     nameOf,
     jump: jumpTo,
   });
   document.addEventListener("visibilitychange", () => {
-    const c = open && convs.get(open);
+    const c = st.open && convs.get(st.open);
     if (!document.hidden && c) { maybeRead(c); if (c.type === "group") loadReads(c); }
   });
 }
 
+st.render = render;
+st.openConv = openConv;
 wire();
 const stored = sessionStorage.getItem("chat.session");
 if (stored) start(JSON.parse(stored));

@@ -14,8 +14,15 @@ export function entry(m) {
   };
 }
 
+// Id order; a room's `gap` notice (no id) stays after the message it
+// followed (`at`); this device's unsent messages come last.
 export function sortMsgs(c) {
-  c.msgs.sort((a, b) => (a.id && b.id ? cmpId(a.id, b.id) : a.id ? -1 : b.id ? 1 : a.seq - b.seq));
+  const key = (m) => m.id || m.at;
+  c.msgs.sort((a, b) => {
+    const ka = key(a), kb = key(b);
+    if (ka && kb) return cmpId(ka, kb) || (a.kind === "gap") - (b.kind === "gap");
+    return ka ? -1 : kb ? 1 : a.seq - b.seq;
+  });
 }
 
 // Adds a message or brings a known one up to date; returns the entry.

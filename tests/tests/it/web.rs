@@ -107,7 +107,19 @@ async fn the_gateway_serves_the_client_with_a_strict_content_security_policy() -
         ensure!(lower.contains("x-content-type-options: nosniff"), "{path}");
     }
     // Every module is served, and none builds markup from strings.
-    for path in ["/app.js", "/api.js", "/session.js", "/view.js", "/unread.js", "/messages.js", "/search.js"] {
+    for path in [
+        "/app.js",
+        "/api.js",
+        "/session.js",
+        "/view.js",
+        "/unread.js",
+        "/messages.js",
+        "/search.js",
+        "/state.js",
+        "/conversations.js",
+        "/reads.js",
+        "/rooms.js",
+    ] {
         let raw = raw_get(&s.addr(0), path).await?;
         ensure!(
             raw.starts_with("HTTP/1.1 200") && raw.to_ascii_lowercase().contains("content-type: text/javascript"),
