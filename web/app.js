@@ -342,7 +342,7 @@ function messageView(c, m) {
     status: receipt(c, m),
     readBy: group && mine && m.kind === "text" && !m.deleted && m.id && c.reads ? "read by " + readers(c, m).length : null,
     mentionsMe: (m.mentions || []).includes(st.saved.user_id),
-    canEdit: mine && m.kind === "text" && c.type !== "room",
+    canEdit: mine && m.kind === "text",
     canDelete: canDelete(c, m), picking: picking === m.id, confirming: confirming === m.id,
     seenList: seen,
     retry: () => retry(c, m),

@@ -775,6 +775,13 @@ async fn search_jumps_to_a_message_and_a_live_room_shows_its_backlog_then_live_p
         say(&bob, "what a goal").await?;
         ensure!(!wait_shown(&alice, "alice", "what a goal").await?);
         ensure!(wait_shown(&bob, "bob", "what a goal").await?);
+        // Reactions and deletes work in rooms too, live.
+        act(&alice, "what a goal", "react").await?;
+        alice.click("#message-list .msg:not(.mine) .pick[data-emoji=\"🎉\"]").await?;
+        bob.wait("the reaction in the room", &format!("{}?.querySelector('.reaction')?.dataset.count === '1'", msg_js("what a goal"))).await?;
+        act(&alice, "first half", "delete").await?;
+        act(&alice, "first half", "delete").await?;
+        bob.wait("the delete in the room", "document.querySelectorAll('#message-list .msg[data-deleted]').length === 1").await?;
         // After the gateway restarts, both join again by themselves.
         s.stop_gateway(0).await;
         s.restart_gateway(0).await?;
