@@ -23,12 +23,17 @@ export function wireSearch(api, on) {
       $("search-error").textContent = "type at least 2 characters";
       return;
     }
+    // A newer search (or Clear) while this one is on its way wins: its
+    // answer is dropped.
+    const mine = last;
     try {
-      const before = more && last.results.length ? last.results[last.results.length - 1].id : null;
-      const page = await api.search(last.q, last.conv, before);
-      last.results.push(...page.results);
-      last.more = page.has_more;
+      const before = more && mine.results.length ? mine.results[mine.results.length - 1].id : null;
+      const page = await api.search(mine.q, mine.conv, before);
+      if (mine !== last) return;
+      mine.results.push(...page.results);
+      mine.more = page.has_more;
     } catch (e) {
+      if (mine !== last) return;
       $("search-error").textContent = e instanceof ApiError ? e.message : String(e);
     }
     show();
