@@ -43,12 +43,24 @@ export class Api {
   logout() { return this.call("POST", "/v1/logout"); }
   userByName(name) { return this.call("GET", "/v1/users/by-name/" + encodeURIComponent(name)); }
   user(id) { return this.call("GET", "/v1/users/" + id); }
-  conversations() { return this.call("GET", "/v1/conversations"); }
-  history(conv, before, limit) {
+  conversations(before) {
+    return this.call("GET", "/v1/conversations?limit=50" + (before ? "&before=" + encodeURIComponent(before) : ""));
+  }
+  // `where` is null (the newest page) or {before|after|around: id}.
+  history(conv, where, limit) {
     let q = "?limit=" + limit;
-    if (before) q += "&before=" + before;
+    for (const [k, v] of Object.entries(where || {})) if (v) q += "&" + k + "=" + v;
     return this.call("GET", "/v1/conversations/" + conv + "/messages" + q);
   }
+  reads(conv) { return this.call("GET", "/v1/conversations/" + conv + "/reads"); }
+  search(q, conv, before) {
+    let query = "?limit=20&q=" + encodeURIComponent(q);
+    if (conv) query += "&conv=" + conv;
+    if (before) query += "&before=" + before;
+    return this.call("GET", "/v1/search" + query);
+  }
+  createRoom(title) { return this.call("POST", "/v1/rooms", { title }); }
+  room(id) { return this.call("GET", "/v1/rooms/" + encodeURIComponent(id)); }
   group(id) { return this.call("GET", "/v1/groups/" + id); }
   createGroup(name, members) { return this.call("POST", "/v1/groups", { name, members }); }
   addMember(group, user_id) { return this.call("POST", "/v1/groups/" + group + "/members", { user_id }); }

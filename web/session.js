@@ -1,7 +1,9 @@
 // The session over WebSocket (docs/protocol.md, "Sessions"): sync from the
 // saved cursor, live frames, a ping every 5 s, automatic reconnect with
 // backoff, and sends that survive a reconnect: a send without its ack is
-// sent again with the same cid, so the server stores it once.
+// sent again with the same cid, so the server stores it once (edits,
+// deletes and reactions too: each has a cid and is answered like a send).
+// Joined live rooms are joined again after every reconnect.
 
 const PING_MS = 5000;
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000, 8000];
@@ -15,6 +17,7 @@ export class Session {
     this.h = handlers;
     this.ws = null;
     this.outbox = new Map(); // cid -> send frame, until acked or refused
+    this.rooms = new Set(); // live rooms to be in (joined again on reconnect)
     this.attempt = 0;
     this.stopped = false;
     this.timer = null;
@@ -46,6 +49,7 @@ export class Session {
       this.h.onState("syncing");
       ws.send(JSON.stringify(this.cursor ? { type: "sync", cursor: this.cursor } : { type: "sync" }));
       for (const frame of this.outbox.values()) ws.send(JSON.stringify(frame));
+      for (const room of this.rooms) ws.send(JSON.stringify({ type: "join", room }));
       clearInterval(this.pinger);
       this.pinger = setInterval(() => this.raw({ type: "ping" }), PING_MS);
     };
@@ -76,11 +80,13 @@ export class Session {
   }
 
   frame(f) {
+    // Inbox frames (msg, read, receipt, delivered) carry the cursor after
+    // them; room messages and answers carry none.
+    if (typeof f.cursor === "string" && f.type !== "synced" && !f.room) {
+      this.cursor = f.cursor;
+      this.h.onCursor(f.cursor);
+    }
     switch (f.type) {
-      case "msg":
-        this.cursor = f.cursor;
-        this.h.onCursor(f.cursor);
-        break;
       case "synced":
         this.attempt = 0;
         this.cursor = f.cursor;
@@ -118,10 +124,26 @@ export class Session {
 
   // Sends now if connected, else at the next connect; `cid` names it for
   // its ack and for every retry.
-  send(cid, to, body) {
+  send(cid, to, body, replyTo) {
     const frame = { type: "send", cid, to, body };
-    this.outbox.set(cid, frame);
+    if (replyTo) frame.reply_to = replyTo;
+    this.command(frame);
+  }
+
+  // An edit, delete or react frame (with its cid): kept until answered.
+  command(frame) {
+    this.outbox.set(frame.cid, frame);
     this.raw(frame);
+  }
+
+  join(room) {
+    this.rooms.add(room);
+    this.raw({ type: "join", room });
+  }
+
+  leave(room) {
+    this.rooms.delete(room);
+    this.raw({ type: "leave", room });
   }
 
   connected() {

@@ -24,7 +24,7 @@ use chat_nats::history::last_on;
 use chat_nats::subjects::{self, ConvId};
 use chat_nats::wire::ErrorCode;
 
-use crate::sequencer::{conv_state, copy_all, publish, stored_at, wake, ConvState};
+use crate::sequencer::{announce, conv_state, copy_all, publish, stored_at, wake, ConvState};
 use crate::Shared;
 
 /// Sequences one `react` (the gateway checked the caller takes part and
@@ -115,6 +115,8 @@ pub(crate) async fn react(
     let written = copy_all(sh, msg.id, members, payload).await?;
     let copies: Vec<(i64, u64)> = members.iter().copied().zip(written).collect();
     wake(sh, &copies).await?;
+    // A room has no inboxes: its viewers get the change on its live subject.
+    announce(sh, &conv, &msg).await?;
     let state = conv_state(sh, convs, &conv).await?;
     convs.insert(conv.clone(), ConvState { last_id: msg.id.max(state.last_id), n: state.n });
     Ok(SeqResult::Ok { id: msg.id, conv: conv.to_string(), ts: msg.ts, n: 0 })

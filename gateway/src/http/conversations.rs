@@ -76,12 +76,18 @@ pub async fn list(st: &AppState, req: Request<Incoming>) -> Result<Resp, ClientE
     for chunk in convs.chunks(32) {
         lasts.extend(futures::future::join_all(chunk.iter().map(|(c, _)| last_and_read(st, me, c))).await);
     }
-    // Mentions of the caller above each group's read position: one query.
-    let group_reads: Vec<(String, u64)> = convs
+    // Mentions of the caller above each group's read position and up to
+    // the head read above (a mention stored since waits for the next
+    // list, as its message does): one query.
+    let group_reads: Vec<(String, u64, u64)> = convs
         .iter()
         .zip(&lasts)
         .filter(|((c, _), _)| matches!(c.kind(), chat_nats::subjects::ConvKind::Group(_)))
-        .map(|((c, _), l)| (c.to_string(), l.as_ref().ok().and_then(|l| l.read.as_ref()).map_or(0, |r| r.n)))
+        .map(|((c, _), l)| {
+            let l = l.as_ref().ok();
+            let read = l.and_then(|l| l.read.as_ref()).map_or(0, |r| r.n);
+            (c.to_string(), read, l.map_or(0, |l| l.head_n))
+        })
         .collect();
     let mentions = st.db.mention_counts(me, &group_reads).await?;
     let mut out = Vec::with_capacity(convs.len());

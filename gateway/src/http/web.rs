@@ -25,6 +25,13 @@ const FILES: &[(&str, &str, &str)] = &[
     ("api.js", "text/javascript; charset=utf-8", include_str!("../../../web/api.js")),
     ("session.js", "text/javascript; charset=utf-8", include_str!("../../../web/session.js")),
     ("view.js", "text/javascript; charset=utf-8", include_str!("../../../web/view.js")),
+    ("unread.js", "text/javascript; charset=utf-8", include_str!("../../../web/unread.js")),
+    ("messages.js", "text/javascript; charset=utf-8", include_str!("../../../web/messages.js")),
+    ("search.js", "text/javascript; charset=utf-8", include_str!("../../../web/search.js")),
+    ("state.js", "text/javascript; charset=utf-8", include_str!("../../../web/state.js")),
+    ("conversations.js", "text/javascript; charset=utf-8", include_str!("../../../web/conversations.js")),
+    ("reads.js", "text/javascript; charset=utf-8", include_str!("../../../web/reads.js")),
+    ("rooms.js", "text/javascript; charset=utf-8", include_str!("../../../web/rooms.js")),
     ("favicon.svg", "image/svg+xml", include_str!("../../../web/favicon.svg")),
 ];
 

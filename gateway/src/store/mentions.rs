@@ -42,21 +42,29 @@ impl Db {
         Ok(())
     }
 
-    /// Per conversation, how many messages mention `user` above the given
-    /// read ordinal (conversations without any are absent).
-    pub async fn mention_counts(&self, user: i64, reads: &[(String, u64)]) -> Result<HashMap<String, u64>, DbError> {
+    /// Per conversation `(conv, read, head)`, how many messages mention
+    /// `user` above the read ordinal and at or below the head ordinal the
+    /// caller read (a mention stored since is not counted: the count
+    /// agrees with the `last_n` it is listed with; conversations without
+    /// any are absent).
+    pub async fn mention_counts(
+        &self,
+        user: i64,
+        reads: &[(String, u64, u64)],
+    ) -> Result<HashMap<String, u64>, DbError> {
         if reads.is_empty() {
             return Ok(HashMap::new());
         }
-        let convs: Vec<&str> = reads.iter().map(|(c, _)| c.as_str()).collect();
-        let ns: Vec<i64> = reads.iter().map(|(_, n)| *n as i64).collect();
+        let convs: Vec<&str> = reads.iter().map(|(c, _, _)| c.as_str()).collect();
+        let ns: Vec<i64> = reads.iter().map(|(_, n, _)| *n as i64).collect();
+        let heads: Vec<i64> = reads.iter().map(|(_, _, h)| *h as i64).collect();
         let c = self.pool.get().await?;
         let rows = c
             .query(
-                "SELECT m.conv, count(*) FROM unnest($2::text[], $3::bigint[]) AS r(conv, n)
-                 JOIN mentions m ON m.user_id = $1 AND m.conv = r.conv AND m.n > r.n
+                "SELECT m.conv, count(*) FROM unnest($2::text[], $3::bigint[], $4::bigint[]) AS r(conv, n, head)
+                 JOIN mentions m ON m.user_id = $1 AND m.conv = r.conv AND m.n > r.n AND m.n <= r.head
                  GROUP BY m.conv",
-                &[&user, &convs, &ns],
+                &[&user, &convs, &ns, &heads],
             )
             .await?;
         Ok(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64)).collect())

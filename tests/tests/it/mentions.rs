@@ -98,3 +98,36 @@ async fn mentions_resolve_to_members_only_and_count_until_read() -> Result<()> {
     assert_eq!(f["mentions"], json!([b.user_id]), "{f}");
     Ok(())
 }
+
+/// The list's `mentions` agrees with the `last_n` beside it: a mention
+/// recorded after the list read the conversation's head (here: a row
+/// ahead of history, as when a send lands between the two reads) is not
+/// counted until its message is, so a device that seeds from the list and
+/// then applies that message's `msg` counts it once, not twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lists_mentions_count_no_message_beyond_its_last_n() -> Result<()> {
+    let s = stack().start().await?;
+    let (a, b) = (s.user("alice", "a1").await?, s.user("bob", "b1").await?);
+    let g = s.create_group(&a, "team", &[&b.user_id]).await?;
+    let (conv, gid) = (g["conv"].as_str().unwrap().to_owned(), g["group_id"].as_str().unwrap().to_owned());
+    let (mut ca, _) = s.live(0, &a).await?;
+    say(&mut ca, &gid, "m1", "@bob hi").await?;
+    let e = entry(&s, &b, &conv).await?;
+    let head = e["last_n"].as_u64().unwrap();
+    assert_eq!(e["mentions"], 1, "{e}");
+    let (db, conn) = tokio_postgres::connect(&s.pg.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    db.execute(
+        "INSERT INTO mentions (user_id, conv, n, id) VALUES ($1, $2, $3, $4)",
+        &[&b.user_id.parse::<i64>()?, &conv, &((head + 1) as i64), &1i64],
+    )
+    .await?;
+    let e = entry(&s, &b, &conv).await?;
+    assert_eq!((e["last_n"].as_u64(), e["mentions"].as_u64()), (Some(head), Some(1)), "{e}");
+    // Once the head passes it, it counts.
+    say(&mut ca, &gid, "m2", "@bob again").await?;
+    let e = entry(&s, &b, &conv).await?;
+    assert_eq!(e["last_n"].as_u64(), Some(head + 1), "{e}");
+    assert_eq!(e["mentions"], 2, "{e}");
+    Ok(())
+}

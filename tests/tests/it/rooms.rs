@@ -268,3 +268,36 @@ async fn who_may_join_post_and_moderate() -> Result<()> {
     assert_eq!(req(&troll, Method::PATCH, path(&open, ""), Some(json!({"topic": "mine"}))).await?.0, 403);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_edits_and_deletes_reach_the_viewers_live() -> Result<()> {
+    let s = stack().start().await?;
+    let owner = s.user("owner", "o1").await?;
+    let viewer = s.user("viewer", "v1").await?;
+    let room = create_room(&s, &owner, json!({"title": "changes"})).await?;
+    let conv = format!("r-{room}");
+    let mut o = s.connect(0, &owner).await?;
+    let mut v = s.connect(0, &viewer).await?;
+    o.join_room(&room).await?;
+    v.join_room(&room).await?;
+    let m = v.send_to_room("m1", &room, "hi").await?;
+    let id = m["id"].as_str().unwrap().to_owned();
+    // The owner reacts: every viewer gets the event with the counts after it.
+    o.react("r1", &conv, &id, "🎉", false).await?;
+    for (c, who) in [(&mut v, "viewer"), (&mut o, "owner")] {
+        let got = c.wait_for("the reaction", |f| f["type"] == "msg" && f["kind"] == "react").await?;
+        assert_eq!(
+            (got["room"].as_str(), got["target"].as_str()),
+            (Some(room.as_str()), Some(id.as_str())),
+            "{who}: {got}"
+        );
+        assert_eq!(got["reactions"], json!([{"emoji": "🎉", "count": 1, "users": [owner.user_id]}]), "{who}: {got}");
+    }
+    v.edit("e1", &conv, &id, "hi!").await?;
+    let got = o.wait_for("the edit", |f| f["type"] == "msg" && f["kind"] == "edit").await?;
+    assert_eq!(got["body"], "hi!");
+    o.delete("d1", &conv, &id).await?;
+    let got = v.wait_for("the delete", |f| f["type"] == "msg" && f["kind"] == "delete").await?;
+    assert_eq!(got["target"], json!(id));
+    Ok(())
+}
