@@ -75,6 +75,12 @@ pub struct Traffic {
     pub ack_span_s: f64,
     /// Seconds from the scheduled start to the last delivery.
     pub delivery_span_s: f64,
+    /// Seconds from the first measured delivery to the last, plus one
+    /// send interval (`1 / rate`): the window the deliveries occupy in
+    /// steady state, without the latency of the last send that
+    /// `delivery_span_s` also holds (a constant 100 ms latency over a
+    /// 10 s run makes that span 1 % longer and the rate 1 % lower).
+    pub delivery_window_s: f64,
     /// The first error frame, if any.
     pub first_error: Option<String>,
     /// CPU used by the stack's processes over the measured run (after the
@@ -98,6 +104,7 @@ struct Shared {
     errors: AtomicU64,
     last_ack: AtomicU64,
     last_delivery: AtomicU64,
+    first_delivery: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
 
@@ -125,7 +132,9 @@ async fn read(mut rx: WsRx, sh: Arc<Shared>) {
                 if ns >= from {
                     sh.delivery.record_us(us_since(ns));
                     sh.delivered.fetch_add(1, Relaxed);
-                    sh.last_delivery.fetch_max(now_ns(), Relaxed);
+                    let now = now_ns();
+                    sh.last_delivery.fetch_max(now, Relaxed);
+                    sh.first_delivery.fetch_min(now, Relaxed);
                 }
             }
             "error" => {
@@ -164,7 +173,11 @@ async fn settle(limit: Duration, done: impl Fn() -> bool) {
 
 /// Runs warm-up then the measured traffic over `peers`.
 pub async fn run(peers: Vec<Peer>, cfg: &TrafficCfg) -> Result<Traffic> {
-    let sh = Arc::new(Shared { from_ns: AtomicU64::new(u64::MAX), ..Default::default() });
+    let sh = Arc::new(Shared {
+        from_ns: AtomicU64::new(u64::MAX),
+        first_delivery: AtomicU64::new(u64::MAX),
+        ..Default::default()
+    });
     let mut tasks = Vec::new();
     let mut senders = Vec::new();
     for p in peers {
@@ -222,6 +235,10 @@ pub async fn run(peers: Vec<Peer>, cfg: &TrafficCfg) -> Result<Traffic> {
         errors: sh.errors.load(Relaxed),
         ack_span_s: span(sh.last_ack.load(Relaxed)),
         delivery_span_s: span(sh.last_delivery.load(Relaxed)),
+        delivery_window_s: match (sh.first_delivery.load(Relaxed), sh.last_delivery.load(Relaxed)) {
+            (first, last) if first < last && cfg.rate > 0.0 => (last - first) as f64 / 1e9 + 1.0 / cfg.rate,
+            _ => 0.0,
+        },
         first_error: sh.first_error.into_inner().unwrap_or_else(|p| p.into_inner()),
         ack: sh.ack,
         delivery: sh.delivery,
