@@ -63,7 +63,7 @@ const EN: [&str; 12] = [
 fn body(s: usize, i: usize) -> String {
     let mut h = (s as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     let words = 4 + (h % 7) as usize;
-    let korean = (s + i) % 2 == 0;
+    let korean = (s + i).is_multiple_of(2);
     let mut out = Vec::with_capacity(words);
     for _ in 0..words {
         h = h.rotate_left(17).wrapping_mul(0x94d0_49bb_1331_11eb);
