@@ -20,6 +20,8 @@
 //! - [`heartbeat`]: N connections sending `ping` heartbeats at a rising
 //!   total rate; pongs per second and their latency, presence KV writes
 //!   per second, gateway CPU, against raw KV puts at the same rate.
+//! - [`index`]: N 1:1 sends as fast as they are acknowledged while the
+//!   search indexer applies them; indexed/s against acked sends/s, lag.
 //! - [`fsync`]: this disk's raw fsync rate and latency, and stored
 //!   messages per second with atomic batches of 1 to 999 entries against
 //!   plain publishes (nats-server only, no stack).
@@ -39,6 +41,7 @@ pub mod fsync;
 pub mod heartbeat;
 pub mod history;
 pub mod idle;
+pub mod index;
 pub mod latency;
 pub mod pace;
 pub mod procfs;

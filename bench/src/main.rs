@@ -11,12 +11,14 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use chat_bench::client::Transport;
 use chat_bench::stack::{OwnStack, StackCfg};
-use chat_bench::{catchup, fanout, fsync, heartbeat, history, idle, latency, room, storm, QuicTarget, Report, Target};
+use chat_bench::{
+    catchup, fanout, fsync, heartbeat, history, idle, index, latency, room, storm, QuicTarget, Report, Target,
+};
 
 const HELP: &str = "\
 chat-bench <scenario> [options]
 
-scenarios: latency catchup history idle storm fanout heartbeat fsync room all
+scenarios: latency catchup history idle storm fanout heartbeat fsync room index all
 
 stack (default: start nats-server, PostgreSQL and target/release binaries):
   --gateways N            gateway processes [1] (idle: 2 shows scaling)
@@ -48,11 +50,14 @@ scenario options (with `all`, prefix one with the scenario, e.g. --history-messa
   room     --viewers 10000 --users 100 --rate 20 --duration 10 --warmup 2 --size 100 (one live room)
   heartbeat --conns 5000 --users 100 --interval 1 (per connection) or --rates 5000,10000,20000
            (total per second, stepped until saturated) --duration 10 --warmup 2 --transport ws|quic
+  index    --messages 30000 --senders 200 --window 4 --drain 120 (1:1 sends as fast as acked, search
+           indexer on: indexed/s, lag at the last ack, catch-up)
   fsync    --fsyncs 1000 --batch-sizes 1,20,100,500,999 --window 256 --duration 3 --size 200
            (starts only nats-server; with --nats URL uses that one, and --dir for the fsync file)
 ";
 
-const SCENARIOS: [&str; 9] = ["latency", "catchup", "history", "idle", "storm", "fanout", "heartbeat", "fsync", "room"];
+const SCENARIOS: [&str; 10] =
+    ["latency", "catchup", "history", "idle", "storm", "fanout", "heartbeat", "fsync", "room", "index"];
 
 /// Parsed `--key value` options (repeatable) and flags.
 struct Opts {
@@ -235,6 +240,16 @@ async fn run_one(name: &str, o: &Opts, t: &Target) -> Result<Report> {
                 baselines: base,
             };
             heartbeat::run(t, &cfg).await?
+        }
+        "index" => {
+            let d = index::Cfg::default();
+            let cfg = index::Cfg {
+                messages: o.num("messages", d.messages)?,
+                senders: o.num("senders", d.senders)?,
+                window: o.num("window", d.window)?,
+                drain: o.secs("drain", d.drain)?,
+            };
+            index::run(t, &cfg).await?
         }
         "fsync" => {
             let d = fsync::Cfg::default();

@@ -71,6 +71,8 @@ pub struct User {
 #[derive(Clone)]
 pub struct Db {
     pub(crate) pool: pool::TimedPool,
+    /// The search gram index's statistics, cached (`search.rs`).
+    pub(crate) gram_stats: std::sync::Arc<search::GramStats>,
 }
 
 impl std::fmt::Debug for Db {
@@ -86,7 +88,7 @@ impl Db {
             url.parse().map_err(|e: tokio_postgres::Error| DbError::Config(e.to_string()))?;
         let mgr = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(mgr).max_size(size).build().map_err(|e| DbError::Config(e.to_string()))?;
-        Ok(Db { pool: pool::TimedPool::new(pool) })
+        Ok(Db { pool: pool::TimedPool::new(pool), gram_stats: Default::default() })
     }
 
     /// Applies pending migrations under an advisory lock, so gateways

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use chat_bench::client::Transport;
-use chat_bench::{catchup, fanout, heartbeat, history, idle, latency, procfs, room, storm, QuicTarget, Report, Target};
+use chat_bench::{
+    catchup, fanout, heartbeat, history, idle, index, latency, procfs, room, storm, QuicTarget, Report, Target,
+};
 
 use crate::stack::{stack, Kind, Stack};
 
@@ -99,6 +101,23 @@ async fn catchup_smoke() -> Result<()> {
     lat_positive(&r, "ours sync→synced", 2);
     lat_positive(&r, "JetStream ordered consumer", 2);
     assert!(r.ratios[0].ratio > 0.0, "{}", r.table());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_smoke() -> Result<()> {
+    let s = stack()
+        .env("CHAT_WS_RATE_PER_SEC", "100000")
+        .env("CHAT_WS_RATE_BURST", "100000")
+        .env("CHAT_SEARCH_INDEXER", "true")
+        .start()
+        .await?;
+    let cfg = index::Cfg { messages: 300, senders: 3, window: 4, drain: Duration::from_secs(30) };
+    let r = index::run(&target(&s), &cfg).await?;
+    assert_eq!(r.get("acked_sends"), 300.0, "{}", r.table());
+    assert!(r.get("acked_sends_per_s") > 0.0 && r.get("indexed_per_s_overall") > 0.0, "{}", r.table());
+    assert!(r.get("lag_max") >= r.get("lag_at_last_ack"), "{}", r.table());
+    assert!(r.get("catch_up_s") >= 0.0, "every send was indexed\n{}", r.table());
     Ok(())
 }
 

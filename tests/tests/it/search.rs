@@ -208,3 +208,77 @@ async fn edit_and_delete_events_in_history_reindex_and_unindex() -> Result<()> {
     assert!(bodies(&search(&s, &bob, "mesage", None, None, None).await).is_empty(), "and the edit");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_the_newest_first_walk_fills_equals_the_gram_index_page_across_the_walk_boundary() -> Result<()> {
+    use chat_gateway::store::search::{Plan, Query};
+    let s = stack().env("CHAT_SEARCH_INDEXER", "true").start().await?;
+    let alice = s.user("alice", "a1").await?;
+    let bob = s.user("bob", "b1").await?;
+    let carol = s.user("carol", "c1").await?;
+    let dave = s.user("dave", "d1").await?;
+    let g = s.create_group(&alice, "walk", &[&bob.user_id]).await?;
+    let gid = g["group_id"].as_str().unwrap().to_owned();
+    let (mut ca, _) = s.live(0, &alice).await?;
+    let (mut cc, _) = s.live(0, &carol).await?;
+    // Bob's hits interleaved with rows he may not read (carol-dave) and
+    // rows without the word, so the walk has to skip both.
+    let mut mine = 0;
+    for i in 0..36 {
+        match i % 4 {
+            0 => ca.send_to_user(&format!("d{i}"), &bob.user_id, &format!("Needle in a dm {i}")).await?,
+            1 => cc.send_to_user(&format!("x{i}"), &dave.user_id, &format!("needle not for bob {i}")).await?,
+            2 => {
+                ca.send_frame_and_ack(
+                    json!({"type": "send", "cid": format!("g{i}"), "to": {"group": gid}, "body": format!("group neEdle {i}")}),
+                    &format!("g{i}"),
+                )
+                .await?
+            }
+            _ => ca.send_to_user(&format!("h{i}"), &bob.user_id, &format!("just hay {i}")).await?,
+        };
+        if i % 4 == 0 || i % 4 == 2 {
+            mine += 1;
+        }
+    }
+    until_hits(&s, &bob, "needle", mine).await?;
+    until_hits(&s, &dave, "needle", 9).await?;
+
+    let db = chat_gateway::store::Db::connect(&s.pg.url, 4)?;
+    let user: i64 = bob.user_id.parse()?;
+    let dm = direct_conv(&alice.user_id, &bob.user_id);
+    let mut plans = std::collections::HashSet::new();
+    for conv in [None, Some(dm.as_str())] {
+        for limit in [1i64, 3, 7, 30] {
+            for walk in [1i64, 6, 10, 17, 1000] {
+                // Page through with `before`, as a client does.
+                let (mut before, mut walked, mut grams) = (None, vec![], vec![]);
+                loop {
+                    let q = Query { user, q: "needle", conv, before, limit };
+                    let (page, plan) = db.search_with(&q, walk).await?;
+                    let (want, _) = db.search_with(&q, 0).await?;
+                    assert_eq!(page, want, "conv {conv:?} limit {limit} walk {walk} before {before:?} ({plan:?})");
+                    plans.insert(plan);
+                    walked.extend(page.iter().map(|h| h.id));
+                    grams.extend(want.iter().map(|h| h.id));
+                    match page.last() {
+                        Some(h) if page.len() as i64 == limit => before = Some(h.id),
+                        _ => break,
+                    }
+                }
+                assert_eq!(walked, grams);
+                let expected = if conv.is_some() { mine / 2 } else { mine };
+                assert_eq!(walked.len(), expected, "every hit once, conv {conv:?} limit {limit} walk {walk}");
+                assert!(walked.windows(2).all(|w| w[0] > w[1]), "newest first");
+            }
+        }
+    }
+    assert!(plans.contains(&Plan::Walk) && plans.contains(&Plan::Grams), "both plans answered: {plans:?}");
+    // The full walk fills this page; what the gateway answers (here the
+    // gram plan: a few rows, rare grams) is the same page.
+    let q = Query { user, q: "needle", conv: None, before: None, limit: 3 };
+    let (page, plan) = db.search_with(&q, chat_gateway::store::search::WALK_ROWS).await?;
+    assert_eq!(plan, Plan::Walk);
+    assert_eq!(db.search(&q).await?, page);
+    Ok(())
+}
