@@ -130,7 +130,7 @@ enum RxInner {
 pub async fn connect(addr: &str, token: &str) -> Result<(WsTx, WsRx)> {
     let mut req = format!("ws://{addr}/v1/ws").into_client_request()?;
     req.headers_mut().insert("authorization", format!("Bearer {token}").parse()?);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, None, true).await?;
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(chat_client::ws_config()), true).await?;
     let (tx, rx) = ws.split();
     Ok((WsTx(TxInner::Ws(tx)), WsRx(RxInner::Ws(rx))))
 }

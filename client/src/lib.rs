@@ -268,26 +268,42 @@ pub struct Conn {
     pub timeout: Duration,
 }
 
+/// The WebSocket settings of this crate's connections (and the bench's).
+///
+/// tungstenite zero-fills its whole read buffer before every socket read
+/// (`resize` up to the buffer's size), so its 128 KiB default costs a 128
+/// KiB `memset` per frame read: about half the CPU of a client that reads
+/// many small frames (measured with `perf` on `chat-bench room`, see
+/// docs/benchmarks.md). 8 KiB holds several frames; the buffer still grows
+/// for a larger frame.
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(8 * 1024)
+}
+
 impl Conn {
     /// Connects with a token (sent as `Authorization: Bearer`).
     pub async fn connect(addr: &str, token: &str) -> Result<Conn, ClientError> {
         let addr = addr.trim_start_matches("http://").trim_end_matches('/');
         let mut req = format!("ws://{addr}/v1/ws").into_client_request().map_err(io)?;
         req.headers_mut().insert("authorization", format!("Bearer {token}").parse().map_err(io)?);
-        let (ws, _) = tokio_tungstenite::connect_async(req).await.map_err(|e| match e {
-            tokio_tungstenite::tungstenite::Error::Http(resp) => {
-                let body: Value =
-                    resp.body().as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
-                let code =
-                    body["error"]["code"].as_str().unwrap_or(if resp.status() == 401 { "unauthorized" } else { "" });
-                ClientError::Api {
-                    status: resp.status().as_u16(),
-                    code: code.into(),
-                    message: body["error"]["message"].as_str().unwrap_or("upgrade refused").into(),
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(req, Some(ws_config()), false).await.map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                    let body: Value =
+                        resp.body().as_deref().and_then(|b| serde_json::from_slice(b).ok()).unwrap_or(Value::Null);
+                    let code = body["error"]["code"].as_str().unwrap_or(if resp.status() == 401 {
+                        "unauthorized"
+                    } else {
+                        ""
+                    });
+                    ClientError::Api {
+                        status: resp.status().as_u16(),
+                        code: code.into(),
+                        message: body["error"]["message"].as_str().unwrap_or("upgrade refused").into(),
+                    }
                 }
-            }
-            e => io(e),
-        })?;
+                e => io(e),
+            })?;
         Ok(Conn { inner: Inner::Ws(Box::new(ws)), buffered: VecDeque::new(), timeout: Duration::from_secs(10) })
     }
 
