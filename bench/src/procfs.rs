@@ -39,6 +39,15 @@ pub fn tree_cpu_secs(pid: u32) -> Option<f64> {
     Some(own + children)
 }
 
+/// [`tree_cpu_secs`], but only this process's own time for this process.
+fn usage(pid: u32) -> Option<f64> {
+    if pid == std::process::id() {
+        cpu_secs(pid)
+    } else {
+        tree_cpu_secs(pid)
+    }
+}
+
 fn parent(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
@@ -52,9 +61,11 @@ pub struct CpuMeter {
 }
 
 impl CpuMeter {
-    /// Starts measuring `procs` (role, pid; a pid counts with its children).
+    /// Starts measuring `procs` (role, pid; a pid counts with its children,
+    /// except this process: the stack it started is its children, and is
+    /// measured by role).
     pub fn start(procs: &[(String, u32)]) -> CpuMeter {
-        let procs = procs.iter().filter_map(|(r, p)| Some((r.clone(), *p, tree_cpu_secs(*p)?))).collect();
+        let procs = procs.iter().filter_map(|(r, p)| Some((r.clone(), *p, usage(*p)?))).collect();
         CpuMeter { start: Instant::now(), procs }
     }
 
@@ -63,7 +74,7 @@ impl CpuMeter {
     pub fn read(&self) -> (f64, Vec<(String, f64)>) {
         let mut by_role: Vec<(String, f64)> = Vec::new();
         for (role, pid, before) in &self.procs {
-            let used = tree_cpu_secs(*pid).map_or(0.0, |now| (now - before).max(0.0));
+            let used = usage(*pid).map_or(0.0, |now| (now - before).max(0.0));
             match by_role.iter_mut().find(|(r, _)| r == role) {
                 Some((_, t)) => *t += used,
                 None => by_role.push((role.clone(), used)),
