@@ -114,9 +114,9 @@ impl Session {
         if self.sends_closed {
             return false;
         }
-        let (sends, _) = self.sender.get_or_insert_with(|| {
-            cmd::send::start_sender(&self.state, self.user, self.device.clone(), &self.out)
-        });
+        let (sends, _) = self
+            .sender
+            .get_or_insert_with(|| cmd::send::start_sender(&self.state, self.user, self.device.clone(), &self.out));
         sends.try_send(req).is_ok()
     }
 
