@@ -38,7 +38,7 @@ pub struct Session {
     /// Set by [`Session::finish_sends`]: no more sends are taken.
     sends_closed: bool,
     bucket: TokenBucket,
-    pub(in crate::conn) presence: mpsc::UnboundedSender<presence::Cmd>,
+    pub(in crate::conn) presence: presence::Commands,
     pub(in crate::conn) last_typing: Option<Instant>,
     /// Joined rooms: each room's task holds the session's place in it.
     pub(in crate::conn) rooms: std::collections::HashMap<i64, JoinHandle<()>>,
@@ -142,6 +142,6 @@ impl Drop for Session {
         for (_, room) in self.rooms.drain() {
             room.abort();
         }
-        let _ = self.presence.send(presence::Cmd::End { clean: self.clean });
+        self.presence.send(presence::Cmd::End { clean: self.clean });
     }
 }
