@@ -220,6 +220,13 @@ impl Failover {
         self.conn.as_ref().map(|(_, e)| e)
     }
 
+    /// True while connected over QUIC (false over WebSocket or when not
+    /// connected): a QUIC session moves to edges with a `quic_addr` and
+    /// falls back to WebSocket only on the seeds when discovery fails.
+    pub fn over_quic(&self) -> bool {
+        self.conn.as_ref().is_some_and(|(c, _)| c.quic().is_some())
+    }
+
     /// Queues a `send` frame (it must carry its `cid`) until its `ack`; it
     /// goes out now if connected, else after the next connect.
     pub async fn send(&mut self, cid: &str, frame: Value) -> Result<(), ClientError> {

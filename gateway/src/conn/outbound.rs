@@ -7,10 +7,11 @@
 //! disconnected with [`CLOSE_SLOW_CONSUMER`]; so is one whose queue is full
 //! when a control frame (ack, error, pong) must go out ([`Outbound::push`]).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 pub use crate::error::{
     CLOSE_BAD_UTF8, CLOSE_BANNED, CLOSE_GOING_AWAY, CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_LOGGED_OUT, CLOSE_NORMAL,
@@ -47,14 +48,21 @@ pub struct Frame {
 }
 
 /// The sending half, held by the session and its delivery task.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outbound {
-    tx: mpsc::Sender<Item>,
     shared: Arc<Shared>,
 }
 
+/// A queue that stays empty (no allocation) while nothing is queued: an
+/// idle connection holds no queue storage. (A tokio mpsc channel allocates
+/// a block of 32 slots up front; see docs/benchmarks.md, idle memory.)
 #[derive(Debug)]
 struct Shared {
+    queue: Mutex<VecDeque<Item>>,
+    /// Capacity of `queue`, in frames.
+    cap: usize,
+    /// Live [`Outbound`] handles; the queue ends when the last one drops.
+    senders: AtomicUsize,
     bytes: AtomicUsize,
     frames: AtomicUsize,
     max_bytes: usize,
@@ -70,14 +78,18 @@ struct Shared {
 /// The receiving half, held by the transport's writer.
 #[derive(Debug)]
 pub struct OutboundRx {
-    rx: mpsc::Receiver<Item>,
     shared: Arc<Shared>,
 }
 
+/// Queue storage kept after the queue empties; beyond it, it is released.
+const KEEP_SLOTS: usize = 8;
+
 /// A queue bounded by `max_frames` frames and `max_bytes` bytes.
 pub fn channel(max_frames: usize, max_bytes: usize) -> (Outbound, OutboundRx) {
-    let (tx, rx) = mpsc::channel(max_frames + CONTROL_FRAMES);
     let shared = Arc::new(Shared {
+        queue: Mutex::new(VecDeque::new()),
+        cap: max_frames + CONTROL_FRAMES,
+        senders: AtomicUsize::new(1),
         bytes: AtomicUsize::new(0),
         frames: AtomicUsize::new(0),
         max_bytes,
@@ -89,7 +101,28 @@ pub fn channel(max_frames: usize, max_bytes: usize) -> (Outbound, OutboundRx) {
         closed_notify: Notify::new(),
         drained: Notify::new(),
     });
-    (Outbound { tx, shared: shared.clone() }, OutboundRx { rx, shared })
+    (Outbound { shared: shared.clone() }, OutboundRx { shared })
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Item>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Clone for Outbound {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::AcqRel);
+        Outbound { shared: self.shared.clone() }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.notify.notify_one();
+        }
+    }
 }
 
 impl Outbound {
@@ -107,12 +140,21 @@ impl Outbound {
         let before = self.shared.bytes.fetch_add(len, Ordering::AcqRel);
         self.shared.frames.fetch_add(1, Ordering::AcqRel);
         let too_big = before > 0 && before + len > self.shared.max_bytes + extra_bytes;
-        if too_big || self.tx.try_send(item).is_err() {
+        let queued = !too_big && {
+            let mut q = self.shared.lock();
+            let room = q.len() < self.shared.cap;
+            if room {
+                q.push_back(item);
+            }
+            room
+        };
+        if !queued {
             self.shared.bytes.fetch_sub(len, Ordering::AcqRel);
             self.shared.frames.fetch_sub(1, Ordering::AcqRel);
             self.close(CLOSE_SLOW_CONSUMER);
             return false;
         }
+        self.shared.notify.notify_one();
         true
     }
 
@@ -236,21 +278,28 @@ impl OutboundRx {
             if self.shared.closed.load(Ordering::Acquire) {
                 return Err(self.shared.close_code.load(Ordering::Acquire) as u16);
             }
-            tokio::select! {
-                biased;
-                _ = self.shared.notify.notified() => continue,
-                f = self.rx.recv() => match f {
-                    Some(f) => {
-                        self.shared.bytes.fetch_sub(f.text.len(), Ordering::AcqRel);
-                        self.shared.frames.fetch_sub(1, Ordering::AcqRel);
-                        self.shared.drained.notify_waiters();
-                        if f.epoch != 0 && f.epoch < self.shared.epoch.load(Ordering::Acquire) {
-                            continue;
-                        }
-                        return Ok(Frame { text: f.text, stored: f.stored });
+            let next = {
+                let mut q = self.shared.lock();
+                let f = q.pop_front();
+                if q.is_empty() && q.capacity() > KEEP_SLOTS {
+                    q.shrink_to(KEEP_SLOTS);
+                }
+                f
+            };
+            match next {
+                Some(f) => {
+                    self.shared.bytes.fetch_sub(f.text.len(), Ordering::AcqRel);
+                    self.shared.frames.fetch_sub(1, Ordering::AcqRel);
+                    self.shared.drained.notify_waiters();
+                    if f.epoch != 0 && f.epoch < self.shared.epoch.load(Ordering::Acquire) {
+                        continue;
                     }
-                    None => return Err(CLOSE_GOING_AWAY),
-                },
+                    return Ok(Frame { text: f.text, stored: f.stored });
+                }
+                None if self.shared.senders.load(Ordering::Acquire) == 0 => return Err(CLOSE_GOING_AWAY),
+                // `notify_one` keeps a permit when nobody waits, so a frame
+                // queued between the pop and this wait is not missed.
+                None => self.shared.notify.notified().await,
             }
         }
     }

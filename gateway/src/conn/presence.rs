@@ -15,15 +15,15 @@
 //! follow both run in this task, one after the other, so a follow racing a
 //! removal is either refused or re-checked after it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chat_nats::envelope::{Ephemeral, PresenceState};
 use chat_nats::subjects;
 use chat_nats::wire::{ErrorCode, ServerFrame, Status};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::conn::outbound::{Outbound, CLOSE_BANNED, CLOSE_LOGGED_OUT};
@@ -61,11 +61,68 @@ pub enum Cmd {
     },
 }
 
+/// The session's handle on its presence task: commands wait in a queue
+/// that holds no storage while empty (a tokio channel would allocate a
+/// block of 32 slots for the connection's life; see docs/benchmarks.md,
+/// idle memory). Dropping it ends the task's command feed.
+#[derive(Debug)]
+pub struct Commands(Arc<Queue>);
+
+#[derive(Debug, Default)]
+struct Queue {
+    /// The commands, and whether the session's handle is gone.
+    state: Mutex<(VecDeque<Cmd>, bool)>,
+    notify: Notify,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (VecDeque<Cmd>, bool)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next command; `None` once the handle is gone and all are taken.
+    async fn recv(&self) -> Option<Cmd> {
+        loop {
+            {
+                let mut s = self.lock();
+                if let Some(c) = s.0.pop_front() {
+                    if s.0.is_empty() {
+                        s.0.shrink_to_fit();
+                    }
+                    return Some(c);
+                }
+                if s.1 {
+                    return None;
+                }
+            }
+            // A permit stored by a send after the check wakes this at once.
+            self.notify.notified().await;
+        }
+    }
+}
+
+impl Commands {
+    /// Queues a command for the task (never blocks: heartbeats are rate
+    /// limited by the session, follows by the frame limit).
+    pub fn send(&self, cmd: Cmd) {
+        self.0.lock().0.push_back(cmd);
+        self.0.notify.notify_one();
+    }
+}
+
+impl Drop for Commands {
+    fn drop(&mut self) {
+        self.0.lock().1 = true;
+        self.0.notify.notify_one();
+    }
+}
+
 /// Starts the presence task of a session. Returns once the session's
 /// ephemeral subscription is registered with the server, so events sent
 /// after the session answers its first frame are not missed.
-pub async fn start(state: Arc<AppState>, user: i64, device: String, out: Outbound) -> mpsc::UnboundedSender<Cmd> {
-    let (tx, rx) = mpsc::unbounded_channel();
+pub async fn start(state: Arc<AppState>, user: i64, device: String, out: Outbound) -> Commands {
+    let queue = Arc::new(Queue::default());
+    let (tx, rx) = (Commands(queue.clone()), queue);
     let eph = match state.hub.subscribe(subjects::ephemeral(user), crate::messaging::hub::BUFFER).await {
         Ok(sub) => Some(sub),
         Err(e) => {
@@ -105,7 +162,7 @@ async fn run(
     user: i64,
     device: &str,
     out: &Outbound,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    rx: Arc<Queue>,
     mut eph: HubRx,
 ) -> Result<(), async_nats::Error> {
     let key = subjects::presence_key(user, device, next_conn());

@@ -136,7 +136,7 @@ pub async fn serve(state: Arc<AppState>, endpoint: Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         let state = state.clone();
         tokio::spawn(async move {
-            match incoming.await {
+            match Box::pin(std::future::IntoFuture::into_future(incoming)).await {
                 Ok(conn) => {
                     let span = tracing::info_span!("quic", remote = %conn.remote_address());
                     tracing::Instrument::instrument(connection(state, conn), span).await;
@@ -170,7 +170,8 @@ async fn connection(state: Arc<AppState>, conn: quinn::Connection) {
         let First::Auth { token } = serde_json::from_str::<First>(&t).ok()?;
         check_token(&state, &token).await.ok()
     };
-    let claims = tokio::time::timeout_at(deadline, login).await.ok().flatten();
+    // Boxed, like the refusal below: only `drive` stays resident.
+    let claims = Box::pin(tokio::time::timeout_at(deadline, login)).await.ok().flatten();
     let Some(claims) = claims else {
         conn.close(VarInt::from_u32(CLOSE_UNAUTHORIZED.into()), b"unauthorized");
         drop(stream);
@@ -179,15 +180,18 @@ async fn connection(state: Arc<AppState>, conn: quinn::Connection) {
     let Some((source, mut sink)) = stream.take() else { return };
     if let Err(e) = crate::edge::admit(&state) {
         // Refused: the reason as an error frame, then "reconnect elsewhere".
-        if sink.send(crate::error::frame(&e.into_frame(None))).await {
-            let _ = sink.send.finish();
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sink.send.stopped()).await;
-        }
+        let refuse = async {
+            if sink.send(crate::error::frame(&e.into_frame(None))).await {
+                let _ = sink.send.finish();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), sink.send.stopped()).await;
+            }
+        };
+        Box::pin(refuse).await;
         conn.close(VarInt::from_u32(CLOSE_RECONNECT_ELSEWHERE.into()), b"reconnect_elsewhere");
         drop(source);
         return;
     }
-    if !sink.send(frame_ready()).await {
+    if !Box::pin(sink.send(frame_ready())).await {
         return;
     }
     transport::drive(state, crate::metrics::Transport::Quic, claims, source, sink).await;

@@ -7,7 +7,8 @@
 //! from the new cursor. A session answers `ping` and `sync` at once, runs
 //! sends one after another in a task of their own (so a device's messages
 //! keep their order and a slow send does not stall `ping`), and owns the
-//! inbox delivery task.
+//! inbox delivery task. The send task and its queue are made by the first
+//! send: an idle connection (most of them) holds neither.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -32,10 +33,12 @@ pub struct Session {
     pub(in crate::conn) device: String,
     pub(in crate::conn) out: Outbound,
     pub(in crate::conn) delivery: Option<JoinHandle<()>>,
-    pub(in crate::conn) sends: mpsc::Sender<SendReq>,
-    sender: JoinHandle<()>,
+    /// The send queue and its task, from the first send on.
+    sender: Option<(mpsc::Sender<SendReq>, JoinHandle<()>)>,
+    /// Set by [`Session::finish_sends`]: no more sends are taken.
+    sends_closed: bool,
     bucket: TokenBucket,
-    pub(in crate::conn) presence: mpsc::UnboundedSender<presence::Cmd>,
+    pub(in crate::conn) presence: presence::Commands,
     pub(in crate::conn) last_typing: Option<Instant>,
     /// Joined rooms: each room's task holds the session's place in it.
     pub(in crate::conn) rooms: std::collections::HashMap<i64, JoinHandle<()>>,
@@ -45,7 +48,6 @@ pub struct Session {
 impl Session {
     /// Starts a session. Delivery begins with the client's first `sync`.
     pub async fn start(state: Arc<AppState>, claims: Claims, out: Outbound) -> Session {
-        let (sends, sender) = cmd::send::start_sender(&state, &claims, &out);
         let bucket = TokenBucket::new(state.cfg.rate_per_sec, state.cfg.rate_burst);
         let presence = presence::start(state.clone(), claims.user, claims.device.clone(), out.clone()).await;
         Session {
@@ -54,8 +56,8 @@ impl Session {
             device: claims.device,
             out,
             delivery: None,
-            sends,
-            sender,
+            sender: None,
+            sends_closed: false,
             bucket,
             presence,
             last_typing: None,
@@ -97,9 +99,25 @@ impl Session {
     /// Lets the sends already queued finish (each queues its `ack` or
     /// `error`) and takes no more; gives up at `deadline`.
     pub async fn finish_sends(&mut self, deadline: tokio::time::Instant) {
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.sends, closed));
-        let _ = tokio::time::timeout_at(deadline, &mut self.sender).await;
+        self.sends_closed = true;
+        if let Some((sends, mut task)) = self.sender.take() {
+            drop(sends);
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+            }
+        }
+    }
+
+    /// Queues a request for the send task (started by the first one);
+    /// false when too many wait or the session takes no more.
+    pub(in crate::conn) fn queue_send(&mut self, req: SendReq) -> bool {
+        if self.sends_closed {
+            return false;
+        }
+        let (sends, _) = self
+            .sender
+            .get_or_insert_with(|| cmd::send::start_sender(&self.state, self.user, self.device.clone(), &self.out));
+        sends.try_send(req).is_ok()
     }
 
     /// Queues an `error` frame for the client.
@@ -118,10 +136,12 @@ impl Drop for Session {
         if let Some(d) = self.delivery.take() {
             d.abort();
         }
-        self.sender.abort();
+        if let Some((_, task)) = self.sender.take() {
+            task.abort();
+        }
         for (_, room) in self.rooms.drain() {
             room.abort();
         }
-        let _ = self.presence.send(presence::Cmd::End { clean: self.clean });
+        self.presence.send(presence::Cmd::End { clean: self.clean });
     }
 }

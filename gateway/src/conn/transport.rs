@@ -59,7 +59,10 @@ pub async fn drive(
     let conn = state.connections.enter();
     let _counted = state.metrics.session(transport);
     let (out, mut out_rx) = outbound::channel(state.cfg.outbound_frames, state.cfg.outbound_bytes);
-    let mut session = Session::start(state.clone(), claims, out.clone()).await;
+    // Transient awaits are boxed: the task stays resident for the whole
+    // connection, and an unboxed await would keep the largest future it
+    // ever awaits in the task's allocation (see docs/benchmarks.md, idle).
+    let mut session = Box::pin(Session::start(state.clone(), claims, out.clone())).await;
     let st = state.clone();
     let writer = tokio::spawn(async move {
         loop {
@@ -76,7 +79,7 @@ pub async fn drive(
                 }
                 Err(code) => {
                     st.metrics.closed(code);
-                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close(code, close_reason(code))).await;
+                    let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, sink.close(code, close_reason(code)))).await;
                     return;
                 }
             }
@@ -118,8 +121,8 @@ pub async fn drive(
         // sends them again on its next gateway); every send already taken
         // gets its ack or error, and every queued frame goes out first.
         let deadline = tokio::time::Instant::now() + state.cfg.send_timeout + Duration::from_secs(2);
-        session.finish_sends(deadline).await;
-        out.flushed(deadline).await;
+        Box::pin(session.finish_sends(deadline)).await;
+        Box::pin(out.flushed(deadline)).await;
         out.close(CLOSE_RECONNECT_ELSEWHERE);
     }
     out.close(CLOSE_GOING_AWAY);

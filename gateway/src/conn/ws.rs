@@ -23,6 +23,9 @@ use crate::error::ClientError;
 use crate::http::Resp;
 use crate::AppState;
 
+/// The WebSocket read buffer, resident for the connection's life.
+const READ_BUFFER: usize = 1024;
+
 /// Answers the upgrade request and spawns the connection.
 pub fn upgrade(state: Arc<AppState>, claims: Claims, mut req: Request<Incoming>) -> Resp {
     let is_ws = req
@@ -41,11 +44,13 @@ pub fn upgrade(state: Arc<AppState>, claims: Claims, mut req: Request<Incoming>)
             Ok(upgraded) => {
                 // tungstenite's defaults (128 KiB read buffer allocated up
                 // front, 128 KiB write batching) cost ~125 KiB per idle
-                // connection. The read buffer grows on demand for large
-                // frames; small write batches still coalesce a burst of
-                // deliveries into few syscalls (see docs/benchmarks.md, idle).
+                // connection. The read buffer (1 KiB: client frames are
+                // small; a large one is reserved whole and read 1 KiB per
+                // syscall) stays resident; small write batches still
+                // coalesce a burst of deliveries into few syscalls (see
+                // docs/benchmarks.md, idle).
                 let cfg = WebSocketConfig::default()
-                    .read_buffer_size(4 * 1024)
+                    .read_buffer_size(READ_BUFFER)
                     .write_buffer_size(8 * 1024)
                     .max_message_size(Some(state.cfg.max_frame_bytes))
                     .max_frame_size(Some(state.cfg.max_frame_bytes));

@@ -87,8 +87,10 @@ impl Hub {
 
 /// Forwards one subject's payloads to its receivers.
 async fn feed(client: async_nats::Client, subject: String, tx: broadcast::Sender<Bytes>, ready: watch::Sender<bool>) {
+    // Transient awaits boxed: a feed task is resident while its subject
+    // has receivers.
     let mut sub = loop {
-        match client.subscribe(subject.clone()).await {
+        match Box::pin(client.subscribe(subject.clone())).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(subject, error = %e, "subscription failed; retrying");
@@ -99,7 +101,7 @@ async fn feed(client: async_nats::Client, subject: String, tx: broadcast::Sender
     // In place on the server once a round trip after it has completed (a
     // flush that failed proves nothing: the connection may be down and the
     // subscription not yet on any server).
-    while let Err(e) = client.flush().await {
+    while let Err(e) = Box::pin(client.flush()).await {
         tracing::debug!(subject, error = %e, "flush after subscribe failed; retrying");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -184,19 +184,31 @@ async fn a_sigkilled_gateways_clients_move_through_discovery_and_lose_nothing() 
     Ok(())
 }
 
-/// A device's session: every `msg` recorded by conversation, every move.
+/// A device's session: every `msg` recorded by conversation, every move,
+/// and each gateway it used (its id, and whether the connection was QUIC).
 struct Listener {
     received: Arc<Mutex<HashMap<String, Vec<u64>>>>,
     moves: Arc<Mutex<Vec<Duration>>>,
+    edges: Arc<Mutex<Vec<(String, bool)>>>,
 }
 
 fn listen(seeds: Vec<String>, login: &Login, synced: Arc<AtomicUsize>, stop: Arc<AtomicBool>) -> Listener {
-    let l = Listener { received: Arc::default(), moves: Arc::default() };
-    let (received, moves) = (l.received.clone(), l.moves.clone());
-    let mut session = Failover::new(FailoverConfig::new(seeds), &login.token, None);
+    listen_with(FailoverConfig::new(seeds), login, synced, stop)
+}
+
+fn listen_with(cfg: FailoverConfig, login: &Login, synced: Arc<AtomicUsize>, stop: Arc<AtomicBool>) -> Listener {
+    let l = Listener { received: Arc::default(), moves: Arc::default(), edges: Arc::default() };
+    let (received, moves, edges) = (l.received.clone(), l.moves.clone(), l.edges.clone());
+    let mut session = Failover::new(cfg, &login.token, None);
     tokio::spawn(async move {
         let mut first = true;
         while !stop.load(Ordering::Acquire) {
+            if let Some(e) = session.edge() {
+                let mut used = edges.lock().unwrap();
+                if used.last().map(|(id, _)| id) != Some(&e.id) {
+                    used.push((e.id.clone(), session.over_quic()));
+                }
+            }
             // Reads are cut short to look at `stop`; reconnects are not.
             let e = if session.edge().is_none() {
                 match session.connect().await {
@@ -435,5 +447,97 @@ async fn an_operator_undoes_a_drain_and_the_sessions_left_stay() -> Result<()> {
     }
     let closed = open.iter().filter(|o| !**o).count();
     assert!(closed <= 1, "{closed} of {} sessions closed after the undo", open.len());
+    Ok(())
+}
+
+/// QUIC failover: devices whose sessions run over QUIC (discovery's
+/// `quic_addr`, one certificate for every gateway) lose their gateway to a
+/// SIGKILL under load from 50 senders; each moves through discovery to
+/// another gateway, again over QUIC, resumes from its cursor, and ends with
+/// every message of its conversations exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_gateways_quic_devices_move_over_quic_and_get_every_message_once() -> Result<()> {
+    const RECEIVERS: usize = 30;
+    let mut s = stack().env("CHAT_REGISTRY_TTL_MS", "2000").env("CHAT_SEND_TIMEOUT_MS", "5000").start().await?;
+    s.add_gateway_process_quic().await?;
+    s.add_gateway_process_quic().await?;
+    let fingerprint = s.quic_fingerprint(0).expect("gateway 0 runs in-process");
+    let seeds: Vec<String> = (0..3).map(|i| s.addr(i)).collect();
+    wait_for("three QUIC gateways registered", Duration::from_secs(10), || async {
+        let (_, v) = s.http(0).request(Method::GET, "/v1/edges", None, None).await.ok()?;
+        let edges = v["edges"].as_array()?;
+        (edges.len() == 3 && edges.iter().all(|e| e["quic_addr"].is_string())).then_some(())
+    })
+    .await?;
+    let senders: Vec<Login> = users(&s, "qs", SENDERS, &["s"]).await?.into_iter().map(|mut d| d.remove(0)).collect();
+    let receivers: Vec<Login> =
+        users(&s, "qr", RECEIVERS, &["q"]).await?.into_iter().map(|mut d| d.remove(0)).collect();
+    let (synced, stop) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    let mut cfg = FailoverConfig::new(seeds.clone());
+    cfg.quic = Some(chat_client::quic::Trust::Fingerprint(fingerprint));
+    let listeners: Vec<(Login, Listener)> =
+        receivers.iter().map(|d| (d.clone(), listen_with(cfg.clone(), d, synced.clone(), stop.clone()))).collect();
+    wait_for("every QUIC device synced", Duration::from_secs(60), || async {
+        (synced.load(Ordering::Acquire) == RECEIVERS).then_some(())
+    })
+    .await?;
+    // Discovery spread them over the three gateways (a random one of the
+    // best each): those on gwp1 are the ones that must move.
+    let on = |id: &str| -> Vec<usize> {
+        let on_it = |l: &Listener| l.edges.lock().unwrap().last().is_some_and(|(e, _)| e == id);
+        (0..RECEIVERS).filter(|i| on_it(&listeners[*i].1)).collect()
+    };
+    let doomed = on("gwp1");
+    assert!(!doomed.is_empty(), "no QUIC device on the gateway to be killed: the test proves nothing");
+    // Sender i sends to receivers i and i + 1 (mod RECEIVERS) in turn.
+    let specs: Vec<SenderSpec> = (0..SENDERS)
+        .map(|i| SenderSpec {
+            login: senders[i].clone(),
+            targets: (0..2).map(|k| json!({"user": receivers[(i + k) % RECEIVERS].user_id})).collect(),
+        })
+        .collect();
+    let run = load::start(LoadSpec::new(seeds.clone(), specs, RATE));
+    run.wait_acked(600, Duration::from_secs(60)).await?;
+    s.stop_gateway(1).await; // SIGKILL
+    wait_for("every QUIC device of the killed gateway moved", Duration::from_secs(60), || async {
+        doomed.iter().all(|i| !listeners[*i].1.moves.lock().unwrap().is_empty()).then_some(())
+    })
+    .await?;
+    let after = run.acked();
+    run.wait_acked(after + 600, Duration::from_secs(60)).await?;
+    let report = run.finish(Duration::from_secs(120)).await?;
+    figures("QUIC SIGKILL", &report);
+    assert!(report.rate() >= RATE * 0.8, "load too slow to prove anything: {:.0} msgs/s", report.rate());
+    let history = load::verify(&s.http(0), &senders, &report).await?;
+    for (login, l) in &listeners {
+        let user = login.user_id.clone();
+        let convs: Vec<(&String, usize)> =
+            history.iter().filter(|(c, _)| load::in_direct(c, &user)).map(|(c, h)| (c, h.len())).collect();
+        wait_for(&format!("QUIC device of {user} caught up"), Duration::from_secs(60), || async {
+            let got = l.received.lock().unwrap();
+            convs.iter().all(|(c, len)| got.get(*c).map_or(0, Vec::len) >= *len).then_some(())
+        })
+        .await?;
+        load::verify_received(&format!("QUIC user {user}"), &l.received.lock().unwrap(), &history, &report, |c| {
+            load::in_direct(c, &user)
+        })?;
+    }
+    stop.store(true, Ordering::Release);
+    let took: Vec<Duration> = doomed.iter().flat_map(|i| listeners[*i].1.moves.lock().unwrap().clone()).collect();
+    eprintln!(
+        "scaleout QUIC SIGKILL: {} of {RECEIVERS} QUIC devices moved; reconnect median {:?}, max {:?}",
+        doomed.len(),
+        median(took.clone()),
+        took.iter().max().copied().unwrap_or_default()
+    );
+    for i in &doomed {
+        let used = listeners[*i].1.edges.lock().unwrap().clone();
+        assert!(used.len() >= 2, "device {i} on gwp1 did not land elsewhere: {used:?}");
+        assert!(used.last().is_some_and(|(id, _)| id != "gwp1"), "device {i} ended on the killed gateway: {used:?}");
+    }
+    for (login, l) in &listeners {
+        let used = l.edges.lock().unwrap().clone();
+        assert!(used.iter().all(|(_, quic)| *quic), "{} fell back to WebSocket: {used:?}", login.user_id);
+    }
     Ok(())
 }

@@ -273,7 +273,7 @@ impl Stack {
         let mut env = self.env.clone();
         env.insert("CHAT_HTTP_ADDR".into(), "127.0.0.1:0".into());
         env.insert("CHAT_GATEWAY_ID".into(), format!("gw{n}"));
-        let data_dir = self.pg.data_dir().parent().unwrap_or(self.pg.data_dir()).join(format!("gw{n}"));
+        let data_dir = self.gateway_data_dir(n);
         env.insert("CHAT_DATA_DIR".into(), data_dir.display().to_string());
         let cfg = GatewayConfig::from_source(&env)?;
         // Generates the development certificate the gateway will load.
@@ -297,11 +297,41 @@ impl Stack {
 
     /// Starts a gateway as a child process (to SIGKILL it).
     pub async fn add_gateway_process(&mut self) -> Result<usize> {
+        self.spawn_gateway_process(&[("CHAT_QUIC_ADDR", "off".into())]).await
+    }
+
+    /// Starts a gateway child process that also serves QUIC, on a free UDP
+    /// port, with gateway 0's certificate: the fingerprint of
+    /// [`Stack::quic_fingerprint`] then trusts every gateway of the stack.
+    pub async fn add_gateway_process_quic(&mut self) -> Result<usize> {
+        let tls = self.gateway_data_dir(0).join("tls");
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        self.spawn_gateway_process(&[
+            ("CHAT_QUIC_ADDR", format!("127.0.0.1:{port}")),
+            ("CHAT_TLS_CERT", tls.join("cert.pem").display().to_string()),
+            ("CHAT_TLS_KEY", tls.join("key.pem").display().to_string()),
+        ])
+        .await
+    }
+
+    /// The certificate fingerprint of in-process gateway `i`'s QUIC endpoint.
+    pub fn quic_fingerprint(&self, i: usize) -> Option<String> {
+        match &self.gateways[i] {
+            Gateway::InProcess { fingerprint, .. } => Some(fingerprint.clone()),
+            Gateway::Process { .. } => None,
+        }
+    }
+
+    fn gateway_data_dir(&self, n: usize) -> std::path::PathBuf {
+        self.pg.data_dir().parent().unwrap_or(self.pg.data_dir()).join(format!("gw{n}"))
+    }
+
+    async fn spawn_gateway_process(&mut self, extra: &[(&str, String)]) -> Result<usize> {
         let addr = format!("127.0.0.1:{}", free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_it-gateway"))
             .envs(&self.env)
             .env("CHAT_HTTP_ADDR", &addr)
-            .env("CHAT_QUIC_ADDR", "off")
+            .envs(extra.iter().map(|(k, v)| (k, v)))
             .env("CHAT_GATEWAY_ID", format!("gwp{}", self.gateways.len()))
             .stdout(Stdio::null())
             .spawn()

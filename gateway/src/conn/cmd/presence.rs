@@ -10,7 +10,7 @@ use crate::error::frame;
 
 /// Handles `ping`.
 pub(crate) fn ping(s: &mut Session) {
-    let _ = s.presence.send(Cmd::Heartbeat);
+    s.presence.send(Cmd::Heartbeat);
     s.out.push(frame(&ServerFrame::Pong));
 }
 
@@ -23,6 +23,6 @@ pub(crate) fn follow(s: &mut Session, users: &[String], on: bool) {
         return s.error(None, ErrorCode::BadFrame, message);
     };
     if !ids.is_empty() {
-        let _ = s.presence.send(if on { Cmd::Follow(ids) } else { Cmd::Unfollow(ids) });
+        s.presence.send(if on { Cmd::Follow(ids) } else { Cmd::Unfollow(ids) });
     }
 }

@@ -8,7 +8,6 @@ use chat_nats::wire::{ErrorCode, Target};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::auth::Claims;
 use crate::conn::outbound::Outbound;
 use crate::conn::session::Session;
 use crate::error::frame;
@@ -51,11 +50,12 @@ pub(crate) enum Op {
 /// Starts a session's sender task.
 pub(crate) fn start_sender(
     state: &Arc<AppState>,
-    claims: &Claims,
+    user: i64,
+    device: String,
     out: &Outbound,
 ) -> (mpsc::Sender<SendReq>, JoinHandle<()>) {
     let (sends, mut rx) = mpsc::channel::<SendReq>(SEND_QUEUE);
-    let (state, out, user, device) = (state.clone(), out.clone(), claims.user, claims.device.clone());
+    let (state, out) = (state.clone(), out.clone());
     let fut = async move {
         while let Some(r) = rx.recv().await {
             // Boxed: an idle sender keeps only its small waiting state.
@@ -84,7 +84,7 @@ pub(crate) fn send(s: &mut Session, cid: String, to: Target, body: String, reply
 /// Queues a request for the sender task, refusing it when too many wait.
 pub(crate) fn queue(s: &mut Session, req: SendReq) {
     let cid = req.cid.clone();
-    if s.sends.try_send(req).is_err() {
+    if !s.queue_send(req) {
         s.error(Some(cid), ErrorCode::RateLimited, "too many sends in flight; wait for acks");
     }
 }
