@@ -190,10 +190,24 @@ pub fn start(state: Arc<AppState>) -> Registry {
 /// sends it holds before it closes with 4010). Returns when every session
 /// was told; a second call only waits for the first.
 pub async fn drain(state: &AppState) {
-    if state.edges.draining.swap(true, Ordering::AcqRel) {
-        return;
+    if let Some(epoch) = start_drain(state) {
+        close_gradually(state, epoch).await;
     }
-    let epoch = state.edges.drain_epoch.load(Ordering::Acquire);
+}
+
+/// Marks the gateway draining now (before any answer says so, so an undo
+/// that follows finds it); the drain's epoch if this call started it,
+/// `None` if one was already running. [`close_gradually`] does the rest.
+pub fn start_drain(state: &AppState) -> Option<u64> {
+    if state.edges.draining.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    Some(state.edges.drain_epoch.load(Ordering::Acquire))
+}
+
+/// Closes the sessions of the drain `epoch` evenly over `CHAT_DRAIN_SECS`,
+/// until the drain is undone.
+pub async fn close_gradually(state: &AppState, epoch: u64) {
     // Until an operator undoes it (`undrain`).
     let on = || state.edges.draining() && state.edges.drain_epoch.load(Ordering::Acquire) == epoch;
     state.edges.poke.notify_one();

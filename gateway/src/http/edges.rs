@@ -55,8 +55,11 @@ pub fn require_operator<B>(st: &AppState, req: &Request<B>) -> Result<(), Client
 pub async fn drain(st: &Arc<AppState>, req: Request<Incoming>) -> Result<Resp, ClientError> {
     require_operator(st, &req)?;
     let sessions = st.connections.count();
-    let state = st.clone();
-    tokio::spawn(async move { crate::edge::drain(&state).await });
+    // Draining from here on: a `DELETE` after this answer undoes it.
+    if let Some(epoch) = crate::edge::start_drain(st) {
+        let state = st.clone();
+        tokio::spawn(async move { crate::edge::close_gradually(&state, epoch).await });
+    }
     Ok(json(
         StatusCode::ACCEPTED,
         &json!({"gateway": st.cfg.gateway_id, "draining": true, "sessions": sessions, "drain_secs": st.cfg.drain.as_secs()}),
