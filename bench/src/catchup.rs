@@ -37,7 +37,7 @@ impl Default for Cfg {
 }
 
 /// Sends `n` messages to `to` over one connection, `window` in flight;
-/// returns (acked, errors). Client message ids are `<cid_prefix><i>`: a
+/// message `i` is `body(i)`; returns (acked, errors). Client message ids are `<cid_prefix><i>`: a
 /// device must not reuse them (a reused `cid` is deduplicated).
 pub async fn pipeline(
     addr: &str,
@@ -46,15 +46,14 @@ pub async fn pipeline(
     cid_prefix: &str,
     n: usize,
     window: usize,
-    size: usize,
+    body: impl Fn(usize) -> String,
 ) -> Result<(usize, usize)> {
     let (mut tx, mut rx, _) = connect_retry(addr, tok, 8).await?;
     let target = json!({"user": to});
-    let body = "m".repeat(size.max(1));
     let (mut sent, mut acked, mut errors) = (0usize, 0usize, 0usize);
     while acked + errors < n {
         while sent < n && sent - acked - errors < window.max(1) {
-            tx.send_msg(&format!("{cid_prefix}{sent}"), &target, &body).await?;
+            tx.send_msg(&format!("{cid_prefix}{sent}"), &target, &body(sent)).await?;
             sent += 1;
         }
         let f = rx.next_within(Duration::from_secs(30)).await.context("waiting for acks")?;
@@ -82,7 +81,9 @@ pub async fn fill(
     for (i, s) in senders.iter().enumerate() {
         let share = n / senders.len() + usize::from(i < n % senders.len());
         let (addr, tok, to) = (t.gateway(i).to_owned(), token(t, s, "d0").await?, to.to_owned());
-        tasks.push(tokio::spawn(async move { pipeline(&addr, &tok, &to, "f", share, window, size).await }));
+        tasks.push(tokio::spawn(async move {
+            pipeline(&addr, &tok, &to, "f", share, window, |_| "m".repeat(size.max(1))).await
+        }));
     }
     let (mut acked, mut errors) = (0, 0);
     for task in tasks {

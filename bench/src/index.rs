@@ -19,7 +19,7 @@ use anyhow::{ensure, Context, Result};
 use async_nats::jetstream::{self, consumer::pull};
 use serde_json::json;
 
-use crate::client::{connect_retry, run_prefix, signup_users, token};
+use crate::client::{run_prefix, signup_users, token};
 use crate::Report;
 use crate::Target;
 
@@ -75,22 +75,7 @@ fn body(s: usize, i: usize) -> String {
 
 /// Sends `n` messages from one connection, `window` in flight; returns acks.
 async fn sender(addr: String, tok: String, to: String, s: usize, n: usize, window: usize) -> Result<usize> {
-    let (mut tx, mut rx, _) = connect_retry(&addr, &tok, 8).await?;
-    let target = json!({"user": to});
-    let (mut sent, mut acked, mut errors) = (0usize, 0usize, 0usize);
-    while acked + errors < n {
-        while sent < n && sent - acked - errors < window.max(1) {
-            tx.send_msg(&format!("i{sent}"), &target, &body(s, sent)).await?;
-            sent += 1;
-        }
-        let f = rx.next_within(Duration::from_secs(30)).await.context("waiting for acks")?;
-        match f.ty.as_str() {
-            "ack" => acked += 1,
-            "error" => errors += 1,
-            _ => {}
-        }
-    }
-    tx.close().await;
+    let (acked, errors) = crate::catchup::pipeline(&addr, &tok, &to, "i", n, window, |i| body(s, i)).await?;
     ensure!(errors == 0, "{errors} sends refused");
     Ok(acked)
 }

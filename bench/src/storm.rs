@@ -89,7 +89,7 @@ pub async fn run(t: &Target, cfg: &Cfg) -> Result<Report> {
             (t.gateway(i).to_owned(), stok.clone(), u.id.clone(), sem.clone(), cfg.missed);
         sends.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await;
-            pipeline(&addr, &stok, &to, &format!("u{i}-"), missed, 16, 100).await
+            pipeline(&addr, &stok, &to, &format!("u{i}-"), missed, 16, |_| "m".repeat(100)).await
         }));
     }
     for s in sends {
