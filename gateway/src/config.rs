@@ -95,6 +95,11 @@ pub struct GatewayConfig {
     /// `CHAT_PRESENCE_SUBSCRIBE_MAX`: users a connection may follow with
     /// `presence.subscribe` (friends are followed without counting).
     pub presence_subscribe_max: usize,
+    /// `CHAT_EPHEMERAL_BUFFER`: a user's ephemeral events (typing, logout,
+    /// ban, friendship changes) a session may fall behind by; past that it
+    /// is closed with 4008 and reconnects, so it never misses a logout or
+    /// a ban.
+    pub ephemeral_buffer: usize,
     /// `CHAT_GROUP_MAX_MEMBERS`: largest group, owner included.
     pub group_max_members: usize,
     /// `CHAT_USER_LOOKUP_PER_MIN`: profile lookups (by id or by name) a
@@ -268,6 +273,7 @@ impl GatewayConfig {
             send_timeout: Duration::from_millis(bounded(src, "CHAT_SEND_TIMEOUT_MS", 10_000, 100, 600_000)?),
             typing_interval: Duration::from_millis(bounded(src, "CHAT_TYPING_INTERVAL_MS", 1000, 0, 60_000)?),
             presence_subscribe_max: bounded(src, "CHAT_PRESENCE_SUBSCRIBE_MAX", 256, 0, 10_000)? as usize,
+            ephemeral_buffer: bounded(src, "CHAT_EPHEMERAL_BUFFER", 64, 1, 65_536)? as usize,
             group_max_members: bounded(src, "CHAT_GROUP_MAX_MEMBERS", 100, 2, 5000)? as usize,
             user_lookup_per_min: bounded(src, "CHAT_USER_LOOKUP_PER_MIN", 60, 1, 100_000)? as u32,
             user_lookup_burst: bounded(src, "CHAT_USER_LOOKUP_BURST", 30, 1, 100_000)? as u32,

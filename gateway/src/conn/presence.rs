@@ -123,7 +123,7 @@ impl Drop for Commands {
 pub async fn start(state: Arc<AppState>, user: i64, device: String, out: Outbound) -> Commands {
     let queue = Arc::new(Queue::default());
     let (tx, rx) = (Commands(queue.clone()), queue);
-    let eph = match state.hub.subscribe(subjects::ephemeral(user), crate::messaging::hub::BUFFER).await {
+    let eph = match state.hub.subscribe(subjects::ephemeral(user), state.cfg.ephemeral_buffer).await {
         Ok(sub) => Some(sub),
         Err(e) => {
             tracing::warn!(user_id = user, error = %e, "cannot subscribe to ephemeral events");
@@ -177,6 +177,7 @@ async fn run(
         f.friends.insert(friend);
         Box::pin(follow(st, &mut f, friend, out)).await;
     }
+    let mut eph_ended = false;
     let clean = loop {
         tokio::select! {
             cmd = rx.recv() => match cmd {
@@ -197,31 +198,47 @@ async fn run(
                     }
                 }
             },
-            Some(m) = eph.recv() => match serde_json::from_slice::<Ephemeral>(&m) {
-                Ok(Ephemeral::Typing { conv, user: who }) => {
-                    out.push(frame(&ServerFrame::Typing { conv, user: who.to_string() }));
+            ev = eph.recv_or_skipped(), if !eph_ended => {
+                let m = match ev {
+                    None => {
+                        eph_ended = true;
+                        continue;
+                    }
+                    Some(None) => {
+                        // A skipped event may have been a logout, a ban or
+                        // an unfriending: reconnecting re-checks them all.
+                        tracing::info!(user, device, "session fell behind its ephemeral events; closing with 4008");
+                        out.close(crate::conn::outbound::CLOSE_SLOW_CONSUMER);
+                        break false;
+                    }
+                    Some(Some(m)) => m,
+                };
+                match serde_json::from_slice::<Ephemeral>(&m) {
+                    Ok(Ephemeral::Typing { conv, user: who }) => {
+                        out.push(frame(&ServerFrame::Typing { conv, user: who.to_string() }));
+                    }
+                    Ok(Ephemeral::Logout { device: d }) if d == device => {
+                        out.close(CLOSE_LOGGED_OUT);
+                        break true;
+                    }
+                    Ok(Ephemeral::Banned) => {
+                        out.close(CLOSE_BANNED);
+                        break true;
+                    }
+                    Ok(Ephemeral::Friend { user: u }) => {
+                        f.friends.insert(u);
+                        Box::pin(follow(st, &mut f, u, out)).await;
+                    }
+                    Ok(Ephemeral::Unfriend { user: u }) => {
+                        f.friends.remove(&u);
+                        // The friendship may be what allowed an on-demand follow.
+                        Box::pin(recheck(st, user, &mut f, &[u])).await;
+                        f.release(u);
+                    }
+                    Ok(Ephemeral::Recheck { users }) => Box::pin(recheck(st, user, &mut f, &users)).await,
+                    _ => {}
                 }
-                Ok(Ephemeral::Logout { device: d }) if d == device => {
-                    out.close(CLOSE_LOGGED_OUT);
-                    break true;
-                }
-                Ok(Ephemeral::Banned) => {
-                    out.close(CLOSE_BANNED);
-                    break true;
-                }
-                Ok(Ephemeral::Friend { user: u }) => {
-                    f.friends.insert(u);
-                    Box::pin(follow(st, &mut f, u, out)).await;
-                }
-                Ok(Ephemeral::Unfriend { user: u }) => {
-                    f.friends.remove(&u);
-                    // The friendship may be what allowed an on-demand follow.
-                    Box::pin(recheck(st, user, &mut f, &[u])).await;
-                    f.release(u);
-                }
-                Ok(Ephemeral::Recheck { users }) => Box::pin(recheck(st, user, &mut f, &users)).await,
-                _ => {}
-            },
+            }
         }
     };
     for (_, t) in f.tasks.drain() {

@@ -509,3 +509,51 @@ async fn logout_after_a_dropped_connection_is_offline_at_once() -> Result<()> {
     assert_eq!(presence_keys(&s, &a.user_id).await?, 0);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_falls_behind_its_ephemeral_events_is_closed_rather_than_missing_one() -> Result<()> {
+    // A one-event buffer, and an outbound queue that cannot fill: bursts of
+    // typing events outrun the session's presence task, which must not go
+    // on as if it had seen them all (a skipped one may be a logout or a
+    // ban). Without the check the session stays open and this times out.
+    let s = stack().env("CHAT_EPHEMERAL_BUFFER", "1").env("CHAT_WS_OUTBOUND_FRAMES", "100000").start().await?;
+    let a = s.user("alice", "phone").await?;
+    let mut ca = s.connect(0, &a).await?;
+    let client = chat_tests::nats_admin(&s.nats.url).await?;
+    let subject = chat_nats::subjects::ephemeral(a.user_id.parse()?);
+    let typing = chat_nats::envelope::Ephemeral::Typing { conv: "dm-1-2".into(), user: 1 };
+    let payload: bytes::Bytes = serde_json::to_vec(&typing)?.into();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            for _ in 0..40 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                for _ in 0..500 {
+                    client.publish(subject.clone(), payload.clone()).await?;
+                }
+                client.flush().await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let mut typing_frames = 0u64;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(30), ca.next()).await {
+            Err(_) => anyhow::bail!("still open 30 s after the bursts began"),
+            Ok(Ok(v)) if v["type"] == "typing" => typing_frames += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(chat_client::ClientError::Closed { code, .. })) => break code,
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    publisher.await??;
+    assert_eq!(code, 4008, "closed with {code} after {typing_frames} typing frames");
+    assert!(typing_frames < 20_000, "every event was seen, so none was skipped");
+    // Reconnecting is all the client needs to do.
+    let (_c, _cursor) = s.live(0, &a).await?;
+    Ok(())
+}
