@@ -10,7 +10,7 @@
 
 use anyhow::{ensure, Result};
 use chat_client::Method;
-use chat_tests::browser::{Browser, Page};
+use chat_tests::browser::{Browser, Context, Page};
 use serde_json::{json, Value};
 
 use crate::stack::{stack, Stack};
@@ -36,6 +36,22 @@ async fn enter(page: &Page, name: &str, signup: bool) -> Result<()> {
     }
     page.wait(&format!("{name} to be online"), "document.getElementById('conn').dataset.state === 'online'").await?;
     Ok(())
+}
+
+/// Alice and Bob, each in a browser context of their own (separate
+/// storage, so separate devices), signed up (`signup`) or logged in: the
+/// contexts (for more tabs) and their tabs.
+async fn alice_and_bob<'b>(
+    browser: &'b Browser,
+    s: &Stack,
+    signup: bool,
+) -> Result<(Context<'b>, Context<'b>, Page, Page)> {
+    let (ca, cb) = (browser.context().await?, browser.context().await?);
+    let alice = ca.tab("alice", &url(s)).await?;
+    let bob = cb.tab("bob", &url(s)).await?;
+    enter(&alice, "alice", signup).await?;
+    enter(&bob, "bob", signup).await?;
+    Ok((ca, cb, alice, bob))
 }
 
 /// Opens the 1:1 conversation with `name` through the "Chat" form.
@@ -151,11 +167,7 @@ async fn two_people_chat_both_ways_and_a_second_tab_sees_both_sides() -> Result<
     let s = stack().start().await?;
     let mut browser = Browser::launch().await?;
     let result = async {
-        let (ca, cb) = (browser.context().await?, browser.context().await?);
-        let alice = ca.tab("alice", &url(&s)).await?;
-        let bob = cb.tab("bob", &url(&s)).await?;
-        enter(&alice, "alice", true).await?;
-        enter(&bob, "bob", true).await?;
+        let (ca, _, alice, bob) = alice_and_bob(&browser, &s, true).await?;
         chat_with(&alice, "bob").await?;
         say(&alice, "hi bob, it's alice").await?;
         ensure!(wait_shown(&alice, "alice", "hi bob, it's alice").await?, "alice's own message is not hers");
@@ -323,11 +335,7 @@ async fn markup_in_a_message_is_shown_as_text() -> Result<()> {
     let s = stack().start().await?;
     let mut browser = Browser::launch().await?;
     let result = async {
-        let (ca, cb) = (browser.context().await?, browser.context().await?);
-        let alice = ca.tab("alice", &url(&s)).await?;
-        let bob = cb.tab("bob", &url(&s)).await?;
-        enter(&alice, "alice", true).await?;
-        enter(&bob, "bob", true).await?;
+        let (_, _, alice, bob) = alice_and_bob(&browser, &s, true).await?;
         chat_with(&alice, "bob").await?;
         let evil = "<img src=x onerror=alert(1)>";
         say(&alice, evil).await?;
@@ -391,11 +399,7 @@ async fn friends_are_requested_by_name_accepted_and_shown_online() -> Result<()>
     let s = stack().start().await?;
     let mut browser = Browser::launch().await?;
     let result = async {
-        let (ca, cb) = (browser.context().await?, browser.context().await?);
-        let alice = ca.tab("alice", &url(&s)).await?;
-        let bob = cb.tab("bob", &url(&s)).await?;
-        enter(&alice, "alice", true).await?;
-        enter(&bob, "bob", true).await?;
+        let (_, _, alice, bob) = alice_and_bob(&browser, &s, true).await?;
         bob.click("#show-friends").await?;
         bob.fill("#friend-name", "nobody").await?;
         bob.eval("document.getElementById('add-friend').requestSubmit(), true").await?;
@@ -475,11 +479,7 @@ async fn reading_shows_read_to_the_sender_and_clears_the_badge_on_every_tab_of_t
     let s = stack().env("CHAT_DELIVERY_RECEIPTS", "true").start().await?;
     let mut browser = Browser::launch().await?;
     let result = async {
-        let (ca, cb) = (browser.context().await?, browser.context().await?);
-        let alice = ca.tab("alice", &url(&s)).await?;
-        let bob = cb.tab("bob", &url(&s)).await?;
-        enter(&alice, "alice", true).await?;
-        enter(&bob, "bob", true).await?;
+        let (_, cb, alice, bob) = alice_and_bob(&browser, &s, true).await?;
         let bob2 = cb.tab("bob-tab2", &url(&s)).await?;
         enter(&bob2, "bob", false).await?;
         chat_with(&alice, "bob").await?;
@@ -580,11 +580,7 @@ async fn edits_deletes_reactions_replies_and_mentions_show_live_and_after_reload
     let s = stack().start().await?;
     let mut browser = Browser::launch().await?;
     let result = async {
-        let (ca, cb) = (browser.context().await?, browser.context().await?);
-        let alice = ca.tab("alice", &url(&s)).await?;
-        let bob = cb.tab("bob", &url(&s)).await?;
-        enter(&alice, "alice", true).await?;
-        enter(&bob, "bob", true).await?;
+        let (_, _, alice, bob) = alice_and_bob(&browser, &s, true).await?;
         chat_with(&alice, "bob").await?;
         say(&alice, "helo bob").await?;
         say(&alice, "regret this").await?;
@@ -713,11 +709,7 @@ async fn search_jumps_to_a_message_and_a_live_room_shows_its_backlog_then_live_p
     }
     let mut browser = Browser::launch().await?;
     let result = async {
-        let (ca, cb) = (browser.context().await?, browser.context().await?);
-        let alice = ca.tab("alice", &url(&s)).await?;
-        let bob = cb.tab("bob", &url(&s)).await?;
-        enter(&alice, "alice", false).await?;
-        enter(&bob, "bob", false).await?;
+        let (_, _, alice, bob) = alice_and_bob(&browser, &s, false).await?;
         // (Its messages reach bob's tab anyway, through the inbox catch-up
         // of a first login; the list's second page gives what the inbox
         // does not: its title and counts.)
