@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use chat_client::{ClientError, Method};
+use chat_client::{ClientError, Conn, Login, Method};
 use serde_json::{json, Value};
 
-use crate::stack::stack;
+use crate::stack::{stack, Stack};
 
 const OPERATOR: &str = "operator-credential-for-changes-0123456";
 
@@ -25,19 +25,35 @@ fn s(v: &Value) -> String {
     v.as_str().unwrap_or_default().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn edits_and_deletes_reach_every_device_in_order_and_history_shows_the_current_state() -> Result<()> {
-    let st = stack().env("CHAT_EDIT_WINDOW_SECS", "3").env("CHAT_SEARCH_INDEXER", "true").start().await?;
+/// Alice and Bob live, Bob's laptop synced once and then offline (its
+/// cursor kept for a later catch-up), and Carol, who takes no part.
+struct Cast {
+    alice: Login,
+    bob: Login,
+    bob_laptop: Login,
+    carol: Login,
+    a: Conn,
+    b: Conn,
+    laptop_cursor: String,
+}
+
+async fn cast(st: &Stack) -> Result<Cast> {
     let alice = st.user("alice", "a1").await?;
     let bob = st.user("bob", "phone").await?;
     let bob_laptop = st.device("bob", "laptop").await?;
     let carol = st.user("carol", "c1").await?;
-    let (mut a, _) = st.live(0, &alice).await?;
-    let (mut b, _) = st.live(0, &bob).await?;
-    // The laptop syncs once, then is offline while everything happens.
+    let (a, _) = st.live(0, &alice).await?;
+    let (b, _) = st.live(0, &bob).await?;
     let mut laptop = st.connect(0, &bob_laptop).await?;
     let (_, laptop_cursor) = laptop.sync(None).await?;
     laptop.close().await;
+    Ok(Cast { alice, bob, bob_laptop, carol, a, b, laptop_cursor })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_and_deletes_reach_every_device_in_order_and_history_shows_the_current_state() -> Result<()> {
+    let st = stack().env("CHAT_EDIT_WINDOW_SECS", "3").env("CHAT_SEARCH_INDEXER", "true").start().await?;
+    let Cast { alice, bob, bob_laptop, carol, mut a, mut b, laptop_cursor } = cast(&st).await?;
 
     let m1 = a.send_to_user("m1", &bob.user_id, "helo").await?;
     let m2 = a.send_to_user("m2", &bob.user_id, "second").await?;
@@ -236,15 +252,7 @@ async fn group_owners_and_operators_delete_any_message_members_only_their_own() 
 async fn reactions_are_idempotent_counted_in_pages_and_an_offline_device_catches_up_on_changes_in_order() -> Result<()>
 {
     let st = stack().start().await?;
-    let alice = st.user("alice", "a1").await?;
-    let bob = st.user("bob", "phone").await?;
-    let bob_laptop = st.device("bob", "laptop").await?;
-    let carol = st.user("carol", "c1").await?;
-    let (mut a, _) = st.live(0, &alice).await?;
-    let (mut b, _) = st.live(0, &bob).await?;
-    let mut laptop = st.connect(0, &bob_laptop).await?;
-    let (_, laptop_cursor) = laptop.sync(None).await?;
-    laptop.close().await;
+    let Cast { alice, bob, bob_laptop, carol, mut a, mut b, laptop_cursor } = cast(&st).await?;
 
     let m1 = a.send_to_user("m1", &bob.user_id, "helo").await?;
     let m2 = a.send_to_user("m2", &bob.user_id, "gone soon").await?;
