@@ -44,9 +44,7 @@ async fn cast(st: &Stack) -> Result<Cast> {
     let carol = st.user("carol", "c1").await?;
     let (a, _) = st.live(0, &alice).await?;
     let (b, _) = st.live(0, &bob).await?;
-    let mut laptop = st.connect(0, &bob_laptop).await?;
-    let (_, laptop_cursor) = laptop.sync(None).await?;
-    laptop.close().await;
+    let laptop_cursor = st.sync_once(0, &bob_laptop).await?;
     Ok(Cast { alice, bob, bob_laptop, carol, a, b, laptop_cursor })
 }
 

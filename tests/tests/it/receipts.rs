@@ -38,9 +38,7 @@ async fn reading_on_one_device_clears_unread_everywhere_and_the_peer_gets_a_rece
     let (mut cb1, _) = s.live(0, &b1).await?;
     let (mut cb2, _) = s.live(0, &b2).await?;
     // b3 synced once (its cursor), then goes offline.
-    let mut cb3 = s.connect(0, &b3).await?;
-    let (_, cursor3) = cb3.sync(None).await?;
-    cb3.close().await;
+    let cursor3 = s.sync_once(0, &b3).await?;
 
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -199,9 +197,7 @@ async fn the_sender_learns_when_a_device_of_the_recipient_got_the_messages() -> 
     assert_eq!(req(&s, &b1, Method::PATCH, &path, Some(json!({"read_receipts": false}))).await?.0, 200);
     let (mut ca1, _) = s.live(0, &a1).await?;
     // a2 synced once (its cursor), then goes offline.
-    let mut ca2 = s.connect(0, &a2).await?;
-    let (_, cursor2) = ca2.sync(None).await?;
-    ca2.close().await;
+    let cursor2 = s.sync_once(0, &a2).await?;
 
     // Bob is offline: the messages are stored, nothing is delivered.
     let mut ids = Vec::new();

@@ -467,6 +467,15 @@ impl Stack {
         Ok(self.http(0).login(name, "password123", device).await?)
     }
 
+    /// Connects `login`'s device to gateway `i`, syncs it once and
+    /// disconnects: its cursor, for a later catch-up of everything since.
+    pub async fn sync_once(&self, i: usize, login: &Login) -> Result<String> {
+        let mut c = self.connect(i, login).await?;
+        let (_, cursor) = c.sync(None).await?;
+        c.close().await;
+        Ok(cursor)
+    }
+
     /// A WebSocket connection to gateway `i`, synced from `cursor`.
     pub async fn connect(&self, i: usize, login: &Login) -> Result<Conn> {
         Ok(Conn::connect(&self.addr(i), &login.token).await?)
