@@ -68,7 +68,7 @@ struct Opts {
 
 impl Opts {
     fn parse(args: &[String]) -> Result<Opts> {
-        const FLAGS: [&str; 4] = ["no-baselines", "in-process", "cluster", "help"];
+        const FLAGS: [&str; 5] = ["no-baselines", "in-process", "cluster", "help", "tap"];
         let mut o = Opts { values: HashMap::new(), flags: vec![], scenario: String::new() };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -390,4 +390,34 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     scenario(&name, &mut o, &out).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option `--help` shows without a value is parsed as a flag (a
+    /// flag read as `--key value` swallowed the next option or failed).
+    #[test]
+    fn every_documented_flag_takes_no_value() {
+        let flags: Vec<&str> = HELP
+            .lines()
+            .filter_map(|l| l.trim_start().strip_prefix("--"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            // A value is shown as a placeholder (`N`, `PATH`, `K=V`) or a
+            // default number; anything else after a flag is its description.
+            .filter(|w| {
+                w.len() == 1
+                    || !(w[1].chars().all(|c| c.is_ascii_uppercase() || c == '=')
+                        || w[1].chars().all(|c| c.is_ascii_digit()))
+            })
+            .map(|w| w[0])
+            .collect();
+        assert!(flags.contains(&"tap"), "{flags:?}");
+        for f in &flags {
+            let o = Opts::parse(&[format!("--{f}"), "--rate".into(), "7".into()]).unwrap();
+            assert!(o.flag(f), "--{f} is not parsed as a flag");
+            assert_eq!(o.raw("rate"), Some("7"), "--{f} swallowed the next option");
+        }
+    }
 }

@@ -328,8 +328,18 @@ pub async fn run(
     });
     let registry = edge::start(state.clone());
     tokio::spawn(live::run_safety_net(state.client.clone(), state.hub.clone(), state.cfg.live_poll));
-    tokio::spawn(marks::run(state.delivered.clone(), state.storage.delivered.clone(), state.cfg.delivered_flush));
-    tokio::spawn(reads::run_own(state.own_reads.clone(), state.storage.reads.clone(), state.cfg.own_read_flush));
+    tokio::spawn(marks::run(
+        state.delivered.clone(),
+        state.client.clone(),
+        state.storage.delivered.clone(),
+        state.cfg.delivered_flush,
+    ));
+    tokio::spawn(reads::run_own(
+        state.own_reads.clone(),
+        state.client.clone(),
+        state.storage.reads.clone(),
+        state.cfg.own_read_flush,
+    ));
     tokio::spawn(messaging::receipts::run(state.receipts.clone(), Arc::downgrade(&state), state.cfg.delivered_flush));
     service::start(state.clone()).await.map_err(GatewayError::Other)?;
     let quic = match listeners.quic {

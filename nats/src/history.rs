@@ -102,6 +102,29 @@ pub mod direct_get {
         max: usize,
         timeout: std::time::Duration,
     ) -> Result<std::collections::HashMap<String, bytes::Bytes>, async_nats::Error> {
+        let all = last_entries(client, stream, filters, max, timeout).await?;
+        Ok(all.into_iter().filter_map(|(subject, e)| e.payload.map(|p| (subject, p))).collect())
+    }
+
+    /// The last entry of a subject: its stream sequence (a KV key's
+    /// revision) and its payload, `None` for a KV delete or purge marker.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct LastEntry {
+        /// Stream sequence of the entry.
+        pub seq: u64,
+        /// The payload; `None` if the entry is a KV delete or purge marker.
+        pub payload: Option<bytes::Bytes>,
+    }
+
+    /// Like [`last_matching`], with each entry's sequence, markers included:
+    /// what a compare-and-set of many keys at once needs.
+    pub async fn last_entries(
+        client: &async_nats::Client,
+        stream: &str,
+        filters: &[String],
+        max: usize,
+        timeout: std::time::Duration,
+    ) -> Result<std::collections::HashMap<String, LastEntry>, async_nats::Error> {
         use futures::StreamExt;
         let mut out = std::collections::HashMap::new();
         if filters.is_empty() {
@@ -125,9 +148,11 @@ pub mod direct_get {
             let Some(subject) = headers.and_then(|h| h.get(SUBJECT_HEADER)) else {
                 return Err("direct get reply without Nats-Subject".into());
             };
-            if !deleted {
-                out.insert(subject.as_str().to_owned(), m.payload);
-            }
+            let Some(seq) = headers.and_then(|h| h.get(SEQUENCE_HEADER)).and_then(|v| v.as_str().parse().ok()) else {
+                return Err("direct get reply without Nats-Sequence".into());
+            };
+            let payload = (!deleted).then_some(m.payload);
+            out.insert(subject.as_str().to_owned(), LastEntry { seq, payload });
         }
         Ok(out)
     }

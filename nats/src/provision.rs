@@ -480,6 +480,12 @@ async fn provision_once(
     let delivered = ensure_bucket_as(&js, mode, bucket(subjects::DELIVERED_BUCKET, s.inbox_retention)).await?;
     let push_sent = ensure_bucket_as(&js, mode, bucket(subjects::PUSH_SENT_BUCKET, PUSH_JOB_MAX_AGE * 2)).await?;
     let reads = ensure_bucket_as(&js, mode, bucket(subjects::READ_BUCKET, Duration::ZERO)).await?;
+    // Gateways write a round of delivered marks or read positions as one
+    // atomic batch (`gateway/src/messaging/marks.rs`).
+    if mode == Mode::Update {
+        allow_atomic(&js, &format!("KV_{}", subjects::DELIVERED_BUCKET)).await?;
+        allow_atomic(&js, &format!("KV_{}", subjects::READ_BUCKET)).await?;
+    }
     // A SIGKILLed gateway's entry expires by itself; the marker tells
     // watchers at once.
     let gateways = ensure_bucket_as(

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
 use bytes::Bytes;
+use chat_nats::batch::{AtomicBatch, BatchConfig};
 use chat_nats::subjects;
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -61,54 +62,169 @@ impl<K: Eq + Hash + Send + 'static, V: Ord + Send + 'static> Coalesced<K, V> {
         }
     }
 
-    /// Writes what is recorded with `write`, `coalesce` after the first
-    /// record of each round, until the process ends.
-    pub async fn run<F, Fut>(self: Arc<Self>, coalesce: Duration, write: F)
+    /// Hands what is recorded to `flush` as one round, `coalesce` after the
+    /// first record of each round, until the process ends.
+    pub async fn run<F, Fut>(self: Arc<Self>, coalesce: Duration, flush: F)
     where
-        F: Fn(K, V) -> Fut,
+        F: Fn(HashMap<K, V>) -> Fut,
         Fut: Future<Output = ()>,
     {
         loop {
             self.wake.notified().await;
             tokio::time::sleep(coalesce).await;
-            let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
-            futures::stream::iter(batch).for_each_concurrent(FLUSH_CONCURRENCY, |(k, v)| write(k, v)).await;
+            let round = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            flush(round).await;
         }
     }
+}
+
+/// What [`raise_many`] did with one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Raised {
+    /// The new value is stored.
+    Written,
+    /// The stored value was already at or past it (that value).
+    Ahead(Bytes),
+    /// Not written (a racing writer, a batch refused, an error): the
+    /// caller raises this key on its own, reading it again.
+    Retry,
+}
+
+/// Fewest writes of a round stored as one atomic batch (one fsync) rather
+/// than as concurrent compare-and-set updates (one fsync each): a batch
+/// commit has a fixed cost of a few ms.
+pub const MIN_BATCH_WRITES: usize = 16;
+
+/// How long the round's read of the current values may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Moves many keys of `kv` forward at once: one `multi_last` read of every
+/// key's current value and revision, then every write that moves a value
+/// forward (`at_or_past(current, wanted)` false) as a compare-and-set on
+/// that revision: all in one atomic batch when there are at least
+/// [`MIN_BATCH_WRITES`], else concurrently one by one. A batch is all or
+/// nothing (one changed key refuses it), so a refused batch, or one whose
+/// outcome is unknown, leaves every key of it to [`Raised::Retry`]: raising
+/// again never lowers a value, so a batch that landed after all is found
+/// at or past.
+pub async fn raise_many(
+    client: &async_nats::Client,
+    kv: &kv::Store,
+    items: Vec<(String, Bytes)>,
+    at_or_past: impl Fn(&[u8], &[u8]) -> bool,
+) -> Vec<(String, Bytes, Raised)> {
+    let subject = |key: &str| format!("{}{key}", kv.put_prefix.as_ref().unwrap_or(&kv.prefix));
+    let subjects: Vec<String> = items.iter().map(|(k, _)| subject(k)).collect();
+    let current = match chat_nats::history::direct_get::last_entries(
+        client,
+        &kv.stream_name,
+        &subjects,
+        subjects.len(),
+        READ_TIMEOUT,
+    )
+    .await
+    {
+        Ok(c) if subjects.len() <= chat_nats::history::direct_get::MAX_SUBJECTS => c,
+        // Too many for one read, or it failed: one key at a time.
+        _ => return items.into_iter().map(|(k, v)| (k, v, Raised::Retry)).collect(),
+    };
+    let mut out = Vec::with_capacity(items.len());
+    let mut writes = Vec::new();
+    for ((key, value), subject) in items.into_iter().zip(subjects) {
+        match current.get(&subject) {
+            Some(e) => match &e.payload {
+                Some(cur) if at_or_past(cur, &value) => out.push((key, value, Raised::Ahead(cur.clone()))),
+                _ => writes.push((key, value, subject, e.seq)),
+            },
+            None => writes.push((key, value, subject, 0)),
+        }
+    }
+    if writes.len() >= MIN_BATCH_WRITES {
+        let mut batch = AtomicBatch::new(BatchConfig::default());
+        let mut pushed = true;
+        for (_, value, subject, revision) in &writes {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert(async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE, revision.to_string().as_str());
+            pushed &= batch.push(subject.clone(), h, value.clone()).is_ok();
+        }
+        let stored = pushed
+            && {
+                match batch.commit(client).await {
+                    Ok(_) => true,
+                    Err(e) => {
+                        tracing::debug!(bucket = %kv.name, writes = writes.len(), error = %e, "batched raise not stored; one key at a time");
+                        false
+                    }
+                }
+            };
+        let outcome = if stored { Raised::Written } else { Raised::Retry };
+        out.extend(writes.into_iter().map(|(k, v, _, _)| (k, v, outcome.clone())));
+    } else {
+        let done = futures::stream::iter(writes)
+            .map(|(key, value, _, revision)| async move {
+                let r = match revision {
+                    0 => kv.create(&key, value.clone()).await.is_ok(),
+                    rev => kv.update(&key, value.clone(), rev).await.is_ok(),
+                };
+                (key, value, if r { Raised::Written } else { Raised::Retry })
+            })
+            .buffer_unordered(FLUSH_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        out.extend(done);
+    }
+    out
 }
 
 /// Pending delivered marks of this gateway: user → the highest inbox
 /// sequence handed to any of their devices.
 pub type DeliveredMarks = Coalesced<i64, u64>;
 
-/// Writes delivered marks until the process ends.
-pub async fn run(marks: Arc<DeliveredMarks>, kv: kv::Store, coalesce: Duration) {
+/// Writes delivered marks until the process ends: each round with one
+/// read and (under load) one batch ([`raise_many`]), a key a racing writer
+/// changed on its own.
+pub async fn run(marks: Arc<DeliveredMarks>, client: async_nats::Client, kv: kv::Store, coalesce: Duration) {
     marks
-        .run(coalesce, |user, seq| {
-            let kv = kv.clone();
+        .run(coalesce, |round| {
+            let (kv, client) = (kv.clone(), client.clone());
             async move {
-                if let Err(e) = raise(&kv, user, seq).await {
-                    tracing::warn!(user_id = user, seq, error = %e, "cannot write the delivered mark");
-                }
+                let items =
+                    round.into_iter().map(|(u, seq)| (subjects::delivered_key(u), Bytes::from(seq.to_string())));
+                let done =
+                    raise_many(&client, &kv, items.collect(), |cur, want| parse_seq(cur) >= parse_seq(want)).await;
+                let retry = done.into_iter().filter(|(_, _, r)| *r == Raised::Retry);
+                futures::stream::iter(retry)
+                    .for_each_concurrent(FLUSH_CONCURRENCY, |(key, value, _)| {
+                        let kv = kv.clone();
+                        async move {
+                            let seq = parse_seq(&value);
+                            if let Err(e) = raise_key(&kv, &key, seq).await {
+                                tracing::warn!(key, seq, error = %e, "cannot write the delivered mark");
+                            }
+                        }
+                    })
+                    .await;
             }
         })
         .await
 }
 
-/// Raises the user's mark to `seq` unless it is already there.
-pub async fn raise(kv: &kv::Store, user: i64, seq: u64) -> Result<(), async_nats::Error> {
-    let key = subjects::delivered_key(user);
+fn parse_seq(v: &[u8]) -> u64 {
+    std::str::from_utf8(v).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+/// Raises the mark at `key` to `seq` unless it is already there.
+async fn raise_key(kv: &kv::Store, key: &str, seq: u64) -> Result<(), async_nats::Error> {
     let value = || Bytes::from(seq.to_string());
     for _ in 0..8 {
-        let written = match kv.entry(&key).await? {
+        let written = match kv.entry(key).await? {
             Some(e) if e.operation == Operation::Put => {
-                let current = std::str::from_utf8(&e.value).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                if current >= seq {
+                if parse_seq(&e.value) >= seq {
                     return Ok(());
                 }
-                kv.update(&key, value(), e.revision).await.is_ok()
+                kv.update(key, value(), e.revision).await.is_ok()
             }
-            _ => kv.create(&key, value()).await.is_ok(),
+            _ => kv.create(key, value()).await.is_ok(),
         };
         if written {
             return Ok(());

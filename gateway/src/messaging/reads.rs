@@ -12,7 +12,7 @@ use chat_nats::wire::{ErrorCode, ServerFrame};
 
 use crate::error::ClientError;
 use crate::messaging::history::{self, Page, Reader};
-use crate::messaging::marks::Coalesced;
+use crate::messaging::marks::{self, Coalesced};
 use crate::messaging::send::Outgoing;
 use crate::AppState;
 
@@ -145,14 +145,62 @@ pub type OwnReads = Coalesced<(i64, ConvId), (u64, u64)>;
 /// Writes own sends' read positions until the process ends (silently: every
 /// device gets the message itself, and the conversation list counts
 /// nothing up to a user's own last message as unread in the meantime).
-pub async fn run_own(own: std::sync::Arc<OwnReads>, kv: kv::Store, coalesce: std::time::Duration) {
-    own.run(coalesce, |(user, conv), (n, up_to)| {
-        let kv = kv.clone();
+/// Each round is one read and (under load) one batch
+/// ([`marks::raise_many`]); a key a racing writer changed is raised on its
+/// own.
+pub async fn run_own(
+    own: std::sync::Arc<OwnReads>,
+    client: async_nats::Client,
+    kv: kv::Store,
+    coalesce: std::time::Duration,
+) {
+    own.run(coalesce, |round| {
+        let (kv, client) = (kv.clone(), client.clone());
         async move {
-            if let Err(e) = raise(&kv, user, &conv, &ReadMark { up_to, n, receipt: false }).await {
-                tracing::warn!(user_id = user, conv = %conv, error = %e, "cannot move the read position to an own send");
+            for (key, mark) in
+                raise_round(&client, &kv, round.into_iter().map(|((u, c), m)| (subjects::read_key(u, &c), m))).await
+            {
+                if let Err(e) = raise_at(&kv, &key, &mark).await {
+                    tracing::warn!(key, error = %e, "cannot move the read position to an own send");
+                }
             }
         }
     })
     .await
+}
+
+/// Raises the read positions `(key, (ordinal, id))` of a round at once;
+/// what is left to raise one by one (see [`marks::Raised::Retry`]), and
+/// with [`marks::Raised`] for the others.
+pub async fn raise_round(
+    client: &async_nats::Client,
+    kv: &kv::Store,
+    round: impl Iterator<Item = (String, (u64, u64))>,
+) -> Vec<(String, ReadMark)> {
+    raise_round_with(client, kv, round)
+        .await
+        .into_iter()
+        .filter(|(_, _, r)| *r == marks::Raised::Retry)
+        .map(|(k, m, _)| (k, m))
+        .collect()
+}
+
+/// [`raise_round`], with what happened to every key.
+pub async fn raise_round_with(
+    client: &async_nats::Client,
+    kv: &kv::Store,
+    round: impl Iterator<Item = (String, (u64, u64))>,
+) -> Vec<(String, ReadMark, marks::Raised)> {
+    let items: Vec<(String, Bytes)> = round
+        .filter_map(|(key, (n, up_to))| {
+            let stored = ReadMark { up_to, n, receipt: false };
+            serde_json::to_vec(&stored).ok().map(|v| (key, Bytes::from(v)))
+        })
+        .collect();
+    let n_of = |v: &[u8]| serde_json::from_slice::<ReadMark>(v).ok().map(|m| m.n);
+    marks::raise_many(client, kv, items, |cur, want| n_of(cur).is_some_and(|c| Some(c) >= n_of(want)))
+        .await
+        .into_iter()
+        .filter_map(|(key, value, r)| serde_json::from_slice::<ReadMark>(&value).ok().map(|m| (key, m, r)))
+        .collect()
 }

@@ -229,3 +229,86 @@ async fn the_fsync_bench_scenario_runs_tiny() -> Result<()> {
     assert!(r.lat("commit of a batch of 5").is_some_and(|l| l.count >= 3), "{}", r.table());
     Ok(())
 }
+
+/// A round of 40 keys for `marks::raise_many`: 10 absent, 10 lower, 10
+/// already further, 10 deleted; wanted values `100 + i`.
+async fn raise_round(kv: &async_nats::jetstream::kv::Store) -> Result<Vec<(String, bytes::Bytes)>> {
+    let mut items = Vec::new();
+    for i in 0..40u64 {
+        let key = format!("u.{i}");
+        match i / 10 {
+            1 => drop(kv.put(&key, "5".into()).await?),
+            2 => drop(kv.put(&key, "1000".into()).await?),
+            3 => {
+                kv.put(&key, "7".into()).await?;
+                kv.delete(&key).await?;
+            }
+            _ => {}
+        }
+        items.push((key, bytes::Bytes::from((100 + i).to_string())));
+    }
+    Ok(items)
+}
+
+fn num(v: &[u8]) -> u64 {
+    std::str::from_utf8(v).unwrap().parse().unwrap()
+}
+
+/// Delivered marks and read positions of a round go in one read and one
+/// atomic batch (`gateway/src/messaging/marks.rs`): values move forward,
+/// never back, over absent and deleted keys too.
+#[tokio::test]
+async fn a_round_of_marks_is_raised_in_one_batch_and_never_lowered() -> Result<()> {
+    use chat_gateway::messaging::marks::{raise_many, Raised, MIN_BATCH_WRITES};
+    let t = js().await?;
+    let storage = provision::provision(&t.client, &provision::StorageSettings::default()).await?;
+    let kv = storage.delivered;
+    let items = raise_round(&kv).await?;
+    let mut before = kv.stream.clone();
+    let last_before = before.info().await?.state.last_sequence;
+    let done = raise_many(&t.client, &kv, items, |cur, want| num(cur) >= num(want)).await;
+    assert_eq!(done.len(), 40);
+    let mut written = 0;
+    for (key, value, r) in &done {
+        let i: u64 = key.trim_start_matches("u.").parse()?;
+        let stored = kv.get(key).await?.context("stored")?;
+        if (20..30).contains(&i) {
+            assert_eq!(r, &Raised::Ahead("1000".into()), "{key}");
+            assert_eq!(num(&stored), 1000, "{key} was lowered");
+        } else {
+            assert_eq!(r, &Raised::Written, "{key}");
+            assert_eq!((num(&stored), num(value)), (100 + i, 100 + i), "{key}");
+            written += 1;
+        }
+    }
+    assert!(written >= MIN_BATCH_WRITES);
+    // The 30 writes are the stream's next 30 entries, nothing else.
+    assert_eq!(before.info().await?.state.last_sequence, last_before + 30);
+    Ok(())
+}
+
+/// A batch the server refuses (here: a bucket whose stream takes no atomic
+/// batches) stores nothing and leaves every key to be raised on its own;
+/// a round too small to batch is written key by key with compare-and-set.
+#[tokio::test]
+async fn a_refused_round_stores_nothing_and_a_small_round_is_written_key_by_key() -> Result<()> {
+    use chat_gateway::messaging::marks::{raise_many, Raised};
+    let t = js().await?;
+    let kv = t.js.create_key_value(async_nats::jetstream::kv::Config { bucket: "plain".into(), ..Default::default() }).await?;
+    let items = raise_round(&kv).await?;
+    let mut s = kv.stream.clone();
+    let last_before = s.info().await?.state.last_sequence;
+    let done = raise_many(&t.client, &kv, items.clone(), |cur, want| num(cur) >= num(want)).await;
+    let retry = done.iter().filter(|(_, _, r)| *r == Raised::Retry).count();
+    let ahead = done.iter().filter(|(_, _, r)| matches!(r, Raised::Ahead(_))).count();
+    assert_eq!((retry, ahead), (30, 10), "{done:?}");
+    assert_eq!(s.info().await?.state.last_sequence, last_before, "a refused batch stored something");
+    // Three of them: below the batch threshold, plain compare-and-set.
+    let small: Vec<_> = items.into_iter().filter(|(k, _)| ["u.0", "u.15", "u.35"].contains(&k.as_str())).collect();
+    let done = raise_many(&t.client, &kv, small, |cur, want| num(cur) >= num(want)).await;
+    assert!(done.iter().all(|(_, _, r)| *r == Raised::Written), "{done:?}");
+    for (key, want) in [("u.0", 100), ("u.15", 115), ("u.35", 135)] {
+        assert_eq!(num(&kv.get(key).await?.context("stored")?), want);
+    }
+    Ok(())
+}
