@@ -12,24 +12,22 @@
 //! it, in conversation order (the mark is sequenced on the conversation's
 //! partition after the message it names).
 
+use std::collections::HashSet;
+
+use async_nats::HeaderMap;
 use bytes::Bytes;
+use chat_nats::batch::{AtomicBatch, BatchConfig};
 use chat_nats::envelope::{IngressSend, MessageKind, ReadMark, SeqResult, StoredMessage};
+use chat_nats::history::direct_get;
 use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::ErrorCode;
 
+use crate::metrics::Mode;
 use crate::Shared;
 
 /// Spreads one read mark and answers its gateway; `key` is its dedupe key.
 pub(crate) async fn process(sh: &Shared, send: &IngressSend, key: &str) -> Result<(), async_nats::Error> {
-    let result = match spread(sh, send).await? {
-        Ok(()) => SeqResult::Ok {
-            id: serde_json::from_str::<ReadMark>(&send.body).map(|m| m.up_to).unwrap_or(0),
-            conv: send.conv.clone(),
-            ts: now_ms(),
-            n: 0,
-        },
-        Err(message) => SeqResult::Err { code: ErrorCode::BadFrame, message },
-    };
+    let result = answer(send, spread(sh, send).await?);
     let ack = crate::sequencer::outcome(key, result)?;
     if let Some(reply) = &send.reply {
         sh.client.publish(reply.clone(), ack.clone()).await?;
@@ -40,6 +38,28 @@ pub(crate) async fn process(sh: &Shared, send: &IngressSend, key: &str) -> Resul
 
 /// The inbox copies and their wake-ups; `Ok(Err(_))` for a malformed mark.
 async fn spread(sh: &Shared, send: &IngressSend) -> Result<Result<(), String>, async_nats::Error> {
+    let (to, payload) = match copies(send)? {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(e)),
+    };
+    let mut copies = Vec::with_capacity(to.len());
+    for (r, id) in to {
+        let ack = sh
+            .storage
+            .js
+            .publish_with_headers(subjects::inbox(r), subjects::msg_id(&id), payload.clone())
+            .await?
+            .await?;
+        copies.push((r, ack.sequence));
+    }
+    crate::sequencer::wake(sh, &copies).await?;
+    Ok(Ok(()))
+}
+
+/// Who gets a copy of the mark (with each copy's dedupe id) and the copy;
+/// `Ok(Err(_))` for a malformed mark or one its sender may not make.
+#[allow(clippy::type_complexity)]
+fn copies(send: &IngressSend) -> Result<Result<(Vec<(i64, String)>, Bytes), String>, serde_json::Error> {
     let (Some(conv), Ok(mark)) = (ConvId::parse(&send.conv), serde_json::from_str::<ReadMark>(&send.body)) else {
         return Ok(Err("malformed read mark".into()));
     };
@@ -69,23 +89,137 @@ async fn spread(sh: &Shared, send: &IngressSend) -> Result<Result<(), String>, a
         ..Default::default()
     };
     let payload = Bytes::from(serde_json::to_vec(&copy)?);
-    let mut copies = Vec::with_capacity(to.len());
-    for r in to {
-        let id = if delivered {
-            subjects::delivered_copy_id(send.from, &send.conv, mark.up_to, r)
-        } else {
-            subjects::read_copy_id(send.from, &send.conv, mark.up_to, r)
-        };
-        let ack = sh
-            .storage
-            .js
-            .publish_with_headers(subjects::inbox(r), subjects::msg_id(&id), payload.clone())
-            .await?
-            .await?;
-        copies.push((r, ack.sequence));
+    let ids = to
+        .into_iter()
+        .map(|r| {
+            let id = if delivered {
+                subjects::delivered_copy_id(send.from, &send.conv, mark.up_to, r)
+            } else {
+                subjects::read_copy_id(send.from, &send.conv, mark.up_to, r)
+            };
+            (r, id)
+        })
+        .collect();
+    Ok(Ok((ids, payload)))
+}
+
+/// How long the round's lookup of recorded outcomes may take.
+const RECORDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Spreads a round's marks together instead of one after another: one
+/// lookup of their recorded outcomes, every copy in ingress order (one
+/// atomic batch when there are at least [`crate::round::MIN_BATCH_ENTRIES`],
+/// else plain publishes all in flight at once), the wake-ups, the replies,
+/// then the outcome records likewise. `Ok(None)` when the round is not
+/// taken (a mark that does not parse, or the same mark twice): the caller
+/// goes one by one. On an error part of it may be stored; the caller redoes
+/// the marks one by one, which finds the recorded ones and whose copies
+/// dedupe (a batch holding an already stored copy is refused whole and
+/// stores nothing).
+pub(crate) async fn process_round(
+    sh: &Shared,
+    marks: &[async_nats::jetstream::Message],
+) -> Result<Option<Mode>, async_nats::Error> {
+    let Some(sends) =
+        marks.iter().map(|m| serde_json::from_slice::<IngressSend>(&m.payload).ok()).collect::<Option<Vec<_>>>()
+    else {
+        return Ok(None);
+    };
+    let keys: Vec<String> = sends.iter().map(|s| subjects::dedupe_key(s.from, &s.device, &s.cid)).collect();
+    if keys.iter().collect::<HashSet<_>>().len() != keys.len() {
+        return Ok(None);
     }
-    crate::sequencer::wake(sh, &copies).await?;
-    Ok(Ok(()))
+    let records: Vec<String> = keys.iter().map(|k| format!("$KV.{}.{k}", subjects::ACKS_BUCKET)).collect();
+    let stream = format!("KV_{}", subjects::ACKS_BUCKET);
+    let mut recorded = direct_get::last_of_many(&sh.client, &stream, &records, RECORDS_TIMEOUT).await?;
+    // Per mark: its recorded answer (Err), or the result of spreading it.
+    let mut plans: Vec<Result<Result<(), String>, Bytes>> = Vec::with_capacity(sends.len());
+    let mut entries: Vec<(i64, String, Bytes)> = Vec::new();
+    for (send, record) in sends.iter().zip(&records) {
+        if let Some(r) = recorded.remove(record) {
+            plans.push(Err(r));
+            continue;
+        }
+        let result = match copies(send)? {
+            Ok((to, payload)) => {
+                entries.extend(to.into_iter().map(|(r, id)| (r, id, payload.clone())));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
+        plans.push(Ok(result));
+    }
+    let batched = entries.len() >= crate::round::MIN_BATCH_ENTRIES;
+    let seqs = store(
+        sh,
+        entries.iter().map(|(r, id, p)| (subjects::inbox(*r), subjects::msg_id(id), p.clone())).collect(),
+        batched,
+    )
+    .await?;
+    let woken: Vec<(i64, u64)> = entries.iter().zip(&seqs).map(|((r, _, _), seq)| (*r, *seq)).collect();
+    crate::sequencer::wake(sh, &woken).await?;
+    let mut outcomes = Vec::new();
+    for ((send, key), plan) in sends.iter().zip(&keys).zip(plans) {
+        let ack = match plan {
+            Err(recorded) => recorded,
+            Ok(result) => {
+                let ack = crate::sequencer::outcome(key, answer(send, result))?;
+                outcomes.push((format!("$KV.{}.{key}", subjects::ACKS_BUCKET), HeaderMap::new(), ack.clone()));
+                ack
+            }
+        };
+        if let Some(reply) = &send.reply {
+            sh.client.publish(reply.clone(), ack).await?;
+        }
+    }
+    // Should the records fail, a redelivered mark spreads again (its
+    // copies dedupe) and is answered the same.
+    let many = outcomes.len() >= crate::round::MIN_BATCH_ENTRIES;
+    if let Err(e) = store(sh, outcomes, many).await {
+        tracing::warn!(error = %e, "outcome records of read marks not written; a redelivery spreads them again");
+    }
+    Ok(Some(if batched { Mode::Batch } else { Mode::Single }))
+}
+
+/// Stores entries of one stream in order: as one atomic batch, or as
+/// plain publishes all sent before any ack is awaited. Their sequences.
+async fn store(
+    sh: &Shared,
+    entries: Vec<(String, HeaderMap, Bytes)>,
+    batch: bool,
+) -> Result<Vec<u64>, async_nats::Error> {
+    if entries.is_empty() {
+        return Ok(Vec::new());
+    }
+    if batch {
+        let mut b = AtomicBatch::new(BatchConfig::default());
+        for (subject, h, p) in entries {
+            b.push(subject, h, p)?;
+        }
+        return Ok(b.commit(&sh.client).await?.sequences().collect());
+    }
+    let mut acks = Vec::with_capacity(entries.len());
+    for (subject, h, p) in entries {
+        acks.push(sh.storage.js.publish_with_headers(subject, h, p).await?);
+    }
+    let mut seqs = Vec::with_capacity(acks.len());
+    for a in acks {
+        seqs.push(a.await?.sequence);
+    }
+    Ok(seqs)
+}
+
+/// What a spread mark answers its gateway.
+fn answer(send: &IngressSend, spread: Result<(), String>) -> SeqResult {
+    match spread {
+        Ok(()) => SeqResult::Ok {
+            id: serde_json::from_str::<ReadMark>(&send.body).map(|m| m.up_to).unwrap_or(0),
+            conv: send.conv.clone(),
+            ts: now_ms(),
+            n: 0,
+        },
+        Err(message) => SeqResult::Err { code: ErrorCode::BadFrame, message },
+    }
 }
 
 fn now_ms() -> u64 {

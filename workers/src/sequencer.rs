@@ -123,9 +123,22 @@ pub async fn run_partition(
                 sh.metrics.committed(Mode::Single, 1, started);
             }
         }
-        for msg in &marks {
-            if !one_by_one(&sh, &mut convs, msg, false, &valid, partition).await {
-                return Ok(());
+        // All of them at once when they can be (see `reads::process_round`).
+        let started = std::time::Instant::now();
+        let together = match marks.is_empty() {
+            true => None,
+            false => crate::reads::process_round(&sh, &marks).await.unwrap_or_else(|e| {
+                tracing::warn!(partition, error = %e, "read marks of a round failed together; redoing them one by one");
+                None
+            }),
+        };
+        if let Some(mode) = together {
+            sh.metrics.committed(mode, marks.len(), started);
+        } else {
+            for msg in &marks {
+                if !one_by_one(&sh, &mut convs, msg, false, &valid, partition).await {
+                    return Ok(());
+                }
             }
         }
         for msg in round.into_iter().chain(marks) {

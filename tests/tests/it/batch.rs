@@ -294,7 +294,9 @@ async fn a_round_of_marks_is_raised_in_one_batch_and_never_lowered() -> Result<(
 async fn a_refused_round_stores_nothing_and_a_small_round_is_written_key_by_key() -> Result<()> {
     use chat_gateway::messaging::marks::{raise_many, Raised};
     let t = js().await?;
-    let kv = t.js.create_key_value(async_nats::jetstream::kv::Config { bucket: "plain".into(), ..Default::default() }).await?;
+    let kv =
+        t.js.create_key_value(async_nats::jetstream::kv::Config { bucket: "plain".into(), ..Default::default() })
+            .await?;
     let items = raise_round(&kv).await?;
     let mut s = kv.stream.clone();
     let last_before = s.info().await?.state.last_sequence;

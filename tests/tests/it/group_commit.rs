@@ -695,3 +695,57 @@ async fn a_group_message_too_big_for_one_commit_does_not_hold_other_conversation
     assert_eq!(dm_hist, dm_ids, "every 1:1 send once, in order");
     Ok(())
 }
+
+/// The read marks of a round are spread together (`workers/src/reads.rs`,
+/// `process_round`): 60 marks queued while no worker runs reach both
+/// participants' inboxes exactly once each and in ingress order, partly as
+/// atomic batches, are answered by their recorded outcome when sent again,
+/// and the new owner counts every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rounds_read_marks_are_spread_together_in_order_and_once() -> Result<()> {
+    const MARKS: u64 = 60;
+    let mut s = stack().worker_metrics().start().await?;
+    let (a, b) = (s.user("alice", "a1").await?, s.user("bob", "b1").await?);
+    let conv = chat_client::direct_conv(&a.user_id, &b.user_id);
+    let partition = chat_nats::subjects::ConvId::parse(&conv).unwrap().partition(16);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
+    let mark = |i: u64| {
+        let body = json!({"up_to": i.to_string(), "n": i, "receipt": true}).to_string();
+        let m = json!({"from": b.user_id, "device": "b1", "cid": format!("r{i}"), "conv": conv, "kind": "read", "body": body});
+        bytes::Bytes::from(m.to_string())
+    };
+    s.kill_worker(0);
+    for i in 1..=MARKS {
+        js.publish(chat_nats::subjects::ingress(partition), mark(i)).await?.await?;
+    }
+    let w = s.add_worker(0)?;
+    ingress_drained(&s).await?;
+    // Each participant's inbox: one copy per mark, in ingress order.
+    let inbox = js.get_stream(chat_nats::subjects::INBOX_STREAM).await?;
+    let last = inbox.get_info().await?.state.last_sequence;
+    let (mut seen, mut batched): (HashMap<String, Vec<u64>>, usize) = (HashMap::new(), 0);
+    for seq in 1..=last {
+        let m = inbox.direct_get(seq).await?;
+        let v: Value = serde_json::from_slice(&m.payload)?;
+        if v["kind"] == "read" {
+            seen.entry(m.subject.to_string()).or_default().push(v["id"].as_str().unwrap().parse()?);
+            batched += usize::from(m.headers.get("Nats-Batch-Id").is_some());
+        }
+    }
+    let want: Vec<u64> = (1..=MARKS).collect();
+    for u in [&a.user_id, &b.user_id] {
+        assert_eq!(seen.get(&format!("chat.inbox.{u}")), Some(&want), "user {u}'s read copies");
+    }
+    assert!(batched > 0, "no read copy was stored by an atomic batch");
+    let m = chat_tests::prom::metrics(&s.worker_metrics(w)?, None).await?;
+    let by_mode = |mode| m.value("chat_sequencer_messages_total", &[("mode", mode)]);
+    assert_eq!(by_mode("batch") + by_mode("single"), MARKS as f64, "every mark counted once");
+    // Sent again (a gateway's retry): answered from the records, nothing
+    // stored twice.
+    for i in 1..=10 {
+        js.publish(chat_nats::subjects::ingress(partition), mark(i)).await?.await?;
+    }
+    ingress_drained(&s).await?;
+    assert_eq!(inbox.get_info().await?.state.last_sequence, last, "a resent mark was copied again");
+    Ok(())
+}
