@@ -2,6 +2,7 @@
 //! subject prefix, with one core subscription to `>`. The counts do not
 //! depend on how fast the machine is (below saturation), so two builds can
 //! be compared on a noisy machine: messages per acked send, by kind.
+//! Atomic batch commits are counted apart, by kind ([`COMMIT`]).
 //! The subscription itself doubles the server's outgoing traffic: use it
 //! for counting, not with timing figures.
 
@@ -9,6 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
+
+/// Prefix of the counts of atomic batch commits (the last entry of a
+/// batch, header `Nats-Batch-Commit`) by kind: not messages of their own.
+pub const COMMIT: &str = "commit ";
 
 /// A running count.
 pub struct Tap {
@@ -48,7 +53,15 @@ impl Tap {
         let task = tokio::spawn(async move {
             let _client = client;
             while let Some(m) = sub.next().await {
-                *c.lock().unwrap_or_else(|p| p.into_inner()).entry(kind(&m.subject)).or_default() += 1;
+                let k = kind(&m.subject);
+                // Replies may echo headers: only publishes count.
+                let commit = !m.subject.starts_with("_INBOX")
+                    && m.headers.as_ref().is_some_and(|h| h.get("Nats-Batch-Commit").is_some());
+                let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
+                if commit {
+                    *c.entry(format!("{COMMIT}{k}")).or_default() += 1;
+                }
+                *c.entry(k).or_default() += 1;
             }
         });
         Ok(Tap { counts, task })

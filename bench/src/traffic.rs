@@ -289,9 +289,16 @@ pub fn report_tap(r: &mut crate::Report, msgs: &[(String, u64)], count: u64, uni
         return;
     }
     let per = |n: u64| (n as f64 / count as f64 * 100.0).round() / 100.0;
+    let (commits, msgs): (Vec<_>, Vec<_>) = msgs.iter().partition(|(k, _)| k.starts_with(crate::tap::COMMIT));
     r.metric(&format!("nats_msgs_per_{unit}"), per(msgs.iter().map(|(_, n)| n).sum()));
     for (kind, n) in msgs.iter().filter(|(_, n)| per(*n) >= 0.01) {
         r.metric(&format!("nats_msgs_per_{unit} {kind}"), per(*n));
+    }
+    // Atomic batch commits: each has a fixed cost in the server.
+    let per3 = |n: u64| (n as f64 / count as f64 * 1000.0).round() / 1000.0;
+    r.metric(&format!("atomic_batch_commits_per_{unit}"), per3(commits.iter().map(|(_, n)| n).sum()));
+    for (kind, n) in commits.iter().filter(|(_, n)| per3(*n) >= 0.001) {
+        r.metric(&format!("atomic_batch_commits_per_{unit} {}", &kind[crate::tap::COMMIT.len()..]), per3(*n));
     }
 }
 
@@ -301,5 +308,25 @@ pub fn per_s(n: u64, secs: f64) -> f64 {
         n as f64 / secs
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn batch_commits_are_reported_apart_and_not_counted_as_messages() {
+        let mut r = crate::Report::new("latency", serde_json::json!({}));
+        let counts = vec![
+            ("chat.hist".to_owned(), 200),
+            ("chat.inbox".to_owned(), 400),
+            (format!("{}chat.hist", crate::tap::COMMIT), 5),
+            (format!("{}chat.inbox", crate::tap::COMMIT), 10),
+        ];
+        super::report_tap(&mut r, &counts, 100, "send");
+        assert_eq!(r.metrics["nats_msgs_per_send"], 6.0);
+        assert_eq!(r.metrics["nats_msgs_per_send chat.inbox"], 4.0);
+        assert_eq!(r.metrics["atomic_batch_commits_per_send"], 0.15);
+        assert_eq!(r.metrics["atomic_batch_commits_per_send chat.hist"], 0.05);
+        assert!(!r.metrics.keys().any(|k| k.contains("commit chat")), "{:?}", r.metrics.keys());
     }
 }
