@@ -102,6 +102,12 @@ pub fn batchable(payloads: &[&[u8]]) -> Option<Vec<IngressSend>> {
 /// redoes every message of the round through `sequencer::process` (not
 /// fresh), which finishes whatever the round stored.
 pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<bool, async_nats::Error> {
+    // A round of a few 1:1 messages is known to be too small without any
+    // lookup: skip the round's outcome lookup, which the one-by-one path
+    // does again for each message.
+    if known_entries(&sends).is_some_and(|n| n < MIN_BATCH_ENTRIES) {
+        return Ok(false);
+    }
     let routed = route(sh, caches, sends).await?;
     let entries: usize = routed.iter().map(|(_, _, to)| to.as_ref().map_or(0, |(_, m)| 1 + m.len())).sum();
     if entries < MIN_BATCH_ENTRIES {
@@ -144,6 +150,18 @@ pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend
     };
     finish(sh, planned, placed, history_done.as_ref(), &inbox_done).await?;
     Ok(true)
+}
+
+/// How many entries the round stores, if known without a lookup: when every
+/// send is in a 1:1 (history and two copies, one for a note to self) or a
+/// room (history only). A group's members are looked up.
+fn known_entries(sends: &[IngressSend]) -> Option<usize> {
+    use chat_nats::subjects::ConvKind;
+    sends.iter().try_fold(0, |n, s| match ConvId::parse(&s.conv)?.kind() {
+        ConvKind::Direct(a, b) => Some(n + if a == b { 2 } else { 3 }),
+        ConvKind::Room(_) => Some(n + 1),
+        ConvKind::Group(_) => None,
+    })
 }
 
 /// A send of the round with its dedupe key and either its conversation and
@@ -258,6 +276,18 @@ mod tests {
             v["event"] = serde_json::json!({"op": "added", "actor": "1", "version": 2, "members": ["1", "2"]});
         }
         serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn small_rounds_of_one_to_ones_are_known_too_small_without_a_lookup() {
+        let sends: Vec<IngressSend> =
+            (0..8).map(|i| serde_json::from_slice(&send(&format!("c{i}"), false)).unwrap()).collect();
+        assert_eq!(known_entries(&sends[..7]), Some(21), "7 1:1 messages: 21 entries, below the batch threshold");
+        assert_eq!(known_entries(&sends), Some(24));
+        let mut group = sends[0].clone();
+        group.conv = "g-5".into();
+        let mixed = [sends[0].clone(), group];
+        assert_eq!(known_entries(&mixed), None, "a group's members are looked up");
     }
 
     #[test]
