@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use chat_nats::batch::{AtomicBatch, BatchConfig};
+use chat_nats::batch::{AtomicBatch, BatchConfig, DEFAULT_MAX_ENTRIES};
 use chat_nats::envelope::{IngressSend, MessageKind, ReadMark, SeqResult, StoredMessage};
 use chat_nats::history::direct_get;
 use chat_nats::subjects::{self, ConvId, ConvKind};
@@ -149,7 +149,8 @@ pub(crate) async fn process_round(
         };
         plans.push(Ok(result));
     }
-    let batched = entries.len() >= crate::round::MIN_BATCH_ENTRIES;
+    let fits = |n: usize| (crate::round::MIN_BATCH_ENTRIES..=DEFAULT_MAX_ENTRIES).contains(&n);
+    let batched = fits(entries.len());
     let seqs = store(
         sh,
         entries.iter().map(|(r, id, p)| (subjects::inbox(*r), subjects::msg_id(id), p.clone())).collect(),
@@ -174,7 +175,7 @@ pub(crate) async fn process_round(
     }
     // Should the records fail, a redelivered mark spreads again (its
     // copies dedupe) and is answered the same.
-    let many = outcomes.len() >= crate::round::MIN_BATCH_ENTRIES;
+    let many = fits(outcomes.len());
     if let Err(e) = store(sh, outcomes, many).await {
         tracing::warn!(error = %e, "outcome records of read marks not written; a redelivery spreads them again");
     }

@@ -66,6 +66,8 @@ pub async fn run_partition(
         consumer.stream().max_messages_per_batch(256).max_bytes_per_batch(8 * 1024 * 1024).messages().await?;
     let mut convs = Caches::default();
     let mut lanes = crate::lane::Lanes::new();
+    let (marks_tx, marks_rx) = tokio::sync::mpsc::channel(MARK_ROUNDS);
+    tokio::spawn(spread_marks(sh.clone(), valid.clone(), partition, marks_rx));
     tracing::info!(partition, "partition acquired");
     let fresh = |m: &jetstream::Message| m.info().is_ok_and(|i| i.delivered == 1 && i.stream_sequence > takeover_seq);
     loop {
@@ -94,10 +96,11 @@ pub async fn run_partition(
         // Messages too big for one commit get lanes of their own (after
         // what the round stores); messages of their conversations wait.
         let (round, big) = lanes.split(&sh, &mut convs, round, fresh).await?;
-        // Read marks and delivery receipts go after the round's messages,
-        // one by one, so that they never keep a round from being batched.
-        // Each names a message already stored (its gateway saw it in
-        // history or an inbox), so an earlier round had it.
+        // Read marks and delivery receipts go to the partition's mark task
+        // (`spread_marks`), so that they never keep a round from being
+        // batched nor wait in its way. Each names a message already stored
+        // (its gateway saw it in history or an inbox), so an earlier round
+        // had it.
         let (marks, round): (Vec<_>, Vec<_>) = round.into_iter().partition(|m| crate::round::is_mark(&m.payload));
         sh.metrics.round(round.len());
         let started = std::time::Instant::now();
@@ -123,31 +126,72 @@ pub async fn run_partition(
                 sh.metrics.committed(Mode::Single, 1, started);
             }
         }
-        // All of them at once when they can be (see `reads::process_round`).
-        let started = std::time::Instant::now();
-        let together = match marks.is_empty() {
-            true => None,
-            false => crate::reads::process_round(&sh, &marks).await.unwrap_or_else(|e| {
-                tracing::warn!(partition, error = %e, "read marks of a round failed together; redoing them one by one");
-                None
-            }),
-        };
-        if let Some(mode) = together {
-            sh.metrics.committed(mode, marks.len(), started);
-        } else {
-            for msg in &marks {
-                if !one_by_one(&sh, &mut convs, msg, false, &valid, partition).await {
-                    return Ok(());
-                }
-            }
+        // Marks are spread by their own task, after the messages they name
+        // and in ingress order among themselves, never holding up the
+        // partition's next round.
+        if !marks.is_empty() && marks_tx.send(marks).await.is_err() {
+            return Ok(());
         }
-        for msg in round.into_iter().chain(marks) {
+        for msg in round {
             if let Err(e) = msg.ack_with(AckKind::Ack).await {
                 tracing::warn!(partition, error = %e, "ingress ack failed; the message will be redelivered and deduped");
             }
         }
         for b in big {
             lanes.start(&sh, &mut convs, &valid, b).await?;
+        }
+    }
+}
+
+/// Rounds of read marks waiting for the partition's mark task before the
+/// partition waits for it.
+const MARK_ROUNDS: usize = 16;
+
+/// Most marks spread as one round by the mark task.
+const MAX_MARK_ROUND: usize = 256;
+
+/// The partition's read marks and delivery receipts (`round::is_mark`):
+/// each names a message an earlier round stored, so it needs nothing the
+/// partition's later rounds do; marks of one conversation keep their
+/// ingress order here. Whatever waits is taken as one round (see
+/// `reads::process_round`), else one by one; acked once spread. Ends with
+/// the partition (its sender dropped) or the lease; marks left unacked are
+/// redelivered to the next owner, and spreading again stores nothing twice.
+async fn spread_marks(
+    sh: Arc<Shared>,
+    valid: Arc<crate::Validity>,
+    partition: u32,
+    mut rx: tokio::sync::mpsc::Receiver<Vec<jetstream::Message>>,
+) {
+    while let Some(mut marks) = rx.recv().await {
+        while marks.len() < MAX_MARK_ROUND {
+            match rx.try_recv() {
+                Ok(more) => marks.extend(more),
+                Err(_) => break,
+            }
+        }
+        if !valid.holds() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let together = crate::reads::process_round(&sh, &marks).await.unwrap_or_else(|e| {
+            tracing::warn!(partition, error = %e, "read marks of a round failed together; redoing them one by one");
+            None
+        });
+        if let Some(mode) = together {
+            sh.metrics.committed(mode, marks.len(), started);
+        } else {
+            let mut none = Caches::default();
+            for msg in &marks {
+                if !one_by_one(&sh, &mut none, msg, false, &valid, partition).await {
+                    return;
+                }
+            }
+        }
+        for msg in marks {
+            if let Err(e) = msg.ack_with(AckKind::Ack).await {
+                tracing::warn!(partition, error = %e, "ingress ack of a mark failed; it will be redelivered and deduped");
+            }
         }
     }
 }
