@@ -183,9 +183,11 @@ async fn spread_marks(
         } else {
             let mut none = Caches::default();
             for msg in &marks {
+                let started = std::time::Instant::now();
                 if !one_by_one(&sh, &mut none, msg, false, &valid, partition).await {
                     return;
                 }
+                sh.metrics.committed(Mode::Single, 1, started);
             }
         }
         for msg in marks {
