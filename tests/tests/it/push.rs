@@ -20,7 +20,9 @@ use serde_json::{json, Value};
 use crate::fake_push::{p256_key, pem_der, verify_jwt, Browser, Fake, Reply};
 use crate::stack::{stack, Stack};
 
-const WAIT: Duration = Duration::from_secs(20);
+/// Long enough for a push pipeline slowed by a busy machine (the sender's
+/// retries wait out `CHAT_PUSH_HTTP_TIMEOUT_MS` one job at a time).
+const WAIT: Duration = Duration::from_secs(60);
 const APNS_KEY_ID: &str = "KEY1234567";
 const APNS_TEAM: &str = "TEAM123456";
 const APNS_TOPIC: &str = "com.example.chat";
@@ -142,7 +144,10 @@ fn outcomes(list: &[(&str, &str, f64)]) -> Vec<(String, String, f64)> {
 }
 
 async fn requests_at_least(f: &Fake, n: usize) -> Result<()> {
-    wait_for(&format!("{n} push requests"), WAIT, || async move { (f.requests().len() >= n).then_some(()) }).await
+    let r =
+        wait_for(&format!("{n} push requests"), WAIT, || async move { (f.requests().len() >= n).then_some(()) }).await;
+    // Say how far it got: a stalled pipeline and a lost push look alike.
+    r.map_err(|e| e.context(format!("{} requests arrived", f.requests().len())))
 }
 
 fn fcm_message_ids(f: &Fake) -> Vec<String> {
