@@ -23,6 +23,7 @@ use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::ErrorCode;
 
 use crate::metrics::Mode;
+use crate::round::{ack_record_subject, RECORDS_TIMEOUT};
 use crate::Shared;
 
 /// Spreads one read mark and answers its gateway; `key` is its dedupe key.
@@ -42,16 +43,9 @@ async fn spread(sh: &Shared, send: &IngressSend) -> Result<Result<(), String>, a
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
-    let mut copies = Vec::with_capacity(to.len());
-    for (r, id) in to {
-        let ack = sh
-            .storage
-            .js
-            .publish_with_headers(subjects::inbox(r), subjects::msg_id(&id), payload.clone())
-            .await?
-            .await?;
-        copies.push((r, ack.sequence));
-    }
+    let entries = to.iter().map(|(r, id)| (subjects::inbox(*r), subjects::msg_id(id), payload.clone())).collect();
+    let seqs = store(sh, entries, false).await?;
+    let copies: Vec<(i64, u64)> = to.iter().map(|(r, _)| *r).zip(seqs).collect();
     crate::sequencer::wake(sh, &copies).await?;
     Ok(Ok(()))
 }
@@ -103,9 +97,6 @@ fn copies(send: &IngressSend) -> Result<Result<(Vec<(i64, String)>, Bytes), Stri
     Ok(Ok((ids, payload)))
 }
 
-/// How long the round's lookup of recorded outcomes may take.
-const RECORDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// Spreads a round's marks together instead of one after another: one
 /// lookup of their recorded outcomes, every copy in ingress order (one
 /// atomic batch when there are at least [`crate::round::MIN_BATCH_ENTRIES`],
@@ -129,7 +120,7 @@ pub(crate) async fn process_round(
     if keys.iter().collect::<HashSet<_>>().len() != keys.len() {
         return Ok(None);
     }
-    let records: Vec<String> = keys.iter().map(|k| format!("$KV.{}.{k}", subjects::ACKS_BUCKET)).collect();
+    let records: Vec<String> = keys.iter().map(|k| ack_record_subject(k)).collect();
     let stream = format!("KV_{}", subjects::ACKS_BUCKET);
     let mut recorded = direct_get::last_of_many(&sh.client, &stream, &records, RECORDS_TIMEOUT).await?;
     // Per mark: its recorded answer (Err), or the result of spreading it.
@@ -165,7 +156,7 @@ pub(crate) async fn process_round(
             Err(recorded) => recorded,
             Ok(result) => {
                 let ack = crate::sequencer::outcome(key, answer(send, result))?;
-                outcomes.push((format!("$KV.{}.{key}", subjects::ACKS_BUCKET), HeaderMap::new(), ack.clone()));
+                outcomes.push((ack_record_subject(key), HeaderMap::new(), ack.clone()));
                 ack
             }
         };

@@ -39,10 +39,10 @@ pub const MAX_ROUND: usize = 256;
 const _: () = assert!(MAX_ROUND <= DEFAULT_MAX_ENTRIES);
 
 /// How long the round's lookup of recorded outcomes may take.
-const RECORDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const RECORDS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The subject of a send's outcome record in the acks bucket.
-fn ack_record_subject(key: &str) -> String {
+pub(crate) fn ack_record_subject(key: &str) -> String {
     format!("$KV.{}.{key}", subjects::ACKS_BUCKET)
 }
 
