@@ -98,6 +98,10 @@ pub const MIN_BATCH_WRITES: usize = 16;
 /// How long the round's read of the current values may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A round larger than one read or one batch goes in parts of this many.
+const MAX_PART: usize = chat_nats::batch::DEFAULT_MAX_ENTRIES;
+const _: () = assert!(MAX_PART <= chat_nats::history::direct_get::MAX_SUBJECTS);
+
 /// Moves many keys of `kv` forward at once: one `multi_last` read of every
 /// key's current value and revision, then every write that moves a value
 /// forward (`at_or_past(current, wanted)` false) as a compare-and-set on
@@ -106,12 +110,27 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// nothing (one changed key refuses it), so a refused batch, or one whose
 /// outcome is unknown, leaves every key of it to [`Raised::Retry`]: raising
 /// again never lowers a value, so a batch that landed after all is found
-/// at or past.
+/// at or past. A round of more than [`MAX_PART`] keys goes in parts.
 pub async fn raise_many(
     client: &async_nats::Client,
     kv: &kv::Store,
-    items: Vec<(String, Bytes)>,
+    mut items: Vec<(String, Bytes)>,
     at_or_past: impl Fn(&[u8], &[u8]) -> bool,
+) -> Vec<(String, Bytes, Raised)> {
+    let mut out = Vec::with_capacity(items.len());
+    while !items.is_empty() {
+        let rest = items.split_off(items.len().min(MAX_PART));
+        out.extend(raise_part(client, kv, std::mem::replace(&mut items, rest), &at_or_past).await);
+    }
+    out
+}
+
+/// [`raise_many`] for at most [`MAX_PART`] keys: one read, at most one batch.
+async fn raise_part(
+    client: &async_nats::Client,
+    kv: &kv::Store,
+    items: Vec<(String, Bytes)>,
+    at_or_past: &impl Fn(&[u8], &[u8]) -> bool,
 ) -> Vec<(String, Bytes, Raised)> {
     let subject = |key: &str| format!("{}{key}", kv.put_prefix.as_ref().unwrap_or(&kv.prefix));
     let subjects: Vec<String> = items.iter().map(|(k, _)| subject(k)).collect();
@@ -124,9 +143,9 @@ pub async fn raise_many(
     )
     .await
     {
-        Ok(c) if subjects.len() <= chat_nats::history::direct_get::MAX_SUBJECTS => c,
-        // Too many for one read, or it failed: one key at a time.
-        _ => return items.into_iter().map(|(k, v)| (k, v, Raised::Retry)).collect(),
+        Ok(c) => c,
+        // The read failed: one key at a time.
+        Err(_) => return items.into_iter().map(|(k, v)| (k, v, Raised::Retry)).collect(),
     };
     let mut out = Vec::with_capacity(items.len());
     let mut writes = Vec::new();

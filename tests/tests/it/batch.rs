@@ -314,3 +314,21 @@ async fn a_refused_round_stores_nothing_and_a_small_round_is_written_key_by_key(
     }
     Ok(())
 }
+
+/// A round larger than one read or one batch (1,100 keys) is raised in
+/// parts, every key written.
+#[tokio::test]
+async fn a_round_of_more_keys_than_one_batch_holds_is_raised_in_parts() -> Result<()> {
+    use chat_gateway::messaging::marks::{raise_many, Raised};
+    let t = js().await?;
+    let storage = provision::provision(&t.client, &provision::StorageSettings::default()).await?;
+    let kv = storage.delivered;
+    let items: Vec<_> = (0..1100u64).map(|i| (format!("u.{i}"), bytes::Bytes::from((i + 1).to_string()))).collect();
+    let done = raise_many(&t.client, &kv, items, |cur, want| num(cur) >= num(want)).await;
+    assert_eq!(done.len(), 1100);
+    assert!(done.iter().all(|(_, _, r)| *r == Raised::Written), "{:?}", done.iter().find(|d| d.2 != Raised::Written));
+    for i in [0u64, 999, 1000, 1099] {
+        assert_eq!(num(&kv.get(format!("u.{i}")).await?.context("stored")?), i + 1);
+    }
+    Ok(())
+}
