@@ -100,51 +100,100 @@ pub fn chromium_bin() -> Result<PathBuf> {
     bail!("no Chromium found (set CHAT_CHROMIUM, or run scripts/install-deps, which installs Debian's chromium)")
 }
 
-impl Browser {
-    /// Starts Chromium on a fresh profile and connects to it.
-    pub async fn launch() -> Result<Browser> {
-        let dir = TempDir::new_in(&std::env::temp_dir(), "chat-browser")?;
-        let profile = dir.path().join("profile");
-        std::fs::create_dir(&profile)?;
-        let mut cmd = Command::new(chromium_bin()?);
-        cmd.args([
-            "--headless=new",
-            "--remote-debugging-port=0",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-extensions",
-            "--disable-sync",
-            "--mute-audio",
-            "--hide-scrollbars",
-            "--window-size=1100,720",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()));
-        if is_root() {
-            cmd.arg("--no-sandbox");
+/// How many times [`Browser::launch`] starts Chromium before giving up.
+const LAUNCH_ATTEMPTS: usize = 3;
+/// How long one start may take to write its `DevToolsActivePort`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Starts one Chromium on a fresh profile and returns it with its CDP URL;
+/// a start that fails is stopped before the error is returned.
+async fn start() -> Result<(Child, TempDir, String)> {
+    let dir = TempDir::new_in(&std::env::temp_dir(), "chat-browser")?;
+    let profile = dir.path().join("profile");
+    std::fs::create_dir(&profile)?;
+    let mut cmd = Command::new(chromium_bin()?);
+    cmd.args([
+        "--headless=new",
+        "--remote-debugging-port=0",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-gpu",
+        // No GPU process to fork: one fewer process, and the fork that failed.
+        "--in-process-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-extensions",
+        "--disable-sync",
+        "--mute-audio",
+        "--hide-scrollbars",
+        "--window-size=1100,720",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    if is_root() {
+        cmd.arg("--no-sandbox");
+    }
+    let log = std::fs::File::create(dir.path().join("chromium.log"))?;
+    let mut child = cmd
+        .arg("about:blank")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start chromium")?;
+    let port_file = profile.join("DevToolsActivePort");
+    let found = crate::wait_for("Chromium's DevToolsActivePort", START_TIMEOUT, || {
+        let text = std::fs::read_to_string(&port_file).ok();
+        async move {
+            let text = text?;
+            let mut lines = text.lines();
+            let (port, path) = (lines.next()?.trim(), lines.next()?.trim());
+            Some(format!("ws://127.0.0.1:{port}{path}"))
         }
-        let log = std::fs::File::create(dir.path().join("chromium.log"))?;
-        let child = cmd
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start chromium")?;
-        let port_file = profile.join("DevToolsActivePort");
-        let url = crate::wait_for("Chromium's DevToolsActivePort", Duration::from_secs(30), || {
-            let text = std::fs::read_to_string(&port_file).ok();
-            async move {
-                let text = text?;
-                let mut lines = text.lines();
-                let (port, path) = (lines.next()?.trim(), lines.next()?.trim());
-                Some(format!("ws://127.0.0.1:{port}{path}"))
+    })
+    .await;
+    match found {
+        Ok(url) => Ok((child, dir, url)),
+        Err(e) => {
+            stop(&mut child);
+            Err(anyhow!("{e}{}", crate::support::log_section("chromium", &dir.path().join("chromium.log"))))
+        }
+    }
+}
+
+/// Stops Chromium: SIGTERM, then SIGKILL after 5 s.
+fn stop(child: &mut Child) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    for _ in 0..250 {
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Browser {
+    /// Starts Chromium on a fresh profile and connects to it. A start that
+    /// writes no `DevToolsActivePort` in time (seen under load: the zygote
+    /// failed to fork the GPU process and the browser hung) is stopped and
+    /// tried again on a new profile, up to [`LAUNCH_ATTEMPTS`] times.
+    pub async fn launch() -> Result<Browser> {
+        let mut failures = Vec::new();
+        let (child, dir, url) = loop {
+            match start().await {
+                Ok(started) => break started,
+                Err(e) if failures.len() + 1 < LAUNCH_ATTEMPTS => failures.push(format!("{e:#}")),
+                Err(e) => {
+                    let earlier = failures.iter().enumerate().map(|(i, f)| format!("\n--- attempt {} ---\n{f}", i + 1));
+                    return Err(e.context(format!(
+                        "Chromium did not start in {LAUNCH_ATTEMPTS} attempts{}",
+                        earlier.collect::<String>()
+                    )));
+                }
             }
-        })
-        .await
-        .map_err(|e| anyhow!("{e}{}", crate::support::log_section("chromium", &dir.path().join("chromium.log"))))?;
+        };
         let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.context("connect to Chromium's CDP")?;
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
@@ -249,16 +298,7 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        for _ in 0..250 {
-            if self.child.try_wait().ok().flatten().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
     }
 }
 
