@@ -295,7 +295,16 @@ pub async fn run(
     let (shutdown_tx, _) = broadcast::channel(1);
     let history_index = history::IndexCache::new(cfg.history_index_cache);
     let hasher = auth::Hasher::start(cfg.password_hash_concurrency);
-    let hub = hub::Hub::new(client.clone());
+    let shared_subs = match messaging::subs::plain_servers(&cfg.nats_url) {
+        Some(servers) => {
+            Some((servers, format!("chat-gateway {} subscriptions", cfg.gateway_id), cfg.nats_credentials.clone()))
+        }
+        None => {
+            tracing::info!("a tls:// NATS server: the hub's subscriptions are async-nats subscriptions");
+            None
+        }
+    };
+    let hub = hub::Hub::new(client.clone(), shared_subs);
     let cfg_lookups = (cfg.user_lookup_per_min, cfg.user_lookup_burst);
     let edges = edge::Edges::new(&cfg, http_addr, quic_addr);
     let auth_limits = http::accounts::AuthLimits::new(&cfg);

@@ -93,7 +93,7 @@ impl NatsServer {
             store,
             generation: 0,
         };
-        server.spawn()?;
+        server.spawn(None)?;
         Ok(server)
     }
 
@@ -104,7 +104,15 @@ impl NatsServer {
     /// reconnect with the new URL. Also works after [`NatsServer::kill`].
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
-        self.spawn()
+        self.spawn(None)
+    }
+
+    /// Like [`NatsServer::restart`], but on the same port, so clients that
+    /// stay up (a running gateway) reconnect to it.
+    pub fn restart_same_port(&mut self) -> Result<()> {
+        let port = self.url.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).context("no port in the URL")?;
+        self.kill();
+        self.spawn(Some(port))
     }
 
     /// Kills the server with SIGKILL and reaps it. The store dir is kept (see
@@ -127,7 +135,7 @@ impl NatsServer {
         file_tail(&self.log, LOG_TAIL_LINES)
     }
 
-    fn spawn(&mut self) -> Result<()> {
+    fn spawn(&mut self, port: Option<u16>) -> Result<()> {
         self.generation += 1;
         self.log = self.dir.path().join(format!("nats-{}.log", self.generation));
         let stderr_path = self.dir.path().join(format!("nats-{}.stderr", self.generation));
@@ -140,7 +148,7 @@ impl NatsServer {
         let mut cmd = Command::new(&bin);
         cmd.arg("-c")
             .arg(&conf)
-            .args(["-js", "-p", "-1", "-a", "127.0.0.1", "-sd"])
+            .args(["-js", "-p", &port.map_or("-1".to_owned(), |p| p.to_string()), "-a", "127.0.0.1", "-sd"])
             .arg(&self.store)
             .arg("-l")
             .arg(&self.log)

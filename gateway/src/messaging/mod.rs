@@ -16,3 +16,4 @@ pub mod reads;
 pub mod receipts;
 pub mod send;
 pub mod service;
+pub mod subs;

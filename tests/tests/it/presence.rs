@@ -272,6 +272,39 @@ async fn typing_reaches_participants_only() -> Result<()> {
     Ok(())
 }
 
+/// The hub's subscriptions (typing, wake-ups, presence) ride on the
+/// gateway's own subscribing NATS connection: when nats-server restarts
+/// under a running gateway, that connection comes back with every
+/// subscription, and the sessions hear typing and messages again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_under_a_running_gateway_brings_its_subscriptions_back() -> Result<()> {
+    let mut s = fast().env("CHAT_TYPING_INTERVAL_MS", "0").start().await?;
+    let (a, b) = (s.user("alice", "a").await?, s.user("bob", "b").await?);
+    let (mut ca, _) = s.live(0, &a).await?;
+    let (mut cb, _) = s.live(0, &b).await?;
+    let dm = chat_client::direct_conv(&a.user_id, &b.user_id);
+    ca.send_json(&json!({"type": "typing", "conv": dm})).await?;
+    cb.wait_for("typing before the restart", |v| v["type"] == "typing").await?;
+
+    s.nats.restart_same_port()?;
+    // Typing is fire and forget: one sent while a connection is still
+    // coming back is lost, so it is sent until heard.
+    cb.timeout = Duration::from_millis(500);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if ca.send_json(&json!({"type": "typing", "conv": dm})).await.is_ok()
+            && cb.wait_for("typing", |v| v["type"] == "typing").await.is_ok()
+        {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no typing heard in 30 s after NATS restarted");
+    }
+    cb.timeout = Duration::from_secs(10);
+    ca.send_to_user("after", &b.user_id, "after the restart").await?;
+    assert_eq!(cb.next_msg().await?["body"], "after the restart");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_survives_a_worker_restart_and_two_workers_publish_once() -> Result<()> {
     let mut s = fast().workers_with_clock_offsets(&[0, 0]).start().await?;

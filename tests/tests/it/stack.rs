@@ -55,6 +55,12 @@ impl Nats {
         Ok(())
     }
 
+    /// SIGKILLs the single server and restarts it on its store and port,
+    /// under the running gateways and workers.
+    pub fn restart_same_port(&mut self) -> Result<()> {
+        self.server.as_mut().context("a single server, not a cluster")?.restart_same_port()
+    }
+
     /// The store dir (node 1's in a cluster).
     pub fn store_dir(&self) -> &std::path::Path {
         match (&self.server, &self.cluster) {
