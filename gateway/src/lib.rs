@@ -308,7 +308,7 @@ pub async fn run(
     let cfg_lookups = (cfg.user_lookup_per_min, cfg.user_lookup_burst);
     let edges = edge::Edges::new(&cfg, http_addr, quic_addr);
     let auth_limits = http::accounts::AuthLimits::new(&cfg);
-    let metrics = metrics::Metrics::new(&db, &client, &moderation);
+    let metrics = metrics::Metrics::new(&db, &client, &moderation, &hub);
     let rooms = rooms::Rooms::new(client.clone(), storage.clone(), cfg.room_queue_frames);
     let state = Arc::new(AppState {
         cfg,

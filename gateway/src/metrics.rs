@@ -191,6 +191,7 @@ impl Metrics {
         db: &crate::store::Db,
         client: &async_nats::Client,
         moderation: &crate::moderation::Moderation,
+        hub: &std::sync::Arc<crate::messaging::hub::Hub>,
     ) -> Metrics {
         let mut r = Registry::default();
         let sessions_family = Family::<Label, Gauge>::default();
@@ -241,6 +242,7 @@ impl Metrics {
         r.register("chat_http_request_seconds", "HTTP request handling time by route pattern", m.http_seconds.clone());
         db.pool.register(&mut r);
         r.register_collector(Box::new(chat_nats::metrics::NatsCollector(client.clone())));
+        r.register_collector(Box::new(HubCollector(hub.clone())));
         r.register_collector(Box::new(ModerationCollector {
             words: moderation.word_stats.clone(),
             flood: moderation.flood.stats.clone(),
@@ -395,6 +397,43 @@ impl prometheus_client::collector::Collector for ModerationCollector {
         for (name, help, value) in counters {
             let c = prometheus_client::metrics::counter::ConstCounter::new(value);
             c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The hub's shared subscriptions and its subscribing connection, read at
+/// scrape time.
+#[derive(Debug)]
+struct HubCollector(std::sync::Arc<crate::messaging::hub::Hub>);
+
+impl prometheus_client::collector::Collector for HubCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::{counter::ConstCounter, gauge::ConstGauge};
+        let (subjects, conn) = self.0.stats();
+        let g = ConstGauge::new(subjects as i64);
+        g.encode(encoder.encode_descriptor(
+            "chat_hub_subjects",
+            "Subjects the gateway subscribes to for its sessions (wake-ups, events, presence)",
+            None,
+            g.metric_type(),
+        )?)?;
+        if let Some((up, reconnects)) = conn {
+            let g = ConstGauge::new(i64::from(up));
+            g.encode(encoder.encode_descriptor(
+                "chat_hub_connected",
+                "1 while the gateway's subscribing NATS connection is up",
+                None,
+                g.metric_type(),
+            )?)?;
+            let c = ConstCounter::new(reconnects);
+            c.encode(encoder.encode_descriptor(
+                "chat_hub_reconnects",
+                "Subscribing NATS connections re-established after the first",
+                None,
+                c.metric_type(),
+            )?)?;
         }
         Ok(())
     }

@@ -12,13 +12,13 @@
 //! server each is an async-nats subscription and a feed task instead
 //! (about 6 KB each for the subscription's channel).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use chat_nats::provision::Credentials;
@@ -41,7 +41,7 @@ pub struct Hub {
 
 #[derive(Debug)]
 struct Entry {
-    tx: broadcast::Sender<Bytes>,
+    tx: Arc<Ring>,
     refs: usize,
     feed: Feed,
 }
@@ -71,7 +71,7 @@ impl Feed {
 /// A session's receiver of one subject's payloads.
 #[derive(Debug)]
 pub struct HubRx {
-    rx: broadcast::Receiver<Bytes>,
+    rx: RingRx,
     hub: Arc<Hub>,
     subject: String,
 }
@@ -116,16 +116,12 @@ impl Hub {
                     (e.tx.subscribe(), ready)
                 }
                 None => {
-                    let (tx, rx) = broadcast::channel(buffer.max(1));
+                    let tx = Ring::new(buffer);
+                    let rx = tx.subscribe();
                     let (feed, ready) = match &self.shared {
                         Some(shared) => {
                             let to = tx.clone();
-                            let sid = shared.subscribe(
-                                subject.clone(),
-                                Box::new(move |payload| {
-                                    let _ = to.send(payload);
-                                }),
-                            );
+                            let sid = shared.subscribe(subject.clone(), Box::new(move |payload| to.send(payload)));
                             (Feed::Shared(sid), None)
                         }
                         None => {
@@ -156,6 +152,12 @@ impl Hub {
         }
     }
 
+    /// Subjects subscribed, and the subscribing connection's state (up,
+    /// reconnects) if the hub has one.
+    pub fn stats(&self) -> (usize, Option<(bool, u64)>) {
+        (self.lock().len(), self.shared.as_ref().map(|s| (s.connected(), s.reconnects())))
+    }
+
     /// Wakes every receiver with an empty payload (after the shared
     /// connection came back: anything published while it was away is
     /// lost).
@@ -169,7 +171,7 @@ impl Hub {
 const WAIT_IN_PLACE: Duration = Duration::from_secs(10);
 
 /// Forwards one subject's payloads to its receivers.
-async fn feed(client: async_nats::Client, subject: String, tx: broadcast::Sender<Bytes>, ready: watch::Sender<bool>) {
+async fn feed(client: async_nats::Client, subject: String, tx: Arc<Ring>, ready: watch::Sender<bool>) {
     // Transient awaits boxed: a feed task is resident while its subject
     // has receivers.
     let mut sub = loop {
@@ -190,7 +192,7 @@ async fn feed(client: async_nats::Client, subject: String, tx: broadcast::Sender
     }
     let _ = ready.send(true);
     while let Some(m) = sub.next().await {
-        let _ = tx.send(m.payload);
+        tx.send(m.payload);
     }
 }
 
@@ -200,7 +202,7 @@ impl Hub {
     pub fn poke(&self, prefix: &str) {
         for (subject, e) in self.lock().iter() {
             if subject.starts_with(prefix) {
-                let _ = e.tx.send(Bytes::new());
+                e.tx.send(Bytes::new());
             }
         }
     }
@@ -220,14 +222,14 @@ impl HubRx {
 
     /// The next payload, or `Some(None)` when this receiver fell behind and
     /// skipped some; `None` if the subscription ended.
+    /// Cancel-safe: nothing is taken unless it is returned.
     pub async fn recv_or_skipped(&mut self) -> Option<Option<Bytes>> {
         match self.rx.recv().await {
             Ok(b) => Some(Some(b)),
-            Err(broadcast::error::RecvError::Lagged(n)) => {
+            Err(n) => {
                 tracing::debug!(subject = %self.subject, skipped = n, "slow receiver skipped messages");
                 Some(None)
             }
-            Err(broadcast::error::RecvError::Closed) => None,
         }
     }
 }
@@ -243,5 +245,182 @@ impl Drop for HubRx {
                 }
             }
         }
+    }
+}
+
+/// One subject's payloads, each kept until every receiver that was there
+/// when it arrived has read it, and at most `cap` of them: past that the
+/// oldest goes, and a receiver that had not read it skips ahead. Unlike a
+/// tokio broadcast channel, which allocates all its slots up front, an
+/// idle ring holds no storage.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    state: Mutex<RingState>,
+    notify: Notify,
+}
+
+#[derive(Debug)]
+struct RingState {
+    /// Sequence number of `items[0]`.
+    first: u64,
+    /// Payloads with how many receivers have yet to read each.
+    items: VecDeque<(Bytes, usize)>,
+    receivers: usize,
+    cap: usize,
+}
+
+impl RingState {
+    /// Drops the payloads at the front that everyone has read, and the
+    /// storage of an emptied ring.
+    fn trim(&mut self) {
+        while self.items.front().is_some_and(|(_, rem)| *rem == 0) {
+            self.items.pop_front();
+            self.first += 1;
+        }
+        if self.items.is_empty() && self.items.capacity() > 0 {
+            self.items = VecDeque::new();
+        }
+    }
+}
+
+/// A receiver of a [`Ring`]: reads from where it was when it subscribed.
+#[derive(Debug)]
+pub(crate) struct RingRx {
+    ring: Arc<Ring>,
+    next: u64,
+}
+
+impl Ring {
+    pub(crate) fn new(cap: usize) -> Arc<Ring> {
+        let state = RingState { first: 0, items: VecDeque::new(), receivers: 0, cap: cap.max(1) };
+        Arc::new(Ring { state: Mutex::new(state), notify: Notify::new() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RingState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `payload` to every current receiver (none: dropped).
+    pub(crate) fn send(&self, payload: Bytes) {
+        {
+            let mut st = self.lock();
+            if st.receivers == 0 {
+                return;
+            }
+            if st.items.len() == st.cap {
+                st.items.pop_front();
+                st.first += 1;
+            }
+            let n = st.receivers;
+            st.items.push_back((payload, n));
+        }
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn subscribe(self: &Arc<Self>) -> RingRx {
+        let mut st = self.lock();
+        st.receivers += 1;
+        RingRx { ring: self.clone(), next: st.first + st.items.len() as u64 }
+    }
+}
+
+impl RingRx {
+    /// The next payload, or `Err(skipped)` when this receiver fell more
+    /// than the ring's capacity behind (it then reads on from the oldest
+    /// kept). Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Result<Bytes, u64> {
+        loop {
+            let notified = self.ring.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before looking, so a send after the look wakes it.
+            notified.as_mut().enable();
+            {
+                let mut st = self.ring.lock();
+                if self.next < st.first {
+                    let skipped = st.first - self.next;
+                    self.next = st.first;
+                    return Err(skipped);
+                }
+                let i = (self.next - st.first) as usize;
+                if let Some((payload, rem)) = st.items.get_mut(i) {
+                    let payload = payload.clone();
+                    *rem -= 1;
+                    self.next += 1;
+                    st.trim();
+                    return Ok(payload);
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether nothing is waiting to be read.
+    pub(crate) fn is_empty(&self) -> bool {
+        let st = self.ring.lock();
+        self.next >= st.first + st.items.len() as u64
+    }
+}
+
+impl Drop for RingRx {
+    fn drop(&mut self) {
+        let mut st = self.ring.lock();
+        let from = self.next.saturating_sub(st.first) as usize;
+        for (_, rem) in st.items.iter_mut().skip(from) {
+            *rem -= 1;
+        }
+        st.receivers -= 1;
+        st.trim();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn every_receiver_reads_every_payload_once_and_read_ones_are_freed() {
+        let ring = Ring::new(4);
+        ring.send(b("before anyone")); // nobody to read it: dropped
+        let (mut r1, mut r2) = (ring.subscribe(), ring.subscribe());
+        ring.send(b("a"));
+        ring.send(b("b"));
+        assert_eq!(r1.recv().await, Ok(b("a")));
+        assert_eq!(r1.recv().await, Ok(b("b")));
+        assert!(r1.is_empty() && !r2.is_empty());
+        assert_eq!(ring.lock().items.len(), 2, "r2 has not read them yet");
+        assert_eq!(r2.recv().await, Ok(b("a")));
+        assert_eq!(ring.lock().items.len(), 1);
+        // A late receiver starts at the end; a dropped one releases its share.
+        let r3 = ring.subscribe();
+        assert!(r3.is_empty());
+        drop(r2);
+        assert_eq!(ring.lock().items.len(), 0);
+        assert_eq!(ring.lock().items.capacity(), 0, "an emptied ring holds no storage");
+        // A receiver waiting is woken by the next send.
+        let waiting = tokio::spawn(async move { r1.recv().await });
+        tokio::task::yield_now().await;
+        ring.send(b("c"));
+        assert_eq!(waiting.await.unwrap(), Ok(b("c")));
+        drop(r3);
+        assert_eq!(ring.lock().receivers, 0);
+    }
+
+    #[tokio::test]
+    async fn a_receiver_more_than_the_capacity_behind_skips_to_the_oldest_kept() {
+        let ring = Ring::new(2);
+        let (mut slow, mut fast) = (ring.subscribe(), ring.subscribe());
+        for p in ["1", "2", "3", "4", "5"] {
+            ring.send(b(p));
+            assert_eq!(fast.recv().await, Ok(b(p)));
+        }
+        assert_eq!(slow.recv().await, Err(3));
+        assert_eq!(slow.recv().await, Ok(b("4")));
+        assert_eq!(slow.recv().await, Ok(b("5")));
+        assert!(slow.is_empty());
+        assert!(ring.lock().items.is_empty());
     }
 }

@@ -57,6 +57,7 @@ struct Inner {
     subs: Mutex<HashMap<u64, Sub>>,
     next_sid: AtomicU64,
     connected: AtomicBool,
+    reconnects: AtomicU64,
 }
 
 struct Sub {
@@ -114,6 +115,7 @@ impl Subscriber {
             subs: Mutex::new(HashMap::new()),
             next_sid: AtomicU64::new(1),
             connected: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
         });
         let conn = Conn { inner: Arc::downgrade(&inner), servers, name, credentials, on_reconnect };
         tokio::spawn(conn.run(rx));
@@ -153,6 +155,11 @@ impl Subscriber {
     /// Whether the connection is up.
     pub fn connected(&self) -> bool {
         self.inner.connected.load(Ordering::Relaxed)
+    }
+
+    /// Connections made after the first.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.reconnects.load(Ordering::Relaxed)
     }
 }
 
@@ -278,6 +285,9 @@ impl Conn {
             inner.connected.store(true, Ordering::Relaxed);
         }
         if reconnected {
+            if let Some(inner) = self.inner.upgrade() {
+                inner.reconnects.fetch_add(1, Ordering::Relaxed);
+            }
             (self.on_reconnect)();
         }
         let mut heard = tokio::time::Instant::now();

@@ -278,13 +278,23 @@ async fn typing_reaches_participants_only() -> Result<()> {
 /// subscription, and the sessions hear typing and messages again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_under_a_running_gateway_brings_its_subscriptions_back() -> Result<()> {
-    let mut s = fast().env("CHAT_TYPING_INTERVAL_MS", "0").start().await?;
+    const OPERATOR: &str = "operator-token-for-the-restart-test";
+    let mut s = fast().env("CHAT_TYPING_INTERVAL_MS", "0").env("CHAT_OPERATOR_TOKEN", OPERATOR).start().await?;
     let (a, b) = (s.user("alice", "a").await?, s.user("bob", "b").await?);
+    let hub = |e: &chat_tests::prom::Exposition| {
+        (
+            e.value("chat_hub_connected", &[]),
+            e.value("chat_hub_reconnects_total", &[]),
+            e.value("chat_hub_subjects", &[]),
+        )
+    };
     let (mut ca, _) = s.live(0, &a).await?;
     let (mut cb, _) = s.live(0, &b).await?;
     let dm = chat_client::direct_conv(&a.user_id, &b.user_id);
     ca.send_json(&json!({"type": "typing", "conv": dm})).await?;
     cb.wait_for("typing before the restart", |v| v["type"] == "typing").await?;
+    // Two subjects per connected user: wake-ups and account events.
+    assert_eq!(hub(&chat_tests::prom::metrics(&s.addr(0), Some(OPERATOR)).await?), (1.0, 0.0, 4.0));
 
     s.nats.restart_same_port()?;
     // Typing is fire and forget: one sent while a connection is still
@@ -302,6 +312,7 @@ async fn a_nats_restart_under_a_running_gateway_brings_its_subscriptions_back() 
     cb.timeout = Duration::from_secs(10);
     ca.send_to_user("after", &b.user_id, "after the restart").await?;
     assert_eq!(cb.next_msg().await?["body"], "after the restart");
+    assert_eq!(hub(&chat_tests::prom::metrics(&s.addr(0), Some(OPERATOR)).await?), (1.0, 1.0, 4.0));
     Ok(())
 }
 
