@@ -234,20 +234,36 @@ fn parse_seq(v: &[u8]) -> u64 {
 
 /// Raises the mark at `key` to `seq` unless it is already there.
 async fn raise_key(kv: &kv::Store, key: &str, seq: u64) -> Result<(), async_nats::Error> {
-    let value = || Bytes::from(seq.to_string());
-    for _ in 0..8 {
-        let written = match kv.entry(key).await? {
+    raise_one(kv, key, Bytes::from(seq.to_string()), 8, |cur| parse_seq(cur) >= seq)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("delivered mark {e}").into())
+}
+
+/// Writes `value` at `key` by compare-and-set unless the stored value is
+/// `ahead` already, re-reading after a lost race, up to `attempts` times;
+/// `Some(stored)` when it was ahead. Raising never lowers, so a race lost
+/// to a writer further ahead ends at the next read.
+pub(crate) async fn raise_one(
+    kv: &kv::Store,
+    key: &str,
+    value: Bytes,
+    attempts: usize,
+    ahead: impl Fn(&[u8]) -> bool,
+) -> Result<Option<Bytes>, String> {
+    for _ in 0..attempts {
+        let written = match kv.entry(key).await.map_err(|e| e.to_string())? {
             Some(e) if e.operation == Operation::Put => {
-                if parse_seq(&e.value) >= seq {
-                    return Ok(());
+                if ahead(&e.value) {
+                    return Ok(Some(e.value));
                 }
-                kv.update(key, value(), e.revision).await.is_ok()
+                kv.update(key, value.clone(), e.revision).await.is_ok()
             }
-            _ => kv.create(key, value()).await.is_ok(),
+            _ => kv.create(key, value.clone()).await.is_ok(),
         };
         if written {
-            return Ok(());
+            return Ok(None);
         }
     }
-    Err("delivered mark contended: gave up after 8 attempts".into())
+    Err(format!("contended: gave up after {attempts} attempts"))
 }

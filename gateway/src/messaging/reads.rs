@@ -63,23 +63,12 @@ pub async fn raise(kv: &kv::Store, user: i64, conv: &ConvId, mark: &ReadMark) ->
 pub async fn raise_at(kv: &kv::Store, key: &str, mark: &ReadMark) -> Result<ReadMark, async_nats::Error> {
     let stored = ReadMark { receipt: false, ..mark.clone() };
     let value = Bytes::from(serde_json::to_vec(&stored)?);
-    for _ in 0..16 {
-        let written = match kv.entry(key).await? {
-            Some(e) if e.operation == Operation::Put => {
-                if let Ok(cur) = serde_json::from_slice::<ReadMark>(&e.value) {
-                    if cur.n >= mark.n {
-                        return Ok(cur);
-                    }
-                }
-                kv.update(key, value.clone(), e.revision).await.is_ok()
-            }
-            _ => kv.create(key, value.clone()).await.is_ok(),
-        };
-        if written {
-            return Ok(stored);
-        }
+    let ahead = |cur: &[u8]| serde_json::from_slice::<ReadMark>(cur).is_ok_and(|cur| cur.n >= mark.n);
+    match crate::messaging::marks::raise_one(kv, key, value, 16, ahead).await {
+        Ok(None) => Ok(stored),
+        Ok(Some(cur)) => Ok(serde_json::from_slice(&cur)?),
+        Err(e) => Err(format!("read position {e}").into()),
     }
-    Err("read position contended: gave up after 16 attempts".into())
 }
 
 /// Handles a `read` frame: the answer for the device that sent it.
