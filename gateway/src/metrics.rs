@@ -377,7 +377,6 @@ struct ModerationCollector {
 
 impl prometheus_client::collector::Collector for ModerationCollector {
     fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
         use std::sync::atomic::Ordering::Relaxed;
         let counters = [
             ("chat_banned_word_rejected", "Sends refused with banned_word", self.words.rejected.load(Relaxed)),
@@ -395,8 +394,7 @@ impl prometheus_client::collector::Collector for ModerationCollector {
             ),
         ];
         for (name, help, value) in counters {
-            let c = prometheus_client::metrics::counter::ConstCounter::new(value);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+            chat_nats::metrics::const_counter(&mut encoder, name, help, value)?;
         }
         Ok(())
     }
@@ -409,31 +407,15 @@ struct HubCollector(std::sync::Arc<crate::messaging::hub::Hub>);
 
 impl prometheus_client::collector::Collector for HubCollector {
     fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::{counter::ConstCounter, gauge::ConstGauge};
+        use chat_nats::metrics::{const_counter, const_gauge};
         let (subjects, conn) = self.0.stats();
-        let g = ConstGauge::new(subjects as i64);
-        g.encode(encoder.encode_descriptor(
-            "chat_hub_subjects",
-            "Subjects the gateway subscribes to for its sessions (wake-ups, events, presence)",
-            None,
-            g.metric_type(),
-        )?)?;
+        let help = "Subjects the gateway subscribes to for its sessions (wake-ups, events, presence)";
+        const_gauge(&mut encoder, "chat_hub_subjects", help, subjects as i64)?;
         if let Some((up, reconnects)) = conn {
-            let g = ConstGauge::new(i64::from(up));
-            g.encode(encoder.encode_descriptor(
-                "chat_hub_connected",
-                "1 while the gateway's subscribing NATS connection is up",
-                None,
-                g.metric_type(),
-            )?)?;
-            let c = ConstCounter::new(reconnects);
-            c.encode(encoder.encode_descriptor(
-                "chat_hub_reconnects",
-                "Subscribing NATS connections re-established after the first",
-                None,
-                c.metric_type(),
-            )?)?;
+            let help = "1 while the gateway's subscribing NATS connection is up";
+            const_gauge(&mut encoder, "chat_hub_connected", help, i64::from(up))?;
+            let help = "Subscribing NATS connections re-established after the first";
+            const_counter(&mut encoder, "chat_hub_reconnects", help, reconnects)?;
         }
         Ok(())
     }

@@ -53,6 +53,18 @@ pub fn secs(start: std::time::Instant) -> f64 {
 #[derive(Debug)]
 pub struct NatsCollector(pub async_nats::Client);
 
+/// Encodes one counter read at scrape time (a collector's value).
+pub fn const_counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(value);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+/// Encodes one gauge read at scrape time (a collector's value).
+pub fn const_gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
 impl Collector for NatsCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let stats = self.0.statistics();
@@ -68,17 +80,10 @@ impl Collector for NatsCollector {
             ("chat_nats_out_bytes", "Payload bytes sent to NATS", stats.out_bytes.load(Ordering::Relaxed)),
         ];
         for (name, help, value) in counters {
-            let c = ConstCounter::new(value);
-            c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)?;
+            const_counter(&mut encoder, name, help, value)?;
         }
         let connected = i64::from(self.0.connection_state() == async_nats::connection::State::Connected);
-        let g = ConstGauge::new(connected);
-        g.encode(encoder.encode_descriptor(
-            "chat_nats_connected",
-            "1 while the NATS connection is up",
-            None,
-            g.metric_type(),
-        )?)
+        const_gauge(&mut encoder, "chat_nats_connected", "1 while the NATS connection is up", connected)
     }
 }
 
