@@ -500,6 +500,43 @@ pub struct PushJob {
     pub ts: u64,
 }
 
+/// What the push planner is given by a sequencer: the text messages it
+/// stored (in a round, or one) with the inbox copies each went to, so the
+/// planner decides per recipient without reading the copies. Published on
+/// [`crate::subjects::push_plan`] with `Nats-Msg-Id` =
+/// [`crate::subjects::push_plan_id`], after the copies are stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushPlan {
+    /// The messages, in the order they were stored.
+    pub messages: Vec<PlannedMessage>,
+}
+
+/// One message of a [`PushPlan`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedMessage {
+    /// The message, its body cut to [`PLAN_BODY_CHARS`] characters (what
+    /// any preview needs).
+    pub msg: StoredMessage,
+    /// (recipient, inbox sequence of its copy), the sender's own included.
+    pub copies: Vec<(i64, u64)>,
+}
+
+/// Characters of a body a [`PlannedMessage`] keeps: one more than the
+/// longest preview (`CHAT_PUSH_PREVIEW_CHARS` ≤ 500), so a preview cut from
+/// it is the one cut from the whole body.
+pub const PLAN_BODY_CHARS: usize = 501;
+
+impl PlannedMessage {
+    /// `msg` with its body cut, and its copies.
+    pub fn new(msg: &StoredMessage, copies: &[(i64, u64)]) -> PlannedMessage {
+        let mut msg = msg.clone();
+        if let Some((at, _)) = msg.body.char_indices().nth(PLAN_BODY_CHARS) {
+            msg.body.truncate(at);
+        }
+        PlannedMessage { msg, copies: copies.to_vec() }
+    }
+}
+
 /// A push job that failed for good, as kept in the dead-letter stream
 /// ([`crate::subjects::push_dead`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -412,8 +412,8 @@ async fn provision_once(
         mode,
         stream::Config {
             name: subjects::PUSH_STREAM.into(),
-            description: Some("push jobs, one per message and device".into()),
-            subjects: vec![subjects::PUSH_ALL.into()],
+            description: Some("push plans from the sequencers, and push jobs, one per message and device".into()),
+            subjects: vec![subjects::PUSH_ALL.into(), subjects::PUSH_PLAN_ALL.into()],
             retention: stream::RetentionPolicy::WorkQueue,
             max_age: PUSH_JOB_MAX_AGE,
             duplicate_window: Duration::from_secs(600),

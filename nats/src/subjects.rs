@@ -56,12 +56,17 @@ pub const PUSH_DEAD_STREAM: &str = "CHAT_PUSH_DEAD";
 /// KV bucket of pushes already sent, keyed by [`push_job_id`]: checked
 /// before sending so a redelivered job never buzzes a device twice.
 pub const PUSH_SENT_BUCKET: &str = "chat_push_sent";
-/// Durable consumer on the inbox stream that plans pushes.
+/// Durable consumer on the push stream that plans pushes from the
+/// sequencers' plans ([`PUSH_PLAN_ALL`]). (Before December 2026 a consumer
+/// of this name on the inbox stream read every copy; workers delete it.)
 pub const PUSH_PLANNER: &str = "push-planner";
 /// Durable consumer on the push stream that sends them.
 pub const PUSH_SENDER: &str = "push-sender";
-/// Subject filter of the push stream.
+/// Subject filter of the push stream's jobs.
 pub const PUSH_ALL: &str = "chat.push.job.>";
+/// Subject filter of the push stream's plans: one
+/// [`crate::envelope::PushPlan`] per stored text message or round of them.
+pub const PUSH_PLAN_ALL: &str = "chat.push.plan.>";
 /// Subject filter of the dead-letter stream.
 pub const PUSH_DEAD_ALL: &str = "chat.push.dead.>";
 /// Core subject on which gateways announce that a user's push
@@ -292,6 +297,17 @@ pub fn inbox_copy_id(message_id: u64, user: i64) -> String {
 /// Subject of a user's push jobs in [`PUSH_STREAM`].
 pub fn push_job(user: i64) -> String {
     format!("{PREFIX}.push.job.{user}")
+}
+
+/// Subject of a partition's push plans in [`PUSH_STREAM`].
+pub fn push_plan(partition: u32) -> String {
+    format!("{PREFIX}.push.plan.{partition}")
+}
+
+/// Dedupe id of the push plan of the text messages `first..=last` of a
+/// round (a redo of the same round publishes the same plan).
+pub fn push_plan_id(first: u64, last: u64) -> String {
+    format!("plan.{first}.{last}")
 }
 
 /// Subject of a user's dead push jobs in [`PUSH_DEAD_STREAM`].

@@ -116,6 +116,9 @@ pub struct Shared {
     pub subscription_capacity: usize,
     /// What `GET /metrics` reports.
     pub metrics: Arc<metrics::Metrics>,
+    /// Whether sequencers publish push plans (`CHAT_PUSH_ENABLED`: a plan
+    /// nobody plans would wait in the work queue for a day).
+    pub push_plans: bool,
 }
 
 /// Until when a partition task may act on its lease.
@@ -247,6 +250,7 @@ async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<
             clock,
             subscription_capacity: cfg.subscription_capacity,
             metrics: metrics.clone(),
+            push_plans: cfg.push.enabled,
         });
         let (stop_presence, stop) = tokio::sync::oneshot::channel();
         let presence = tokio::spawn(presence::run(shared.clone(), cfg.name.clone(), ttl, stop));

@@ -211,7 +211,11 @@ async fn plan(sh: &Shared, caches: &mut Caches, routed: Vec<Routed>) -> Result<V
     Ok(planned)
 }
 
-/// After the commits: wake-ups, index entries, replies, outcome records.
+/// (recipient, inbox sequence) of each copy of a stored message.
+type Copies = Vec<(i64, u64)>;
+
+/// After the commits: wake-ups, push plan, index entries, replies, outcome
+/// records.
 async fn finish(
     sh: &Shared,
     planned: Vec<Planned>,
@@ -222,6 +226,7 @@ async fn finish(
     let mut acks = AtomicBatch::new(BatchConfig::default());
     let mut index = Vec::new();
     let mut replies = Vec::with_capacity(planned.len());
+    let mut pushes: Vec<(Box<StoredMessage>, Copies)> = Vec::new();
     for (p, place) in planned.into_iter().zip(placed) {
         let ack = match (p.outcome, place, history) {
             (Plan::Answer(recorded), _, _) => {
@@ -238,13 +243,18 @@ async fn finish(
                 sequencer::announce(sh, &conv, &msg).await?;
                 let history_seq = history.seq_of(h).ok_or("history batch without its sequence")?;
                 index.extend(sequencer::index_entry(&conv, &msg, history_seq));
-                outcome(&p.key, SeqResult::Ok { id: msg.id, conv: msg.conv.clone(), ts: msg.ts, n: msg.n })?
+                let ack = outcome(&p.key, SeqResult::Ok { id: msg.id, conv: msg.conv.clone(), ts: msg.ts, n: msg.n })?;
+                pushes.push((msg, woken));
+                ack
             }
             _ => return Err("a stored message of the round has no place in its batches".into()),
         };
         acks.push(ack_record_subject(&p.key), HeaderMap::new(), ack.clone())?;
         replies.push((p.send.reply, ack));
     }
+    // The round's push plan, once its copies are all stored.
+    let plans: Vec<(&StoredMessage, &[(i64, u64)])> = pushes.iter().map(|(m, c)| (&**m, c.as_slice())).collect();
+    sequencer::plan_pushes(sh, &plans).await?;
     let puts = index.into_iter().map(|(key, entry)| sh.storage.hindex.put(key, entry));
     for r in futures::future::join_all(puts).await {
         r?;

@@ -19,7 +19,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::pull, AckKind};
 use bytes::Bytes;
 use chat_nats::batch::{AtomicBatch, BatchConfig, DEFAULT_MAX_ENTRIES};
-use chat_nats::envelope::{GroupMembers, GroupOp, IngressSend, MessageKind, SeqAck, SeqResult, StoredMessage};
+use chat_nats::envelope::{
+    GroupMembers, GroupOp, IngressSend, MessageKind, PlannedMessage, PushPlan, SeqAck, SeqResult, StoredMessage,
+};
 use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::ErrorCode;
 use futures::{FutureExt, StreamExt};
@@ -412,6 +414,7 @@ async fn sequence(
     let draft = assign_id(sh, send, &conv, state).await?;
     let stored = store(sh, key, &conv, draft, members, fresh).await?;
     wake(sh, &stored.copies).await?;
+    plan_pushes(sh, &[(&stored.msg, &stored.copies)]).await?;
     announce(sh, &conv, &stored.msg).await?;
     index(sh, &conv, &stored).await?;
     let next = ConvState { last_id: stored.msg.id.max(state.last_id), n: stored.msg.n.max(state.n) };
@@ -525,6 +528,7 @@ pub(crate) async fn store_big(
 ) -> Result<(), async_nats::Error> {
     let stored = store(sh, key, conv, draft, members, false).await?;
     wake(sh, &stored.copies).await?;
+    plan_pushes(sh, &[(&stored.msg, &stored.copies)]).await?;
     index(sh, conv, &stored).await?;
     let ack =
         outcome(key, SeqResult::Ok { id: stored.msg.id, conv: conv.to_string(), ts: stored.msg.ts, n: stored.msg.n })?;
@@ -642,6 +646,37 @@ pub(crate) async fn wake(sh: &Shared, copies: &[(i64, u64)]) -> Result<(), async
     for (m, seq) in copies {
         sh.client.publish(subjects::live(*m), Bytes::from(seq.to_string())).await?;
     }
+    Ok(())
+}
+
+/// Step 3 too: the push plan of the text messages stored, with the copies
+/// each went to (see `push::planner`): one publish for a whole round
+/// instead of the planner reading every copy. Rooms, marks, reactions,
+/// edits and deletes are never pushed, so they have no plan.
+pub(crate) async fn plan_pushes(
+    sh: &Shared,
+    stored: &[(&StoredMessage, &[(i64, u64)])],
+) -> Result<(), async_nats::Error> {
+    if !sh.push_plans {
+        return Ok(());
+    }
+    let messages: Vec<PlannedMessage> = stored
+        .iter()
+        .filter(|(msg, copies)| msg.kind == MessageKind::Text && !copies.is_empty())
+        .map(|(msg, copies)| PlannedMessage::new(msg, copies))
+        .collect();
+    let (Some(first), Some(last)) = (messages.first(), messages.last()) else { return Ok(()) };
+    let id = subjects::push_plan_id(first.msg.id, last.msg.id);
+    let subject = subjects::push_plan(u32::try_from(first.msg.id % 64).unwrap_or(0));
+    let payload = Bytes::from(serde_json::to_vec(&PushPlan { messages })?);
+    // Sent now, its ack waited for off the senders' path: a push is not
+    // part of what an ack promises (see docs/architecture.md, "Push").
+    let ack = sh.storage.js.publish_with_headers(subject, subjects::msg_id(&id), payload).await?;
+    tokio::spawn(async move {
+        if let Err(e) = ack.await {
+            tracing::warn!(error = %e, plan = %id, "push plan not stored; its messages are not pushed");
+        }
+    });
     Ok(())
 }
 

@@ -109,7 +109,7 @@ async fn idle(s: &Stack) -> Result<()> {
         let js = js.clone();
         async move {
             for (stream, consumer) in
-                [(subjects::INBOX_STREAM, subjects::PUSH_PLANNER), (subjects::PUSH_STREAM, subjects::PUSH_SENDER)]
+                [(subjects::PUSH_STREAM, subjects::PUSH_PLANNER), (subjects::PUSH_STREAM, subjects::PUSH_SENDER)]
             {
                 let mut c = js.get_stream(stream).await.ok()?.get_consumer::<pull::Config>(consumer).await.ok()?;
                 let info = c.info().await.ok()?;
@@ -546,5 +546,85 @@ async fn http1_providers_reuse_pooled_connections() -> Result<()> {
         // FCM's server also answered the OAuth token request.
         assert!(f.connections() < n, "{name}: {} TCP connections for {n} notifications", f.connections());
     }
+    Ok(())
+}
+
+/// A group message is planned from one plan, whatever the group's size (the
+/// planner no longer reads every member's inbox copy), and every offline
+/// member with a device is pushed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_message_is_one_plan_and_every_offline_member_is_pushed_once() -> Result<()> {
+    const MEMBERS: usize = 12;
+    let p = push_stack(&[]).await?;
+    let s = &p.s;
+    let a = s.user("alice", "a1").await?;
+    let mut ids = Vec::new();
+    for i in 0..MEMBERS {
+        let m = s.user(&format!("member{i}"), "phone").await?;
+        register_ok(s, &m, fcm(&format!("token-{i}"))).await?;
+        ids.push(m.user_id);
+    }
+    let g = s.create_group(&a, "crowd", &ids.iter().map(String::as_str).collect::<Vec<_>>()).await?;
+    let gid = g["group_id"].as_str().unwrap();
+    let (mut ca, _) = s.live(0, &a).await?;
+    let sent =
+        ca.send_frame_and_ack(json!({"type": "send", "cid": "g1", "to": {"group": gid}, "body": "all"}), "g1").await?;
+    requests_at_least(&p.fcm, MEMBERS).await?;
+    idle(s).await?;
+    let mut tokens: Vec<String> =
+        p.fcm.requests().iter().map(|r| r.json()["message"]["token"].as_str().unwrap_or("").to_owned()).collect();
+    tokens.sort();
+    let mut want: Vec<String> = (0..MEMBERS).map(|i| format!("token-{i}")).collect();
+    want.sort();
+    assert_eq!(tokens, want, "each member's device once");
+    assert!(fcm_message_ids(&p.fcm).iter().all(|id| id == sent["id"].as_str().unwrap()));
+    // The push stream has held one plan and the jobs, nothing per copy.
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
+    let info = js.get_stream(subjects::PUSH_STREAM).await?.info().await?.clone();
+    assert_eq!(info.state.last_sequence, 1 + MEMBERS as u64, "one plan and {MEMBERS} jobs");
+    Ok(())
+}
+
+/// A worker started where an older one ran (a consumer of every inbox copy
+/// named `push-planner`, and a sender consumer of the whole push stream)
+/// deletes the first, narrows the second to the jobs, and plans from plans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_over_the_old_planner_deletes_it_and_narrows_the_sender() -> Result<()> {
+    let mut p = push_stack(&[]).await?;
+    let (a, b) = (p.s.user("alice", "a1").await?, p.s.user("bob", "phone").await?);
+    register_ok(&p.s, &b, fcm("bob-token")).await?;
+    p.s.kill_worker(0);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&p.s.nats.url).await?);
+    let push = js.get_stream(subjects::PUSH_STREAM).await?;
+    for c in [subjects::PUSH_PLANNER, subjects::PUSH_SENDER] {
+        push.delete_consumer(c).await?;
+    }
+    let old = |name: &str, filter: &str| pull::Config {
+        durable_name: Some(name.into()),
+        filter_subject: filter.into(),
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        ..Default::default()
+    };
+    let inbox = js.get_stream(subjects::INBOX_STREAM).await?;
+    inbox.create_consumer(old(subjects::PUSH_PLANNER, subjects::INBOX_ALL)).await?;
+    push.create_consumer(old(subjects::PUSH_SENDER, "")).await?;
+    p.s.add_worker(0)?;
+    wait_for("the worker to replace the old consumers", WAIT, || {
+        let (inbox, push) = (inbox.clone(), push.clone());
+        async move {
+            let gone = inbox.get_consumer::<pull::Config>(subjects::PUSH_PLANNER).await.is_err();
+            let mut sender = push.get_consumer::<pull::Config>(subjects::PUSH_SENDER).await.ok()?;
+            let narrowed = sender.info().await.ok()?.config.filter_subject == subjects::PUSH_ALL;
+            let planner = push.get_consumer::<pull::Config>(subjects::PUSH_PLANNER).await.is_ok();
+            (gone && narrowed && planner).then_some(())
+        }
+    })
+    .await?;
+    let (mut ca, _) = p.s.live(0, &a).await?;
+    let sent = ca.send_to_user("m1", &b.user_id, "after the upgrade").await?;
+    requests_at_least(&p.fcm, 1).await?;
+    idle(&p.s).await?;
+    assert_eq!(fcm_message_ids(&p.fcm), vec![sent["id"].as_str().unwrap().to_owned()]);
+    p.fcm.requests(); // keep p alive to here
     Ok(())
 }

@@ -1,32 +1,43 @@
-//! The push planner: decides, per inbox copy, which devices get a push.
+//! The push planner: decides, per recipient of a stored text message,
+//! which devices get a push.
 //!
-//! A durable pull consumer (`push-planner`) on the whole inbox stream,
-//! shared by every worker. For each copy, in this order:
+//! Sequencers publish a [`PushPlan`] per round (the text messages stored
+//! and the inbox copy each recipient got) on `chat.push.plan.*`; a durable
+//! pull consumer (`push-planner`) on the push stream, shared by every
+//! worker, reads them. One plan stands for every copy of its messages:
+//! before, the planner read every inbox copy (a 100-member group message
+//! was 100 deliveries and 100 acks, and marks' and reactions' copies were
+//! read only to be skipped). For a plan:
 //!
-//! 1. system messages and the sender's own copies are never pushed;
-//! 2. copies older than `CHAT_PUSH_MAX_AGE_SECS` are not pushed;
-//! 3. a user with no registration, or who muted the conversation (unless the
-//!    message mentions them), is done;
-//! 4. a copy younger than `CHAT_PUSH_DELAY_MS` is nak'ed with the time
-//!    left, and JetStream redelivers it then;
-//! 5. if the user's delivered mark (KV `chat_delivered`) has reached the
+//! 1. a plan younger than `CHAT_PUSH_DELAY_MS` is nak'ed with the time
+//!    left, and JetStream redelivers it then; one older than
+//!    `CHAT_PUSH_MAX_AGE_SECS` is dropped;
+//!
+//! then for each recipient of each message, concurrently:
+//!
+//! 2. the sender's own copies are never pushed (system messages, marks,
+//!    reactions, edits and deletes have no plan);
+//! 3. a user with no registration, or who muted the conversation (unless
+//!    the message mentions them), is done;
+//! 4. if the user's delivered mark (KV `chat_delivered`) has reached the
 //!    copy's inbox sequence, a device got it: nothing is pushed;
-//! 6. devices with a live connection (KV `chat_presence`) are skipped;
-//! 7. one job per remaining device goes to `CHAT_PUSH` (deduplicated by
-//!    `Nats-Msg-Id`), then the copy is acked.
+//! 5. devices with a live connection (KV `chat_presence`) are skipped;
+//! 6. one job per remaining device goes to `CHAT_PUSH` (deduplicated by
+//!    `Nats-Msg-Id`),
 //!
-//! A worker killed midway leaves the copy unacked: another worker plans it
-//! again after `CHAT_PUSH_ACK_WAIT_MS`, and the job ids deduplicate.
+//! and the plan is acked. A worker killed midway, or a recipient that
+//! failed, leaves the plan to be planned again (after
+//! `CHAT_PUSH_ACK_WAIT_MS`, or 1 s): the job ids deduplicate.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy};
 use async_nats::jetstream::kv::Operation;
 use async_nats::jetstream::message::{AckKind, Message};
 use async_nats::jetstream::{stream, Context};
-use chat_nats::envelope::{MessageKind, PushJob, StoredMessage};
+use chat_nats::envelope::{PushJob, PushPlan, StoredMessage};
 use chat_nats::provision::Storage;
 use chat_nats::subjects::{self, ConvId, ConvKind};
 use futures::{StreamExt, TryStreamExt};
@@ -40,8 +51,10 @@ use super::{truncate_chars, PushConfig, PushError};
 const CACHE_TTL: Duration = Duration::from_secs(30);
 /// Cached users before the cache is cleared.
 const CACHE_MAX: usize = 100_000;
-/// Copies planned at once per worker.
+/// Plans planned at once per worker.
 const PLAN_CONCURRENCY: usize = 64;
+/// Recipients of one plan looked at at once.
+const RECIPIENT_CONCURRENCY: usize = 32;
 
 #[derive(Debug)]
 struct UserPush {
@@ -98,7 +111,7 @@ impl Planner {
                 let inner = self.inner.clone();
                 tokio::spawn(async move {
                     if let Err(e) = inner.plan(&m).await {
-                        tracing::warn!(error = %e, subject = %m.subject, "push planner: copy not planned; retried later");
+                        tracing::warn!(error = %e, subject = %m.subject, "push planner: plan not finished; retried later");
                         let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                     }
                     drop(permit);
@@ -121,20 +134,24 @@ async fn planner_consumer(
     storage: &Storage,
     cfg: &PushConfig,
 ) -> Result<async_nats::jetstream::consumer::Consumer<pull::Config>, async_nats::Error> {
+    // The consumer that read every inbox copy, before plans: gone, or its
+    // copies would be planned a second time (and kept for ever).
+    match storage.inbox.delete_consumer(subjects::PUSH_PLANNER).await {
+        Ok(_) => tracing::info!("push planner: the old consumer of inbox copies is deleted; plans replace it"),
+        Err(e) if e.to_string().contains("not found") => {}
+        Err(e) => tracing::warn!(error = %e, "push planner: cannot delete the old consumer of inbox copies"),
+    }
     let config = pull::Config {
         durable_name: Some(subjects::PUSH_PLANNER.into()),
-        description: Some("plans push notifications from inbox copies".into()),
-        filter_subject: subjects::INBOX_ALL.into(),
-        // Only copies written from now on: a first start does not push the
-        // retained backlog.
-        deliver_policy: DeliverPolicy::New,
+        description: Some("plans push notifications from the sequencers' plans".into()),
+        filter_subject: subjects::PUSH_PLAN_ALL.into(),
         ack_policy: AckPolicy::Explicit,
         ack_wait: cfg.ack_wait,
         max_deliver: -1,
         max_ack_pending: cfg.planner_max_pending,
         ..Default::default()
     };
-    Ok(storage.inbox.get_or_create_consumer(subjects::PUSH_PLANNER, config).await?)
+    Ok(storage.push.get_or_create_consumer(subjects::PUSH_PLANNER, config).await?)
 }
 
 async fn presence_stream(js: &Context, name: &str) -> Result<stream::Stream, async_nats::Error> {
@@ -156,42 +173,53 @@ fn now_ms() -> i128 {
 
 impl Inner {
     async fn plan(&self, m: &Message) -> Result<(), async_nats::Error> {
-        let (seq, published_ms) = {
-            let info = m.info()?;
-            (info.stream_sequence, info.published.unix_timestamp_nanos() / 1_000_000)
-        };
-        let (Some(user), Ok(stored)) =
-            (subjects::inbox_user(&m.subject), serde_json::from_slice::<StoredMessage>(&m.payload))
-        else {
+        let published_ms = m.info()?.published.unix_timestamp_nanos() / 1_000_000;
+        let Ok(plan) = serde_json::from_slice::<PushPlan>(&m.payload) else {
+            tracing::warn!(subject = %m.subject, "push planner: a plan that does not parse; dropped");
             return m.ack().await;
         };
-        if stored.kind != MessageKind::Text || stored.from == user {
-            return m.ack().await;
-        }
         let age = Duration::from_millis((now_ms() - published_ms).max(0) as u64);
         if age > self.cfg.max_age {
-            tracing::debug!(user_id = user, message_id = stored.id, "push: copy too old; not pushed");
-            return m.ack().await;
-        }
-        let up = self.user_push(user).await?;
-        // A mention of the user pushes even in a muted conversation.
-        let mentioned = stored.mentions.iter().any(|u| u.parse() == Ok(user));
-        if up.regs.is_empty() || (up.mutes.contains(&stored.conv) && !mentioned) {
+            tracing::debug!(messages = plan.messages.len(), "push: plan too old; not pushed");
             return m.ack().await;
         }
         if age < self.cfg.delay {
             return m.ack_with(AckKind::Nak(Some(self.cfg.delay - age))).await;
         }
+        let mut recipients = Vec::new();
+        for p in &plan.messages {
+            for &(user, seq) in &p.copies {
+                recipients.push(self.plan_copy(&p.msg, user, seq));
+            }
+        }
+        let results: Vec<Result<(), async_nats::Error>> =
+            futures::stream::iter(recipients).buffer_unordered(RECIPIENT_CONCURRENCY).collect().await;
+        // Any failure: the whole plan again (the jobs already queued dedupe).
+        results.into_iter().collect::<Result<(), _>>()?;
+        m.ack().await
+    }
+
+    /// Steps 2-6 for one recipient's copy (at inbox sequence `seq`).
+    async fn plan_copy(&self, stored: &StoredMessage, user: i64, seq: u64) -> Result<(), async_nats::Error> {
+        if stored.from == user {
+            return Ok(());
+        }
+        let up = self.user_push(user).await?;
+        // A mention of the user pushes even in a muted conversation.
+        let mentioned = stored.mentions.iter().any(|u| u.parse() == Ok(user));
+        if up.regs.is_empty() || (up.mutes.contains(&stored.conv) && !mentioned) {
+            return Ok(());
+        }
         if self.delivered_mark(user).await? >= seq {
             tracing::debug!(user_id = user, message_id = stored.id, push_outcome = "seen", "push: already delivered");
-            return m.ack().await;
+            return Ok(());
         }
         let online = self.connected_devices(user).await?;
         let targets: Vec<&Registration> = up.regs.iter().filter(|r| !online.contains(&r.device)).collect();
         if targets.is_empty() {
-            return m.ack().await;
+            return Ok(());
         }
-        let job = self.job(user, &stored).await?;
+        let job = self.job(user, stored).await?;
         let mut acks = Vec::with_capacity(targets.len());
         for r in targets {
             let job = PushJob { device: r.device.clone(), ..job.clone() };
@@ -205,7 +233,7 @@ impl Inner {
             a.await?;
         }
         tracing::debug!(user_id = user, message_id = stored.id, "push: jobs queued");
-        m.ack().await
+        Ok(())
     }
 
     async fn user_push(&self, user: i64) -> Result<Arc<UserPush>, async_nats::Error> {
