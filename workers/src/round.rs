@@ -12,8 +12,13 @@
 //! Order of a round, and what a crash at each step leaves:
 //! 1. ids and ordinals are assigned in ingress order (nothing stored);
 //! 2. the history batch commits (all or nothing; a crash before the ack is
-//!    completed or rolled back by the server at restart);
-//! 3. the inbox batches commit, in order, each all or nothing. Only after
+//!    completed or rolled back by the server at restart), or, when the
+//!    round has fewer than [`MIN_BATCH_PART`] history entries, they go as
+//!    plain publishes, one at a time per conversation (a crash leaves a
+//!    prefix of each conversation's entries stored, which the redo finds
+//!    as duplicates);
+//! 3. the inbox batches commit, in order, each all or nothing (or, below
+//!    [`MIN_BATCH_PART`], plain publishes one at a time per user). Only after
 //!    history: a failure here is redone by `process`, whose history append
 //!    turns out a duplicate and leads to the stored message and its id, so
 //!    the copies it writes carry the same copy ids and dedupe;
@@ -22,7 +27,7 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use chat_nats::batch::{AtomicBatch, BatchConfig, Committed, DEFAULT_MAX_ENTRIES};
+use chat_nats::batch::{AtomicBatch, BatchConfig, DEFAULT_MAX_ENTRIES};
 use chat_nats::envelope::{IngressSend, SeqResult, StoredMessage};
 use chat_nats::history::direct_get;
 use chat_nats::subjects::{self, msg_id, ConvId};
@@ -139,17 +144,72 @@ pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend
         placed.push(Some(Placed { history: h, copies }));
     }
     let (history_done, inbox_done) = if history.is_empty() {
-        (None, Vec::new())
+        (Vec::new(), Vec::new())
     } else {
-        let h = history.commit(&sh.client).await?;
+        let h = store_part(sh, &history).await?;
         let mut done = Vec::with_capacity(inboxes.len());
         for b in inboxes.iter().filter(|b| !b.is_empty()) {
-            done.push(b.commit(&sh.client).await?);
+            done.push(store_part(sh, b).await?);
         }
-        (Some(h), done)
+        (h, done)
     };
-    finish(sh, planned, placed, history_done.as_ref(), &inbox_done).await?;
+    finish(sh, planned, placed, &history_done, &inbox_done).await?;
     Ok(true)
+}
+
+/// Fewest entries of one stream for which a round's writes to that stream
+/// go as an atomic batch. Fewer go as plain publishes: a batch's fixed cost
+/// (nats-server creates, syncs and removes a staging store per batch:
+/// about 1-2 ms of its CPU and 2.6 ms of latency here) is more than that
+/// many plain writes cost, e.g. the one history append of a round holding
+/// a single group message.
+pub const MIN_BATCH_PART: usize = 16;
+
+/// Stores one stream's part of a round, all of it or (on an error) an
+/// unknown share that the caller's redo finishes; each entry's sequence,
+/// in push order. A part below [`MIN_BATCH_PART`] goes as plain
+/// publishes, one after another per subject (a conversation's history, a
+/// user's inbox), so that a write that fails never has a later one of the
+/// same subject stored before the redo writes it; subjects go concurrently.
+async fn store_part(sh: &Shared, part: &AtomicBatch) -> Result<Vec<u64>, async_nats::Error> {
+    if part.len() >= MIN_BATCH_PART {
+        return Ok(part.commit(&sh.client).await?.sequences().collect());
+    }
+    let entries = part.entries();
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    let mut chain_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let c = *chain_of.entry(e.subject.as_str()).or_insert_with(|| {
+            chains.push(Vec::new());
+            chains.len() - 1
+        });
+        chains[c].push(i);
+    }
+    let runs = chains.into_iter().map(|chain| async move {
+        let mut seqs = Vec::with_capacity(chain.len());
+        for i in chain {
+            let e = &entries[i];
+            let ack = sh
+                .storage
+                .js
+                .publish_with_headers(e.subject.clone(), e.headers.clone(), e.payload.clone())
+                .await?
+                .await?;
+            if ack.duplicate {
+                // A fresh round stores nothing twice; leave it to the redo.
+                return Err(async_nats::Error::from("a fresh round's write was a duplicate"));
+            }
+            seqs.push((i, ack.sequence));
+        }
+        Ok(seqs)
+    });
+    let mut seqs = vec![0; entries.len()];
+    for run in futures::future::join_all(runs).await {
+        for (i, seq) in run? {
+            seqs[i] = seq;
+        }
+    }
+    Ok(seqs)
 }
 
 /// How many entries the round stores, if known without a lookup: when every
@@ -220,28 +280,27 @@ async fn finish(
     sh: &Shared,
     planned: Vec<Planned>,
     placed: Vec<Option<Placed>>,
-    history: Option<&Committed>,
-    inboxes: &[Committed],
+    history: &[u64],
+    inboxes: &[Vec<u64>],
 ) -> Result<(), async_nats::Error> {
     let mut acks = AtomicBatch::new(BatchConfig::default());
     let mut index = Vec::new();
     let mut replies = Vec::with_capacity(planned.len());
     let mut pushes: Vec<(Box<StoredMessage>, Copies)> = Vec::new();
     for (p, place) in planned.into_iter().zip(placed) {
-        let ack = match (p.outcome, place, history) {
-            (Plan::Answer(recorded), _, _) => {
+        let ack = match (p.outcome, place) {
+            (Plan::Answer(recorded), _) => {
                 replies.push((p.send.reply, recorded));
                 continue;
             }
-            (Plan::Store { conv, msg, .. }, Some(Placed { history: h, copies }), Some(history)) => {
+            (Plan::Store { conv, msg, .. }, Some(Placed { history: h, copies })) => {
                 let mut woken = Vec::with_capacity(copies.len());
                 for (m, b, i) in copies {
-                    woken
-                        .push((m, inboxes.get(b).and_then(|c| c.seq_of(i)).ok_or("inbox batch without its sequence")?));
+                    woken.push((m, *inboxes.get(b).and_then(|c| c.get(i)).ok_or("inbox batch without its sequence")?));
                 }
                 sequencer::wake(sh, &woken).await?;
                 sequencer::announce(sh, &conv, &msg).await?;
-                let history_seq = history.seq_of(h).ok_or("history batch without its sequence")?;
+                let history_seq = *history.get(h).ok_or("history batch without its sequence")?;
                 index.extend(sequencer::index_entry(&conv, &msg, history_seq));
                 let ack = outcome(&p.key, SeqResult::Ok { id: msg.id, conv: msg.conv.clone(), ts: msg.ts, n: msg.n })?;
                 pushes.push((msg, woken));
@@ -266,9 +325,10 @@ async fn finish(
         }
     }
     // The outcome records (for retries after the ingress dedupe window) in
-    // one commit; should it fail, a redelivery finds the history duplicate.
+    // one commit, or as plain writes when few; should that fail, a
+    // redelivery finds the history duplicate.
     if !acks.is_empty() {
-        if let Err(e) = acks.commit(&sh.client).await {
+        if let Err(e) = store_part(sh, &acks).await {
             tracing::warn!(error = %e, "outcome records not written; retries will find the stored messages");
         }
     }

@@ -9,8 +9,11 @@
 //! was 100 deliveries and 100 acks, and marks' and reactions' copies were
 //! read only to be skipped). For a plan:
 //!
-//! 1. a plan younger than `CHAT_PUSH_DELAY_MS` is nak'ed with the time
-//!    left, and JetStream redelivers it then; one older than
+//! 1. a plan younger than `CHAT_PUSH_DELAY_MS` waits out the time left,
+//!    held unacked in the worker (when that ends within half of
+//!    `CHAT_PUSH_ACK_WAIT_MS`; a longer delay is nak'ed with the time left
+//!    and JetStream redelivers it then: a nak is three NATS messages more,
+//!    the nak, its advisory and the redelivery); one older than
 //!    `CHAT_PUSH_MAX_AGE_SECS` is dropped;
 //!
 //! then for each recipient of each message, concurrently:
@@ -107,9 +110,16 @@ impl Planner {
                         continue;
                     }
                 };
-                let Ok(permit) = limit.clone().acquire_owned().await else { return };
                 let inner = self.inner.clone();
+                let limit = limit.clone();
                 tokio::spawn(async move {
+                    // The grace delay waited out here, unacked (at most
+                    // CHAT_PUSH_PLANNER_MAX_PENDING plans at once), when it
+                    // ends well within the ack wait; a longer one is nak'ed.
+                    if let Some(left) = inner.delay_left(&m).filter(|l| *l <= inner.cfg.ack_wait / 2) {
+                        tokio::time::sleep(left).await;
+                    }
+                    let Ok(permit) = limit.acquire_owned().await else { return };
                     if let Err(e) = inner.plan(&m).await {
                         tracing::warn!(error = %e, subject = %m.subject, "push planner: plan not finished; retried later");
                         let _ = m.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
@@ -172,6 +182,13 @@ fn now_ms() -> i128 {
 }
 
 impl Inner {
+    /// How much of the grace delay the plan `m` has still to wait, if any.
+    fn delay_left(&self, m: &Message) -> Option<Duration> {
+        let published_ms = m.info().ok()?.published.unix_timestamp_nanos() / 1_000_000;
+        let age = Duration::from_millis((now_ms() - published_ms).max(0) as u64);
+        self.cfg.delay.checked_sub(age).filter(|l| !l.is_zero())
+    }
+
     async fn plan(&self, m: &Message) -> Result<(), async_nats::Error> {
         let published_ms = m.info()?.published.unix_timestamp_nanos() / 1_000_000;
         let Ok(plan) = serde_json::from_slice::<PushPlan>(&m.payload) else {
