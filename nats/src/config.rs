@@ -216,6 +216,15 @@ impl StorageSettings {
                 600_000,
             )?),
             max_msg_bytes: d.max_msg_bytes,
+            push_plan_max_bytes: bounded(
+                src,
+                "CHAT_PUSH_PLAN_MAX_MB",
+                (d.push_plan_max_bytes / (1024 * 1024)) as u64,
+                1,
+                65_536,
+            )? as i64
+                * 1024
+                * 1024,
         })
     }
 }

@@ -109,6 +109,14 @@ pub struct StorageSettings {
     /// Largest message payload in bytes (a 100,000-character body in UTF-8
     /// plus its envelope).
     pub max_msg_bytes: i32,
+    /// Most bytes of push plans held in memory (`CHAT_PUSH_PLAN_MAX_MB`)
+    /// before the oldest are dropped, for planners that are down or far
+    /// behind. Plans live in memory because a push is not part of what an
+    /// ack promises: one fsync per plan cost more than the pushes saved at
+    /// light load, and a nats-server restart that loses the plans not yet
+    /// planned loses those pushes, not messages. Reserved against the
+    /// server's `max_memory_store` (256 MB in `nats/conf/*.conf`).
+    pub push_plan_max_bytes: i64,
 }
 
 impl Default for StorageSettings {
@@ -122,6 +130,7 @@ impl Default for StorageSettings {
             presence_timeout: Duration::from_secs(30),
             registry_ttl: Duration::from_secs(6),
             max_msg_bytes: 1024 * 1024,
+            push_plan_max_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -153,6 +162,8 @@ pub struct Storage {
     pub status: kv::Store,
     /// Push jobs (work queue).
     pub push: stream::Stream,
+    /// Push plans (memory, work queue).
+    pub push_plans: stream::Stream,
     /// Dead push jobs.
     pub push_dead: stream::Stream,
     /// Users' delivered marks.
@@ -412,11 +423,28 @@ async fn provision_once(
         mode,
         stream::Config {
             name: subjects::PUSH_STREAM.into(),
-            description: Some("push plans from the sequencers, and push jobs, one per message and device".into()),
-            subjects: vec![subjects::PUSH_ALL.into(), subjects::PUSH_PLAN_ALL.into()],
+            description: Some("push jobs, one per message and device".into()),
+            subjects: vec![subjects::PUSH_ALL.into()],
             retention: stream::RetentionPolicy::WorkQueue,
             max_age: PUSH_JOB_MAX_AGE,
             duplicate_window: Duration::from_secs(600),
+            ..base.clone()
+        },
+    )
+    .await?;
+    let push_plans = ensure_stream(
+        &js,
+        mode,
+        stream::Config {
+            name: subjects::PUSH_PLAN_STREAM.into(),
+            description: Some("push plans from the sequencers, one per round of stored messages".into()),
+            subjects: vec![subjects::PUSH_PLAN_ALL.into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::Memory,
+            max_age: PUSH_JOB_MAX_AGE,
+            max_bytes: s.push_plan_max_bytes,
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: Duration::from_secs(120),
             ..base.clone()
         },
     )
@@ -519,6 +547,7 @@ async fn provision_once(
         presence,
         status,
         push,
+        push_plans,
         push_dead,
         delivered,
         push_sent,

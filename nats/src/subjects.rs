@@ -56,15 +56,19 @@ pub const PUSH_DEAD_STREAM: &str = "CHAT_PUSH_DEAD";
 /// KV bucket of pushes already sent, keyed by [`push_job_id`]: checked
 /// before sending so a redelivered job never buzzes a device twice.
 pub const PUSH_SENT_BUCKET: &str = "chat_push_sent";
-/// Durable consumer on the push stream that plans pushes from the
+/// Stream of the sequencers' push plans ([`PUSH_PLAN_ALL`]): a work queue
+/// in memory (a plan is worth no fsync: see
+/// `provision::StorageSettings::push_plan_max_bytes`).
+pub const PUSH_PLAN_STREAM: &str = "CHAT_PUSH_PLANS";
+/// Durable consumer on the plan stream that plans pushes from the
 /// sequencers' plans ([`PUSH_PLAN_ALL`]). (Before December 2026 a consumer
 /// of this name on the inbox stream read every copy; workers delete it.)
 pub const PUSH_PLANNER: &str = "push-planner";
 /// Durable consumer on the push stream that sends them.
 pub const PUSH_SENDER: &str = "push-sender";
-/// Subject filter of the push stream's jobs.
+/// Subject filter of the push stream.
 pub const PUSH_ALL: &str = "chat.push.job.>";
-/// Subject filter of the push stream's plans: one
+/// Subject filter of the plan stream ([`PUSH_PLAN_STREAM`]): one
 /// [`crate::envelope::PushPlan`] per stored text message or round of them.
 pub const PUSH_PLAN_ALL: &str = "chat.push.plan.>";
 /// Subject filter of the dead-letter stream.
@@ -299,7 +303,7 @@ pub fn push_job(user: i64) -> String {
     format!("{PREFIX}.push.job.{user}")
 }
 
-/// Subject of a partition's push plans in [`PUSH_STREAM`].
+/// Subject of a partition's push plans in [`PUSH_PLAN_STREAM`].
 pub fn push_plan(partition: u32) -> String {
     format!("{PREFIX}.push.plan.{partition}")
 }

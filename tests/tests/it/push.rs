@@ -109,7 +109,7 @@ async fn idle(s: &Stack) -> Result<()> {
         let js = js.clone();
         async move {
             for (stream, consumer) in
-                [(subjects::PUSH_STREAM, subjects::PUSH_PLANNER), (subjects::PUSH_STREAM, subjects::PUSH_SENDER)]
+                [(subjects::PUSH_PLAN_STREAM, subjects::PUSH_PLANNER), (subjects::PUSH_STREAM, subjects::PUSH_SENDER)]
             {
                 let mut c = js.get_stream(stream).await.ok()?.get_consumer::<pull::Config>(consumer).await.ok()?;
                 let info = c.info().await.ok()?;
@@ -578,27 +578,28 @@ async fn a_group_message_is_one_plan_and_every_offline_member_is_pushed_once() -
     want.sort();
     assert_eq!(tokens, want, "each member's device once");
     assert!(fcm_message_ids(&p.fcm).iter().all(|id| id == sent["id"].as_str().unwrap()));
-    // The push stream has held one plan and the jobs, nothing per copy.
+    // One plan (in memory, no fsync) stood for every copy; the push stream
+    // held the jobs only.
     let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
-    let info = js.get_stream(subjects::PUSH_STREAM).await?.info().await?.clone();
-    assert_eq!(info.state.last_sequence, 1 + MEMBERS as u64, "one plan and {MEMBERS} jobs");
+    let plans = js.get_stream(subjects::PUSH_PLAN_STREAM).await?.info().await?.clone();
+    assert_eq!(plans.config.storage, async_nats::jetstream::stream::StorageType::Memory);
+    assert_eq!(plans.state.last_sequence, 1, "one plan for the group message");
+    let jobs = js.get_stream(subjects::PUSH_STREAM).await?.info().await?.clone();
+    assert_eq!(jobs.state.last_sequence, MEMBERS as u64, "{MEMBERS} jobs");
     Ok(())
 }
 
 /// A worker started where an older one ran (a consumer of every inbox copy
-/// named `push-planner`, and a sender consumer of the whole push stream)
-/// deletes the first, narrows the second to the jobs, and plans from plans.
+/// named `push-planner`) deletes it and plans from plans.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_started_over_the_old_planner_deletes_it_and_narrows_the_sender() -> Result<()> {
+async fn a_worker_started_over_the_old_planner_deletes_it() -> Result<()> {
     let mut p = push_stack(&[]).await?;
     let (a, b) = (p.s.user("alice", "a1").await?, p.s.user("bob", "phone").await?);
     register_ok(&p.s, &b, fcm("bob-token")).await?;
     p.s.kill_worker(0);
     let js = async_nats::jetstream::new(chat_tests::nats_admin(&p.s.nats.url).await?);
-    let push = js.get_stream(subjects::PUSH_STREAM).await?;
-    for c in [subjects::PUSH_PLANNER, subjects::PUSH_SENDER] {
-        push.delete_consumer(c).await?;
-    }
+    let plans = js.get_stream(subjects::PUSH_PLAN_STREAM).await?;
+    plans.delete_consumer(subjects::PUSH_PLANNER).await?;
     let old = |name: &str, filter: &str| pull::Config {
         durable_name: Some(name.into()),
         filter_subject: filter.into(),
@@ -607,16 +608,13 @@ async fn a_worker_started_over_the_old_planner_deletes_it_and_narrows_the_sender
     };
     let inbox = js.get_stream(subjects::INBOX_STREAM).await?;
     inbox.create_consumer(old(subjects::PUSH_PLANNER, subjects::INBOX_ALL)).await?;
-    push.create_consumer(old(subjects::PUSH_SENDER, "")).await?;
     p.s.add_worker(0)?;
     wait_for("the worker to replace the old consumers", WAIT, || {
-        let (inbox, push) = (inbox.clone(), push.clone());
+        let (inbox, plans) = (inbox.clone(), plans.clone());
         async move {
             let gone = inbox.get_consumer::<pull::Config>(subjects::PUSH_PLANNER).await.is_err();
-            let mut sender = push.get_consumer::<pull::Config>(subjects::PUSH_SENDER).await.ok()?;
-            let narrowed = sender.info().await.ok()?.config.filter_subject == subjects::PUSH_ALL;
-            let planner = push.get_consumer::<pull::Config>(subjects::PUSH_PLANNER).await.is_ok();
-            (gone && narrowed && planner).then_some(())
+            let planner = plans.get_consumer::<pull::Config>(subjects::PUSH_PLANNER).await.is_ok();
+            (gone && planner).then_some(())
         }
     })
     .await?;

@@ -134,11 +134,8 @@ pub async fn start(
     let providers = Arc::new(sender::Providers::load(&cfg)?);
     let db = store::Store::connect(&cfg.database_url, cfg.db_pool_size)?;
     let cfg = Arc::new(cfg);
-    // The sender first: it narrows an old unfiltered consumer, which the
-    // work queue would not let the planner's stand beside.
-    let sender =
-        sender::Sender::new(client.clone(), storage.clone(), db.clone(), cfg.clone(), providers, metrics).await?;
-    let planner = planner::Planner::new(client, storage, db, cfg).await?;
+    let planner = planner::Planner::new(client.clone(), storage.clone(), db.clone(), cfg.clone()).await?;
+    let sender = sender::Sender::new(client, storage, db, cfg, providers, metrics).await?;
     Ok(vec![tokio::spawn(planner.run()), tokio::spawn(sender.run())])
 }
 

@@ -161,7 +161,7 @@ async fn planner_consumer(
         max_ack_pending: cfg.planner_max_pending,
         ..Default::default()
     };
-    Ok(storage.push.get_or_create_consumer(subjects::PUSH_PLANNER, config).await?)
+    Ok(storage.push_plans.get_or_create_consumer(subjects::PUSH_PLANNER, config).await?)
 }
 
 async fn presence_stream(js: &Context, name: &str) -> Result<stream::Stream, async_nats::Error> {

@@ -142,9 +142,6 @@ async fn open(storage: &Storage, cfg: &PushConfig) -> Result<pull::Stream, async
     let config = pull::Config {
         durable_name: Some(subjects::PUSH_SENDER.into()),
         description: Some("sends push notifications".into()),
-        // The stream also holds the planner's plans (a work queue: each
-        // consumer its own subjects).
-        filter_subject: subjects::PUSH_ALL.into(),
         ack_policy: AckPolicy::Explicit,
         ack_wait: cfg.ack_wait,
         // Attempts are counted by the sender, which dead-letters.
@@ -152,13 +149,7 @@ async fn open(storage: &Storage, cfg: &PushConfig) -> Result<pull::Stream, async
         max_ack_pending: 10_000,
         ..Default::default()
     };
-    let mut consumer = storage.push.get_or_create_consumer(subjects::PUSH_SENDER, config.clone()).await?;
-    // One made before plans shared the stream takes every subject: narrowed
-    // to the jobs (before the planner's consumer is made, which a work
-    // queue would refuse beside it).
-    if consumer.cached_info().config.filter_subject != subjects::PUSH_ALL {
-        consumer = storage.push.update_consumer(config).await?;
-    }
+    let consumer = storage.push.get_or_create_consumer(subjects::PUSH_SENDER, config).await?;
     Ok(consumer.stream().max_messages_per_batch(cfg.concurrency).messages().await?)
 }
 
