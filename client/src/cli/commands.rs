@@ -245,11 +245,14 @@ async fn listen(o: &Opts) -> Result<(), CliError> {
     loop {
         match session.next().await.map_err(|e| names.err(e))? {
             Event::Msg(m) => {
-                print_msg(o, &mut names, &m).await;
+                // Saved before it is shown: whoever sees the line (a
+                // script, the next command) finds it read and the cursor
+                // past it.
                 state::update(|st| {
                     state::mark_read(st, s(&m["conv"]), s(&m["id"]));
                     st["cursor"] = m["cursor"].clone();
                 })?;
+                print_msg(o, &mut names, &m).await;
             }
             Event::Other(v) if v["type"] == "synced" => {
                 state::update(|st| st["cursor"] = v["cursor"].clone())?;
