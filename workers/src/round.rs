@@ -271,9 +271,6 @@ async fn plan(sh: &Shared, caches: &mut Caches, routed: Vec<Routed>) -> Result<V
     Ok(planned)
 }
 
-/// (recipient, inbox sequence) of each copy of a stored message.
-type Copies = Vec<(i64, u64)>;
-
 /// After the commits: wake-ups, push plan, index entries, replies, outcome
 /// records.
 async fn finish(
@@ -286,7 +283,7 @@ async fn finish(
     let mut acks = AtomicBatch::new(BatchConfig::default());
     let mut index = Vec::new();
     let mut replies = Vec::with_capacity(planned.len());
-    let mut pushes: Vec<(Box<StoredMessage>, Copies)> = Vec::new();
+    let mut pushes = Vec::new();
     for (p, place) in planned.into_iter().zip(placed) {
         let ack = match (p.outcome, place) {
             (Plan::Answer(recorded), _) => {
@@ -303,7 +300,7 @@ async fn finish(
                 let history_seq = *history.get(h).ok_or("history batch without its sequence")?;
                 index.extend(sequencer::index_entry(&conv, &msg, history_seq));
                 let ack = outcome(&p.key, SeqResult::Ok { id: msg.id, conv: msg.conv.clone(), ts: msg.ts, n: msg.n })?;
-                pushes.push((msg, woken));
+                pushes.extend(sequencer::planned(&msg, &woken));
                 ack
             }
             _ => return Err("a stored message of the round has no place in its batches".into()),
@@ -312,8 +309,7 @@ async fn finish(
         replies.push((p.send.reply, ack));
     }
     // The round's push plan, once its copies are all stored.
-    let plans: Vec<(&StoredMessage, &[(i64, u64)])> = pushes.iter().map(|(m, c)| (&**m, c.as_slice())).collect();
-    sequencer::plan_pushes(sh, &plans).await?;
+    sequencer::plan_pushes(sh, pushes).await?;
     let puts = index.into_iter().map(|(key, entry)| sh.storage.hindex.put(key, entry));
     for r in futures::future::join_all(puts).await {
         r?;

@@ -414,7 +414,7 @@ async fn sequence(
     let draft = assign_id(sh, send, &conv, state).await?;
     let stored = store(sh, key, &conv, draft, members, fresh).await?;
     wake(sh, &stored.copies).await?;
-    plan_pushes(sh, &[(&stored.msg, &stored.copies)]).await?;
+    plan_pushes(sh, planned(&stored.msg, &stored.copies).into_iter().collect()).await?;
     announce(sh, &conv, &stored.msg).await?;
     index(sh, &conv, &stored).await?;
     let next = ConvState { last_id: stored.msg.id.max(state.last_id), n: stored.msg.n.max(state.n) };
@@ -528,7 +528,7 @@ pub(crate) async fn store_big(
 ) -> Result<(), async_nats::Error> {
     let stored = store(sh, key, conv, draft, members, false).await?;
     wake(sh, &stored.copies).await?;
-    plan_pushes(sh, &[(&stored.msg, &stored.copies)]).await?;
+    plan_pushes(sh, planned(&stored.msg, &stored.copies).into_iter().collect()).await?;
     index(sh, conv, &stored).await?;
     let ack =
         outcome(key, SeqResult::Ok { id: stored.msg.id, conv: conv.to_string(), ts: stored.msg.ts, n: stored.msg.n })?;
@@ -649,22 +649,20 @@ pub(crate) async fn wake(sh: &Shared, copies: &[(i64, u64)]) -> Result<(), async
     Ok(())
 }
 
-/// Step 3 too: the push plan of the text messages stored, with the copies
-/// each went to (see `push::planner`): one publish for a whole round
-/// instead of the planner reading every copy. Rooms, marks, reactions,
-/// edits and deletes are never pushed, so they have no plan.
-pub(crate) async fn plan_pushes(
-    sh: &Shared,
-    stored: &[(&StoredMessage, &[(i64, u64)])],
-) -> Result<(), async_nats::Error> {
+/// A stored message with the copies it went to, as its push plan holds it;
+/// `None` for what is never pushed (rooms, which have no copies; system
+/// messages, marks, reactions, edits and deletes).
+pub(crate) fn planned(msg: &StoredMessage, copies: &[(i64, u64)]) -> Option<PlannedMessage> {
+    (msg.kind == MessageKind::Text && !copies.is_empty()).then(|| PlannedMessage::new(msg, copies))
+}
+
+/// Step 3 too: the push plan of the messages stored (see [`planned`] and
+/// `push::planner`): one publish for a whole round instead of the planner
+/// reading every copy.
+pub(crate) async fn plan_pushes(sh: &Shared, messages: Vec<PlannedMessage>) -> Result<(), async_nats::Error> {
     if !sh.push_plans {
         return Ok(());
     }
-    let messages: Vec<PlannedMessage> = stored
-        .iter()
-        .filter(|(msg, copies)| msg.kind == MessageKind::Text && !copies.is_empty())
-        .map(|(msg, copies)| PlannedMessage::new(msg, copies))
-        .collect();
     let (Some(first), Some(last)) = (messages.first(), messages.last()) else { return Ok(()) };
     let id = subjects::push_plan_id(first.msg.id, last.msg.id);
     let subject = subjects::push_plan(u32::try_from(first.msg.id % 64).unwrap_or(0));

@@ -3,8 +3,8 @@
 //!
 //! Sequencers publish a [`PushPlan`] per round (the text messages stored
 //! and the inbox copy each recipient got) on `chat.push.plan.*`; a durable
-//! pull consumer (`push-planner`) on the push stream, shared by every
-//! worker, reads them. One plan stands for every copy of its messages:
+//! pull consumer (`push-planner`) on the plan stream (`CHAT_PUSH_PLANS`, in
+//! memory), shared by every worker, reads them. One plan stands for every copy of its messages:
 //! before, the planner read every inbox copy (a 100-member group message
 //! was 100 deliveries and 100 acks, and marks' and reactions' copies were
 //! read only to be skipped). For a plan:
@@ -181,21 +181,24 @@ fn now_ms() -> i128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i128
 }
 
+/// How long ago the plan `m` was stored.
+fn age(m: &Message) -> Result<Duration, async_nats::Error> {
+    let published_ms = m.info()?.published.unix_timestamp_nanos() / 1_000_000;
+    Ok(Duration::from_millis((now_ms() - published_ms).max(0) as u64))
+}
+
 impl Inner {
     /// How much of the grace delay the plan `m` has still to wait, if any.
     fn delay_left(&self, m: &Message) -> Option<Duration> {
-        let published_ms = m.info().ok()?.published.unix_timestamp_nanos() / 1_000_000;
-        let age = Duration::from_millis((now_ms() - published_ms).max(0) as u64);
-        self.cfg.delay.checked_sub(age).filter(|l| !l.is_zero())
+        self.cfg.delay.checked_sub(age(m).ok()?).filter(|l| !l.is_zero())
     }
 
     async fn plan(&self, m: &Message) -> Result<(), async_nats::Error> {
-        let published_ms = m.info()?.published.unix_timestamp_nanos() / 1_000_000;
+        let age = age(m)?;
         let Ok(plan) = serde_json::from_slice::<PushPlan>(&m.payload) else {
             tracing::warn!(subject = %m.subject, "push planner: a plan that does not parse; dropped");
             return m.ack().await;
         };
-        let age = Duration::from_millis((now_ms() - published_ms).max(0) as u64);
         if age > self.cfg.max_age {
             tracing::debug!(messages = plan.messages.len(), "push: plan too old; not pushed");
             return m.ack().await;
