@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bucket;
+pub mod commit;
 pub mod idgen;
 pub mod lane;
 pub mod lease;
@@ -63,6 +64,9 @@ pub struct WorkerConfig {
     /// `CHAT_WORKER_SUBSCRIPTION_CAPACITY`: messages the NATS client buffers
     /// per subscription before it drops them (a slow consumer).
     pub subscription_capacity: usize,
+    /// `CHAT_COMMITS_IN_FLIGHT`: commits each of the worker's stream
+    /// committers (`commit`) has in flight at once (1-64, default 2).
+    pub commits_in_flight: usize,
     /// Push notification settings.
     pub push: push::PushConfig,
     /// Search indexer settings.
@@ -87,6 +91,13 @@ impl WorkerConfig {
                 DEFAULT_SUBSCRIPTION_CAPACITY as u64,
                 1,
                 1 << 20,
+            )? as usize,
+            commits_in_flight: config::bounded(
+                src,
+                "CHAT_COMMITS_IN_FLIGHT",
+                commit::DEFAULT_IN_FLIGHT as u64,
+                1,
+                64,
             )? as usize,
             push: push::PushConfig::from_source(src)?,
             search: search::SearchConfig::from_source(src)?,
@@ -114,6 +125,8 @@ pub struct Shared {
     /// Messages the NATS client buffers per subscription
     /// (`CHAT_WORKER_SUBSCRIPTION_CAPACITY`): consumers ask for less.
     pub subscription_capacity: usize,
+    /// The committers of the streams rounds write (`commit`).
+    pub commits: commit::Committers,
     /// What `GET /metrics` reports.
     pub metrics: Arc<metrics::Metrics>,
     /// Whether sequencers publish push plans (`CHAT_PUSH_ENABLED`: a plan
@@ -249,6 +262,7 @@ async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<
             ids,
             clock,
             subscription_capacity: cfg.subscription_capacity,
+            commits: commit::Committers::start(&client, &storage.js, cfg.commits_in_flight),
             metrics: metrics.clone(),
             push_plans: cfg.push.enabled,
         });

@@ -26,7 +26,9 @@ use chat_nats::metrics::{count_histogram, secs, Seconds};
 /// How the sequencer stored messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// A round committed as atomic batches (`round`).
+    /// A round stored through the stream committers (`round`, `commit`):
+    /// atomic batches when its parts, alone or with other rounds', hold
+    /// enough entries, else plain publishes.
     Batch = 0,
     /// One message at a time (`sequencer::process`).
     Single = 1,

@@ -1,22 +1,25 @@
 //! Group commit: a partition owner sequences every ingress message already
-//! waiting as one round, stored with one atomic batch commit (one fsync) per
-//! stream instead of one fsync per write.
+//! waiting as one round, stored with one commit per stream (`commit`: one
+//! atomic batch and one fsync for the round, and for the rounds of other
+//! partitions committed with it, when they hold enough entries; plain
+//! publishes for a lone message, whose writes a batch's fixed cost of
+//! several ms would slow down).
 //!
-//! A round is taken only when batching pays (at least [`MIN_BATCH_ENTRIES`]
-//! stored entries: an atomic batch has a fixed cost of several ms, so a lone
-//! message keeps the plain, concurrent writes of `sequencer::process`), and
-//! only of messages no earlier attempt can have touched (`fresh`), with no
-//! membership change among them. Otherwise, and after any failure, the
-//! messages go one by one through `sequencer::process`, which is idempotent.
+//! A round is taken only of messages no earlier attempt can have touched
+//! (`fresh`), with no membership change among them. Otherwise, and after
+//! any failure, the messages go one by one through `sequencer::process`,
+//! which is idempotent.
 //!
 //! Order of a round, and what a crash at each step leaves:
 //! 1. ids and ordinals are assigned in ingress order (nothing stored);
 //! 2. the history batch commits (all or nothing; a crash before the ack is
 //!    completed or rolled back by the server at restart), or, when the
-//!    round has fewer than [`MIN_BATCH_PART`] history entries, they go as
-//!    plain publishes, one at a time per conversation (a crash leaves a
-//!    prefix of each conversation's entries stored, which the redo finds
-//!    as duplicates);
+//!    commit holds fewer than [`MIN_BATCH_PART`] entries, they go as plain
+//!    publishes, one at a time per conversation (a crash leaves a prefix of
+//!    each conversation's entries stored, which the redo finds as
+//!    duplicates). Each part goes through the stream's committer
+//!    (`commit`), which stores the parts of concurrent rounds of other
+//!    partitions in the same batch;
 //! 3. the inbox batches commit, in order, each all or nothing (or, below
 //!    [`MIN_BATCH_PART`], plain publishes one at a time per user). Only after
 //!    history: a failure here is redone by `process`, whose history append
@@ -32,11 +35,13 @@ use chat_nats::envelope::{IngressSend, SeqResult, StoredMessage};
 use chat_nats::history::direct_get;
 use chat_nats::subjects::{self, msg_id, ConvId};
 
+pub use crate::commit::MIN_BATCH_PART;
 use crate::sequencer::{self, outcome, Caches, ConvState, Route};
 use crate::Shared;
 
-/// Fewest stored entries (history appends plus inbox copies) for which a
-/// round is committed as atomic batches rather than plain writes.
+/// Fewest copies of a message stored one by one (`sequencer::process`) or
+/// of read marks spread together (`reads`) for which they go as one atomic
+/// batch rather than plain writes.
 pub const MIN_BATCH_ENTRIES: usize = 24;
 
 /// Most ingress messages in one round (its history appends fit one batch).
@@ -101,23 +106,14 @@ pub fn batchable(payloads: &[&[u8]]) -> Option<Vec<IngressSend>> {
     (keys.len() == sends.len() && !sends.iter().any(|s| s.event.is_some() || s.kind.is_change())).then_some(sends)
 }
 
-/// Sequences a round of fresh messages as atomic batches; `Ok(false)`,
-/// with nothing stored, when the round has too few entries to pay for a
-/// batch (the caller then goes message by message). On an error the caller
-/// redoes every message of the round through `sequencer::process` (not
-/// fresh), which finishes whatever the round stored.
-pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<bool, async_nats::Error> {
-    // A round of a few 1:1 messages is known to be too small without any
-    // lookup: skip the round's outcome lookup, which the one-by-one path
-    // does again for each message.
-    if known_entries(&sends).is_some_and(|n| n < MIN_BATCH_ENTRIES) {
-        return Ok(false);
-    }
+/// Sequences a round of fresh messages, each stream's part through its
+/// committer (`commit`: an atomic batch when the part, or the parts of
+/// other partitions' rounds committed with it, hold enough entries, else
+/// plain publishes). On an error the caller redoes every message of the
+/// round through `sequencer::process` (not fresh), which finishes whatever
+/// the round stored.
+pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<(), async_nats::Error> {
     let routed = route(sh, caches, sends).await?;
-    let entries: usize = routed.iter().map(|(_, _, to)| to.as_ref().map_or(0, |(_, m)| 1 + m.len())).sum();
-    if entries < MIN_BATCH_ENTRIES {
-        return Ok(false);
-    }
     let planned = plan(sh, caches, routed).await?;
     let mut history = AtomicBatch::new(BatchConfig::default());
     let mut inboxes: Vec<AtomicBatch> = vec![AtomicBatch::new(BatchConfig::default())];
@@ -146,82 +142,14 @@ pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend
     let (history_done, inbox_done) = if history.is_empty() {
         (Vec::new(), Vec::new())
     } else {
-        let h = store_part(sh, &history).await?;
+        let h = sh.commits.history.store(history).await?;
         let mut done = Vec::with_capacity(inboxes.len());
-        for b in inboxes.iter().filter(|b| !b.is_empty()) {
-            done.push(store_part(sh, b).await?);
+        for b in inboxes.into_iter().filter(|b| !b.is_empty()) {
+            done.push(sh.commits.inbox.store(b).await?);
         }
         (h, done)
     };
-    finish(sh, planned, placed, &history_done, &inbox_done).await?;
-    Ok(true)
-}
-
-/// Fewest entries of one stream for which a round's writes to that stream
-/// go as an atomic batch. Fewer go as plain publishes: a batch's fixed cost
-/// (nats-server creates, syncs and removes a staging store per batch:
-/// about 1-2 ms of its CPU and 2.6 ms of latency here) is more than that
-/// many plain writes cost, e.g. the one history append of a round holding
-/// a single group message.
-pub const MIN_BATCH_PART: usize = 16;
-
-/// Stores one stream's part of a round, all of it or (on an error) an
-/// unknown share that the caller's redo finishes; each entry's sequence,
-/// in push order. A part below [`MIN_BATCH_PART`] goes as plain
-/// publishes, one after another per subject (a conversation's history, a
-/// user's inbox), so that a write that fails never has a later one of the
-/// same subject stored before the redo writes it; subjects go concurrently.
-async fn store_part(sh: &Shared, part: &AtomicBatch) -> Result<Vec<u64>, async_nats::Error> {
-    if part.len() >= MIN_BATCH_PART {
-        return Ok(part.commit(&sh.client).await?.sequences().collect());
-    }
-    let entries = part.entries();
-    let mut chains: Vec<Vec<usize>> = Vec::new();
-    let mut chain_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for (i, e) in entries.iter().enumerate() {
-        let c = *chain_of.entry(e.subject.as_str()).or_insert_with(|| {
-            chains.push(Vec::new());
-            chains.len() - 1
-        });
-        chains[c].push(i);
-    }
-    let runs = chains.into_iter().map(|chain| async move {
-        let mut seqs = Vec::with_capacity(chain.len());
-        for i in chain {
-            let e = &entries[i];
-            let ack = sh
-                .storage
-                .js
-                .publish_with_headers(e.subject.clone(), e.headers.clone(), e.payload.clone())
-                .await?
-                .await?;
-            if ack.duplicate {
-                // A fresh round stores nothing twice; leave it to the redo.
-                return Err(async_nats::Error::from("a fresh round's write was a duplicate"));
-            }
-            seqs.push((i, ack.sequence));
-        }
-        Ok(seqs)
-    });
-    let mut seqs = vec![0; entries.len()];
-    for run in futures::future::join_all(runs).await {
-        for (i, seq) in run? {
-            seqs[i] = seq;
-        }
-    }
-    Ok(seqs)
-}
-
-/// How many entries the round stores, if known without a lookup: when every
-/// send is in a 1:1 (history and two copies, one for a note to self) or a
-/// room (history only). A group's members are looked up.
-fn known_entries(sends: &[IngressSend]) -> Option<usize> {
-    use chat_nats::subjects::ConvKind;
-    sends.iter().try_fold(0, |n, s| match ConvId::parse(&s.conv)?.kind() {
-        ConvKind::Direct(a, b) => Some(n + if a == b { 2 } else { 3 }),
-        ConvKind::Room(_) => Some(n + 1),
-        ConvKind::Group(_) => None,
-    })
+    finish(sh, planned, placed, &history_done, &inbox_done).await
 }
 
 /// A send of the round with its dedupe key and either its conversation and
@@ -324,7 +252,7 @@ async fn finish(
     // one commit, or as plain writes when few; should that fail, a
     // redelivery finds the history duplicate.
     if !acks.is_empty() {
-        if let Err(e) = store_part(sh, &acks).await {
+        if let Err(e) = sh.commits.acks.store(acks).await {
             tracing::warn!(error = %e, "outcome records not written; retries will find the stored messages");
         }
     }
@@ -342,18 +270,6 @@ mod tests {
             v["event"] = serde_json::json!({"op": "added", "actor": "1", "version": 2, "members": ["1", "2"]});
         }
         serde_json::to_vec(&v).unwrap()
-    }
-
-    #[test]
-    fn small_rounds_of_one_to_ones_are_known_too_small_without_a_lookup() {
-        let sends: Vec<IngressSend> =
-            (0..8).map(|i| serde_json::from_slice(&send(&format!("c{i}"), false)).unwrap()).collect();
-        assert_eq!(known_entries(&sends[..7]), Some(21), "7 1:1 messages: 21 entries, below the batch threshold");
-        assert_eq!(known_entries(&sends), Some(24));
-        let mut group = sends[0].clone();
-        group.conv = "g-5".into();
-        let mixed = [sends[0].clone(), group];
-        assert_eq!(known_entries(&mixed), None, "a group's members are looked up");
     }
 
     #[test]

@@ -107,11 +107,12 @@ pub async fn run_partition(
         sh.metrics.round(round.len());
         let started = std::time::Instant::now();
         let payloads: Vec<&[u8]> = round.iter().map(|m| m.payload.as_ref()).collect();
-        // Ok(true): stored as a batched round; Ok(false): not batched, one
-        // by one as delivered; Err: part of it may be stored, so one by one
-        // (idempotent) and never as fresh.
-        let batched = match round.iter().all(fresh).then(|| crate::round::batchable(&payloads)).flatten() {
-            Some(sends) => crate::round::run(&sh, &mut convs, sends).await.map_err(|e| {
+        // Ok(true): stored as a round; Ok(false): not taken as one (a
+        // redelivery, a membership change), one by one as delivered; Err:
+        // part of it may be stored, so one by one (idempotent) and never as
+        // fresh.
+        let batched = match (!round.is_empty() && round.iter().all(fresh)).then(|| crate::round::batchable(&payloads)).flatten() {
+            Some(sends) => crate::round::run(&sh, &mut convs, sends).await.map(|()| true).map_err(|e| {
                 tracing::warn!(partition, error = %e, "batched round failed; redoing its messages one by one");
                 convs.clear();
             }),

@@ -1,0 +1,227 @@
+//! Group commit across partitions: every stream a round writes (history,
+//! inboxes, outcome records) has one committer per worker, and the parts
+//! that the worker's partitions hand it while a commit is in flight are
+//! stored together, as one atomic batch.
+//!
+//! A partition's round stores its history part, then its inbox parts, then
+//! its outcome records, each awaited before the next (`round`). With many
+//! partitions (`CHAT_PARTITIONS`, 16 by default) under load, each round is
+//! small and each of its parts was a batch of its own: a perf profile of
+//! `latency --pairs 500 --rate 5000` put nats-server's per-batch staging
+//! store (created, synced and removed for every batch) at a quarter of its
+//! CPU, with ~25 sends per history batch. The committer takes whatever
+//! parts wait (up to one batch, [`DEFAULT_MAX_ENTRIES`]) once one of its
+//! [`WorkerConfig::commits_in_flight`](crate::WorkerConfig) slots is free,
+//! so a lone part at light load is stored at once, as before, and under
+//! load many rounds share one commit and one fsync.
+//!
+//! What a merged commit means for each round, whose part is all or nothing
+//! as before:
+//! - stored: every part is, each entry at its sequence (a part's entries
+//!   are consecutive in the batch, in their order);
+//! - refused, nothing stored (a duplicate id in one part, say): each part
+//!   is stored again on its own, so one round's trouble (its redo finds out
+//!   what it was) is not the others';
+//! - outcome unknown (timeout, connection lost): every part reports an
+//!   error, and each round is redone one message at a time, which finds
+//!   whatever landed as duplicates.
+//!
+//! Parts of different partitions never hold the same conversation, and a
+//! partition hands over its next part only after its last one is stored,
+//! so the conversation order of history and of every inbox is the one each
+//! round wrote.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use chat_nats::batch::{AtomicBatch, BatchConfig, DEFAULT_MAX_ENTRIES};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Fewest entries for which a commit goes as an atomic batch. Fewer go as
+/// plain publishes: a batch's fixed cost (nats-server creates, syncs and
+/// removes a staging store per batch: about 1-2 ms of its CPU and 2.6 ms
+/// of latency here) is more than that many plain writes cost, e.g. the one
+/// history append of a round holding a single group message.
+pub const MIN_BATCH_PART: usize = 16;
+
+/// Default of `CHAT_COMMITS_IN_FLIGHT`.
+pub const DEFAULT_IN_FLIGHT: usize = 2;
+
+/// Parts waiting for a committer before rounds wait for room.
+const QUEUE: usize = 1024;
+
+struct Job {
+    part: AtomicBatch,
+    done: oneshot::Sender<Result<Vec<u64>, String>>,
+}
+
+/// One stream's committer.
+#[derive(Debug, Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Job>,
+}
+
+/// The committers of the streams a round writes.
+#[derive(Debug, Clone)]
+pub struct Committers {
+    /// `CHAT_HISTORY`.
+    pub history: Committer,
+    /// `CHAT_INBOX`.
+    pub inbox: Committer,
+    /// The acks bucket's stream (outcome records).
+    pub acks: Committer,
+}
+
+impl Committers {
+    /// Starts one committer per stream, each with `in_flight` commits at
+    /// most at once.
+    pub fn start(client: &async_nats::Client, js: &jetstream::Context, in_flight: usize) -> Committers {
+        let one = || Committer::start(client.clone(), js.clone(), in_flight);
+        Committers { history: one(), inbox: one(), acks: one() }
+    }
+}
+
+impl Committer {
+    fn start(client: async_nats::Client, js: jetstream::Context, in_flight: usize) -> Committer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(client, js, rx, in_flight.max(1)));
+        Committer { tx }
+    }
+
+    /// Stores `part` (entries of this committer's stream, in order), all of
+    /// it or, on an error, an unknown share that the caller's redo finishes;
+    /// each entry's sequence, in push order.
+    pub async fn store(&self, part: AtomicBatch) -> Result<Vec<u64>, async_nats::Error> {
+        if part.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Job { part, done }).await.map_err(|_| "committer stopped")?;
+        Ok(rx.await.map_err(|_| "committer stopped")??)
+    }
+}
+
+async fn run(client: async_nats::Client, js: jetstream::Context, mut rx: mpsc::Receiver<Job>, in_flight: usize) {
+    let permits = Arc::new(Semaphore::new(in_flight));
+    // A part that did not fit the last commit starts the next.
+    let mut held: Option<Job> = None;
+    loop {
+        let first = match held.take() {
+            Some(j) => j,
+            None => match rx.recv().await {
+                Some(j) => j,
+                None => return,
+            },
+        };
+        // Wait for a slot first, so that the parts arriving meanwhile join.
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let mut entries = first.part.len();
+        let mut jobs = vec![first];
+        while let Ok(j) = rx.try_recv() {
+            if entries + j.part.len() > DEFAULT_MAX_ENTRIES {
+                held = Some(j);
+                break;
+            }
+            entries += j.part.len();
+            jobs.push(j);
+        }
+        let (client, js) = (client.clone(), js.clone());
+        tokio::spawn(async move {
+            commit(&client, &js, jobs).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Stores the parts as one atomic batch when there are several and enough
+/// entries; else (and when that batch is refused) each on its own.
+async fn commit(client: &async_nats::Client, js: &jetstream::Context, jobs: Vec<Job>) {
+    if jobs.len() > 1 {
+        if let Some(merged) = merge(&jobs) {
+            match merged.commit(client).await {
+                Ok(done) => {
+                    let mut seqs = done.sequences();
+                    for j in jobs {
+                        let _ = j.done.send(Ok(seqs.by_ref().take(j.part.len()).collect()));
+                    }
+                    return;
+                }
+                Err(e) if e.outcome_unknown() => {
+                    let message = format!("merged commit of {} parts: {e}", jobs.len());
+                    for j in jobs {
+                        let _ = j.done.send(Err(message.clone()));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, parts = jobs.len(), "merged commit refused; storing each part on its own")
+                }
+            }
+        }
+    }
+    let each = jobs.into_iter().map(|j| async move {
+        let r = store_part(client, js, &j.part).await.map_err(|e| e.to_string());
+        let _ = j.done.send(r);
+    });
+    futures::future::join_all(each).await;
+}
+
+/// The parts as one batch, if together they are worth one.
+fn merge(jobs: &[Job]) -> Option<AtomicBatch> {
+    let entries: usize = jobs.iter().map(|j| j.part.len()).sum();
+    if entries < MIN_BATCH_PART {
+        return None;
+    }
+    let mut merged = AtomicBatch::new(BatchConfig::default());
+    for e in jobs.iter().flat_map(|j| j.part.entries()) {
+        merged.push(e.subject.clone(), e.headers.clone(), e.payload.clone()).ok()?;
+    }
+    Some(merged)
+}
+
+/// Stores one part on its own, all of it or (on an error) an unknown share
+/// that the caller's redo finishes; each entry's sequence, in push order. A
+/// part below [`MIN_BATCH_PART`] goes as plain publishes, one after another
+/// per subject (a conversation's history, a user's inbox), so that a write
+/// that fails never has a later one of the same subject stored before the
+/// redo writes it; subjects go concurrently.
+async fn store_part(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    part: &AtomicBatch,
+) -> Result<Vec<u64>, async_nats::Error> {
+    if part.len() >= MIN_BATCH_PART {
+        return Ok(part.commit(client).await?.sequences().collect());
+    }
+    let entries = part.entries();
+    let mut chains: Vec<Vec<usize>> = Vec::new();
+    let mut chain_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, e) in entries.iter().enumerate() {
+        let c = *chain_of.entry(e.subject.as_str()).or_insert_with(|| {
+            chains.push(Vec::new());
+            chains.len() - 1
+        });
+        chains[c].push(i);
+    }
+    let runs = chains.into_iter().map(|chain| async move {
+        let mut seqs = Vec::with_capacity(chain.len());
+        for i in chain {
+            let e = &entries[i];
+            let ack =
+                js.publish_with_headers(e.subject.clone(), e.headers.clone(), e.payload.clone()).await?.await?;
+            if ack.duplicate {
+                // A fresh round stores nothing twice; leave it to the redo.
+                return Err(async_nats::Error::from("a fresh round's write was a duplicate"));
+            }
+            seqs.push((i, ack.sequence));
+        }
+        Ok(seqs)
+    });
+    let mut seqs = vec![0; entries.len()];
+    for run in futures::future::join_all(runs).await {
+        for (i, seq) in run? {
+            seqs[i] = seq;
+        }
+    }
+    Ok(seqs)
+}
