@@ -35,6 +35,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use chat_nats::batch::{AtomicBatch, BatchConfig, DEFAULT_MAX_ENTRIES};
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Fewest entries for which a commit goes as an atomic batch. Fewer go as
@@ -59,6 +60,16 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Job>,
+    counters: Counters,
+}
+
+/// What a committer counts (`chat_commits`, `chat_commit_parts`).
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    /// Commits: a merged batch, or a part stored on its own.
+    pub commits: Counter,
+    /// Parts stored (or failed) by those commits.
+    pub parts: Counter,
 }
 
 /// The committers of the streams a round writes.
@@ -74,18 +85,30 @@ pub struct Committers {
 
 impl Committers {
     /// Starts one committer per stream, each with `in_flight` commits at
-    /// most at once.
-    pub fn start(client: &async_nats::Client, js: &jetstream::Context, in_flight: usize) -> Committers {
-        let one = || Committer::start(client.clone(), js.clone(), in_flight);
-        Committers { history: one(), inbox: one(), acks: one() }
+    /// most at once, counting into `metrics`.
+    pub fn start(
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        in_flight: usize,
+        metrics: &crate::metrics::Metrics,
+    ) -> Committers {
+        let one = |stream| Committer::start(client.clone(), js.clone(), in_flight, metrics.commit_counters(stream));
+        Committers { history: one("history"), inbox: one("inbox"), acks: one("acks") }
     }
 }
 
 impl Committer {
-    fn start(client: async_nats::Client, js: jetstream::Context, in_flight: usize) -> Committer {
+    /// Starts a committer of one stream (every part it is given must be of
+    /// that stream) with `in_flight` commits at most at once.
+    pub fn start(client: async_nats::Client, js: jetstream::Context, in_flight: usize, counters: Counters) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(client, js, rx, in_flight.max(1)));
-        Committer { tx }
+        tokio::spawn(run(client, js, rx, in_flight.max(1), counters.clone()));
+        Committer { tx, counters }
+    }
+
+    /// Commits made and parts they stored so far.
+    pub fn stats(&self) -> (u64, u64) {
+        (self.counters.commits.get(), self.counters.parts.get())
     }
 
     /// Stores `part` (entries of this committer's stream, in order), all of
@@ -101,7 +124,13 @@ impl Committer {
     }
 }
 
-async fn run(client: async_nats::Client, js: jetstream::Context, mut rx: mpsc::Receiver<Job>, in_flight: usize) {
+async fn run(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<Job>,
+    in_flight: usize,
+    counters: Counters,
+) {
     let permits = Arc::new(Semaphore::new(in_flight));
     // A part that did not fit the last commit starts the next.
     let mut held: Option<Job> = None;
@@ -125,9 +154,9 @@ async fn run(client: async_nats::Client, js: jetstream::Context, mut rx: mpsc::R
             entries += j.part.len();
             jobs.push(j);
         }
-        let (client, js) = (client.clone(), js.clone());
+        let (client, js, counters) = (client.clone(), js.clone(), counters.clone());
         tokio::spawn(async move {
-            commit(&client, &js, jobs).await;
+            commit(&client, &js, jobs, &counters).await;
             drop(permit);
         });
     }
@@ -135,9 +164,11 @@ async fn run(client: async_nats::Client, js: jetstream::Context, mut rx: mpsc::R
 
 /// Stores the parts as one atomic batch when there are several and enough
 /// entries; else (and when that batch is refused) each on its own.
-async fn commit(client: &async_nats::Client, js: &jetstream::Context, jobs: Vec<Job>) {
+async fn commit(client: &async_nats::Client, js: &jetstream::Context, jobs: Vec<Job>, counters: &Counters) {
+    counters.parts.inc_by(jobs.len() as u64);
     if jobs.len() > 1 {
         if let Some(merged) = merge(&jobs) {
+            counters.commits.inc();
             match merged.commit(client).await {
                 Ok(done) => {
                     let mut seqs = done.sequences();
@@ -159,6 +190,7 @@ async fn commit(client: &async_nats::Client, js: &jetstream::Context, jobs: Vec<
             }
         }
     }
+    counters.commits.inc_by(jobs.len() as u64);
     let each = jobs.into_iter().map(|j| async move {
         let r = store_part(client, js, &j.part).await.map_err(|e| e.to_string());
         let _ = j.done.send(r);

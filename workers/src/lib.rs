@@ -262,7 +262,7 @@ async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<
             ids,
             clock,
             subscription_capacity: cfg.subscription_capacity,
-            commits: commit::Committers::start(&client, &storage.js, cfg.commits_in_flight),
+            commits: commit::Committers::start(&client, &storage.js, cfg.commits_in_flight, &metrics),
             metrics: metrics.clone(),
             push_plans: cfg.push.enabled,
         });

@@ -74,7 +74,12 @@ pub struct Metrics {
     presence: [Counter; 2],
     search_lag: Gauge,
     search_events: [Counter; 3],
+    commits: [Counter; 3],
+    commit_parts: [Counter; 3],
 }
+
+/// The streams with a committer (`commit::Committers`).
+const COMMIT_STREAMS: [&str; 3] = ["history", "inbox", "acks"];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,6 +95,8 @@ impl Metrics {
         let sequenced = Family::<Label, Counter>::default();
         let presence = Family::<Label, Counter>::default();
         let search_events = Family::<Label, Counter>::default();
+        let commits = Family::<Label, Counter>::default();
+        let commit_parts = Family::<Label, Counter>::default();
         // Every provider × result from the start, so a rule on `dead`
         // sees 0 before the first one.
         let push = Family::<PushLabels, Counter>::default();
@@ -105,7 +112,19 @@ impl Metrics {
             presence: ["online", "offline"].map(|v| presence.get_or_create(&[("to", v)]).clone()),
             search_lag: Gauge::default(),
             search_events: SEARCH_OPS.map(|v| search_events.get_or_create(&[("op", v)]).clone()),
+            commits: COMMIT_STREAMS.map(|v| commits.get_or_create(&[("stream", v)]).clone()),
+            commit_parts: COMMIT_STREAMS.map(|v| commit_parts.get_or_create(&[("stream", v)]).clone()),
         };
+        r.register(
+            "chat_commits",
+            "Commits of the worker's stream committers (a merged batch, or a lone part), by stream",
+            commits,
+        );
+        r.register(
+            "chat_commit_parts",
+            "Rounds' parts the stream committers stored, by stream (parts per commit: how much rounds share)",
+            commit_parts,
+        );
         r.register(
             "chat_sequencer_round_messages",
             "Ingress messages a partition owner took as one round",
@@ -145,6 +164,13 @@ impl Metrics {
     }
 
     /// Records `messages` stored in `mode`, started at `started`.
+    /// The counters of the committer of `stream` (`history`, `inbox` or
+    /// `acks`): its commits and the parts they stored.
+    pub fn commit_counters(&self, stream: &str) -> crate::commit::Counters {
+        let i = COMMIT_STREAMS.iter().position(|s| *s == stream).unwrap_or(0);
+        crate::commit::Counters { commits: self.commits[i].clone(), parts: self.commit_parts[i].clone() }
+    }
+
     pub fn committed(&self, mode: Mode, messages: usize, started: Instant) {
         self.commit_seconds[mode as usize].observe(secs(started));
         self.sequenced[mode as usize].inc_by(messages as u64);

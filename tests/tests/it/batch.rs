@@ -332,3 +332,74 @@ async fn a_round_of_more_keys_than_one_batch_holds_is_raised_in_parts() -> Resul
     }
     Ok(())
 }
+
+/// A part of `n` entries for the committer tests: subject `c.<part>` (or
+/// `subject`), dedupe ids `<part>.<i>`, payloads `<part>/<i>`.
+fn part(p: usize, n: usize) -> AtomicBatch {
+    let mut b = AtomicBatch::new(BatchConfig::default());
+    for i in 0..n {
+        b.push(format!("c.{p}"), msg_id(&format!("{p}.{i}")), format!("{p}/{i}").into()).unwrap();
+    }
+    b
+}
+
+/// Every entry of `part` is stored at the sequence the committer gave it.
+async fn at_their_sequences(s: &stream::Stream, part: &AtomicBatch, seqs: &[u64]) -> Result<()> {
+    assert_eq!(seqs.len(), part.len(), "one sequence per entry");
+    for (e, seq) in part.entries().iter().zip(seqs) {
+        let m = s.direct_get(*seq).await.with_context(|| format!("direct get {seq}"))?;
+        assert_eq!((m.subject.as_str(), &m.payload), (e.subject.as_str(), &e.payload), "entry at {seq}");
+    }
+    Ok(())
+}
+
+/// The worker's stream committer (`chat_workers::commit`): the parts that
+/// wait while its one commit slot is taken are stored as one atomic batch
+/// (20 rounds' parts of 5 entries: one commit instead of 20 plain ones),
+/// each part at consecutive sequences, in the order they were handed over.
+#[tokio::test]
+async fn a_committer_stores_the_parts_waiting_for_it_as_one_batch() -> Result<()> {
+    let t = js().await?;
+    let mut s = t.stream("C", "c", true).await?;
+    let c = chat_workers::commit::Committer::start(t.client.clone(), t.js.clone(), 1, Default::default());
+    let parts: Vec<AtomicBatch> = (0..20).map(|p| part(p, 5)).collect();
+    // All handed over in one poll: this test's runtime has one thread, so
+    // the committer first runs once all 20 wait.
+    let stored = futures::future::join_all(parts.iter().cloned().map(|p| c.store(p))).await;
+    let mut all = Vec::new();
+    for (p, r) in parts.iter().zip(stored) {
+        let seqs = r.map_err(|e| anyhow::anyhow!("{e}"))?;
+        at_their_sequences(&s, p, &seqs).await?;
+        all.extend(seqs);
+    }
+    assert_eq!(all, (1..=100).collect::<Vec<u64>>(), "consecutive, in hand-over order: one batch");
+    assert_eq!(c.stats(), (1, 20), "(commits, parts)");
+    assert_eq!(stored_count(&mut s).await?, 100);
+    Ok(())
+}
+
+/// A merged batch refused with nothing stored (one part holds a dedupe id
+/// already stored) is retried part by part: that part fails, for its round
+/// to redo, and the others are stored.
+#[tokio::test]
+async fn a_committer_retries_a_refused_merged_batch_part_by_part() -> Result<()> {
+    let t = js().await?;
+    let mut s = t.stream("C", "c", true).await?;
+    t.js.publish_with_headers("c.1", msg_id("1.0"), "stored before".into()).await?.await?;
+    let c = chat_workers::commit::Committer::start(t.client.clone(), t.js.clone(), 1, Default::default());
+    // Part 1's first entry is the stored one: together 24 entries, one batch.
+    let parts: Vec<AtomicBatch> = (0..3).map(|p| part(p, 8)).collect();
+    let stored = futures::future::join_all(parts.iter().cloned().map(|p| c.store(p))).await;
+    assert!(stored[1].is_err(), "the part holding a stored id fails: {:?}", stored[1]);
+    for p in [0, 2] {
+        let seqs = stored[p].as_ref().map_err(|e| anyhow::anyhow!("part {p}: {e}"))?;
+        at_their_sequences(&s, &parts[p], seqs).await?;
+    }
+    assert_eq!(stored_count(&mut s).await?, 1 + 16, "nothing of the failed part stored, the others whole");
+    assert_eq!(c.stats(), (1 + 3, 3), "the merged batch, then each part on its own");
+    Ok(())
+}
+
+async fn stored_count(s: &mut stream::Stream) -> Result<u64> {
+    Ok(stored(s).await?.0)
+}
