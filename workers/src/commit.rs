@@ -32,6 +32,7 @@
 //! round wrote.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_nats::jetstream;
 use chat_nats::batch::{AtomicBatch, BatchConfig, DEFAULT_MAX_ENTRIES};
@@ -47,6 +48,9 @@ pub const MIN_BATCH_PART: usize = 16;
 
 /// Default of `CHAT_COMMITS_IN_FLIGHT`.
 pub const DEFAULT_IN_FLIGHT: usize = 2;
+
+/// Default of `CHAT_RECORD_LINGER_MS`.
+pub const DEFAULT_RECORD_LINGER_MS: u64 = 100;
 
 /// Parts waiting for a committer before rounds wait for room.
 const QUEUE: usize = 1024;
@@ -85,24 +89,45 @@ pub struct Committers {
 
 impl Committers {
     /// Starts one committer per stream, each with `in_flight` commits at
-    /// most at once, counting into `metrics`.
+    /// most at once, counting into `metrics`; the outcome records' waits up
+    /// to `record_linger` for a batch's worth (they are off every ack's
+    /// path: see `round`).
     pub fn start(
         client: &async_nats::Client,
         js: &jetstream::Context,
         in_flight: usize,
+        record_linger: Duration,
         metrics: &crate::metrics::Metrics,
     ) -> Committers {
-        let one = |stream| Committer::start(client.clone(), js.clone(), in_flight, metrics.commit_counters(stream));
-        Committers { history: one("history"), inbox: one("inbox"), acks: one("acks") }
+        let one = |stream, linger| {
+            let tuning = Tuning { in_flight, linger };
+            Committer::start(client.clone(), js.clone(), tuning, metrics.commit_counters(stream))
+        };
+        Committers {
+            history: one("history", Duration::ZERO),
+            inbox: one("inbox", Duration::ZERO),
+            acks: one("acks", record_linger),
+        }
     }
+}
+
+/// How a committer gathers parts.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Commits in flight at once (at least 1).
+    pub in_flight: usize,
+    /// How long a commit that has fewer than [`MIN_BATCH_PART`] entries
+    /// waits for more parts before it is stored (zero: never). Only for
+    /// writes nobody waits on.
+    pub linger: Duration,
 }
 
 impl Committer {
     /// Starts a committer of one stream (every part it is given must be of
-    /// that stream) with `in_flight` commits at most at once.
-    pub fn start(client: async_nats::Client, js: jetstream::Context, in_flight: usize, counters: Counters) -> Committer {
+    /// that stream).
+    pub fn start(client: async_nats::Client, js: jetstream::Context, tuning: Tuning, counters: Counters) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(client, js, rx, in_flight.max(1), counters.clone()));
+        tokio::spawn(run(client, js, rx, tuning, counters.clone()));
         Committer { tx, counters }
     }
 
@@ -128,10 +153,10 @@ async fn run(
     client: async_nats::Client,
     js: jetstream::Context,
     mut rx: mpsc::Receiver<Job>,
-    in_flight: usize,
+    tuning: Tuning,
     counters: Counters,
 ) {
-    let permits = Arc::new(Semaphore::new(in_flight));
+    let permits = Arc::new(Semaphore::new(tuning.in_flight.max(1)));
     // A part that did not fit the last commit starts the next.
     let mut held: Option<Job> = None;
     loop {
@@ -142,23 +167,40 @@ async fn run(
                 None => return,
             },
         };
-        // Wait for a slot first, so that the parts arriving meanwhile join.
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let mut entries = first.part.len();
         let mut jobs = vec![first];
-        while let Ok(j) = rx.try_recv() {
-            if entries + j.part.len() > DEFAULT_MAX_ENTRIES {
-                held = Some(j);
-                break;
+        // Writes nobody waits on wait for a batch's worth, or the linger.
+        let until = tokio::time::Instant::now() + tuning.linger;
+        while held.is_none() && entries < MIN_BATCH_PART && !tuning.linger.is_zero() {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(j)) => add(&mut jobs, &mut entries, &mut held, j),
+                Ok(None) | Err(_) => break,
             }
-            entries += j.part.len();
-            jobs.push(j);
+        }
+        // Wait for a slot first, so that the parts arriving meanwhile join.
+        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        while held.is_none() {
+            match rx.try_recv() {
+                Ok(j) => add(&mut jobs, &mut entries, &mut held, j),
+                Err(_) => break,
+            }
         }
         let (client, js, counters) = (client.clone(), js.clone(), counters.clone());
         tokio::spawn(async move {
             commit(&client, &js, jobs, &counters).await;
             drop(permit);
         });
+    }
+}
+
+/// Adds `j` to the commit being gathered, or holds it for the next if it
+/// does not fit one batch.
+fn add(jobs: &mut Vec<Job>, entries: &mut usize, held: &mut Option<Job>, j: Job) {
+    if *entries + j.part.len() > DEFAULT_MAX_ENTRIES {
+        *held = Some(j);
+    } else {
+        *entries += j.part.len();
+        jobs.push(j);
     }
 }
 

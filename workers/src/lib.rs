@@ -67,6 +67,9 @@ pub struct WorkerConfig {
     /// `CHAT_COMMITS_IN_FLIGHT`: commits each of the worker's stream
     /// committers (`commit`) has in flight at once (1-64, default 2).
     pub commits_in_flight: usize,
+    /// `CHAT_RECORD_LINGER_MS`: how long the outcome records' committer
+    /// waits for a batch's worth of records (0-10000, default 100).
+    pub record_linger: std::time::Duration,
     /// Push notification settings.
     pub push: push::PushConfig,
     /// Search indexer settings.
@@ -99,6 +102,13 @@ impl WorkerConfig {
                 1,
                 64,
             )? as usize,
+            record_linger: std::time::Duration::from_millis(config::bounded(
+                src,
+                "CHAT_RECORD_LINGER_MS",
+                commit::DEFAULT_RECORD_LINGER_MS,
+                0,
+                10_000,
+            )?),
             push: push::PushConfig::from_source(src)?,
             search: search::SearchConfig::from_source(src)?,
             metrics_addr: match src.get("CHAT_METRICS_ADDR").as_deref() {
@@ -262,7 +272,7 @@ async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<
             ids,
             clock,
             subscription_capacity: cfg.subscription_capacity,
-            commits: commit::Committers::start(&client, &storage.js, cfg.commits_in_flight, &metrics),
+            commits: commit::Committers::start(&client, &storage.js, cfg.commits_in_flight, cfg.record_linger, &metrics),
             metrics: metrics.clone(),
             push_plans: cfg.push.enabled,
         });

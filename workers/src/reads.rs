@@ -100,8 +100,8 @@ fn copies(send: &IngressSend) -> Result<Result<(Vec<(i64, String)>, Bytes), Stri
 /// Spreads a round's marks together instead of one after another: one
 /// lookup of their recorded outcomes, every copy in ingress order (one
 /// atomic batch when there are at least [`crate::round::MIN_BATCH_ENTRIES`],
-/// else plain publishes all in flight at once), the wake-ups, the replies,
-/// then the outcome records likewise. `Ok(None)` when the round is not
+/// else plain publishes all in flight at once), the wake-ups, the replies;
+/// returns the outcome records, for the caller to write. `Ok(None)` when the round is not
 /// taken (a mark that does not parse, or the same mark twice): the caller
 /// goes one by one. On an error part of it may be stored; the caller redoes
 /// the marks one by one, which finds the recorded ones and whose copies
@@ -110,7 +110,7 @@ fn copies(send: &IngressSend) -> Result<Result<(Vec<(i64, String)>, Bytes), Stri
 pub(crate) async fn process_round(
     sh: &Shared,
     marks: &[async_nats::jetstream::Message],
-) -> Result<Option<Mode>, async_nats::Error> {
+) -> Result<Option<(Mode, AtomicBatch)>, async_nats::Error> {
     let Some(sends) =
         marks.iter().map(|m| serde_json::from_slice::<IngressSend>(&m.payload).ok()).collect::<Option<Vec<_>>>()
     else {
@@ -150,13 +150,16 @@ pub(crate) async fn process_round(
     .await?;
     let woken: Vec<(i64, u64)> = entries.iter().zip(&seqs).map(|((r, _, _), seq)| (*r, *seq)).collect();
     crate::sequencer::wake(sh, &woken).await?;
-    let mut outcomes = Vec::new();
+    // The records are the caller's to write (`sequencer::acknowledge`):
+    // should they fail, a redelivered mark spreads again (its copies
+    // dedupe) and is answered the same.
+    let mut records = AtomicBatch::new(BatchConfig::default());
     for ((send, key), plan) in sends.iter().zip(&keys).zip(plans) {
         let ack = match plan {
             Err(recorded) => recorded,
             Ok(result) => {
                 let ack = crate::sequencer::outcome(key, answer(send, result))?;
-                outcomes.push((ack_record_subject(key), HeaderMap::new(), ack.clone()));
+                records.push(ack_record_subject(key), HeaderMap::new(), ack.clone())?;
                 ack
             }
         };
@@ -164,13 +167,7 @@ pub(crate) async fn process_round(
             sh.client.publish(reply.clone(), ack).await?;
         }
     }
-    // Should the records fail, a redelivered mark spreads again (its
-    // copies dedupe) and is answered the same.
-    let many = fits(outcomes.len());
-    if let Err(e) = store(sh, outcomes, many).await {
-        tracing::warn!(error = %e, "outcome records of read marks not written; a redelivery spreads them again");
-    }
-    Ok(Some(if batched { Mode::Batch } else { Mode::Single }))
+    Ok(Some((if batched { Mode::Batch } else { Mode::Single }, records)))
 }
 
 /// Stores entries of one stream in order: as one atomic batch, or as

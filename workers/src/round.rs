@@ -111,8 +111,14 @@ pub fn batchable(payloads: &[&[u8]]) -> Option<Vec<IngressSend>> {
 /// other partitions' rounds committed with it, hold enough entries, else
 /// plain publishes). On an error the caller redoes every message of the
 /// round through `sequencer::process` (not fresh), which finishes whatever
-/// the round stored.
-pub(crate) async fn run(sh: &Shared, caches: &mut Caches, sends: Vec<IngressSend>) -> Result<(), async_nats::Error> {
+/// the round stored. On success, the round's outcome records, for the
+/// caller to write before it acks the ingress messages
+/// (`sequencer::acknowledge`): every sender has its answer already.
+pub(crate) async fn run(
+    sh: &Shared,
+    caches: &mut Caches,
+    sends: Vec<IngressSend>,
+) -> Result<AtomicBatch, async_nats::Error> {
     let routed = route(sh, caches, sends).await?;
     let planned = plan(sh, caches, routed).await?;
     let mut history = AtomicBatch::new(BatchConfig::default());
@@ -199,15 +205,15 @@ async fn plan(sh: &Shared, caches: &mut Caches, routed: Vec<Routed>) -> Result<V
     Ok(planned)
 }
 
-/// After the commits: wake-ups, push plan, index entries, replies, outcome
-/// records.
+/// After the commits: wake-ups, push plan, index entries, replies; the
+/// outcome records to write.
 async fn finish(
     sh: &Shared,
     planned: Vec<Planned>,
     placed: Vec<Option<Placed>>,
     history: &[u64],
     inboxes: &[Vec<u64>],
-) -> Result<(), async_nats::Error> {
+) -> Result<AtomicBatch, async_nats::Error> {
     let mut acks = AtomicBatch::new(BatchConfig::default());
     let mut index = Vec::new();
     let mut replies = Vec::with_capacity(planned.len());
@@ -248,15 +254,9 @@ async fn finish(
             sh.client.publish(reply, ack).await?;
         }
     }
-    // The outcome records (for retries after the ingress dedupe window) in
-    // one commit, or as plain writes when few; should that fail, a
-    // redelivery finds the history duplicate.
-    if !acks.is_empty() {
-        if let Err(e) = sh.commits.acks.store(acks).await {
-            tracing::warn!(error = %e, "outcome records not written; retries will find the stored messages");
-        }
-    }
-    Ok(())
+    // The outcome records (for retries after the history dedupe window):
+    // the caller's to write.
+    Ok(acks)
 }
 
 #[cfg(test)]

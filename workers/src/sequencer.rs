@@ -107,43 +107,72 @@ pub async fn run_partition(
         sh.metrics.round(round.len());
         let started = std::time::Instant::now();
         let payloads: Vec<&[u8]> = round.iter().map(|m| m.payload.as_ref()).collect();
-        // Ok(true): stored as a round; Ok(false): not taken as one (a
-        // redelivery, a membership change), one by one as delivered; Err:
-        // part of it may be stored, so one by one (idempotent) and never as
-        // fresh.
-        let batched = match (!round.is_empty() && round.iter().all(fresh)).then(|| crate::round::batchable(&payloads)).flatten() {
-            Some(sends) => crate::round::run(&sh, &mut convs, sends).await.map(|()| true).map_err(|e| {
+        // Ok(Some(records)): stored as a round, its outcome records still to
+        // write; Ok(None): not taken as one (a redelivery, a membership
+        // change), one by one as delivered; Err: part of it may be stored,
+        // so one by one (idempotent) and never as fresh.
+        let taken = (!round.is_empty() && round.iter().all(fresh)).then(|| crate::round::batchable(&payloads)).flatten();
+        let batched = match taken {
+            Some(sends) => crate::round::run(&sh, &mut convs, sends).await.map(Some).map_err(|e| {
                 tracing::warn!(partition, error = %e, "batched round failed; redoing its messages one by one");
                 convs.clear();
             }),
-            None => Ok(false),
+            None => Ok(None),
         };
-        if batched == Ok(true) {
-            sh.metrics.committed(Mode::Batch, round.len(), started);
-        } else {
-            for msg in &round {
-                let started = std::time::Instant::now();
-                if !one_by_one(&sh, &mut convs, msg, fresh(msg) && batched.is_ok(), &valid, partition).await {
-                    return Ok(());
-                }
-                sh.metrics.committed(Mode::Single, 1, started);
+        let records = match batched {
+            Ok(Some(records)) => {
+                sh.metrics.committed(Mode::Batch, round.len(), started);
+                records
             }
-        }
+            _ => {
+                for msg in &round {
+                    let started = std::time::Instant::now();
+                    if !one_by_one(&sh, &mut convs, msg, fresh(msg) && batched.is_ok(), &valid, partition).await {
+                        return Ok(());
+                    }
+                    sh.metrics.committed(Mode::Single, 1, started);
+                }
+                AtomicBatch::new(BatchConfig::default())
+            }
+        };
         // Marks are spread by their own task, after the messages they name
         // and in ingress order among themselves, never holding up the
         // partition's next round.
         if !marks.is_empty() && marks_tx.send(marks).await.is_err() {
             return Ok(());
         }
-        for msg in round {
-            if let Err(e) = msg.ack_with(AckKind::Ack).await {
-                tracing::warn!(partition, error = %e, "ingress ack failed; the message will be redelivered and deduped");
-            }
-        }
+        acknowledge(sh.clone(), partition, records, round);
         for b in big {
             lanes.start(&sh, &mut convs, &valid, b).await?;
         }
     }
+}
+
+/// Writes a round's outcome records, then acks its ingress messages. The
+/// senders have their answers already and the next round needs neither, so
+/// with records to write this goes on in a task of its own while the
+/// partition takes its next round, and the records' committer may wait for
+/// other rounds' records to share a commit (`CHAT_RECORD_LINGER_MS`). A
+/// worker that dies before the acks leaves the messages to be redelivered
+/// to the next owner, whose redo finds each one in history and writes its
+/// record: an ingress message is never acked before its record is written.
+pub(crate) fn acknowledge(
+    sh: Arc<Shared>,
+    partition: u32,
+    records: AtomicBatch,
+    messages: Vec<jetstream::Message>,
+) {
+    let ack = async move {
+        if let Err(e) = sh.commits.acks.store(records).await {
+            tracing::warn!(partition, error = %e, "outcome records not written; retries will find the stored messages");
+        }
+        for msg in messages {
+            if let Err(e) = msg.ack_with(AckKind::Ack).await {
+                tracing::warn!(partition, error = %e, "ingress ack failed; the message will be redelivered and deduped");
+            }
+        }
+    };
+    tokio::spawn(ack);
 }
 
 /// Rounds of read marks waiting for the partition's mark task before the
@@ -181,23 +210,24 @@ async fn spread_marks(
             tracing::warn!(partition, error = %e, "read marks of a round failed together; redoing them one by one");
             None
         });
-        if let Some(mode) = together {
-            sh.metrics.committed(mode, marks.len(), started);
-        } else {
-            let mut none = Caches::default();
-            for msg in &marks {
-                let started = std::time::Instant::now();
-                if !one_by_one(&sh, &mut none, msg, false, &valid, partition).await {
-                    return;
+        let records = match together {
+            Some((mode, records)) => {
+                sh.metrics.committed(mode, marks.len(), started);
+                records
+            }
+            None => {
+                let mut none = Caches::default();
+                for msg in &marks {
+                    let started = std::time::Instant::now();
+                    if !one_by_one(&sh, &mut none, msg, false, &valid, partition).await {
+                        return;
+                    }
+                    sh.metrics.committed(Mode::Single, 1, started);
                 }
-                sh.metrics.committed(Mode::Single, 1, started);
+                AtomicBatch::new(BatchConfig::default())
             }
-        }
-        for msg in marks {
-            if let Err(e) = msg.ack_with(AckKind::Ack).await {
-                tracing::warn!(partition, error = %e, "ingress ack of a mark failed; it will be redelivered and deduped");
-            }
-        }
+        };
+        acknowledge(sh.clone(), partition, records, marks);
     }
 }
 

@@ -7,6 +7,8 @@ use async_nats::HeaderMap;
 use chat_nats::batch::{AtomicBatch, BatchConfig, BatchError};
 use chat_nats::provision;
 use chat_tests::NatsServer;
+use chat_workers::commit::{Committer, Tuning};
+use std::time::Duration;
 
 /// A server, a client and a JetStream context on it.
 struct Js {
@@ -333,6 +335,11 @@ async fn a_round_of_more_keys_than_one_batch_holds_is_raised_in_parts() -> Resul
     Ok(())
 }
 
+/// A committer of the test's stream, one commit in flight.
+fn committer(t: &Js, linger: Duration) -> Committer {
+    Committer::start(t.client.clone(), t.js.clone(), Tuning { in_flight: 1, linger }, Default::default())
+}
+
 /// A part of `n` entries for the committer tests: subject `c.<part>` (or
 /// `subject`), dedupe ids `<part>.<i>`, payloads `<part>/<i>`.
 fn part(p: usize, n: usize) -> AtomicBatch {
@@ -361,7 +368,7 @@ async fn at_their_sequences(s: &stream::Stream, part: &AtomicBatch, seqs: &[u64]
 async fn a_committer_stores_the_parts_waiting_for_it_as_one_batch() -> Result<()> {
     let t = js().await?;
     let mut s = t.stream("C", "c", true).await?;
-    let c = chat_workers::commit::Committer::start(t.client.clone(), t.js.clone(), 1, Default::default());
+    let c = committer(&t, Duration::ZERO);
     let parts: Vec<AtomicBatch> = (0..20).map(|p| part(p, 5)).collect();
     // All handed over in one poll: this test's runtime has one thread, so
     // the committer first runs once all 20 wait.
@@ -386,7 +393,7 @@ async fn a_committer_retries_a_refused_merged_batch_part_by_part() -> Result<()>
     let t = js().await?;
     let mut s = t.stream("C", "c", true).await?;
     t.js.publish_with_headers("c.1", msg_id("1.0"), "stored before".into()).await?.await?;
-    let c = chat_workers::commit::Committer::start(t.client.clone(), t.js.clone(), 1, Default::default());
+    let c = committer(&t, Duration::ZERO);
     // Part 1's first entry is the stored one: together 24 entries, one batch.
     let parts: Vec<AtomicBatch> = (0..3).map(|p| part(p, 8)).collect();
     let stored = futures::future::join_all(parts.iter().cloned().map(|p| c.store(p))).await;
@@ -402,4 +409,36 @@ async fn a_committer_retries_a_refused_merged_batch_part_by_part() -> Result<()>
 
 async fn stored_count(s: &mut stream::Stream) -> Result<u64> {
     Ok(stored(s).await?.0)
+}
+
+/// Writes nobody waits on (outcome records) linger for a batch's worth: a
+/// part handed over while a lone one lingers joins its commit, and a lone
+/// part is stored once the linger is over.
+#[tokio::test]
+async fn a_lingering_committer_waits_for_a_batch_worth_of_parts() -> Result<()> {
+    let t = js().await?;
+    let s = t.stream("C", "c", true).await?;
+    let c = committer(&t, Duration::from_secs(60));
+    let lone = part(0, 2);
+    let first = tokio::spawn({
+        let (c, p) = (c.clone(), lone.clone());
+        async move { c.store(p).await.map_err(|e| e.to_string()) }
+    });
+    // Let the committer take the lone part (and, without a linger, commit it).
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    let more = part(1, 14);
+    let seqs = c.store(more.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let first = first.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(c.stats(), (1, 2), "(commits, parts): 16 entries, one commit, long before the linger is over");
+    at_their_sequences(&s, &lone, &first).await?;
+    at_their_sequences(&s, &more, &seqs).await?;
+
+    let short = committer(&t, Duration::from_millis(200));
+    let alone = part(2, 3);
+    let seqs = short.store(alone.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    at_their_sequences(&s, &alone, &seqs).await?;
+    assert_eq!(short.stats(), (1, 1), "stored on its own once the linger was over");
+    Ok(())
 }
