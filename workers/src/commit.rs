@@ -281,8 +281,7 @@ async fn store_part(
         let mut seqs = Vec::with_capacity(chain.len());
         for i in chain {
             let e = &entries[i];
-            let ack =
-                js.publish_with_headers(e.subject.clone(), e.headers.clone(), e.payload.clone()).await?.await?;
+            let ack = js.publish_with_headers(e.subject.clone(), e.headers.clone(), e.payload.clone()).await?.await?;
             if ack.duplicate {
                 // A fresh round stores nothing twice; leave it to the redo.
                 return Err(async_nats::Error::from("a fresh round's write was a duplicate"));

@@ -95,13 +95,8 @@ impl WorkerConfig {
                 1,
                 1 << 20,
             )? as usize,
-            commits_in_flight: config::bounded(
-                src,
-                "CHAT_COMMITS_IN_FLIGHT",
-                commit::DEFAULT_IN_FLIGHT as u64,
-                1,
-                64,
-            )? as usize,
+            commits_in_flight: config::bounded(src, "CHAT_COMMITS_IN_FLIGHT", commit::DEFAULT_IN_FLIGHT as u64, 1, 64)?
+                as usize,
             record_linger: std::time::Duration::from_millis(config::bounded(
                 src,
                 "CHAT_RECORD_LINGER_MS",
@@ -272,7 +267,13 @@ async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<
             ids,
             clock,
             subscription_capacity: cfg.subscription_capacity,
-            commits: commit::Committers::start(&client, &storage.js, cfg.commits_in_flight, cfg.record_linger, &metrics),
+            commits: commit::Committers::start(
+                &client,
+                &storage.js,
+                cfg.commits_in_flight,
+                cfg.record_linger,
+                &metrics,
+            ),
             metrics: metrics.clone(),
             push_plans: cfg.push.enabled,
         });

@@ -111,7 +111,8 @@ pub async fn run_partition(
         // write; Ok(None): not taken as one (a redelivery, a membership
         // change), one by one as delivered; Err: part of it may be stored,
         // so one by one (idempotent) and never as fresh.
-        let taken = (!round.is_empty() && round.iter().all(fresh)).then(|| crate::round::batchable(&payloads)).flatten();
+        let taken =
+            (!round.is_empty() && round.iter().all(fresh)).then(|| crate::round::batchable(&payloads)).flatten();
         let batched = match taken {
             Some(sends) => crate::round::run(&sh, &mut convs, sends).await.map(Some).map_err(|e| {
                 tracing::warn!(partition, error = %e, "batched round failed; redoing its messages one by one");
@@ -156,12 +157,7 @@ pub async fn run_partition(
 /// worker that dies before the acks leaves the messages to be redelivered
 /// to the next owner, whose redo finds each one in history and writes its
 /// record: an ingress message is never acked before its record is written.
-pub(crate) fn acknowledge(
-    sh: Arc<Shared>,
-    partition: u32,
-    records: AtomicBatch,
-    messages: Vec<jetstream::Message>,
-) {
+pub(crate) fn acknowledge(sh: Arc<Shared>, partition: u32, records: AtomicBatch, messages: Vec<jetstream::Message>) {
     let ack = async move {
         if let Err(e) = sh.commits.acks.store(records).await {
             tracing::warn!(partition, error = %e, "outcome records not written; retries will find the stored messages");
