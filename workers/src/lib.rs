@@ -134,9 +134,10 @@ pub struct Shared {
     pub commits: commit::Committers,
     /// What `GET /metrics` reports.
     pub metrics: Arc<metrics::Metrics>,
-    /// Whether sequencers publish push plans (`CHAT_PUSH_ENABLED`: a plan
-    /// nobody plans would wait in the work queue for a day).
-    pub push_plans: bool,
+    /// Where sequencers hand their push plans (`push::plans`); `None`
+    /// without `CHAT_PUSH_ENABLED` (a plan nobody plans would wait in the
+    /// work queue for a day).
+    pub push_plans: Option<push::plans::Plans>,
 }
 
 /// Until when a partition task may act on its lease.
@@ -275,7 +276,7 @@ async fn serve(cfg: WorkerConfig, shutdown: impl Future<Output = ()>) -> Result<
                 &metrics,
             ),
             metrics: metrics.clone(),
-            push_plans: cfg.push.enabled,
+            push_plans: cfg.push.enabled.then(|| push::plans::Plans::start(storage.js.clone(), cfg.push.plan_linger)),
         });
         let (stop_presence, stop) = tokio::sync::oneshot::channel();
         let presence = tokio::spawn(presence::run(shared.clone(), cfg.name.clone(), ttl, stop));

@@ -73,6 +73,7 @@ pub struct Metrics {
     push: [[Counter; 4]; 4],
     presence: [Counter; 2],
     search_lag: Gauge,
+    search_transactions: Counter,
     search_events: [Counter; 3],
     commits: [Counter; 3],
     commit_parts: [Counter; 3],
@@ -111,6 +112,7 @@ impl Metrics {
             }),
             presence: ["online", "offline"].map(|v| presence.get_or_create(&[("to", v)]).clone()),
             search_lag: Gauge::default(),
+            search_transactions: Counter::default(),
             search_events: SEARCH_OPS.map(|v| search_events.get_or_create(&[("op", v)]).clone()),
             commits: COMMIT_STREAMS.map(|v| commits.get_or_create(&[("stream", v)]).clone()),
             commit_parts: COMMIT_STREAMS.map(|v| commit_parts.get_or_create(&[("stream", v)]).clone()),
@@ -143,6 +145,11 @@ impl Metrics {
             "chat_search_index_lag_messages",
             "History messages not yet applied to the search index (pending + unacknowledged of its consumer)",
             m.search_lag.clone(),
+        );
+        r.register(
+            "chat_search_index_transactions",
+            "PostgreSQL transactions the search indexer committed (one per batch applied)",
+            m.search_transactions.clone(),
         );
         r.register(
             "chat_search_index_events",
@@ -192,6 +199,11 @@ impl Metrics {
         for (c, n) in self.search_events.iter().zip(counts) {
             c.inc_by(n);
         }
+    }
+
+    /// Counts one committed transaction of the search indexer.
+    pub fn search_transaction(&self) {
+        self.search_transactions.inc();
     }
 
     /// Sets the search indexer's lag, in history messages.

@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, consumer::pull, AckKind};
 use bytes::Bytes;
 use chat_nats::batch::{AtomicBatch, BatchConfig, DEFAULT_MAX_ENTRIES};
 use chat_nats::envelope::{
-    GroupMembers, GroupOp, IngressSend, MessageKind, PlannedMessage, PushPlan, SeqAck, SeqResult, StoredMessage,
+    GroupMembers, GroupOp, IngressSend, MessageKind, PlannedMessage, SeqAck, SeqResult, StoredMessage,
 };
 use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::ErrorCode;
@@ -684,24 +684,13 @@ pub(crate) fn planned(msg: &StoredMessage, copies: &[(i64, u64)]) -> Option<Plan
 }
 
 /// Step 3 too: the push plan of the messages stored (see [`planned`] and
-/// `push::planner`): one publish for a whole round instead of the planner
-/// reading every copy.
+/// `push::planner`), handed to the worker's plan task (`push::plans`),
+/// which publishes the plans of many rounds as one: a push is not part of
+/// what an ack promises (see docs/architecture.md, "Push").
 pub(crate) async fn plan_pushes(sh: &Shared, messages: Vec<PlannedMessage>) -> Result<(), async_nats::Error> {
-    if !sh.push_plans {
-        return Ok(());
+    if let Some(plans) = &sh.push_plans {
+        plans.add(messages).await;
     }
-    let (Some(first), Some(last)) = (messages.first(), messages.last()) else { return Ok(()) };
-    let id = subjects::push_plan_id(first.msg.id, last.msg.id);
-    let subject = subjects::push_plan(u32::try_from(first.msg.id % 64).unwrap_or(0));
-    let payload = Bytes::from(serde_json::to_vec(&PushPlan { messages })?);
-    // Sent now, its ack waited for off the senders' path: a push is not
-    // part of what an ack promises (see docs/architecture.md, "Push").
-    let ack = sh.storage.js.publish_with_headers(subject, subjects::msg_id(&id), payload).await?;
-    tokio::spawn(async move {
-        if let Err(e) = ack.await {
-            tracing::warn!(error = %e, plan = %id, "push plan not stored; its messages are not pushed");
-        }
-    });
     Ok(())
 }
 

@@ -626,3 +626,35 @@ async fn a_worker_started_over_the_old_planner_deletes_it() -> Result<()> {
     p.fcm.requests(); // keep p alive to here
     Ok(())
 }
+
+/// Rounds stored within `CHAT_PUSH_PLAN_LINGER_MS` of each other share one
+/// plan: five 1:1 messages, each acked before the next is sent (so five
+/// rounds, of five conversations), are one plan, and every offline
+/// recipient is still pushed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_within_the_plan_linger_share_one_plan() -> Result<()> {
+    const PEERS: usize = 5;
+    let p = push_stack(&[("CHAT_PUSH_PLAN_LINGER_MS", "3000")]).await?;
+    let s = &p.s;
+    let a = s.user("alice", "a1").await?;
+    let mut peers = Vec::new();
+    for i in 0..PEERS {
+        let m = s.user(&format!("peer{i}"), "phone").await?;
+        register_ok(s, &m, fcm(&format!("token-{i}"))).await?;
+        peers.push(m);
+    }
+    let (mut ca, _) = s.live(0, &a).await?;
+    for (i, m) in peers.iter().enumerate() {
+        ca.send_to_user(&format!("p{i}"), &m.user_id, "hello").await?;
+    }
+    requests_at_least(&p.fcm, PEERS).await?;
+    idle(s).await?;
+    let mut tokens: Vec<String> =
+        p.fcm.requests().iter().map(|r| r.json()["message"]["token"].as_str().unwrap_or("").to_owned()).collect();
+    tokens.sort();
+    assert_eq!(tokens, (0..PEERS).map(|i| format!("token-{i}")).collect::<Vec<_>>(), "each peer once");
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
+    let plans = js.get_stream(subjects::PUSH_PLAN_STREAM).await?.info().await?.clone();
+    assert_eq!(plans.state.last_sequence, 1, "five rounds within the linger, one plan");
+    Ok(())
+}

@@ -282,3 +282,29 @@ async fn a_page_the_newest_first_walk_fills_equals_the_gram_index_page_across_th
     assert_eq!(db.search(&q).await?, page);
     Ok(())
 }
+
+/// Messages stored within `CHAT_SEARCH_LINGER_MS` are applied together:
+/// eight sends, each acked before the next, cost at most two transactions
+/// (the linger's window may open before the first), not eight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_within_the_linger_are_indexed_in_one_transaction() -> Result<()> {
+    const SENDS: usize = 8;
+    let s = stack()
+        .env("CHAT_SEARCH_INDEXER", "true")
+        .env("CHAT_SEARCH_LINGER_MS", "4000")
+        .worker_metrics()
+        .start()
+        .await?;
+    let alice = s.user("alice", "a1").await?;
+    let bob = s.user("bob", "b1").await?;
+    let (mut ca, _) = s.live(0, &alice).await?;
+    for i in 0..SENDS {
+        ca.send_to_user(&format!("l{i}"), &bob.user_id, &format!("lingering note {i}")).await?;
+    }
+    until_hits(&s, &bob, "lingering", SENDS).await?;
+    let m = chat_tests::prom::metrics(&s.worker_metrics(0)?, None).await?;
+    let txs = m.value("chat_search_index_transactions_total", &[]);
+    assert!((1.0..=2.0).contains(&txs), "{SENDS} sends within the linger took {txs} transactions");
+    assert_eq!(m.value("chat_search_index_events_total", &[("op", "insert")]), SENDS as f64);
+    Ok(())
+}

@@ -54,6 +54,10 @@ pub struct PushConfig {
     pub db_pool_size: usize,
     /// `CHAT_PUSH_DELAY_MS`: grace delay before a copy is pushed.
     pub delay: Duration,
+    /// `CHAT_PUSH_PLAN_LINGER_MS`: how long a worker gathers its rounds'
+    /// push plans into one before publishing it (0-10000, default 100;
+    /// see `plans`).
+    pub plan_linger: Duration,
     /// `CHAT_PUSH_MAX_AGE_SECS`: copies older than this are not pushed (a
     /// planner that fell behind does not buzz for old news).
     pub max_age: Duration,
@@ -143,6 +147,7 @@ impl PushConfig {
             database_url: shared::database_url(src)?,
             db_pool_size: shared::db_pool_size(src)?,
             delay: ms(src, "CHAT_PUSH_DELAY_MS", 3_000, 0, 600_000)?,
+            plan_linger: ms(src, "CHAT_PUSH_PLAN_LINGER_MS", super::plans::DEFAULT_LINGER_MS, 0, 10_000)?,
             max_age: Duration::from_secs(bounded(src, "CHAT_PUSH_MAX_AGE_SECS", 3_600, 1, 7 * 86_400)?),
             preview: var(src, "CHAT_PUSH_PREVIEW", true)?,
             preview_chars: bounded(src, "CHAT_PUSH_PREVIEW_CHARS", 100, 1, 500)? as usize,
@@ -173,6 +178,7 @@ mod tests {
     fn defaults_and_bounds() {
         let c = PushConfig::from_source(&src(&[])).unwrap();
         assert_eq!(c.delay, Duration::from_secs(3));
+        assert_eq!(c.plan_linger, Duration::from_millis(100));
         assert_eq!(c.max_attempts, 8);
         assert!(c.fcm.is_none() && c.apns.is_none() && c.webpush.is_none());
         let e = PushConfig::from_source(&src(&[("CHAT_PUSH_PREVIEW_CHARS", "0")])).unwrap_err().to_string();

@@ -21,6 +21,7 @@ pub mod fcm;
 pub mod http;
 pub mod jwt;
 pub mod planner;
+pub mod plans;
 pub mod sender;
 pub mod store;
 pub mod webpush;
