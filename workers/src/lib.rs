@@ -68,7 +68,7 @@ pub struct WorkerConfig {
     /// committers (`commit`) has in flight at once (1-64, default 2).
     pub commits_in_flight: usize,
     /// `CHAT_RECORD_LINGER_MS`: how long the outcome records' committer
-    /// waits for a batch's worth of records (0-10000, default 100).
+    /// waits for `commit::LINGER_ENTRIES` records (0-10000, default 100).
     pub record_linger: std::time::Duration,
     /// Push notification settings.
     pub push: push::PushConfig,

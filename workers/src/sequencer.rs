@@ -159,17 +159,29 @@ pub async fn run_partition(
 /// record: an ingress message is never acked before its record is written.
 pub(crate) fn acknowledge(sh: Arc<Shared>, partition: u32, records: AtomicBatch, messages: Vec<jetstream::Message>) {
     let ack = async move {
-        if let Err(e) = sh.commits.acks.store(records).await {
-            tracing::warn!(partition, error = %e, "outcome records not written; retries will find the stored messages");
-        }
+        // Without their records the messages are not done: a client's
+        // retry after the ingress dedupe window would find neither, and one
+        // within it waits for the record. Redelivered instead, they are
+        // redone (history duplicates, same ids) and their records written.
+        let kind = match sh.commits.acks.store(records).await {
+            Ok(_) => AckKind::Ack,
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "outcome records not written; redoing their messages");
+                AckKind::Nak(Some(REDO_AFTER))
+            }
+        };
         for msg in messages {
-            if let Err(e) = msg.ack_with(AckKind::Ack).await {
+            if let Err(e) = msg.ack_with(kind).await {
                 tracing::warn!(partition, error = %e, "ingress ack failed; the message will be redelivered and deduped");
             }
         }
     };
     tokio::spawn(ack);
 }
+
+/// How soon the messages of a round whose outcome records were not
+/// written are redelivered to be redone.
+const REDO_AFTER: Duration = Duration::from_secs(1);
 
 /// Rounds of read marks waiting for the partition's mark task before the
 /// partition waits for it.

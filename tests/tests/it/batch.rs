@@ -411,8 +411,9 @@ async fn stored_count(s: &mut stream::Stream) -> Result<u64> {
     Ok(stored(s).await?.0)
 }
 
-/// Writes nobody waits on (outcome records) linger for a batch's worth: a
-/// part handed over while a lone one lingers joins its commit, and a lone
+/// Writes nobody waits on (outcome records) linger for a large batch
+/// (`LINGER_ENTRIES`): a part handed over while a lone one lingers joins
+/// its commit, which is stored as soon as it holds that many, and a lone
 /// part is stored once the linger is over.
 #[tokio::test]
 async fn a_lingering_committer_waits_for_a_batch_worth_of_parts() -> Result<()> {
@@ -428,10 +429,14 @@ async fn a_lingering_committer_waits_for_a_batch_worth_of_parts() -> Result<()> 
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
-    let more = part(1, 14);
+    let more = part(1, chat_workers::commit::LINGER_ENTRIES - 2);
     let seqs = c.store(more.clone()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let first = first.await?.map_err(|e| anyhow::anyhow!("{e}"))?;
-    assert_eq!(c.stats(), (1, 2), "(commits, parts): 16 entries, one commit, long before the linger is over");
+    assert_eq!(
+        c.stats(),
+        (1, 2),
+        "(commits, parts): LINGER_ENTRIES entries, one commit, long before the linger is over"
+    );
     at_their_sequences(&s, &lone, &first).await?;
     at_their_sequences(&s, &more, &seqs).await?;
 

@@ -78,7 +78,11 @@ async fn push_stack(extra: &[(&str, &str)]) -> Result<Push> {
         .env("CHAT_PUSH_DELAY_MS", "300")
         .env("CHAT_PUSH_RETRY_BASE_MS", "100")
         .env("CHAT_PUSH_HTTP_TIMEOUT_MS", "1500")
-        .env("CHAT_PUSH_ACK_WAIT_MS", "2000");
+        .env("CHAT_PUSH_ACK_WAIT_MS", "2000")
+        // Plans at once, so that `idle` means every copy so far is planned
+        // (a lingering plan is not in the stream yet); the linger has its
+        // own test.
+        .env("CHAT_PUSH_PLAN_LINGER_MS", "0");
     for (k, v) in extra {
         b = b.env(k, v);
     }
