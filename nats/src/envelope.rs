@@ -196,6 +196,12 @@ pub enum MessageKind {
     /// its ingress `body` is a [`ReadMark`], copied to the peer's inbox
     /// only, with `from` the recipient who got them.
     Delivered,
+    /// Delivery receipts of many 1:1s in one ingress message (a gateway's
+    /// flush round, see `gateway/src/messaging/receipts.rs`): its ingress
+    /// `body` is a list of [`BundledReceipt`]s, each spread as its own
+    /// [`MessageKind::Delivered`]; never stored as this kind. Any partition
+    /// may take it: a receipt names messages already in the peer's inbox.
+    Receipts,
     /// A reaction added to or removed from an earlier message (`target`,
     /// `reaction`); `body` is empty. An event, like `edit`, stored on the
     /// target's reaction subject ([`crate::subjects::history_reactions`])
@@ -212,7 +218,7 @@ impl MessageKind {
 
     /// A read mark or a delivery receipt: no history, no id of its own.
     pub fn is_mark(self) -> bool {
-        matches!(self, MessageKind::Read | MessageKind::Delivered)
+        matches!(self, MessageKind::Read | MessageKind::Delivered | MessageKind::Receipts)
     }
 }
 
@@ -288,6 +294,19 @@ pub struct ReadMark {
     /// `read_receipts` setting); only in ingress bodies.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub receipt: bool,
+}
+
+/// One delivery receipt of a [`MessageKind::Receipts`] bundle: `user`'s
+/// device got the messages of the 1:1 `conv` up to `mark`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundledReceipt {
+    /// The recipient who got them.
+    #[serde(with = "id_str")]
+    pub user: i64,
+    /// The 1:1 ([`crate::subjects::ConvId`]).
+    pub conv: String,
+    /// Up to where.
+    pub mark: ReadMark,
 }
 
 /// A sequenced message, as stored in history and in every member's inbox.

@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use chat_nats::batch::{AtomicBatch, BatchConfig, DEFAULT_MAX_ENTRIES};
-use chat_nats::envelope::{IngressSend, MessageKind, ReadMark, SeqResult, StoredMessage};
+use chat_nats::envelope::{BundledReceipt, IngressSend, MessageKind, ReadMark, SeqResult, StoredMessage};
 use chat_nats::history::direct_get;
 use chat_nats::subjects::{self, ConvId, ConvKind};
 use chat_nats::wire::ErrorCode;
@@ -39,30 +39,64 @@ pub(crate) async fn process(sh: &Shared, send: &IngressSend, key: &str) -> Resul
 
 /// The inbox copies and their wake-ups; `Ok(Err(_))` for a malformed mark.
 async fn spread(sh: &Shared, send: &IngressSend) -> Result<Result<(), String>, async_nats::Error> {
-    let (to, payload) = match copies(send)? {
+    let to = match copies(send)? {
         Ok(c) => c,
         Err(e) => return Ok(Err(e)),
     };
-    let entries = to.iter().map(|(r, id)| (subjects::inbox(*r), subjects::msg_id(id), payload.clone())).collect();
+    let entries =
+        to.iter().map(|(r, id, payload)| (subjects::inbox(*r), subjects::msg_id(id), payload.clone())).collect();
     let seqs = store(sh, entries, false).await?;
-    let copies: Vec<(i64, u64)> = to.iter().map(|(r, _)| *r).zip(seqs).collect();
+    let copies: Vec<(i64, u64)> = to.iter().map(|(r, _, _)| *r).zip(seqs).collect();
     crate::sequencer::wake(sh, &copies).await?;
     Ok(Ok(()))
 }
 
-/// Who gets a copy of the mark (with each copy's dedupe id) and the copy;
-/// `Ok(Err(_))` for a malformed mark or one its sender may not make.
+/// A mark's inbox copies: (recipient, the copy's dedupe id, the copy);
+/// `Ok(Err(_))` for a malformed mark or one its sender may not make. A
+/// bundle of receipts ([`MessageKind::Receipts`]) is each of its receipts
+/// as a [`MessageKind::Delivered`] of its own (one that may not be made is
+/// left out: the gateway checked them, and the others stand).
 #[allow(clippy::type_complexity)]
-fn copies(send: &IngressSend) -> Result<Result<(Vec<(i64, String)>, Bytes), String>, serde_json::Error> {
-    let (Some(conv), Ok(mark)) = (ConvId::parse(&send.conv), serde_json::from_str::<ReadMark>(&send.body)) else {
+fn copies(send: &IngressSend) -> Result<Result<Vec<(i64, String, Bytes)>, String>, serde_json::Error> {
+    if send.kind == MessageKind::Receipts {
+        let Ok(bundle) = serde_json::from_str::<Vec<BundledReceipt>>(&send.body) else {
+            return Ok(Err("malformed receipts".into()));
+        };
+        let mut all = Vec::new();
+        for r in bundle {
+            let cid = format!("d{}", r.mark.up_to);
+            match mark_copies(r.user, &send.device, &cid, &r.conv, &r.mark, MessageKind::Delivered)? {
+                Ok(c) => all.extend(c),
+                Err(e) => tracing::warn!(user_id = r.user, conv = %r.conv, error = %e, "receipt of a bundle left out"),
+            }
+        }
+        return Ok(Ok(all));
+    }
+    let Ok(mark) = serde_json::from_str::<ReadMark>(&send.body) else {
         return Ok(Err("malformed read mark".into()));
     };
-    let delivered = send.kind == MessageKind::Delivered;
-    let mut to = if delivered { vec![] } else { vec![send.from] };
+    mark_copies(send.from, &send.device, &send.cid, &send.conv, &mark, send.kind)
+}
+
+/// The copies of one read mark or delivery receipt (`kind`) of `from`.
+#[allow(clippy::type_complexity)]
+fn mark_copies(
+    from: i64,
+    device: &str,
+    cid: &str,
+    conv_id: &str,
+    mark: &ReadMark,
+    kind: MessageKind,
+) -> Result<Result<Vec<(i64, String, Bytes)>, String>, serde_json::Error> {
+    let Some(conv) = ConvId::parse(conv_id) else {
+        return Ok(Err("malformed read mark".into()));
+    };
+    let delivered = kind == MessageKind::Delivered;
+    let mut to = if delivered { vec![] } else { vec![from] };
     match conv.kind() {
-        ConvKind::Direct(a, b) if a == send.from || b == send.from => {
+        ConvKind::Direct(a, b) if a == from || b == from => {
             if (mark.receipt || delivered) && a != b {
-                to.push(if a == send.from { b } else { a });
+                to.push(if a == from { b } else { a });
             }
         }
         ConvKind::Direct(..) => return Ok(Err("not a participant".into())),
@@ -72,29 +106,29 @@ fn copies(send: &IngressSend) -> Result<Result<(Vec<(i64, String)>, Bytes), Stri
     }
     let copy = StoredMessage {
         id: mark.up_to,
-        conv: send.conv.clone(),
-        from: send.from,
-        device: send.device.clone(),
-        cid: send.cid.clone(),
-        kind: send.kind,
+        conv: conv_id.to_owned(),
+        from,
+        device: device.to_owned(),
+        cid: cid.to_owned(),
+        kind,
         body: String::new(),
         ts: now_ms(),
         n: mark.n,
         ..Default::default()
     };
     let payload = Bytes::from(serde_json::to_vec(&copy)?);
-    let ids = to
+    let copies = to
         .into_iter()
         .map(|r| {
             let id = if delivered {
-                subjects::delivered_copy_id(send.from, &send.conv, mark.up_to, r)
+                subjects::delivered_copy_id(from, conv_id, mark.up_to, r)
             } else {
-                subjects::read_copy_id(send.from, &send.conv, mark.up_to, r)
+                subjects::read_copy_id(from, conv_id, mark.up_to, r)
             };
-            (r, id)
+            (r, id, payload.clone())
         })
         .collect();
-    Ok(Ok((ids, payload)))
+    Ok(Ok(copies))
 }
 
 /// Spreads a round's marks together instead of one after another: one
@@ -132,8 +166,8 @@ pub(crate) async fn process_round(
             continue;
         }
         let result = match copies(send)? {
-            Ok((to, payload)) => {
-                entries.extend(to.into_iter().map(|(r, id)| (r, id, payload.clone())));
+            Ok(to) => {
+                entries.extend(to);
                 Ok(())
             }
             Err(e) => Err(e),

@@ -12,15 +12,22 @@
 //! `d.<user>.<conv>` by compare-and-set (never backwards, whichever
 //! gateway writes), and only a raise is spread: a second device catching
 //! up on messages already receipted costs one KV read, nothing else. The
-//! spreading is an ingress message of kind `delivered` on the
-//! conversation's partition, which the worker copies to the peer's inbox
-//! (`workers/src/reads.rs`) after the messages it names.
+//! receipts a round raised are spread as one ingress message of kind
+//! `receipts` (up to [`MAX_BUNDLE`] each), which the worker owning the
+//! partition of its first receipt copies to each peer's inbox
+//! (`workers/src/reads.rs`): a receipt names messages already in the peer's
+//! inbox, so any partition may take it. One message per flush instead of
+//! one per receipt: the receipts of a flush used to reach the ingress
+//! stream together as an atomic batch, which the sends stored on it
+//! meanwhile waited for (see docs/benchmarks.md, tenth session). A receipt
+//! whose raise has to be retried is spread on its own, as `delivered` on
+//! its conversation's partition.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use chat_nats::envelope::{MessageKind, ReadMark};
+use chat_nats::envelope::{BundledReceipt, MessageKind, ReadMark};
 use chat_nats::subjects::{self, ConvId};
 
 use crate::error::ClientError;
@@ -50,24 +57,34 @@ pub async fn run(receipts: Arc<DeliveryReceipts>, state: Weak<AppState>, coalesc
                 let keyed = round.into_iter().map(|((user, conv), m)| (subjects::delivered_receipt_key(user, &conv), (user, conv, m)));
                 let (keys, whom): (Vec<_>, HashMap<_, _>) = keyed.map(|(k, w)| ((k.clone(), w.2), (k, (w.0, w.1)))).unzip();
                 let raised = reads::raise_round_with(&state.client, &state.storage.reads, keys.into_iter()).await;
-                futures::stream::iter(raised)
-                    .for_each_concurrent(SPREAD_CONCURRENCY, |(key, mark, r)| {
+                let mut bundle = Vec::new();
+                let mut retry = Vec::new();
+                for (key, mark, r) in raised {
+                    let Some((user, conv)) = whom.get(&key).cloned() else { continue };
+                    match r {
+                        Raised::Written => bundle.push(BundledReceipt { user, conv: conv.to_string(), mark }),
+                        // Already there: spread again only if an earlier
+                        // spread may have failed after its raise (the
+                        // receipt's copy id dedupes).
+                        Raised::Ahead(cur) => {
+                            if serde_json::from_slice::<ReadMark>(&cur).is_ok_and(|c| c.n == mark.n) {
+                                bundle.push(BundledReceipt { user, conv: conv.to_string(), mark });
+                            }
+                        }
+                        Raised::Retry => retry.push((user, conv, mark)),
+                    }
+                }
+                let bundles = bundle.chunks(MAX_BUNDLE).map(|b| send_bundle(&state, b));
+                for done in futures::future::join_all(bundles).await {
+                    if let Err(e) = done {
+                        tracing::warn!(error = %e.message, "cannot spread a round of delivery receipts");
+                    }
+                }
+                futures::stream::iter(retry)
+                    .for_each_concurrent(SPREAD_CONCURRENCY, |(user, conv, mark)| {
                         let state = state.clone();
-                        let who = whom.get(&key).cloned();
                         async move {
-                            let Some((user, conv)) = who else { return };
-                            let done = match r {
-                                Raised::Written => send(&state, user, &conv, &mark).await,
-                                // Already there: spread again only if an
-                                // earlier spread may have failed after its
-                                // raise (the receipt's id dedupes).
-                                Raised::Ahead(cur) => match serde_json::from_slice::<ReadMark>(&cur) {
-                                    Ok(c) if c.n == mark.n => send(&state, user, &conv, &mark).await,
-                                    _ => Ok(()),
-                                },
-                                Raised::Retry => spread(&state, user, &conv, &mark).await,
-                            };
-                            if let Err(e) = done {
+                            if let Err(e) = spread(&state, user, &conv, &mark).await {
                                 tracing::warn!(user_id = user, conv = %conv, error = %e.message, "cannot spread a delivery receipt");
                             }
                         }
@@ -78,8 +95,11 @@ pub async fn run(receipts: Arc<DeliveryReceipts>, state: Weak<AppState>, coalesc
         .await
 }
 
-/// Receipts handed to the worker at once per round.
+/// Receipts retried one by one at once per round.
 const SPREAD_CONCURRENCY: usize = 64;
+
+/// Most receipts in one `receipts` ingress message (~100 bytes each).
+pub const MAX_BUNDLE: usize = 256;
 
 /// Raises the recipient's delivered position and, if it moved (or a
 /// retry finds it where an earlier spread may have failed), hands the
@@ -92,6 +112,33 @@ async fn spread(state: &AppState, user: i64, conv: &ConvId, mark: &ReadMark) -> 
         return Ok(()); // already further: receipted before
     }
     send(state, user, conv, mark).await
+}
+
+/// Hands a round's receipts to a worker as one ingress message, on the
+/// partition of the first one's conversation; its cid is a hash of the
+/// receipts, so the same bundle sent twice is stored once.
+async fn send_bundle(state: &AppState, bundle: &[BundledReceipt]) -> Result<(), ClientError> {
+    let Some(first) = bundle.first() else { return Ok(()) };
+    let internal = |e: String| ClientError::new(chat_nats::wire::ErrorCode::Internal, e);
+    let conv =
+        ConvId::parse(&first.conv).ok_or_else(|| internal(format!("receipt of a bad conversation {}", first.conv)))?;
+    let body = serde_json::to_string(bundle).map_err(|e| internal(e.to_string()))?;
+    let mut h = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&body, &mut h);
+    let cid = format!("r{:016x}", std::hash::Hasher::finish(&h));
+    let out = Outgoing {
+        from: first.user,
+        device: DEVICE,
+        cid: &cid,
+        conv: &conv,
+        kind: MessageKind::Receipts,
+        body,
+        event: None,
+        target: None,
+        reply_to: None,
+        mentions: Vec::new(),
+    };
+    state.sender.send(out).await.map(|_| ())
 }
 
 /// Hands the receipt to the worker, which copies it to the peer's inbox.

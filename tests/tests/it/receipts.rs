@@ -239,6 +239,41 @@ async fn the_sender_learns_when_a_device_of_the_recipient_got_the_messages() -> 
     Ok(())
 }
 
+/// The receipts a gateway raises in one flush are one ingress message,
+/// whatever their conversations' partitions: three 1:1s delivered within
+/// one flush are three sends and one bundle on ingress, and the sender
+/// gets each receipt, for the right conversation and message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receipts_of_one_flush_are_one_ingress_message() -> Result<()> {
+    let s = stack().env("CHAT_DELIVERY_RECEIPTS", "true").env("CHAT_DELIVERED_FLUSH_MS", "1000").start().await?;
+    let a = s.user("alice", "a1").await?;
+    let (mut ca, _) = s.live(0, &a).await?;
+    let mut peers = Vec::new();
+    for name in ["bob", "carol", "dave"] {
+        let p = s.user(name, "p1").await?;
+        let (c, _) = s.live(0, &p).await?;
+        peers.push((p, c));
+    }
+    let mut want = Vec::new();
+    for (i, (p, c)) in peers.iter_mut().enumerate() {
+        let ack = ca.send_to_user(&format!("r{i}"), &p.user_id, "hello").await?;
+        c.wait_for("hello", |v| v["type"] == "msg" && v["body"] == "hello").await?;
+        want.push((direct_conv(&a.user_id, &p.user_id), ack["id"].as_str().unwrap().to_owned()));
+    }
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        let r = ca.wait_for("delivered", |v| v["type"] == "delivered").await?;
+        got.push((r["conv"].as_str().unwrap().to_owned(), r["up_to"].as_str().unwrap().to_owned()));
+    }
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "one receipt per conversation, naming its message");
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
+    let ingress = js.get_stream(chat_nats::subjects::INGRESS_STREAM).await?.info().await?.clone();
+    assert_eq!(ingress.state.last_sequence, 3 + 1, "three sends and one bundle of receipts");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_get_no_delivery_receipts() -> Result<()> {
     let s = stack().env("CHAT_DELIVERY_RECEIPTS", "true").start().await?;
