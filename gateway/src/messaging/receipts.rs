@@ -126,32 +126,32 @@ async fn send_bundle(state: &AppState, bundle: &[BundledReceipt]) -> Result<(), 
     let mut h = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&body, &mut h);
     let cid = format!("r{:016x}", std::hash::Hasher::finish(&h));
-    let out = Outgoing {
-        from: first.user,
-        device: DEVICE,
-        cid: &cid,
-        conv: &conv,
-        kind: MessageKind::Receipts,
-        body,
-        event: None,
-        target: None,
-        reply_to: None,
-        mentions: Vec::new(),
-    };
-    state.sender.send(out).await.map(|_| ())
+    hand_over(state, first.user, &conv, &cid, MessageKind::Receipts, body).await
 }
 
 /// Hands the receipt to the worker, which copies it to the peer's inbox.
 async fn send(state: &AppState, user: i64, conv: &ConvId, mark: &ReadMark) -> Result<(), ClientError> {
     let body = serde_json::to_string(mark)
         .map_err(|e| ClientError::new(chat_nats::wire::ErrorCode::Internal, e.to_string()))?;
-    let cid = format!("d{}", mark.up_to);
+    hand_over(state, user, conv, &format!("d{}", mark.up_to), MessageKind::Delivered, body).await
+}
+
+/// Sends one receipt ingress message as `user`'s receipt device and waits
+/// for the worker's answer.
+async fn hand_over(
+    state: &AppState,
+    user: i64,
+    conv: &ConvId,
+    cid: &str,
+    kind: MessageKind,
+    body: String,
+) -> Result<(), ClientError> {
     let out = Outgoing {
         from: user,
         device: DEVICE,
-        cid: &cid,
+        cid,
         conv,
-        kind: MessageKind::Delivered,
+        kind,
         body,
         event: None,
         target: None,
