@@ -204,3 +204,56 @@ async fn a_copy_whose_wake_up_was_lost_is_delivered_by_the_re_read() -> Result<(
     assert_eq!(cb.next_msg().await?["id"], next["id"]);
     Ok(())
 }
+
+/// A round whose outcome records cannot be stored is redone, not acked
+/// away: with the acks bucket refusing writes (its stream full, discard
+/// new), a send is still acked (its message and copies are durable), its
+/// ingress message is redelivered to be redone rather than acked without
+/// a record, and once the bucket takes writes again its record appears, so
+/// a retry after the dedupe windows is answered from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_whose_outcome_record_failed_is_redone_until_recorded() -> Result<()> {
+    let s = stack().start().await?;
+    let alice = s.user("alice", "a1").await?;
+    let bob = s.user("bob", "b1").await?;
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
+    let acks_stream = format!("KV_{}", chat_nats::subjects::ACKS_BUCKET);
+    let original = js.get_stream(&acks_stream).await?.info().await?.config.clone();
+    let mut full = original.clone();
+    full.max_bytes = 1;
+    full.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    js.update_stream(full).await?;
+    let acks = js.get_key_value(chat_nats::subjects::ACKS_BUCKET).await?;
+    assert!(acks.put("probe", bytes::Bytes::from_static(b"x")).await.is_err(), "the bucket refuses writes");
+
+    let (mut ca, _) = s.live(0, &alice).await?;
+    let ack = ca.send_to_user("r1", &bob.user_id, "recorded later").await?;
+    // Its record could not be written: the ingress message comes back.
+    let ingress = js.get_stream(chat_nats::subjects::INGRESS_STREAM).await?;
+    wait_for("the send's ingress message redelivered", Duration::from_secs(30), || {
+        let ingress = ingress.clone();
+        async move {
+            let mut infos = ingress.consumers();
+            let mut redelivered = 0;
+            while let Some(Ok(info)) = futures::StreamExt::next(&mut infos).await {
+                redelivered += info.num_redelivered;
+            }
+            (redelivered > 0).then_some(())
+        }
+    })
+    .await?;
+
+    js.update_stream(original).await?;
+    let from: i64 = alice.user_id.parse()?;
+    let key = chat_nats::subjects::dedupe_key(from, &alice.device_id, "r1");
+    let record = wait_for("the send's outcome record", Duration::from_secs(30), || {
+        let (acks, key) = (acks.clone(), key.clone());
+        async move { acks.get(&key).await.ok().flatten() }
+    })
+    .await?;
+    let recorded: Value = serde_json::from_slice(&record)?;
+    assert_eq!(recorded["result"]["id"], ack["id"], "the record names the message as acked: {recorded}");
+    let (msgs, _) = s.connect(0, &bob).await?.sync(None).await?;
+    assert_eq!(msgs.iter().filter(|m| m["body"] == "recorded later").count(), 1, "stored once: {msgs:?}");
+    Ok(())
+}
