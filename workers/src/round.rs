@@ -243,7 +243,7 @@ async fn finish(
         replies.push((p.send.reply, ack));
     }
     // The round's push plan, once its copies are all stored.
-    sequencer::plan_pushes(sh, pushes).await?;
+    sequencer::plan_pushes(sh, pushes).await;
     let puts = index.into_iter().map(|(key, entry)| sh.storage.hindex.put(key, entry));
     for r in futures::future::join_all(puts).await {
         r?;

@@ -276,6 +276,14 @@ async fn index(sh: &Shared, cfg: &SearchConfig) -> Result<(), async_nats::Error>
         } else {
             consumer.batch().max_messages(cfg.batch).expires(cfg.linger).messages().await?
         };
+        // The transaction begins with the first message: an idle linger
+        // costs PostgreSQL nothing.
+        let Some(first) = batch.next().await else {
+            // Nothing arrived: nothing was pending either.
+            sh.metrics.search_lag(0);
+            continue;
+        };
+        let mut batch = futures::stream::once(std::future::ready(first)).chain(batch);
         let mut last = None;
         let tx = db.transaction().await?;
         let mut applied = [0u64; 3];
@@ -303,9 +311,7 @@ async fn index(sh: &Shared, cfg: &SearchConfig) -> Result<(), async_nats::Error>
             last = Some(m);
         }
         let Some(last) = last else {
-            // Nothing arrived: nothing was pending either.
-            tx.rollback().await?;
-            sh.metrics.search_lag(0);
+            tx.rollback().await?; // not reached: the first message was applied or failed
             continue;
         };
         texts.flush(&tx, &insert).await?;

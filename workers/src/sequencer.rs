@@ -453,7 +453,7 @@ async fn sequence(
     let draft = assign_id(sh, send, &conv, state).await?;
     let stored = store(sh, key, &conv, draft, members, fresh).await?;
     wake(sh, &stored.copies).await?;
-    plan_pushes(sh, planned(&stored.msg, &stored.copies).into_iter().collect()).await?;
+    plan_pushes(sh, planned(&stored.msg, &stored.copies).into_iter().collect()).await;
     announce(sh, &conv, &stored.msg).await?;
     index(sh, &conv, &stored).await?;
     let next = ConvState { last_id: stored.msg.id.max(state.last_id), n: stored.msg.n.max(state.n) };
@@ -567,7 +567,7 @@ pub(crate) async fn store_big(
 ) -> Result<(), async_nats::Error> {
     let stored = store(sh, key, conv, draft, members, false).await?;
     wake(sh, &stored.copies).await?;
-    plan_pushes(sh, planned(&stored.msg, &stored.copies).into_iter().collect()).await?;
+    plan_pushes(sh, planned(&stored.msg, &stored.copies).into_iter().collect()).await;
     index(sh, conv, &stored).await?;
     let ack =
         outcome(key, SeqResult::Ok { id: stored.msg.id, conv: conv.to_string(), ts: stored.msg.ts, n: stored.msg.n })?;
@@ -699,11 +699,10 @@ pub(crate) fn planned(msg: &StoredMessage, copies: &[(i64, u64)]) -> Option<Plan
 /// `push::planner`), handed to the worker's plan task (`push::plans`),
 /// which publishes the plans of many rounds as one: a push is not part of
 /// what an ack promises (see docs/architecture.md, "Push").
-pub(crate) async fn plan_pushes(sh: &Shared, messages: Vec<PlannedMessage>) -> Result<(), async_nats::Error> {
+pub(crate) async fn plan_pushes(sh: &Shared, messages: Vec<PlannedMessage>) {
     if let Some(plans) = &sh.push_plans {
         plans.add(messages).await;
     }
-    Ok(())
 }
 
 /// Step 3 for a room: the stored message, once, on the room's live
