@@ -54,9 +54,13 @@ impl Tap {
             let _client = client;
             while let Some(m) = sub.next().await {
                 let k = kind(&m.subject);
-                // Replies may echo headers: only publishes count.
+                // Replies may echo headers, and a stream's republish of a
+                // commit keeps them (and adds `Nats-Stream`): only the
+                // publishes count.
                 let commit = !m.subject.starts_with("_INBOX")
-                    && m.headers.as_ref().is_some_and(|h| h.get("Nats-Batch-Commit").is_some());
+                    && m.headers
+                        .as_ref()
+                        .is_some_and(|h| h.get("Nats-Batch-Commit").is_some() && h.get("Nats-Stream").is_none());
                 let mut c = c.lock().unwrap_or_else(|p| p.into_inner());
                 if commit {
                     *c.entry(format!("{COMMIT}{k}")).or_default() += 1;

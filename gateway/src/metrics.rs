@@ -86,6 +86,16 @@ pub enum Phase {
 
 const PHASES: [&str; 2] = ["live", "catchup"];
 
+/// How a live copy reached its device: as the inbox stream republished it,
+/// or read from the stream after a wake-up.
+#[derive(Debug, Clone, Copy)]
+pub enum LiveCopy {
+    Pushed,
+    Read,
+}
+
+const LIVE_COPIES: [&str; 2] = ["pushed", "read"];
+
 /// One label, both halves static.
 type Label = [(&'static str, &'static str); 1];
 
@@ -163,6 +173,7 @@ pub struct Metrics {
     sends_refused: Family<Label, Counter>,
     send_seconds: Histogram,
     delivery_lag: [Histogram; 2],
+    live_copies: [Counter; 2],
     catchup_messages: Histogram,
     catchup_seconds: Histogram,
     closes: Family<CloseLabels, Counter>,
@@ -199,6 +210,7 @@ impl Metrics {
         let in_family = Family::<Label, Counter>::default();
         let out_family = Family::<Label, Counter>::default();
         let lag_family = Family::<Label, Histogram, Seconds>::new_with_constructor(Seconds);
+        let live_family = Family::<Label, Counter>::default();
         let m = Metrics {
             sessions: resolved(&sessions_family, "transport", TRANSPORTS),
             sessions_opened: resolved(&opened_family, "transport", TRANSPORTS),
@@ -208,6 +220,7 @@ impl Metrics {
             sends_refused: Family::default(),
             send_seconds: seconds_histogram(),
             delivery_lag: PHASES.map(|p| lag_family.get_or_create(&[("phase", p)]).clone()),
+            live_copies: resolved(&live_family, "how", LIVE_COPIES),
             catchup_messages: count_histogram(),
             catchup_seconds: seconds_histogram(),
             closes: Family::default(),
@@ -230,6 +243,11 @@ impl Metrics {
             "chat_delivery_lag_seconds",
             "From a message's ts (stored by the sequencer) to its msg frame written to the socket, by phase",
             lag_family,
+        );
+        r.register(
+            "chat_live_copies",
+            "Inbox copies delivered live, by how: pushed (as the inbox stream republished them, no read) or read",
+            live_family,
         );
         r.register("chat_catchup_messages", "Messages delivered by one sync's catch-up", m.catchup_messages.clone());
         r.register(
@@ -310,6 +328,11 @@ impl Metrics {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let lag = (now.as_millis() as u64).saturating_sub(stored_ts_ms);
         self.delivery_lag[phase as usize].observe(lag as f64 / 1000.0);
+    }
+
+    /// Counts a copy delivered live.
+    pub fn live_copy(&self, how: LiveCopy) {
+        self.live_copies[how as usize].inc();
     }
 
     /// Records one sync's catch-up.

@@ -338,6 +338,16 @@ pub async fn provision(client: &async_nats::Client, settings: &StorageSettings) 
     provision_as(client, settings, Mode::Update).await
 }
 
+/// The inbox stream's `republish`: each copy stored on `chat.inbox.<user>`
+/// goes out on `chat.live.<user>` with its payload.
+pub fn inbox_republish() -> stream::Republish {
+    stream::Republish {
+        source: format!("{}.inbox.*", subjects::PREFIX),
+        destination: format!("{}{{{{wildcard(1)}}}}", subjects::live_prefix()),
+        headers_only: false,
+    }
+}
+
 /// [`provision`], with existing streams and buckets treated as `mode` says.
 pub async fn provision_as(
     client: &async_nats::Client,
@@ -414,6 +424,10 @@ async fn provision_once(
             max_age: s.inbox_retention,
             duplicate_window: Duration::from_secs(600),
             allow_atomic_publish: true,
+            // Every stored copy, as stored, on its user's wake-up subject,
+            // with the sequence of the user's copy before it (see
+            // `subjects::live`): gateways deliver it without a read.
+            republish: Some(inbox_republish()),
             ..base.clone()
         },
     )

@@ -680,8 +680,14 @@ async fn copy_plain(sh: &Shared, id: u64, members: &[i64], payload: &Bytes) -> R
 
 /// Step 3: wake the members' delivery (gateways read the inbox from their
 /// own position; a lost wake-up only delays). Also after a duplicate, so a
-/// message finished after a crash is announced too.
+/// message finished after a crash is announced too. Nothing to do when the
+/// inbox stream republishes its copies itself (as provisioned): the server
+/// announced each copy as it stored it, and better (see
+/// `chat_nats::provision::inbox_republish`).
 pub(crate) async fn wake(sh: &Shared, copies: &[(i64, u64)]) -> Result<(), async_nats::Error> {
+    if sh.storage.inbox.cached_info().config.republish.is_some() {
+        return Ok(());
+    }
     for (m, seq) in copies {
         sh.client.publish(subjects::live(*m), Bytes::from(seq.to_string())).await?;
     }

@@ -3,13 +3,15 @@
 //! message that existed when catch-up began, then `synced`, then live.
 //!
 //! Live delivery holds no consumer: the device's task subscribes to its
-//! user's wake-ups (see `live`) *before* catch-up starts, and on every
-//! wake-up reads the inbox stream forward from the last sequence it
-//! delivered (direct gets of the next message on the user's subject, up to
-//! the copy the wake-up names). Both
-//! phases read the stream in sequence order from the last delivered
-//! message, so the seam has no gap and no duplicate, and a lost wake-up
-//! delays a message until the next one instead of losing it.
+//! user's wake-ups (see `live`) *before* catch-up starts. A wake-up that is
+//! the copy right after the last one delivered (the inbox stream
+//! republished it with that predecessor) is delivered as it came; any
+//! other makes the task read the inbox stream forward from the last
+//! sequence it delivered (direct gets of the next message on the user's
+//! subject, up to the copy the wake-up names). Both phases deliver the
+//! stream in sequence order from the last delivered message, so the seam
+//! has no gap and no duplicate, and a lost wake-up delays a message until
+//! the next one instead of losing it.
 //!
 //! The cursor is the inbox stream sequence of the last message delivered,
 //! as a decimal string. Stream sequences are assigned by JetStream, so a
@@ -27,7 +29,7 @@ use futures::StreamExt;
 use crate::conn::outbound::{Outbound, CLOSE_INTERNAL};
 use crate::error::frame;
 use crate::messaging::live::Wake;
-use crate::metrics::Phase;
+use crate::metrics::{LiveCopy, Phase};
 use crate::AppState;
 
 /// Where delivery starts.
@@ -115,14 +117,27 @@ async fn stream(
     // it has a wake-up of its own.
     let mut wake = Wake::All;
     loop {
-        loop {
-            if let Wake::UpTo(seq) = wake {
-                if delivered >= seq {
-                    break;
+        let up_to = match &wake {
+            // The copy right after the last one delivered, as the stream
+            // vouched when it stored it: delivered as it came.
+            Wake::Copy { seq, last, payload } if *last <= delivered && delivered < *seq => {
+                delivered = *seq;
+                state.metrics.live_copy(LiveCopy::Pushed);
+                if !Box::pin(deliver(state, user, device, *seq, payload, out, Phase::Live)).await {
+                    return Ok(());
                 }
+                Some(*seq)
+            }
+            Wake::Copy { seq, .. } | Wake::UpTo(seq) => Some(*seq),
+            Wake::All => None,
+        };
+        loop {
+            if up_to.is_some_and(|seq| delivered >= seq) {
+                break;
             }
             let Some(m) = Box::pin(next_copy(state, &subject, delivered + 1)).await? else { break };
             delivered = m.sequence;
+            state.metrics.live_copy(LiveCopy::Read);
             if !Box::pin(deliver(state, user, device, m.sequence, &m.payload, out, Phase::Live)).await {
                 return Ok(());
             }
@@ -132,7 +147,7 @@ async fn stream(
         // own wake-up was lost (core NATS, a cluster node dying) then waits
         // seconds, not `CHAT_LIVE_POLL_SECS`, for one extra read per quiet
         // spell instead of one per copy.
-        let settle = matches!(wake, Wake::UpTo(_));
+        let settle = up_to.is_some();
         wake = tokio::select! {
             w = wakeups.changed() => w.ok_or("live wake-ups ended")?,
             _ = tokio::time::sleep(SETTLE), if settle => Wake::All,

@@ -68,6 +68,61 @@ impl Feed {
     }
 }
 
+/// A message on a shared subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Msg {
+    pub payload: Bytes,
+    /// Where a stream stored it, if a stream republished it.
+    pub stored: Option<Republished>,
+}
+
+impl Msg {
+    fn poke() -> Msg {
+        Msg { payload: Bytes::new(), stored: None }
+    }
+}
+
+/// The stream position of a message a JetStream stream republished
+/// (`republish` in its configuration): headers `Nats-Sequence` and
+/// `Nats-Last-Sequence`, which the server sets when it stores the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Republished {
+    /// The message's stream sequence.
+    pub seq: u64,
+    /// The sequence of the message on the same subject stored before it
+    /// (0: none), as the stream had it when it stored this one.
+    pub last: u64,
+}
+
+impl Republished {
+    /// From a raw header block (`NATS/1.0\r\nName: value\r\n...`); `None`
+    /// unless it has both headers, well formed, for a later `seq`.
+    pub fn from_block(block: &[u8]) -> Option<Republished> {
+        let text = std::str::from_utf8(block).ok()?;
+        let (mut seq, mut last) = (None, None);
+        for line in text.split("\r\n").skip(1) {
+            let Some((name, value)) = line.split_once(':') else { continue };
+            let value = value.trim().parse::<u64>().ok();
+            match name.trim() {
+                "Nats-Sequence" => seq = value,
+                "Nats-Last-Sequence" => last = value,
+                _ => {}
+            }
+        }
+        Republished::checked(seq?, last?)
+    }
+
+    /// From async-nats headers.
+    pub fn from_headers(h: &async_nats::HeaderMap) -> Option<Republished> {
+        let num = |name: &str| h.get(name).and_then(|v| v.as_str().trim().parse::<u64>().ok());
+        Republished::checked(num("Nats-Sequence")?, num("Nats-Last-Sequence")?)
+    }
+
+    fn checked(seq: u64, last: u64) -> Option<Republished> {
+        (seq > last).then_some(Republished { seq, last })
+    }
+}
+
 /// A session's receiver of one subject's payloads.
 #[derive(Debug)]
 pub struct HubRx {
@@ -121,7 +176,10 @@ impl Hub {
                     let (feed, ready) = match &self.shared {
                         Some(shared) => {
                             let to = tx.clone();
-                            let sid = shared.subscribe(subject.clone(), Box::new(move |payload| to.send(payload)));
+                            let handler = Box::new(move |headers: &[u8], payload| {
+                                to.send(Msg { payload, stored: Republished::from_block(headers) })
+                            });
+                            let sid = shared.subscribe(subject.clone(), handler);
                             (Feed::Shared(sid), None)
                         }
                         None => {
@@ -192,7 +250,8 @@ async fn feed(client: async_nats::Client, subject: String, tx: Arc<Ring>, ready:
     }
     let _ = ready.send(true);
     while let Some(m) = sub.next().await {
-        tx.send(m.payload);
+        let stored = m.headers.as_ref().and_then(Republished::from_headers);
+        tx.send(Msg { payload: m.payload, stored });
     }
 }
 
@@ -202,7 +261,7 @@ impl Hub {
     pub fn poke(&self, prefix: &str) {
         for (subject, e) in self.lock().iter() {
             if subject.starts_with(prefix) {
-                e.tx.send(Bytes::new());
+                e.tx.send(Msg::poke());
             }
         }
     }
@@ -224,8 +283,13 @@ impl HubRx {
     /// skipped some; `None` if the subscription ended.
     /// Cancel-safe: nothing is taken unless it is returned.
     pub async fn recv_or_skipped(&mut self) -> Option<Option<Bytes>> {
+        Some(self.recv_msg_or_skipped().await?.map(|m| m.payload))
+    }
+
+    /// [`HubRx::recv_or_skipped`] with the whole message.
+    pub async fn recv_msg_or_skipped(&mut self) -> Option<Option<Msg>> {
         match self.rx.recv().await {
-            Ok(b) => Some(Some(b)),
+            Ok(m) => Some(Some(m)),
             Err(n) => {
                 tracing::debug!(subject = %self.subject, skipped = n, "slow receiver skipped messages");
                 Some(None)
@@ -263,8 +327,8 @@ pub(crate) struct Ring {
 struct RingState {
     /// Sequence number of `items[0]`.
     first: u64,
-    /// Payloads with how many receivers have yet to read each.
-    items: VecDeque<(Bytes, usize)>,
+    /// Messages with how many receivers have yet to read each.
+    items: VecDeque<(Msg, usize)>,
     receivers: usize,
     cap: usize,
 }
@@ -301,7 +365,7 @@ impl Ring {
     }
 
     /// Hands `payload` to every current receiver (none: dropped).
-    pub(crate) fn send(&self, payload: Bytes) {
+    pub(crate) fn send(&self, payload: Msg) {
         {
             let mut st = self.lock();
             if st.receivers == 0 {
@@ -328,7 +392,7 @@ impl RingRx {
     /// The next payload, or `Err(skipped)` when this receiver fell more
     /// than the ring's capacity behind (it then reads on from the oldest
     /// kept). Cancel-safe.
-    pub(crate) async fn recv(&mut self) -> Result<Bytes, u64> {
+    pub(crate) async fn recv(&mut self) -> Result<Msg, u64> {
         loop {
             let notified = self.ring.notify.notified();
             let mut notified = std::pin::pin!(notified);
@@ -377,8 +441,31 @@ impl Drop for RingRx {
 mod tests {
     use super::*;
 
-    fn b(s: &'static str) -> Bytes {
-        Bytes::from_static(s.as_bytes())
+    fn b(s: &'static str) -> Msg {
+        Msg { payload: Bytes::from_static(s.as_bytes()), stored: None }
+    }
+
+    #[test]
+    fn a_republished_position_is_read_from_either_header_form() {
+        let block = b"NATS/1.0\r\nNats-Msg-Id: 9.5\r\nNats-Stream: CHAT_INBOX\r\nNats-Subject: chat.inbox.5\r\n\
+Nats-Sequence: 12\r\nNats-Time-Stamp: 2026-12-07T00:00:00Z\r\nNats-Last-Sequence: 7\r\n\r\n";
+        assert_eq!(Republished::from_block(block), Some(Republished { seq: 12, last: 7 }));
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Nats-Sequence", "3");
+        h.insert("Nats-Last-Sequence", "0");
+        assert_eq!(Republished::from_headers(&h), Some(Republished { seq: 3, last: 0 }));
+        // Not a republished message, or not a well-formed one.
+        for bad in [
+            &b""[..],
+            b"NATS/1.0\r\n\r\n",
+            b"NATS/1.0\r\nNats-Sequence: 12\r\n\r\n",
+            b"NATS/1.0\r\nNats-Sequence: x\r\nNats-Last-Sequence: 1\r\n\r\n",
+            b"NATS/1.0\r\nNats-Sequence: 4\r\nNats-Last-Sequence: 4\r\n\r\n",
+            b"NATS/1.0\r\nNats-Sequence: 4\r\nNats-Last-Sequence: 9\r\n\r\n",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(Republished::from_block(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[tokio::test]

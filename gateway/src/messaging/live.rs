@@ -2,12 +2,19 @@
 //! connected to this gateway, shared by all of that user's devices here
 //! (through the gateway's [`Hub`]).
 //!
-//! The sequencer publishes the inbox stream sequence of every inbox copy it
-//! stored on `chat.live.<user>` (core NATS, not persisted). A notification
-//! carries no message: it only wakes the user's delivery tasks, which then
-//! read the inbox *stream* forward from their own last delivered sequence
-//! up to the copy it names (see `delivery`). So a lost, late or reordered notification can delay a
-//! message but never skip, reorder or duplicate one. Notifications can be
+//! The inbox stream republishes every copy it stores on `chat.live.<user>`
+//! (core NATS, not persisted; `republish` in the stream's configuration),
+//! with its stream sequence and the sequence of the copy stored before it
+//! on the same user's subject (`Nats-Sequence`, `Nats-Last-Sequence`), set
+//! by nats-server as it stores the copy. A delivery task whose last
+//! delivered copy is that previous one delivers the copy as it came, with
+//! no read: the server vouches that nothing of the user's lies between.
+//! Any other wake-up only wakes the user's delivery tasks, which then read
+//! the inbox *stream* forward from their own last delivered sequence up to
+//! the copy it names (see `delivery`). So a lost, late or reordered
+//! notification can delay a message but never skip, reorder or duplicate
+//! one. Sequencers of older builds (or an inbox stream without
+//! `republish`) publish the bare sequence instead. Notifications can be
 //! lost while the gateway's NATS connection is down, or while a worker's
 //! is; every user is woken when either comes back (and twice more within
 //! seconds, while the cluster's routes settle), and every
@@ -31,14 +38,21 @@ use crate::messaging::hub::{Hub, HubRx};
 pub struct Wakeups(HubRx);
 
 /// Wake-ups buffered per user: a reader busy writing to its socket keeps
-/// the few that arrive meanwhile (each names its copy, so one already
-/// delivered costs nothing) instead of skipping them and reading until
-/// nothing is left.
-const WAKE_BUFFER: usize = 4;
+/// those that arrive meanwhile (each names its copy, so one already
+/// delivered costs nothing, and a republished one is delivered without a
+/// read) instead of skipping them and reading until nothing is left. A
+/// republished copy is held only until every delivery task of its user on
+/// this gateway has taken it.
+const WAKE_BUFFER: usize = 16;
 
 /// What a wake-up asks the reader to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wake {
+    /// The stream republished a copy stored at `seq`, the user's previous
+    /// one being at `last`: a reader whose last delivered sequence is in
+    /// `last..seq` delivers `payload` without reading; any other reads up
+    /// to `seq`, as for [`Wake::UpTo`].
+    Copy { seq: u64, last: u64, payload: bytes::Bytes },
     /// A copy was stored at this inbox sequence: read forward until it has
     /// been delivered (everything before it in the user's inbox comes
     /// first). A reader already past it has nothing to read.
@@ -58,11 +72,16 @@ pub async fn watch(hub: &Arc<Hub>, user: i64) -> Result<Wakeups, async_nats::Err
 impl Wakeups {
     /// Waits for the next wake-up; `None` if the feed ended.
     pub async fn changed(&mut self) -> Option<Wake> {
-        // The sequencer's payload is the copy's sequence. The hub's pokes are
-        // empty, and notifications skipped by a slow reader (the buffer holds
-        // buffer) may have named a later copy than the one left: read all.
-        let payload = self.0.recv_or_skipped().await?;
-        let seq = payload.as_deref().and_then(|p| std::str::from_utf8(p).ok()).and_then(subjects::parse_seq);
+        // A republished copy says where it is; an older sequencer's payload
+        // is the copy's sequence. The hub's pokes are empty, and
+        // notifications skipped by a slow reader (the buffer holds
+        // WAKE_BUFFER) may have named a later copy than the one left: read
+        // all.
+        let Some(m) = self.0.recv_msg_or_skipped().await? else { return Some(Wake::All) };
+        if let Some(r) = m.stored {
+            return Some(Wake::Copy { seq: r.seq, last: r.last, payload: m.payload });
+        }
+        let seq = std::str::from_utf8(&m.payload).ok().and_then(subjects::parse_seq);
         Some(seq.map_or(Wake::All, Wake::UpTo))
     }
 }

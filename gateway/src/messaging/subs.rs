@@ -27,8 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-/// What a subscription does with each payload (must not block).
-pub type Handler = Box<dyn Fn(Bytes) + Send + Sync>;
+/// What a subscription does with each message: its header block (`HMSG`,
+/// empty for `MSG`) and payload (must not block).
+pub type Handler = Box<dyn Fn(&[u8], Bytes) + Send + Sync>;
 
 /// A control line longer than this closes the connection (the server's own
 /// limit is 4 KiB).
@@ -297,11 +298,11 @@ impl Conn {
             loop {
                 match parse(&mut buf) {
                     Ok(None) => break,
-                    Ok(Some(Frame::Msg { sid, payload })) => {
+                    Ok(Some(Frame::Msg { sid, headers, payload })) => {
                         let Some(inner) = self.inner.upgrade() else { return End::Dropped };
                         let subs = inner.subs.lock().unwrap_or_else(|p| p.into_inner());
                         if let Some(s) = subs.get(&sid) {
-                            (s.handler)(payload);
+                            (s.handler)(&headers, payload);
                         }
                     }
                     Ok(Some(Frame::Ping)) => {
@@ -411,6 +412,9 @@ async fn read_line(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<String,
 enum Frame {
     Msg {
         sid: u64,
+        /// The header block of an `HMSG` (`NATS/1.0` line included), empty
+        /// for a `MSG`.
+        headers: Bytes,
         payload: Bytes,
     },
     Ping,
@@ -453,9 +457,10 @@ fn parse(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
             }
             // Copied out: a payload kept in a receiver's ring must not pin
             // the whole read buffer.
+            let head = Bytes::copy_from_slice(&buf[eol + 2..eol + 2 + headers]);
             let payload = Bytes::copy_from_slice(&buf[eol + 2 + headers..end - 2]);
             buf.advance(end);
-            return Ok(Some(Frame::Msg { sid, payload }));
+            return Ok(Some(Frame::Msg { sid, headers: head, payload }));
         }
         "PING" => Frame::Ping,
         "PONG" => Frame::Pong,
@@ -482,7 +487,7 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_parsed_whole_headers_skipped_and_split_input_waits() {
+    fn frames_are_parsed_whole_headers_kept_apart_and_split_input_waits() {
         let got = parse_all(
             b"PING\r\nMSG a.b 7 5\r\nhello\r\nHMSG a.c 9 _INBOX.x 12 14\r\nNATS/1.0\r\n\r\nhi\r\n+OK\r\n-ERR 'Permissions Violation'\r\npong\r\n",
         )
@@ -491,8 +496,12 @@ mod tests {
             got,
             vec![
                 Frame::Ping,
-                Frame::Msg { sid: 7, payload: Bytes::from_static(b"hello") },
-                Frame::Msg { sid: 9, payload: Bytes::from_static(b"hi") },
+                Frame::Msg { sid: 7, headers: Bytes::new(), payload: Bytes::from_static(b"hello") },
+                Frame::Msg {
+                    sid: 9,
+                    headers: Bytes::from_static(b"NATS/1.0\r\n\r\n"),
+                    payload: Bytes::from_static(b"hi")
+                },
                 Frame::Other,
                 Frame::Err("'Permissions Violation'".into()),
                 Frame::Pong,
@@ -502,9 +511,11 @@ mod tests {
         let mut buf = BytesMut::from(&b"MSG a 1 10\r\n01234"[..]);
         assert_eq!(parse(&mut buf).unwrap(), None);
         buf.extend_from_slice(b"56789\r\n");
-        assert_eq!(parse(&mut buf).unwrap(), Some(Frame::Msg { sid: 1, payload: Bytes::from_static(b"0123456789") }));
+        let whole = Frame::Msg { sid: 1, headers: Bytes::new(), payload: Bytes::from_static(b"0123456789") };
+        assert_eq!(parse(&mut buf).unwrap(), Some(whole));
         // An empty payload.
-        assert_eq!(parse_all(b"MSG a 2 0\r\n\r\n").unwrap(), vec![Frame::Msg { sid: 2, payload: Bytes::new() }]);
+        let empty = Frame::Msg { sid: 2, headers: Bytes::new(), payload: Bytes::new() };
+        assert_eq!(parse_all(b"MSG a 2 0\r\n\r\n").unwrap(), vec![empty]);
     }
 
     #[test]

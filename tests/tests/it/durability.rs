@@ -168,6 +168,40 @@ async fn skewed_id_workers_cannot_make_the_cursor_miss_a_message() -> Result<()>
     Ok(())
 }
 
+/// Stores `stored` in `user`'s inbox the way the sequencer does but with
+/// nothing announced: the inbox stream's `republish` is off while it is
+/// stored (as if its notification had been lost), and the worker publishes
+/// no wake-up of its own for a stream that republishes.
+async fn store_unannounced(
+    js: &async_nats::jetstream::Context,
+    user: i64,
+    stored: &chat_nats::envelope::StoredMessage,
+) -> Result<u64> {
+    let mut inbox = js.get_stream(chat_nats::subjects::INBOX_STREAM).await?;
+    let config = inbox.info().await?.config.clone();
+    anyhow::ensure!(config.republish.is_some(), "the inbox stream republishes its copies");
+    js.update_stream(async_nats::jetstream::stream::Config { republish: None, ..config.clone() }).await?;
+    let seq = js.publish(chat_nats::subjects::inbox(user), serde_json::to_vec(stored)?.into()).await?.await?.sequence;
+    js.update_stream(config).await?;
+    Ok(seq)
+}
+
+/// A copy of `first`'s conversation stored with no sequencer behind it.
+fn unannounced(a_id: i64, b_id: i64, first: &Value) -> chat_nats::envelope::StoredMessage {
+    chat_nats::envelope::StoredMessage {
+        id: id(first) + 1,
+        conv: chat_nats::subjects::ConvId::direct(a_id, b_id).to_string(),
+        from: a_id,
+        device: "a1".into(),
+        cid: "silent".into(),
+        kind: chat_nats::envelope::MessageKind::Text,
+        body: "unannounced".into(),
+        ts: 0,
+        n: 2,
+        ..Default::default()
+    }
+}
+
 /// Wake-ups on `chat.live.<user>` are core NATS (at-most-once). A copy whose
 /// wake-up never came is still delivered, in order, by the gateway's
 /// periodic re-read (`CHAT_LIVE_POLL_SECS`).
@@ -179,29 +213,62 @@ async fn a_copy_whose_wake_up_was_lost_is_delivered_by_the_re_read() -> Result<(
     let (mut ca, _) = s.live(0, &a).await?;
     let first = ca.send_to_user("w1", &b.user_id, "announced").await?;
     assert_eq!(cb.next_msg().await?["id"], first["id"]);
-    // Store a copy in bob's inbox the way the sequencer does, but announce
-    // nothing: only the re-read can find it.
-    let a_id: i64 = a.user_id.parse()?;
-    let b_id: i64 = b.user_id.parse()?;
-    let stored = chat_nats::envelope::StoredMessage {
-        id: id(&first) + 1,
-        conv: chat_nats::subjects::ConvId::direct(a_id, b_id).to_string(),
-        from: a_id,
-        device: "a1".into(),
-        cid: "silent".into(),
-        kind: chat_nats::envelope::MessageKind::Text,
-        body: "unannounced".into(),
-        ts: 0,
-        n: 2,
-        ..Default::default()
-    };
+    // Only the re-read can find this one.
+    let (a_id, b_id): (i64, i64) = (a.user_id.parse()?, b.user_id.parse()?);
     let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
-    js.publish(chat_nats::subjects::inbox(b_id), serde_json::to_vec(&stored)?.into()).await?.await?;
+    store_unannounced(&js, b_id, &unannounced(a_id, b_id, &first)).await?;
     let m = cb.next_msg().await?;
     assert_eq!((m["body"].as_str(), m["cid"].as_str()), (Some("unannounced"), None));
     // And live delivery goes on after it, in inbox order.
     let next = ca.send_to_user("w2", &b.user_id, "announced again").await?;
     assert_eq!(cb.next_msg().await?["id"], next["id"]);
+    Ok(())
+}
+
+const OPERATOR: &str = "operator-credential-for-durability-0123456789";
+
+/// Live copies come as the inbox stream republished them, each with the
+/// sequence of its user's copy before it: a device whose last delivered
+/// copy is that one gets it with no read of the stream. A copy that was
+/// never announced breaks the chain: the next copy names it as its
+/// predecessor, so the gateway reads the stream from its last delivered
+/// copy and delivers both, in inbox order, at once (long before the
+/// periodic re-read, which is 60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_copies_are_pushed_and_a_gap_in_their_chain_is_read() -> Result<()> {
+    let s = stack().env("CHAT_OPERATOR_TOKEN", OPERATOR).start().await?;
+    let gw = s.addr(0);
+    let (a, b) = (s.user("alice", "a1").await?, s.user("bob", "b1").await?);
+    let (mut cb, _) = s.live(0, &b).await?;
+    let (mut ca, _) = s.live(0, &a).await?;
+    // Once a first copy is through, both delivery tasks are past their
+    // first read (which may find a copy stored meanwhile).
+    let first = ca.send_to_user("p0", &b.user_id, "warm-up").await?;
+    assert_eq!(cb.next_msg().await?["id"], first["id"]);
+    let copies = |e: &chat_tests::prom::Exposition, how| e.value("chat_live_copies_total", &[("how", how)]);
+    let g0 = chat_tests::prom::metrics(&gw, Some(OPERATOR)).await?;
+    let mut sent = Vec::new();
+    for i in 1..=3 {
+        sent.push(ca.send_to_user(&format!("p{i}"), &b.user_id, &format!("pushed {i}")).await?["id"].clone());
+    }
+    for want in &sent {
+        assert_eq!(&cb.next_msg().await?["id"], want);
+    }
+    let g1 = chat_tests::prom::metrics(&gw, Some(OPERATOR)).await?;
+    assert!(copies(&g1, "pushed") - copies(&g0, "pushed") >= 3.0, "bob's three copies were pushed");
+    assert_eq!(copies(&g1, "read") - copies(&g0, "read"), 0.0, "and none was read");
+
+    let (a_id, b_id): (i64, i64) = (a.user_id.parse()?, b.user_id.parse()?);
+    let js = async_nats::jetstream::new(chat_tests::nats_admin(&s.nats.url).await?);
+    let last = ca.send_to_user("p4", &b.user_id, "before the gap").await?;
+    assert_eq!(cb.next_msg().await?["id"], last["id"]);
+    store_unannounced(&js, b_id, &unannounced(a_id, b_id, &last)).await?;
+    let next = ca.send_to_user("p5", &b.user_id, "after the gap").await?;
+    let m = cb.next_msg().await?;
+    assert_eq!((m["body"].as_str(), m["cid"].as_str()), (Some("unannounced"), None), "the gap first: {m}");
+    assert_eq!(cb.next_msg().await?["id"], next["id"]);
+    let g2 = chat_tests::prom::metrics(&gw, Some(OPERATOR)).await?;
+    assert!(copies(&g2, "read") - copies(&g1, "read") >= 1.0, "the unannounced copy was read");
     Ok(())
 }
 
