@@ -29,6 +29,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (9, include_str!("../../migrations/009_read_receipts.sql")),
     (10, include_str!("../../migrations/010_rooms.sql")),
     (11, include_str!("../../migrations/011_mentions.sql")),
+    (12, include_str!("../../migrations/012_search_grams_linear.sql")),
 ];
 
 /// Database failures.

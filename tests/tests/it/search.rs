@@ -308,3 +308,48 @@ async fn messages_within_the_linger_are_indexed_in_one_transaction() -> Result<(
     assert_eq!(m.value("chat_search_index_events_total", &[("op", "insert")]), SENDS as f64);
     Ok(())
 }
+
+/// Migration 012 replaced `search_grams` (quadratic in the body's length)
+/// with a linear version that must give the same grams for every body, or
+/// the index built by the first one would no longer match its queries.
+/// Compared here with the first version, taken from `008_search.sql`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grams_are_the_same_as_the_first_version_s() -> Result<()> {
+    let s = stack().start().await?;
+    let (db, conn) = tokio_postgres::connect(&s.pg.url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let src: String = db.query_one("SELECT prosrc FROM pg_proc WHERE proname = 'search_grams'", &[]).await?.get(0);
+    assert!(src.contains("string_to_table"), "migration 012 is applied: {src}");
+    let first = include_str!("../../../gateway/migrations/008_search.sql");
+    let start = first.find("CREATE FUNCTION search_grams(").expect("008 defines search_grams");
+    let end = start + first[start..].find("$$;").expect("its body ends") + 3;
+    db.batch_execute(&first[start..end].replace("FUNCTION search_grams(", "FUNCTION search_grams_v1(")).await?;
+    // Scripts, case, combining marks, 4-byte characters, whitespace, the
+    // shortest bodies, and a long mixed one.
+    let long: String =
+        (0..3000u32).map(|i| ['a', 'Z', '가', '힣', '😀', ' ', 'é', '\n'][(i * 7 % 11 % 8) as usize]).collect();
+    let bodies: Vec<String> = [
+        "",
+        "a",
+        "ab",
+        "ABC",
+        "오늘회의",
+        "Meeting 오늘 회의 MEETING",
+        "👍🏽 ok 👍🏽",
+        "e\u{301}t\u{e9}",
+        "tab\tnew\nline  ",
+        "aaaa",
+        "ÀÉÎ ñ Straße",
+    ]
+    .iter()
+    .map(|b| b.to_string())
+    .chain([long])
+    .collect();
+    let rows = db.query("SELECT b, search_grams(b), search_grams_v1(b) FROM unnest($1::text[]) b", &[&bodies]).await?;
+    assert_eq!(rows.len(), bodies.len());
+    for r in rows {
+        let (body, now, then): (String, Vec<String>, Vec<String>) = (r.get(0), r.get(1), r.get(2));
+        assert_eq!(now, then, "grams of {:?}", body.chars().take(40).collect::<String>());
+    }
+    Ok(())
+}
