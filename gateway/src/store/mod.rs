@@ -30,7 +30,6 @@ const MIGRATIONS: &[(i32, &str)] = &[
     (10, include_str!("../../migrations/010_rooms.sql")),
     (11, include_str!("../../migrations/011_mentions.sql")),
     (12, include_str!("../../migrations/012_search_grams_linear.sql")),
-    (13, include_str!("../../migrations/013_search_grams_unsorted.sql")),
 ];
 
 /// Database failures.
