@@ -283,13 +283,11 @@ async fn index(sh: &Shared, cfg: &SearchConfig) -> Result<(), async_nats::Error>
             sh.metrics.search_lag(0);
             continue;
         };
-        let mut batch = futures::stream::once(std::future::ready(first)).chain(batch);
-        let mut last = None;
+        let mut m = first?;
         let tx = db.transaction().await?;
         let mut applied = [0u64; 3];
         let mut texts = Texts::default();
-        while let Some(m) = batch.next().await {
-            let m = m?;
+        loop {
             match parse(&m.payload) {
                 Op::Insert { id, conv, grp, dm, from, ts, body } => {
                     texts.push(id, conv, grp, dm, from, ts, body);
@@ -308,12 +306,12 @@ async fn index(sh: &Shared, cfg: &SearchConfig) -> Result<(), async_nats::Error>
                 }
                 Op::Skip => {}
             }
-            last = Some(m);
+            match batch.next().await {
+                Some(next) => m = next?,
+                None => break,
+            }
         }
-        let Some(last) = last else {
-            tx.rollback().await?; // not reached: the first message was applied or failed
-            continue;
-        };
+        let last = m;
         texts.flush(&tx, &insert).await?;
         tx.commit().await?;
         sh.metrics.search_applied(applied);

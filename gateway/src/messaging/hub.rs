@@ -94,6 +94,10 @@ pub struct Republished {
     pub last: u64,
 }
 
+/// The republish headers read (the first is a direct get's too).
+const SEQUENCE: &str = chat_nats::history::direct_get::SEQUENCE_HEADER;
+const LAST_SEQUENCE: &str = "Nats-Last-Sequence";
+
 impl Republished {
     /// From a raw header block (`NATS/1.0\r\nName: value\r\n...`); `None`
     /// unless it has both headers, well formed, for a later `seq`.
@@ -104,8 +108,8 @@ impl Republished {
             let Some((name, value)) = line.split_once(':') else { continue };
             let value = value.trim().parse::<u64>().ok();
             match name.trim() {
-                "Nats-Sequence" => seq = value,
-                "Nats-Last-Sequence" => last = value,
+                SEQUENCE => seq = value,
+                LAST_SEQUENCE => last = value,
                 _ => {}
             }
         }
@@ -115,7 +119,7 @@ impl Republished {
     /// From async-nats headers.
     pub fn from_headers(h: &async_nats::HeaderMap) -> Option<Republished> {
         let num = |name: &str| h.get(name).and_then(|v| v.as_str().trim().parse::<u64>().ok());
-        Republished::checked(num("Nats-Sequence")?, num("Nats-Last-Sequence")?)
+        Republished::checked(num(SEQUENCE)?, num(LAST_SEQUENCE)?)
     }
 
     fn checked(seq: u64, last: u64) -> Option<Republished> {
