@@ -14,7 +14,9 @@
 //! 1. ids and ordinals are assigned in ingress order (nothing stored);
 //! 2. the history batch commits (all or nothing; a crash before the ack is
 //!    completed or rolled back by the server at restart), or, when the
-//!    commit holds fewer than [`MIN_BATCH_PART`] entries, they go as plain
+//!    commit holds fewer than [`MIN_BATCH_PART`] entries and no more than
+//!    [`MAX_PLAIN_RUN`](crate::commit::MAX_PLAIN_RUN) of one conversation,
+//!    they go as plain
 //!    publishes, one at a time per conversation (a crash leaves a prefix of
 //!    each conversation's entries stored, which the redo finds as
 //!    duplicates). Each part goes through the stream's committer

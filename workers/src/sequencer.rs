@@ -323,7 +323,8 @@ pub(crate) fn outcome(key: &str, result: SeqResult) -> Result<Bytes, serde_json:
 /// Where a send goes: its conversation and who gets a copy, or the refusal
 /// the sender gets.
 pub(crate) enum Route {
-    /// Stored in this conversation, copied to these users.
+    /// Stored in this conversation, copied to these users (the sender, if
+    /// one of them, last: see [`sender_last`]).
     To(ConvId, Vec<i64>),
     /// Refused (malformed conversation, unknown group, not a member).
     Refused(SeqResult),
@@ -337,8 +338,22 @@ pub(crate) async fn route(sh: &Shared, caches: &mut Caches, send: &IngressSend) 
     };
     Ok(match recipients(sh, caches, &conv, send).await? {
         Recipients::Refused { code, message } => Route::Refused(SeqResult::Err { code, message }),
-        Recipients::To(members) => Route::To(conv, members),
+        Recipients::To(members) => Route::To(conv, sender_last(members, send.from)),
     })
+}
+
+/// `members` with the sender's own inbox moved to the end. Plain copies
+/// (a lone message: `commit`) are published in this order and the inbox
+/// stream fsyncs them one after another, so the peer's copy of a 1:1
+/// message, which its delivery waits for, is stored first; the sender's
+/// copy (for its other devices) one fsync later. The ack waits for both
+/// either way.
+fn sender_last(mut members: Vec<i64>, from: i64) -> Vec<i64> {
+    if let Some(i) = members.iter().position(|&m| m == from) {
+        let own = members.remove(i);
+        members.push(own);
+    }
+    members
 }
 
 /// Whose inboxes get a copy of a message, or why its send is refused.
@@ -773,4 +788,20 @@ async fn reply(sh: &Shared, send: &IngressSend, ack: Bytes) -> Result<(), async_
         sh.client.publish(reply.clone(), ack).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sender_last;
+
+    #[test]
+    fn the_sender_s_own_copy_goes_last_and_the_others_keep_their_order() {
+        assert_eq!(sender_last(vec![1, 2], 1), vec![2, 1]);
+        assert_eq!(sender_last(vec![1, 2], 2), vec![1, 2]);
+        assert_eq!(sender_last(vec![3, 5, 7, 9], 5), vec![3, 7, 9, 5]);
+        // An operator's system message: the sender is no member.
+        assert_eq!(sender_last(vec![3, 5], 4), vec![3, 5]);
+        assert_eq!(sender_last(vec![4], 4), vec![4]);
+        assert_eq!(sender_last(Vec::new(), 4), Vec::<i64>::new());
+    }
 }
