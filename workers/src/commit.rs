@@ -49,8 +49,8 @@ pub const MIN_BATCH_PART: usize = 16;
 /// Most entries of one subject (a conversation's history, a user's inbox)
 /// that a commit below [`MIN_BATCH_PART`] stores as plain publishes: they
 /// go one after another, one fsync each, so a group round of 8 messages of
-/// one conversation spent 8 fsyncs in a row on its history append (a fifth
-/// of the round at 25k deliveries/s). Longer runs go as one atomic batch.
+/// one conversation spent 8 fsyncs in a row on its history append. Longer
+/// runs go as one atomic batch.
 pub const MAX_PLAIN_RUN: usize = 3;
 
 /// Entries a lingering committer (`Tuning::linger`, writes nobody waits
@@ -255,50 +255,16 @@ async fn commit(client: &async_nats::Client, js: &jetstream::Context, jobs: Vec<
     futures::future::join_all(each).await;
 }
 
-/// Whether `entries` are worth an atomic batch's fixed cost: at least
-/// [`MIN_BATCH_PART`] of them, or more than [`MAX_PLAIN_RUN`] of one
-/// subject (which plain publishes would store one fsync after another).
-fn worth_a_batch<'a>(entries: impl Iterator<Item = &'a chat_nats::batch::Entry>) -> bool {
-    let mut n = 0;
-    let mut runs: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for e in entries {
-        n += 1;
-        let run = runs.entry(e.subject.as_str()).or_default();
-        *run += 1;
-        if n >= MIN_BATCH_PART || *run > MAX_PLAIN_RUN {
-            return true;
-        }
-    }
-    false
-}
-
-/// The parts as one batch, if together they are worth one.
-fn merge(jobs: &[Job]) -> Option<AtomicBatch> {
-    if !worth_a_batch(jobs.iter().flat_map(|j| j.part.entries())) {
+/// How `entries` go when they are not worth an atomic batch's fixed cost:
+/// their indices grouped by subject (a conversation's history, a user's
+/// inbox), each group in push order, the groups in the order of their first
+/// entry. `None` (a batch) for [`MIN_BATCH_PART`] entries or more, or more
+/// than [`MAX_PLAIN_RUN`] of one subject (which plain publishes would store
+/// one fsync after another).
+fn plain_chains(entries: &[chat_nats::batch::Entry]) -> Option<Vec<Vec<usize>>> {
+    if entries.len() >= MIN_BATCH_PART {
         return None;
     }
-    let mut merged = AtomicBatch::new(BatchConfig::default());
-    for e in jobs.iter().flat_map(|j| j.part.entries()) {
-        merged.push(e.subject.clone(), e.headers.clone(), e.payload.clone()).ok()?;
-    }
-    Some(merged)
-}
-
-/// Stores one part on its own, all of it or (on an error) an unknown share
-/// that the caller's redo finishes; each entry's sequence, in push order. A
-/// part not worth a batch ([`worth_a_batch`]) goes as plain publishes, one after another
-/// per subject (a conversation's history, a user's inbox), so that a write
-/// that fails never has a later one of the same subject stored before the
-/// redo writes it; subjects go concurrently.
-async fn store_part(
-    client: &async_nats::Client,
-    js: &jetstream::Context,
-    part: &AtomicBatch,
-) -> Result<Vec<u64>, async_nats::Error> {
-    if worth_a_batch(part.entries().iter()) {
-        return Ok(part.commit(client).await?.sequences().collect());
-    }
-    let entries = part.entries();
     let mut chains: Vec<Vec<usize>> = Vec::new();
     let mut chain_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (i, e) in entries.iter().enumerate() {
@@ -307,7 +273,37 @@ async fn store_part(
             chains.len() - 1
         });
         chains[c].push(i);
+        if chains[c].len() > MAX_PLAIN_RUN {
+            return None;
+        }
     }
+    Some(chains)
+}
+
+/// The parts as one batch, if together they are worth one.
+fn merge(jobs: &[Job]) -> Option<AtomicBatch> {
+    let mut merged = AtomicBatch::new(BatchConfig::default());
+    for e in jobs.iter().flat_map(|j| j.part.entries()) {
+        merged.push(e.subject.clone(), e.headers.clone(), e.payload.clone()).ok()?;
+    }
+    plain_chains(merged.entries()).is_none().then_some(merged)
+}
+
+/// Stores one part on its own, all of it or (on an error) an unknown share
+/// that the caller's redo finishes; each entry's sequence, in push order. A
+/// part not worth a batch ([`plain_chains`]) goes as plain publishes, one after another
+/// per subject (a conversation's history, a user's inbox), so that a write
+/// that fails never has a later one of the same subject stored before the
+/// redo writes it; subjects go concurrently.
+async fn store_part(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    part: &AtomicBatch,
+) -> Result<Vec<u64>, async_nats::Error> {
+    let entries = part.entries();
+    let Some(chains) = plain_chains(entries) else {
+        return Ok(part.commit(client).await?.sequences().collect());
+    };
     let runs = chains.into_iter().map(|chain| async move {
         let mut seqs = Vec::with_capacity(chain.len());
         for i in chain {
@@ -344,7 +340,7 @@ mod tests {
 
     #[test]
     fn a_batch_for_many_entries_or_a_long_run_of_one_subject_else_plain_publishes() {
-        let worth = |s: &[&str]| worth_a_batch(part(s).entries().iter());
+        let worth = |s: &[&str]| plain_chains(part(s).entries()).is_none();
         // A lone 1:1 message: its two copies, one per inbox.
         assert!(!worth(&["chat.inbox.1", "chat.inbox.2"]));
         assert!(!worth(&["chat.hist.g-1"; MAX_PLAIN_RUN]));
@@ -357,5 +353,7 @@ mod tests {
         // Runs are counted per subject, not in a row.
         assert!(worth(&["a", "b", "a", "b", "a", "b", "a"]));
         assert!(!worth(&["a", "b", "a", "b", "a", "b"]));
+        // Plain: one chain per subject, in push order.
+        assert_eq!(plain_chains(part(&["a", "b", "a"]).entries()), Some(vec![vec![0, 2], vec![1]]));
     }
 }
