@@ -46,6 +46,11 @@ pub struct GatewayConfig {
     /// recipient got their messages (`delivered` frames, coalesced over
     /// `CHAT_DELIVERED_FLUSH_MS`).
     pub delivery_receipts: bool,
+    /// `CHAT_SEND_FAST_PATH`: a text send is also handed straight to its
+    /// partition's owner (core NATS, `chat.fast.<p>`), which sequences it
+    /// without waiting for its ingress write; the ingress message stays the
+    /// record a new owner redoes from.
+    pub send_fast_path: bool,
     /// `CHAT_WS_MAX_FRAME_BYTES`: largest WebSocket message accepted.
     pub max_frame_bytes: usize,
     /// `CHAT_ROOM_BACKLOG`: messages of a room's history sent on `join`.
@@ -242,6 +247,7 @@ impl GatewayConfig {
             own_send_reads: var(src, "CHAT_OWN_SEND_READS", true)?,
             own_read_flush: Duration::from_millis(bounded(src, "CHAT_OWN_READ_FLUSH_MS", 100, 1, 10_000)?),
             delivery_receipts: var(src, "CHAT_DELIVERY_RECEIPTS", true)?,
+            send_fast_path: var(src, "CHAT_SEND_FAST_PATH", true)?,
             edit_window: std::time::Duration::from_secs(bounded(
                 src,
                 "CHAT_EDIT_WINDOW_SECS",

@@ -287,7 +287,7 @@ pub async fn run(
     let revoked_kv =
         provision::ensure_bucket(&storage.js, revoked::bucket_config(cfg.token_ttl, cfg.storage.replicas)).await?;
     let revoked = revoked::start(revoked_kv.clone()).await.map_err(GatewayError::Other)?;
-    let sender = Sender::start(&client, storage.clone(), &cfg.gateway_id, cfg.send_timeout)
+    let sender = Sender::start(&client, storage.clone(), &cfg.gateway_id, cfg.send_timeout, cfg.send_fast_path)
         .await
         .map_err(GatewayError::Other)?;
     let moderation =

@@ -77,6 +77,11 @@ impl Lanes {
         out
     }
 
+    /// Whether a lane of `conv` is running (its later messages wait).
+    pub(crate) fn busy(&self, conv: &ConvId) -> bool {
+        self.busy.contains(conv)
+    }
+
     /// Whether any lane is running.
     pub(crate) fn any(&self) -> bool {
         !self.busy.is_empty()

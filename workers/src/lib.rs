@@ -17,6 +17,7 @@
 
 pub mod bucket;
 pub mod commit;
+pub mod fast;
 pub mod idgen;
 pub mod lane;
 pub mod lease;

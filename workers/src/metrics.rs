@@ -32,9 +32,11 @@ pub enum Mode {
     Batch = 0,
     /// One message at a time (`sequencer::process`).
     Single = 1,
+    /// A round of fast-path hand-offs (`fast`), stored like `Batch`.
+    Fast = 2,
 }
 
-const MODES: [&str; 2] = ["batch", "single"];
+const MODES: [&str; 3] = ["batch", "single", "fast"];
 
 /// Operations of the search indexer, in the order of [`Metrics::search_applied`].
 const SEARCH_OPS: [&str; 3] = ["insert", "edit", "delete"];
@@ -67,8 +69,8 @@ type Label = [(&'static str, &'static str); 1];
 pub struct Metrics {
     registry: Registry,
     round_messages: Histogram,
-    commit_seconds: [Histogram; 2],
-    sequenced: [Counter; 2],
+    commit_seconds: [Histogram; 3],
+    sequenced: [Counter; 3],
     partitions: Gauge,
     push: [[Counter; 4]; 4],
     presence: [Counter; 2],

@@ -66,6 +66,9 @@ pub async fn run_partition(
         .await?;
     let mut messages =
         consumer.stream().max_messages_per_batch(256).max_bytes_per_batch(8 * 1024 * 1024).messages().await?;
+    // Hand-offs of the fast path (`fast`), taken from here on.
+    let mut handoffs = sh.client.subscribe(subjects::fast(partition)).await?;
+    let handled = Arc::new(crate::fast::Handled::default());
     let mut convs = Caches::default();
     let mut lanes = crate::lane::Lanes::new();
     let (marks_tx, marks_rx) = tokio::sync::mpsc::channel(MARK_ROUNDS);
@@ -77,10 +80,15 @@ pub async fn run_partition(
         // first new message (or the next release) and whatever else is
         // already waiting.
         let mut round = lanes.released();
+        let mut quick = Vec::new();
         if round.is_empty() {
             tokio::select! {
                 m = messages.next() => match m {
                     Some(m) => round.push(m?),
+                    None => return Ok(()),
+                },
+                h = handoffs.next() => match h {
+                    Some(h) => quick.push(h),
                     None => return Ok(()),
                 },
                 released = lanes.next_release(), if lanes.any() => round = released,
@@ -91,6 +99,27 @@ pub async fn run_partition(
                 Some(Some(m)) => round.push(m?),
                 _ => break,
             }
+        }
+        // Then the hand-offs (a send's hand-off reaches the owner before its
+        // ingress message, so every hand-off of the ingress messages taken
+        // is here), stored first: their ingress messages, in this round or
+        // still to come, find them stored (`fast::Handled::claim`).
+        while quick.len() < crate::round::MAX_ROUND {
+            match handoffs.next().now_or_never() {
+                Some(Some(h)) => quick.push(h),
+                _ => break,
+            }
+        }
+        if !valid.holds() {
+            return Ok(());
+        }
+        if !quick.is_empty() && !crate::fast::round(&sh, &mut convs, &lanes, &handled, &valid, partition, quick).await?
+        {
+            return Ok(()); // the lease is lost
+        }
+        let round: Vec<_> = round.into_iter().filter_map(|m| handled.claim(m)).collect();
+        if round.is_empty() {
+            continue;
         }
         if !valid.holds() {
             return Ok(());
@@ -128,7 +157,9 @@ pub async fn run_partition(
             _ => {
                 for msg in &round {
                     let started = std::time::Instant::now();
-                    if !one_by_one(&sh, &mut convs, msg, fresh(msg) && batched.is_ok(), &valid, partition).await {
+                    if !one_by_one(&sh, &mut convs, &msg.payload, fresh(msg) && batched.is_ok(), &valid, partition)
+                        .await
+                    {
                         return Ok(());
                     }
                     sh.metrics.committed(Mode::Single, 1, started);
@@ -227,7 +258,7 @@ async fn spread_marks(
                 let mut none = Caches::default();
                 for msg in &marks {
                     let started = std::time::Instant::now();
-                    if !one_by_one(&sh, &mut none, msg, false, &valid, partition).await {
+                    if !one_by_one(&sh, &mut none, &msg.payload, false, &valid, partition).await {
                         return;
                     }
                     sh.metrics.committed(Mode::Single, 1, started);
@@ -241,10 +272,10 @@ async fn spread_marks(
 
 /// Sequences one message, retrying with backoff until it is done; false
 /// once the lease is lost.
-async fn one_by_one(
+pub(crate) async fn one_by_one(
     sh: &Shared,
     convs: &mut Caches,
-    msg: &jetstream::Message,
+    payload: &[u8],
     mut fresh: bool,
     valid: &crate::Validity,
     partition: u32,
@@ -254,7 +285,7 @@ async fn one_by_one(
         if !valid.holds() {
             return false;
         }
-        match process(sh, convs, &msg.payload, fresh).await {
+        match process(sh, convs, payload, fresh).await {
             Ok(()) => return true,
             Err(e) => {
                 tracing::warn!(partition, error = %e, "sequencing failed; retrying");
@@ -277,7 +308,7 @@ pub(crate) struct Caches {
 }
 
 impl Caches {
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.convs.clear();
         self.groups.clear();
     }

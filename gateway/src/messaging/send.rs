@@ -61,6 +61,9 @@ pub struct Sender {
     waiters: Mutex<Waiters>,
     next_token: std::sync::atomic::AtomicU64,
     timeout: Duration,
+    /// The connection text sends are handed to their partition's owner on
+    /// (`CHAT_SEND_FAST_PATH`), when on.
+    fast: Option<async_nats::Client>,
 }
 
 /// A stored send, as its outcome reports it.
@@ -83,6 +86,7 @@ impl Sender {
         storage: Storage,
         gateway_id: &str,
         timeout: Duration,
+        fast_path: bool,
     ) -> Result<Arc<Sender>, async_nats::Error> {
         let ack_subject = subjects::gateway_acks(gateway_id);
         let mut sub = client.subscribe(ack_subject.clone()).await?;
@@ -93,6 +97,7 @@ impl Sender {
             waiters: Mutex::default(),
             next_token: std::sync::atomic::AtomicU64::new(0),
             timeout,
+            fast: fast_path.then(|| client.clone()),
         });
         let weak = Arc::downgrade(&sender);
         tokio::spawn(async move {
@@ -162,19 +167,42 @@ impl Sender {
     ) -> Result<SeqResult, ClientError> {
         let payload =
             Bytes::from(serde_json::to_vec(&env).map_err(|e| ClientError::new(ErrorCode::Internal, e.to_string()))?);
-        let subject = subjects::ingress(conv.partition(self.storage.settings.partitions));
+        let partition = conv.partition(self.storage.settings.partitions);
         let unavailable =
             |e: String| ClientError::new(ErrorCode::Unavailable, format!("message store unavailable: {e}"));
+        let closed = |_| ClientError::new(ErrorCode::Internal, "gateway shutting down");
+        // The fast path: the partition's owner gets the send at once and
+        // sequences it without waiting for the ingress write below (one
+        // fsync less before delivery). Lost (no owner at the moment, a
+        // reconnect), the ingress message still brings it.
+        if let Some(client) = self.fast.as_ref().filter(|_| fast_kind(&env)) {
+            if let Err(e) = client.publish(subjects::fast(partition), payload.clone()).await {
+                tracing::debug!(error = %e, "fast-path hand-off not sent; the ingress message brings it");
+            }
+        }
         // Stored with the sends of other sessions that wait at the same time
-        // (one fsync for many, see `ingress`).
-        let ack = self.ingress.publish(subject, key, payload).await.map_err(unavailable)?;
+        // (one fsync for many, see `ingress`). The owner's answer may come
+        // first (the fast path): then the send is stored, whatever the
+        // ingress write still does.
+        let ack = tokio::select! {
+            r = &mut *rx => return r.map_err(closed),
+            ack = self.ingress.publish(subjects::ingress(partition), key, payload) => ack.map_err(unavailable)?,
+        };
         if ack.duplicate {
             // A retry: the first attempt's outcome may already be recorded,
-            // or may still be in flight to another waiter.
-            return tokio::time::timeout(self.timeout, self.recorded(key)).await.unwrap_or_else(|_| Err(timed_out()));
+            // or may still be in flight to another waiter (or to this one,
+            // over the fast path).
+            return tokio::time::timeout(self.timeout, async {
+                tokio::select! {
+                    r = &mut *rx => r.map_err(closed),
+                    r = self.recorded(key) => r,
+                }
+            })
+            .await
+            .unwrap_or_else(|_| Err(timed_out()));
         }
         tokio::select! {
-            r = &mut *rx => r.map_err(|_| ClientError::new(ErrorCode::Internal, "gateway shutting down")),
+            r = &mut *rx => r.map_err(closed),
             _ = tokio::time::sleep(self.timeout) => {
                 match self.storage.acks.get(key).await {
                     Ok(Some(v)) => parse_recorded(&v),
@@ -196,6 +224,13 @@ impl Sender {
         }
         Err(timed_out())
     }
+}
+
+/// Whether a send goes over the fast path as well: texts only (what the
+/// owner takes as a round; marks, edits, reactions and membership changes
+/// go through ingress alone).
+fn fast_kind(env: &IngressSend) -> bool {
+    env.kind == chat_nats::envelope::MessageKind::Text && env.event.is_none()
 }
 
 fn timed_out() -> ClientError {

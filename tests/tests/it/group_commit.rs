@@ -165,9 +165,57 @@ async fn concurrent_sends_are_batched_and_keep_every_invariant() -> Result<()> {
     // of every round sequenced once.
     let m = chat_tests::prom::metrics(&s.worker_metrics(0)?, None).await?;
     let by_mode = |mode| m.value("chat_sequencer_messages_total", &[("mode", mode)]);
-    assert!(by_mode("batch") > 0.0 && m.value("chat_sequencer_commit_seconds_count", &[("mode", "batch")]) > 0.0);
-    assert_eq!(by_mode("batch") + by_mode("single"), m.value("chat_sequencer_round_messages_sum", &[]));
-    assert!(by_mode("batch") + by_mode("single") >= (SENDERS * PER_SENDER) as f64);
+    let rounds = |mode| m.value("chat_sequencer_commit_seconds_count", &[("mode", mode)]);
+    assert!(by_mode("batch") + by_mode("fast") > 0.0 && rounds("batch") + rounds("fast") > 0.0);
+    let all = by_mode("batch") + by_mode("single") + by_mode("fast");
+    assert_eq!(all, m.value("chat_sequencer_round_messages_sum", &[]));
+    assert!(all >= (SENDERS * PER_SENDER) as f64);
+    Ok(())
+}
+
+/// The fast path (`CHAT_SEND_FAST_PATH`): each text send is sequenced
+/// once, from the gateway's hand-off to the partition's owner, and its
+/// ingress message is acked without being sequenced again; turned off, the
+/// same sends are sequenced from ingress. Either way each message is once
+/// in history and once in both inboxes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_sends_are_sequenced_once_from_the_fast_path_hand_off() -> Result<()> {
+    const N: usize = 30;
+    for fast in [true, false] {
+        let s = stack()
+            .env("CHAT_SEND_FAST_PATH", if fast { "true" } else { "false" })
+            .env("CHAT_DELIVERY_RECEIPTS", "false")
+            .worker_metrics()
+            .start()
+            .await?;
+        let wk = s.worker_metrics(0)?;
+        wait_for("the worker to own every partition", Duration::from_secs(30), || {
+            let wk = wk.clone();
+            async move {
+                let e = chat_tests::prom::metrics(&wk, None).await.ok()?;
+                (e.value("chat_partitions_owned", &[]) == 4.0).then_some(())
+            }
+        })
+        .await?;
+        let (a, b) = (s.user("fpa", "d1").await?, s.user("fpb", "d1").await?);
+        let mut c = s.connect(0, &a).await?;
+        let mut acked: Vec<u64> = pipelined(&mut c, "f", json!({"user": b.user_id}), N).await?.into_values().collect();
+        acked.sort_unstable();
+        ingress_drained(&s).await?;
+        let dm = chat_client::direct_conv(&a.user_id, &b.user_id);
+        assert_eq!(history(&s, &a, &dm).await?, acked, "fast path {fast}: each acked send once in history");
+        for name in ["fpa", "fpb"] {
+            assert_eq!(inbox_of(&s, name, "reader", &dm).await?, acked, "fast path {fast}: {name}'s inbox");
+        }
+        let m = chat_tests::prom::metrics(&wk, None).await?;
+        let by_mode = |mode| m.value("chat_sequencer_messages_total", &[("mode", mode)]);
+        let (handed, ingress) = (by_mode("fast"), by_mode("batch") + by_mode("single"));
+        if fast {
+            assert_eq!((handed, ingress), (N as f64, 0.0), "every send sequenced from its hand-off, none again");
+        } else {
+            assert_eq!((handed, ingress), (0.0, N as f64), "every send sequenced from ingress");
+        }
+    }
     Ok(())
 }
 

@@ -111,6 +111,8 @@ async fn each_nats_user_is_refused_what_its_role_does_not_need() -> Result<()> {
     }
     gw.refused_subscribe("_INBOX_WK.>").await?;
     gw.refused_subscribe(subjects::INGRESS_ALL).await?;
+    // It hands sends to the owners over the fast path, never takes them.
+    gw.refused_subscribe("chat.fast.*").await?;
     let after = (count(&admin, subjects::HISTORY_STREAM).await?, count(&admin, subjects::INBOX_STREAM).await?);
     assert_eq!(after, before, "nothing the gateway sent reached history or an inbox");
 
@@ -121,7 +123,10 @@ async fn each_nats_user_is_refused_what_its_role_does_not_need() -> Result<()> {
     wk.stored(&inbox).await?;
     wk.stored(&subjects::push_job(2)).await?;
     wk.no_violation()?;
-    for subject in [subjects::ingress(0).as_str(), subjects::SERVICE_SEND, "chat.eph.2", "$KV.chat_revoked.2.phone"] {
+    let fast = subjects::fast(0);
+    for subject in
+        [subjects::ingress(0).as_str(), fast.as_str(), subjects::SERVICE_SEND, "chat.eph.2", "$KV.chat_revoked.2.phone"]
+    {
         wk.refused_publish(subject).await?;
     }
     wk.refused_subscribe("_INBOX_GW.>").await?;
@@ -138,6 +143,7 @@ async fn each_nats_user_is_refused_what_its_role_does_not_need() -> Result<()> {
     svc.no_violation()?;
     for subject in [
         subjects::ingress(0).as_str(),
+        fast.as_str(),
         history.as_str(),
         inbox.as_str(),
         "chat.eph.2",
@@ -148,7 +154,7 @@ async fn each_nats_user_is_refused_what_its_role_does_not_need() -> Result<()> {
     ] {
         svc.refused_publish(subject).await?;
     }
-    for subject in ["chat.svc.send", "chat.live.*", "chat.eph.*", "_INBOX_GW.>", "_INBOX_WK.>"] {
+    for subject in ["chat.svc.send", "chat.live.*", "chat.eph.*", "chat.fast.*", "_INBOX_GW.>", "_INBOX_WK.>"] {
         svc.refused_subscribe(subject).await?;
     }
     assert_eq!(count(&admin, subjects::INGRESS_STREAM).await?, 1);
