@@ -6,6 +6,35 @@ use std::time::Duration;
 use chat_nats::config::{self, bounded, shared, var, ConfigError, Source};
 use chat_nats::provision::StorageSettings;
 
+/// How a text send reaches its partition's owner (`CHAT_SEND_PATH`; see
+/// `docs/architecture.md`, "A message's path", step 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendPath {
+    /// A request to the owner over core NATS (`chat.fast.<p>`); written to
+    /// ingress only when no owner answers (none subscribed: at once; no
+    /// answer within `CHAT_SEND_HANDOFF_WAIT_MS`; or the owner leaves it to
+    /// ingress). An owner and a gateway dying together may leave an unacked
+    /// send half stored until its client resends it.
+    Direct,
+    /// The hand-off and the ingress write together (the default): the
+    /// ingress message is the send's record whatever the hand-off does.
+    Beside,
+    /// Ingress only.
+    Ingress,
+}
+
+impl std::str::FromStr for SendPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "direct" => Ok(SendPath::Direct),
+            "beside" => Ok(SendPath::Beside),
+            "ingress" => Ok(SendPath::Ingress),
+            _ => Err("must be direct, beside or ingress".into()),
+        }
+    }
+}
+
 /// Every gateway setting (see the README's configuration table).
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -46,11 +75,12 @@ pub struct GatewayConfig {
     /// recipient got their messages (`delivered` frames, coalesced over
     /// `CHAT_DELIVERED_FLUSH_MS`).
     pub delivery_receipts: bool,
-    /// `CHAT_SEND_FAST_PATH`: a text send is also handed straight to its
-    /// partition's owner (core NATS, `chat.fast.<p>`), which sequences it
-    /// without waiting for its ingress write; the ingress message stays the
-    /// record a new owner redoes from.
-    pub send_fast_path: bool,
+    /// `CHAT_SEND_PATH`: how a text send reaches its partition's owner
+    /// (`SendPath`).
+    pub send_path: SendPath,
+    /// `CHAT_SEND_HANDOFF_WAIT_MS`: how long a `direct` hand-off waits for
+    /// the owner's answer before the send is written to ingress instead.
+    pub handoff_wait: Duration,
     /// `CHAT_WS_MAX_FRAME_BYTES`: largest WebSocket message accepted.
     pub max_frame_bytes: usize,
     /// `CHAT_ROOM_BACKLOG`: messages of a room's history sent on `join`.
@@ -247,7 +277,8 @@ impl GatewayConfig {
             own_send_reads: var(src, "CHAT_OWN_SEND_READS", true)?,
             own_read_flush: Duration::from_millis(bounded(src, "CHAT_OWN_READ_FLUSH_MS", 100, 1, 10_000)?),
             delivery_receipts: var(src, "CHAT_DELIVERY_RECEIPTS", true)?,
-            send_fast_path: var(src, "CHAT_SEND_FAST_PATH", true)?,
+            send_path: var(src, "CHAT_SEND_PATH", SendPath::Beside)?,
+            handoff_wait: Duration::from_millis(bounded(src, "CHAT_SEND_HANDOFF_WAIT_MS", 2_000, 10, 600_000)?),
             edit_window: std::time::Duration::from_secs(bounded(
                 src,
                 "CHAT_EDIT_WINDOW_SECS",

@@ -287,9 +287,10 @@ pub async fn run(
     let revoked_kv =
         provision::ensure_bucket(&storage.js, revoked::bucket_config(cfg.token_ttl, cfg.storage.replicas)).await?;
     let revoked = revoked::start(revoked_kv.clone()).await.map_err(GatewayError::Other)?;
-    let sender = Sender::start(&client, storage.clone(), &cfg.gateway_id, cfg.send_timeout, cfg.send_fast_path)
-        .await
-        .map_err(GatewayError::Other)?;
+    let sender =
+        Sender::start(&client, storage.clone(), &cfg.gateway_id, cfg.send_timeout, cfg.send_path, cfg.handoff_wait)
+            .await
+            .map_err(GatewayError::Other)?;
     let moderation =
         moderation::Moderation::start(cfg.moderation, &storage, &cfg.gateway_id).await.map_err(GatewayError::Other)?;
     let (shutdown_tx, _) = broadcast::channel(1);

@@ -127,9 +127,9 @@ pub fn ingress(partition: u32) -> String {
     format!("{PREFIX}.ingress.{partition}")
 }
 
-/// Fast-path subject of a partition (core NATS, no stream): a gateway
-/// hands a text send straight to the partition's owner here, beside its
-/// ingress write (`CHAT_SEND_FAST_PATH`).
+/// Hand-off subject of a partition (core NATS, no stream): a gateway
+/// hands a text send straight to the partition's owner here, as a request
+/// or beside its ingress write (`CHAT_SEND_PATH`).
 pub fn fast(partition: u32) -> String {
     format!("{PREFIX}.fast.{partition}")
 }

@@ -1,24 +1,27 @@
-//! The fast path: a gateway hands each text send to its partition's owner
-//! over core NATS (`chat.fast.<p>`, `CHAT_SEND_FAST_PATH`) at the same
-//! time as it writes the send's ingress message. The owner sequences the
-//! hand-offs as a round of their own, so delivery and the sender's ack wait
-//! for the history and inbox writes only, not for the ingress write's
+//! Hand-offs: a gateway hands each text send to its partition's owner over
+//! core NATS (`chat.fast.<p>`, `CHAT_SEND_PATH`), and the owner sequences
+//! the hand-offs as a round of their own, so delivery and the sender's ack
+//! wait for the history and inbox writes only, not for an ingress write's
 //! fsync and the consumer delivery after it.
 //!
-//! The ingress message stays the record of the send: a hand-off that
-//! reaches no owner (none at the moment, a reconnect, a full buffer) is
-//! sequenced from it, as without the fast path. When the ingress message
-//! of a send the fast path stored arrives, it is not sequenced again: it
-//! waits ([`Handled`]) until the send's outcome record is written, then is
-//! acked (an ingress message is never acked before its record). A worker
-//! killed in between leaves it unacked, and the next owner redoes it like
-//! any other (history duplicate, same id, same copy ids). A hand-off round
-//! that fails is redone at once, one by one, like an ingress round.
+//! With `direct` (the default) the hand-off is a request, answered on its
+//! reply subject once the send is stored, and nothing is written to
+//! ingress unless no owner answers (the gateway then writes it there: see
+//! `docs/architecture.md`, "A message's path", step 2). With `beside` the
+//! gateway writes the ingress message too and it stays the send's record:
+//! when the ingress message of a send stored from its hand-off arrives, it
+//! is not sequenced again but waits ([`Handled`]) until the send's outcome
+//! record is written, then is acked (an ingress message is never acked
+//! before its record); a worker killed in between leaves it unacked, and
+//! the next owner redoes it like any other (history duplicate, same id,
+//! same copy ids). A hand-off round that fails is redone at once, one by
+//! one, like an ingress round.
 //!
 //! Only what a round takes goes this way: texts, not membership changes,
 //! marks, edits or reactions; not the sends of a conversation waiting for a
 //! lane, nor a group message too big for one commit (`lane`). Those are
-//! dropped here and come through ingress, in their order there.
+//! left to ingress (a request gets an empty answer and its gateway writes
+//! the send there) and come in their order there.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -33,13 +36,17 @@ use crate::metrics::Mode;
 use crate::sequencer::{Caches, Route};
 use crate::Shared;
 
-/// How long a send stored by the fast path is remembered once its record
+/// How long a send stored from its hand-off is remembered once its record
 /// is written, for its ingress message to be acked without a redo (it
 /// comes within milliseconds; one arriving later is redone, which stores
 /// nothing twice).
 pub const REMEMBER: Duration = Duration::from_secs(60);
 
-/// Sends a partition owner stored by the fast path, by dedupe key.
+/// Attempts at writing a hand-off round's outcome records (100 ms, then
+/// doubling, between them).
+const RECORD_ATTEMPTS: u32 = 5;
+
+/// Sends a partition owner stored from their hand-offs, by dedupe key.
 #[derive(Debug, Default)]
 pub(crate) struct Handled {
     inner: Mutex<Inner>,
@@ -112,7 +119,7 @@ impl Handled {
         parked
     }
 
-    /// An ingress message to sequence, or `None` when the fast path stored
+    /// An ingress message to sequence, or `None` when its hand-off stored
     /// its send: then it is acked once the send's record is written (at
     /// once if it is). One to sequence is remembered, so that its hand-off,
     /// should it come later, is dropped.
@@ -149,9 +156,39 @@ async fn ack(messages: Vec<jetstream::Message>, kind: AckKind) {
     }
 }
 
-/// Whether a hand-off is one the fast path takes: a text, no event.
+/// Whether a hand-off is one a round takes: a text, no event.
 fn takes(send: &IngressSend) -> bool {
     send.kind == MessageKind::Text && send.event.is_none()
+}
+
+/// The send of a hand-off the round takes, with its dedupe key; `None`
+/// when it is left to ingress (see the module's introduction).
+async fn take(
+    sh: &Shared,
+    caches: &mut Caches,
+    lanes: &crate::lane::Lanes,
+    handled: &Handled,
+    partition: u32,
+    seen: &HashSet<String>,
+    m: &async_nats::Message,
+) -> Result<Option<(String, IngressSend)>, async_nats::Error> {
+    let Ok(send) = serde_json::from_slice::<IngressSend>(&m.payload) else { return Ok(None) };
+    let Some(conv) = ConvId::parse(&send.conv).filter(|c| c.partition(sh.storage.settings.partitions) == partition)
+    else {
+        return Ok(None);
+    };
+    let key = subjects::dedupe_key(send.from, &send.device, &send.cid);
+    if !takes(&send) || lanes.busy(&conv) || handled.drops(&key) || seen.contains(&key) {
+        return Ok(None);
+    }
+    if matches!(conv.kind(), ConvKind::Group(_)) {
+        if let Route::To(_, members) = crate::sequencer::route(sh, caches, &send).await? {
+            if members.len() > crate::lane::MIN_COPIES {
+                return Ok(None); // a lane's
+            }
+        }
+    }
+    Ok(Some((key, send)))
 }
 
 /// Sequences a round of hand-offs (`round::run`); what it does not take
@@ -174,26 +211,25 @@ pub(crate) async fn round(
     let mut sends = Vec::with_capacity(messages.len());
     let mut payloads = Vec::with_capacity(messages.len());
     for m in messages {
-        let Ok(send) = serde_json::from_slice::<IngressSend>(&m.payload) else { continue };
-        let Some(conv) = ConvId::parse(&send.conv).filter(|c| c.partition(sh.storage.settings.partitions) == partition)
-        else {
-            continue;
-        };
-        let key = subjects::dedupe_key(send.from, &send.device, &send.cid);
-        if !takes(&send) || lanes.busy(&conv) || handled.drops(&key) || seen.contains(&key) {
-            continue;
-        }
-        if matches!(conv.kind(), ConvKind::Group(_)) {
-            if let Route::To(_, members) = crate::sequencer::route(sh, caches, &send).await? {
-                if members.len() > crate::lane::MIN_COPIES {
-                    continue; // a lane's, from ingress
+        match take(sh, caches, lanes, handled, partition, &seen, &m).await? {
+            Some((key, mut send)) => {
+                // A request (`direct`) is answered on its reply subject.
+                if let Some(reply) = &m.reply {
+                    send.reply = Some(reply.to_string());
+                }
+                seen.insert(key.clone());
+                keys.push(key);
+                payloads.push(serde_json::to_vec(&send)?);
+                sends.push(send);
+            }
+            None => {
+                // Left to its ingress message: a request hears so at once
+                // (an empty answer) and writes it there.
+                if let Some(reply) = m.reply {
+                    sh.client.publish(reply, bytes::Bytes::new()).await?;
                 }
             }
         }
-        seen.insert(key.clone());
-        keys.push(key);
-        sends.push(send);
-        payloads.push(m.payload);
     }
     if sends.is_empty() {
         return Ok(true);
@@ -211,7 +247,7 @@ pub(crate) async fn round(
             // Part of it may be stored: redone one by one, idempotently
             // (history first, a duplicate leads back to the stored message
             // and its id), each with its record written.
-            tracing::warn!(partition, error = %e, "fast-path round failed; redoing its messages one by one");
+            tracing::warn!(partition, error = %e, "hand-off round failed; redoing its messages one by one");
             caches.clear();
             for payload in &payloads {
                 let started = Instant::now();
@@ -233,13 +269,29 @@ pub(crate) async fn round(
 /// of its sends that came meanwhile (those still to come are acked as
 /// they come); without the records they are redelivered and redone.
 async fn record(sh: Arc<Shared>, handled: Arc<Handled>, partition: u32, keys: Vec<String>, records: AtomicBatch) {
-    let recorded = match sh.commits.acks.store(records).await {
-        Ok(_) => true,
-        Err(e) => {
-            tracing::warn!(partition, error = %e, "outcome records of a fast-path round not written; its ingress messages redo it");
-            false
+    // Tried a few times: a `direct` hand-off has no ingress message to
+    // redo it (a retry of its send after the history dedupe window would
+    // find no record).
+    let mut recorded = false;
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1..=RECORD_ATTEMPTS {
+        match sh.commits.acks.store(records.clone()).await {
+            Ok(_) => {
+                recorded = true;
+                break;
+            }
+            Err(e) if attempt < RECORD_ATTEMPTS => {
+                tracing::warn!(partition, attempt, error = %e, "outcome records of a hand-off round not written; again");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+            }
+            Err(e) => tracing::error!(
+                partition,
+                error = %e,
+                "outcome records of a hand-off round not written; ingress messages of its sends redo them"
+            ),
         }
-    };
+    }
     let parked = handled.finish(&keys, recorded);
     ack(parked, if recorded { AckKind::Ack } else { AckKind::Nak(Some(Duration::from_secs(1))) }).await;
 }

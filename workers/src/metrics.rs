@@ -32,7 +32,7 @@ pub enum Mode {
     Batch = 0,
     /// One message at a time (`sequencer::process`).
     Single = 1,
-    /// A round of fast-path hand-offs (`fast`), stored like `Batch`.
+    /// A round of hand-offs (`fast`), stored like `Batch`.
     Fast = 2,
 }
 

@@ -66,7 +66,7 @@ pub async fn run_partition(
         .await?;
     let mut messages =
         consumer.stream().max_messages_per_batch(256).max_bytes_per_batch(8 * 1024 * 1024).messages().await?;
-    // Hand-offs of the fast path (`fast`), taken from here on.
+    // Hand-offs (`fast`), taken from here on.
     let mut handoffs = sh.client.subscribe(subjects::fast(partition)).await?;
     let handled = Arc::new(crate::fast::Handled::default());
     let mut convs = Caches::default();

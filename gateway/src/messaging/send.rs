@@ -1,5 +1,7 @@
 //! The send path shared by WebSocket sessions and internal services:
-//! validate, publish on ingress with a dedupe id, wait for the sequencer.
+//! validate, hand the send to its partition's owner (a text, with
+//! `CHAT_SEND_PATH=direct`) or publish it on ingress with a dedupe id, wait
+//! for the sequencer.
 //!
 //! The gateway acks a client only once the message has an id and is in
 //! history and in every member's inbox. A send that is not confirmed within
@@ -10,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_nats::client::RequestErrorKind;
 use bytes::Bytes;
 use chat_nats::envelope::{GroupEvent, IngressSend, MessageKind, Original, ReplyTo, SeqAck, SeqResult};
 use chat_nats::provision::Storage;
@@ -18,6 +21,7 @@ use chat_nats::wire::{ErrorCode, ServerFrame, Target};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
+use crate::config::SendPath;
 use crate::error::ClientError;
 use crate::moderation::Origin;
 use crate::AppState;
@@ -61,9 +65,12 @@ pub struct Sender {
     waiters: Mutex<Waiters>,
     next_token: std::sync::atomic::AtomicU64,
     timeout: Duration,
-    /// The connection text sends are handed to their partition's owner on
-    /// (`CHAT_SEND_FAST_PATH`), when on.
-    fast: Option<async_nats::Client>,
+    /// The connection text sends are handed to their partition's owner on.
+    client: async_nats::Client,
+    /// `CHAT_SEND_PATH`.
+    path: SendPath,
+    /// `CHAT_SEND_HANDOFF_WAIT_MS`.
+    handoff_wait: Duration,
 }
 
 /// A stored send, as its outcome reports it.
@@ -86,7 +93,8 @@ impl Sender {
         storage: Storage,
         gateway_id: &str,
         timeout: Duration,
-        fast_path: bool,
+        path: SendPath,
+        handoff_wait: Duration,
     ) -> Result<Arc<Sender>, async_nats::Error> {
         let ack_subject = subjects::gateway_acks(gateway_id);
         let mut sub = client.subscribe(ack_subject.clone()).await?;
@@ -97,7 +105,10 @@ impl Sender {
             waiters: Mutex::default(),
             next_token: std::sync::atomic::AtomicU64::new(0),
             timeout,
-            fast: fast_path.then(|| client.clone()),
+            client: client.clone(),
+            path,
+            // A send left to ingress after the wait still needs time there.
+            handoff_wait: handoff_wait.min(timeout / 2),
         });
         let weak = Arc::downgrade(&sender);
         tokio::spawn(async move {
@@ -171,27 +182,55 @@ impl Sender {
         let unavailable =
             |e: String| ClientError::new(ErrorCode::Unavailable, format!("message store unavailable: {e}"));
         let closed = |_| ClientError::new(ErrorCode::Internal, "gateway shutting down");
-        // The fast path: the partition's owner gets the send at once and
-        // sequences it without waiting for the ingress write below (one
-        // fsync less before delivery). Lost (no owner at the moment, a
-        // reconnect), the ingress message still brings it.
-        if let Some(client) = self.fast.as_ref().filter(|_| fast_kind(&env)) {
-            if let Err(e) = client.publish(subjects::fast(partition), payload.clone()).await {
-                tracing::debug!(error = %e, "fast-path hand-off not sent; the ingress message brings it");
+        // Hand-offs (texts only): with `beside` (the default) the
+        // partition's owner gets the send at once and the ingress write
+        // goes too, and stays the send's record; with `direct` the owner
+        // gets it as a request and answers it once the send is stored, and
+        // it is written to ingress only when no owner answers.
+        let path = if fast_kind(&env) { self.path } else { SendPath::Ingress };
+        // Whether the owner may hold the send: its answer may then come
+        // through the record rather than to this gateway.
+        let mut handed_off = false;
+        match path {
+            SendPath::Direct => {
+                let request = async_nats::Request::new().payload(payload.clone()).timeout(Some(self.handoff_wait));
+                match self.client.send_request(subjects::fast(partition), request).await {
+                    Ok(answer) if !answer.payload.is_empty() => return parse_recorded(&answer.payload),
+                    // Left to ingress by the owner: perhaps one it is
+                    // storing already (a retry), whose outcome then comes
+                    // through the record.
+                    Ok(_) => handed_off = true,
+                    // No owner right now: ingress keeps it for the next.
+                    Err(e) if e.kind() == RequestErrorKind::NoResponders => {}
+                    Err(e) => {
+                        // No answer in time (an owner killed mid-send, or far
+                        // behind): ingress brings it to the next owner,
+                        // which finishes what the first stored.
+                        tracing::debug!(error = %e, "no answer to a hand-off; writing the send to ingress");
+                        handed_off = true;
+                    }
+                }
             }
+            SendPath::Beside => {
+                if let Err(e) = self.client.publish(subjects::fast(partition), payload.clone()).await {
+                    tracing::debug!(error = %e, "hand-off not sent; the ingress message brings it");
+                }
+                handed_off = true;
+            }
+            SendPath::Ingress => {}
         }
         // Stored with the sends of other sessions that wait at the same time
-        // (one fsync for many, see `ingress`). The owner's answer may come
-        // first (the fast path): then the send is stored, whatever the
+        // (one fsync for many, see `ingress`). With `beside` the owner's
+        // answer may come first: then the send is stored, whatever the
         // ingress write still does.
         let ack = tokio::select! {
             r = &mut *rx => return r.map_err(closed),
             ack = self.ingress.publish(subjects::ingress(partition), key, payload) => ack.map_err(unavailable)?,
         };
-        if ack.duplicate {
-            // A retry: the first attempt's outcome may already be recorded,
-            // or may still be in flight to another waiter (or to this one,
-            // over the fast path).
+        if ack.duplicate || (handed_off && path == SendPath::Direct) {
+            // A retry, or a hand-off the owner may have stored: the outcome
+            // may already be recorded, or may still be in flight to another
+            // waiter (or to this one).
             return tokio::time::timeout(self.timeout, async {
                 tokio::select! {
                     r = &mut *rx => r.map_err(closed),
@@ -226,9 +265,9 @@ impl Sender {
     }
 }
 
-/// Whether a send goes over the fast path as well: texts only (what the
-/// owner takes as a round; marks, edits, reactions and membership changes
-/// go through ingress alone).
+/// Whether a send is handed to the owner (`CHAT_SEND_PATH`): texts only
+/// (what the owner takes as a round; marks, edits, reactions and
+/// membership changes go through ingress alone).
 fn fast_kind(env: &IngressSend) -> bool {
     env.kind == chat_nats::envelope::MessageKind::Text && env.event.is_none()
 }

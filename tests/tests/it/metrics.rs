@@ -142,8 +142,8 @@ async fn gateway_and_worker_metrics_count_real_activity() -> Result<()> {
     ensure!(g1.value("chat_sends_refused_total", &[("code", "bad_json")]) == 0.0, "a bad frame is not a send");
 
     // The worker sequenced the one accepted message once, alone in its
-    // round: handed over by the fast path (mode fast), its ingress
-    // message then acked without being sequenced again.
+    // round: handed over by the gateway (mode fast), its ingress message
+    // then acked without being sequenced again.
     let w1 = settle(
         &wk,
         None,

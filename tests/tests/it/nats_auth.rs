@@ -111,7 +111,7 @@ async fn each_nats_user_is_refused_what_its_role_does_not_need() -> Result<()> {
     }
     gw.refused_subscribe("_INBOX_WK.>").await?;
     gw.refused_subscribe(subjects::INGRESS_ALL).await?;
-    // It hands sends to the owners over the fast path, never takes them.
+    // It hands sends to the owners (chat.fast.*), never takes them.
     gw.refused_subscribe("chat.fast.*").await?;
     let after = (count(&admin, subjects::HISTORY_STREAM).await?, count(&admin, subjects::INBOX_STREAM).await?);
     assert_eq!(after, before, "nothing the gateway sent reached history or an inbox");
