@@ -16,10 +16,11 @@ pub enum SendPath {
     /// ingress). An owner and a gateway dying together may leave an unacked
     /// send half stored until its client resends it.
     Direct,
-    /// The hand-off and the ingress write together (the default): the
-    /// ingress message is the send's record whatever the hand-off does.
+    /// The hand-off and the ingress write together: the ingress message is
+    /// the send's record, unless its write fails while the owner stores the
+    /// hand-off.
     Beside,
-    /// Ingress only.
+    /// Ingress only (the default).
     Ingress,
 }
 
@@ -277,7 +278,7 @@ impl GatewayConfig {
             own_send_reads: var(src, "CHAT_OWN_SEND_READS", true)?,
             own_read_flush: Duration::from_millis(bounded(src, "CHAT_OWN_READ_FLUSH_MS", 100, 1, 10_000)?),
             delivery_receipts: var(src, "CHAT_DELIVERY_RECEIPTS", true)?,
-            send_path: var(src, "CHAT_SEND_PATH", SendPath::Beside)?,
+            send_path: var(src, "CHAT_SEND_PATH", SendPath::Ingress)?,
             handoff_wait: Duration::from_millis(bounded(src, "CHAT_SEND_HANDOFF_WAIT_MS", 2_000, 10, 600_000)?),
             edit_window: std::time::Duration::from_secs(bounded(
                 src,

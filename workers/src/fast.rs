@@ -1,10 +1,11 @@
-//! Hand-offs: a gateway hands each text send to its partition's owner over
-//! core NATS (`chat.fast.<p>`, `CHAT_SEND_PATH`), and the owner sequences
+//! Hand-offs (experimental, off by default): a gateway hands each text send
+//! to its partition's owner over core NATS (`chat.fast.<p>`,
+//! `CHAT_SEND_PATH=beside|direct`), and the owner sequences
 //! the hand-offs as a round of their own, so delivery and the sender's ack
 //! wait for the history and inbox writes only, not for an ingress write's
 //! fsync and the consumer delivery after it.
 //!
-//! With `direct` (the default) the hand-off is a request, answered on its
+//! With `direct` the hand-off is a request, answered on its
 //! reply subject once the send is stored, and nothing is written to
 //! ingress unless no owner answers (the gateway then writes it there: see
 //! `docs/architecture.md`, "A message's path", step 2). With `beside` the
@@ -159,6 +160,18 @@ async fn ack(messages: Vec<jetstream::Message>, kind: AckKind) {
 /// Whether a hand-off is one a round takes: a text, no event.
 fn takes(send: &IngressSend) -> bool {
     send.kind == MessageKind::Text && send.event.is_none()
+}
+
+/// Leaves hand-offs to their ingress messages (a new owner still
+/// sequencing what was stored before it took the partition): a request
+/// hears so at once (an empty answer) and its gateway writes it there.
+pub(crate) async fn leave_to_ingress(sh: &Shared, messages: Vec<async_nats::Message>) -> Result<(), async_nats::Error> {
+    for m in messages {
+        if let Some(reply) = m.reply {
+            sh.client.publish(reply, bytes::Bytes::new()).await?;
+        }
+    }
+    Ok(())
 }
 
 /// The send of a hand-off the round takes, with its dedupe key; `None`

@@ -64,6 +64,12 @@ pub async fn run_partition(
             ..Default::default()
         })
         .await?;
+    // Hand-offs wait until the ingress messages stored before this owner
+    // took the partition are sequenced: a previous owner may have left one
+    // of them half stored, and a later message of its conversation must not
+    // be stored before it is finished (its copies would come first in the
+    // inboxes). Until then hand-offs are left to ingress.
+    let mut caught_up = consumer.cached_info().num_pending == 0;
     let mut messages =
         consumer.stream().max_messages_per_batch(256).max_bytes_per_batch(8 * 1024 * 1024).messages().await?;
     // Hand-offs (`fast`), taken from here on.
@@ -113,12 +119,19 @@ pub async fn run_partition(
         if !valid.holds() {
             return Ok(());
         }
-        if !quick.is_empty() && !crate::fast::round(&sh, &mut convs, &lanes, &handled, &valid, partition, quick).await?
+        // Whether this round takes the last of the backlog.
+        let drains = !caught_up
+            && round.iter().any(|m| m.info().is_ok_and(|i| i.stream_sequence > takeover_seq || i.pending == 0));
+        if !caught_up {
+            crate::fast::leave_to_ingress(&sh, quick).await?;
+        } else if !quick.is_empty()
+            && !crate::fast::round(&sh, &mut convs, &lanes, &handled, &valid, partition, quick).await?
         {
             return Ok(()); // the lease is lost
         }
         let round: Vec<_> = round.into_iter().filter_map(|m| handled.claim(m)).collect();
         if round.is_empty() {
+            caught_up |= drains;
             continue;
         }
         if !valid.holds() {
@@ -174,6 +187,7 @@ pub async fn run_partition(
             return Ok(());
         }
         acknowledge(sh.clone(), partition, records, round);
+        caught_up |= drains;
         for b in big {
             lanes.start(&sh, &mut convs, &valid, b).await?;
         }

@@ -182,7 +182,7 @@ impl Sender {
         let unavailable =
             |e: String| ClientError::new(ErrorCode::Unavailable, format!("message store unavailable: {e}"));
         let closed = |_| ClientError::new(ErrorCode::Internal, "gateway shutting down");
-        // Hand-offs (texts only): with `beside` (the default) the
+        // Hand-offs (texts only, off by default): with `beside` the
         // partition's owner gets the send at once and the ingress write
         // goes too, and stays the send's record; with `direct` the owner
         // gets it as a request and answers it once the send is stored, and

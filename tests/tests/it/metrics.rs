@@ -141,20 +141,20 @@ async fn gateway_and_worker_metrics_count_real_activity() -> Result<()> {
     ensure!(g1.value("chat_http_request_seconds_count", &[("route", "/v1/login")]) >= 2.0);
     ensure!(g1.value("chat_sends_refused_total", &[("code", "bad_json")]) == 0.0, "a bad frame is not a send");
 
-    // The worker sequenced the one accepted message once, alone in its
-    // round: handed over by the gateway (mode fast), its ingress message
-    // then acked without being sequenced again.
+    // The worker sequenced the one accepted message, alone in its round
+    // (stored as a round through the committers: mode batch; no hand-off
+    // with the default CHAT_SEND_PATH).
     let w1 = settle(
         &wk,
         None,
         &w0,
         &[
             ("chat_sequencer_messages_total", &[("mode", "single")], 0.0),
-            ("chat_sequencer_messages_total", &[("mode", "batch")], 0.0),
-            ("chat_sequencer_messages_total", &[("mode", "fast")], 1.0),
+            ("chat_sequencer_messages_total", &[("mode", "batch")], 1.0),
+            ("chat_sequencer_messages_total", &[("mode", "fast")], 0.0),
             ("chat_sequencer_round_messages_count", &[], 1.0),
             ("chat_sequencer_round_messages_sum", &[], 1.0),
-            ("chat_sequencer_commit_seconds_count", &[("mode", "fast")], 1.0),
+            ("chat_sequencer_commit_seconds_count", &[("mode", "batch")], 1.0),
             ("chat_partitions_owned", &[], 0.0),
             ("chat_nats_reconnects_total", &[], 0.0),
         ],
