@@ -57,6 +57,9 @@ pub(crate) struct Handled {
 struct Inner {
     keys: HashMap<String, Entry>,
     swept: Option<Instant>,
+    /// Hand-offs came (none do with the default `CHAT_SEND_PATH=ingress`,
+    /// and then nothing is remembered).
+    active: bool,
 }
 
 impl Inner {
@@ -96,6 +99,10 @@ impl Handled {
         matches!(self.lock().keys.get(key), Some(Entry::Pending(_) | Entry::Ingress(_)))
     }
 
+    fn activate(&self) {
+        self.lock().active = true;
+    }
+
     fn begin(&self, keys: &[String]) {
         let mut inner = self.lock();
         inner.sweep();
@@ -122,13 +129,16 @@ impl Handled {
 
     /// An ingress message to sequence, or `None` when its hand-off stored
     /// its send: then it is acked once the send's record is written (at
-    /// once if it is). One to sequence is remembered, so that its hand-off,
-    /// should it come later, is dropped.
+    /// once if it is). Once hand-offs come, one to sequence is remembered,
+    /// so that its hand-off, should it come later, is dropped.
     pub(crate) fn claim(&self, msg: jetstream::Message) -> Option<jetstream::Message> {
         let Some(key) = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned()) else {
             return Some(msg);
         };
         let mut inner = self.lock();
+        if !inner.active {
+            return Some(msg);
+        }
         match inner.keys.get_mut(&key) {
             None => {
                 inner.sweep();
@@ -219,6 +229,7 @@ pub(crate) async fn round(
     partition: u32,
     messages: Vec<async_nats::Message>,
 ) -> Result<bool, async_nats::Error> {
+    handled.activate();
     let mut keys = Vec::with_capacity(messages.len());
     let mut seen = HashSet::with_capacity(messages.len());
     let mut sends = Vec::with_capacity(messages.len());
