@@ -47,6 +47,15 @@ pub struct IngressSend {
     pub mentions: Vec<String>,
 }
 
+impl IngressSend {
+    /// Whether a gateway may hand this send straight to its partition's
+    /// owner (`CHAT_SEND_PATH`): a text, no event. Marks, edits, reactions
+    /// and membership changes go through ingress alone.
+    pub fn may_hand_off(&self) -> bool {
+        self.kind == MessageKind::Text && self.event.is_none()
+    }
+}
+
 /// The most distinct users one message can mention (further `@names` are
 /// left as text).
 pub const MAX_MENTIONS: usize = 50;

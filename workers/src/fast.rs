@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind};
 use chat_nats::batch::AtomicBatch;
-use chat_nats::envelope::{IngressSend, MessageKind};
+use chat_nats::envelope::IngressSend;
 use chat_nats::subjects::{self, ConvId, ConvKind};
 
 use crate::metrics::Mode;
@@ -132,13 +132,13 @@ impl Handled {
     /// once if it is). Once hand-offs come, one to sequence is remembered,
     /// so that its hand-off, should it come later, is dropped.
     pub(crate) fn claim(&self, msg: jetstream::Message) -> Option<jetstream::Message> {
-        let Some(key) = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned()) else {
-            return Some(msg);
-        };
         let mut inner = self.lock();
         if !inner.active {
             return Some(msg);
         }
+        let Some(key) = msg.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")).map(|v| v.as_str().to_owned()) else {
+            return Some(msg);
+        };
         match inner.keys.get_mut(&key) {
             None => {
                 inner.sweep();
@@ -167,19 +167,20 @@ async fn ack(messages: Vec<jetstream::Message>, kind: AckKind) {
     }
 }
 
-/// Whether a hand-off is one a round takes: a text, no event.
-fn takes(send: &IngressSend) -> bool {
-    send.kind == MessageKind::Text && send.event.is_none()
-}
-
 /// Leaves hand-offs to their ingress messages (a new owner still
-/// sequencing what was stored before it took the partition): a request
-/// hears so at once (an empty answer) and its gateway writes it there.
+/// sequencing what was stored before it took the partition).
 pub(crate) async fn leave_to_ingress(sh: &Shared, messages: Vec<async_nats::Message>) -> Result<(), async_nats::Error> {
     for m in messages {
-        if let Some(reply) = m.reply {
-            sh.client.publish(reply, bytes::Bytes::new()).await?;
-        }
+        leave(sh, m).await?;
+    }
+    Ok(())
+}
+
+/// Leaves one hand-off to its ingress message: a request hears so at once
+/// (an empty answer) and its gateway writes it there.
+async fn leave(sh: &Shared, m: async_nats::Message) -> Result<(), async_nats::Error> {
+    if let Some(reply) = m.reply {
+        sh.client.publish(reply, bytes::Bytes::new()).await?;
     }
     Ok(())
 }
@@ -201,7 +202,7 @@ async fn take(
         return Ok(None);
     };
     let key = subjects::dedupe_key(send.from, &send.device, &send.cid);
-    if !takes(&send) || lanes.busy(&conv) || handled.drops(&key) || seen.contains(&key) {
+    if !send.may_hand_off() || lanes.busy(&conv) || handled.drops(&key) || seen.contains(&key) {
         return Ok(None);
     }
     if matches!(conv.kind(), ConvKind::Group(_)) {
@@ -233,7 +234,8 @@ pub(crate) async fn round(
     let mut keys = Vec::with_capacity(messages.len());
     let mut seen = HashSet::with_capacity(messages.len());
     let mut sends = Vec::with_capacity(messages.len());
-    let mut payloads = Vec::with_capacity(messages.len());
+    // The hand-offs as they came, for a redo (`round::run` takes the sends).
+    let mut raw = Vec::with_capacity(messages.len());
     for m in messages {
         match take(sh, caches, lanes, handled, partition, &seen, &m).await? {
             Some((key, mut send)) => {
@@ -243,16 +245,10 @@ pub(crate) async fn round(
                 }
                 seen.insert(key.clone());
                 keys.push(key);
-                payloads.push(serde_json::to_vec(&send)?);
                 sends.push(send);
+                raw.push(m);
             }
-            None => {
-                // Left to its ingress message: a request hears so at once
-                // (an empty answer) and writes it there.
-                if let Some(reply) = m.reply {
-                    sh.client.publish(reply, bytes::Bytes::new()).await?;
-                }
-            }
+            None => leave(sh, m).await?,
         }
     }
     if sends.is_empty() {
@@ -273,9 +269,18 @@ pub(crate) async fn round(
             // and its id), each with its record written.
             tracing::warn!(partition, error = %e, "hand-off round failed; redoing its messages one by one");
             caches.clear();
-            for payload in &payloads {
+            for m in &raw {
+                // Answered where its round would have answered it.
+                let payload: std::borrow::Cow<[u8]> = match &m.reply {
+                    None => (&m.payload[..]).into(),
+                    Some(reply) => {
+                        let mut send: IngressSend = serde_json::from_slice(&m.payload)?;
+                        send.reply = Some(reply.to_string());
+                        serde_json::to_vec(&send)?.into()
+                    }
+                };
                 let started = Instant::now();
-                if !crate::sequencer::one_by_one(sh, caches, payload, false, valid, partition).await {
+                if !crate::sequencer::one_by_one(sh, caches, &payload, false, valid, partition).await {
                     // Their ingress messages, unacked, go to the next owner.
                     handled.finish(&keys, false);
                     return Ok(false);

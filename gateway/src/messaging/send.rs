@@ -187,10 +187,10 @@ impl Sender {
         // goes too, and stays the send's record; with `direct` the owner
         // gets it as a request and answers it once the send is stored, and
         // it is written to ingress only when no owner answers.
-        let path = if fast_kind(&env) { self.path } else { SendPath::Ingress };
-        // Whether the owner may hold the send: its answer may then come
-        // through the record rather than to this gateway.
-        let mut handed_off = false;
+        let path = if env.may_hand_off() { self.path } else { SendPath::Ingress };
+        // Whether a `direct` owner may hold the send: its answer may then
+        // come through the record rather than to this gateway.
+        let mut watch_record = false;
         match path {
             SendPath::Direct => {
                 let request = async_nats::Request::new().payload(payload.clone()).timeout(Some(self.handoff_wait));
@@ -199,7 +199,7 @@ impl Sender {
                     // Left to ingress by the owner: perhaps one it is
                     // storing already (a retry), whose outcome then comes
                     // through the record.
-                    Ok(_) => handed_off = true,
+                    Ok(_) => watch_record = true,
                     // No owner right now: ingress keeps it for the next.
                     Err(e) if e.kind() == RequestErrorKind::NoResponders => {}
                     Err(e) => {
@@ -207,7 +207,7 @@ impl Sender {
                         // behind): ingress brings it to the next owner,
                         // which finishes what the first stored.
                         tracing::debug!(error = %e, "no answer to a hand-off; writing the send to ingress");
-                        handed_off = true;
+                        watch_record = true;
                     }
                 }
             }
@@ -215,7 +215,6 @@ impl Sender {
                 if let Err(e) = self.client.publish(subjects::fast(partition), payload.clone()).await {
                     tracing::debug!(error = %e, "hand-off not sent; the ingress message brings it");
                 }
-                handed_off = true;
             }
             SendPath::Ingress => {}
         }
@@ -227,7 +226,7 @@ impl Sender {
             r = &mut *rx => return r.map_err(closed),
             ack = self.ingress.publish(subjects::ingress(partition), key, payload) => ack.map_err(unavailable)?,
         };
-        if ack.duplicate || (handed_off && path == SendPath::Direct) {
+        if ack.duplicate || watch_record {
             // A retry, or a hand-off the owner may have stored: the outcome
             // may already be recorded, or may still be in flight to another
             // waiter (or to this one).
@@ -263,13 +262,6 @@ impl Sender {
         }
         Err(timed_out())
     }
-}
-
-/// Whether a send is handed to the owner (`CHAT_SEND_PATH`): texts only
-/// (what the owner takes as a round; marks, edits, reactions and
-/// membership changes go through ingress alone).
-fn fast_kind(env: &IngressSend) -> bool {
-    env.kind == chat_nats::envelope::MessageKind::Text && env.event.is_none()
 }
 
 fn timed_out() -> ClientError {
